@@ -1,0 +1,5 @@
+"""Indexing: crawl -> plan -> load -> encode -> write. Uses clip_core and store."""
+
+from .pipeline import IndexReport, IndexSettings, Progress, Skipped, run_index
+
+__all__ = ["IndexReport", "IndexSettings", "Progress", "Skipped", "run_index"]

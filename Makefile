@@ -1,0 +1,47 @@
+# clipsearch developer targets. `make demo` installs into .venv and runs the demo;
+# `make test` runs the whole suite (lint + pytest).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch pinned to the release this project is tested with (pyproject allows <2.15).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO := .demo
+
+.PHONY: install demo test lint fuzz bench fixture-model clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[dev,heif]'
+	touch $@
+
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/python -m clipsearch.demo_photos $(DEMO)/photos
+	$(BIN)/clipsearch index $(DEMO)/photos --library $(DEMO)/library --model shapes-tiny
+	$(BIN)/clipsearch query "a red circle" --library $(DEMO)/library -n 5
+	$(BIN)/clipsearch query "a blue star" --library $(DEMO)/library -n 3 --json
+	$(BIN)/clipsearch classify $(DEMO)/photos/green-triangle-0.png --library $(DEMO)/library \
+		"a green triangle" "a red circle" "a blue star" "a yellow square"
+	$(BIN)/clipsearch status --library $(DEMO)/library
+
+test: install lint
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+fuzz: install
+	CLIPSEARCH_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q tests/test_decode_fuzz.py
+
+bench: install
+	$(BIN)/python -m bench
+
+fixture-model: install
+	$(BIN)/python data/train_shapes_model.py --out data/models/shapes-tiny
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""Choosing where and in which precision the model runs.
+
+CUDA runs fp16. On CPUs with native bf16 (AMX or AVX512-BF16) casting the whole model to bf16
+ran ~6x faster than fp32 for ViT-B-32 here (docs/benchmarks.md), while autocast gave nothing,
+so "auto" casts the model. Elsewhere fp32.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    if os.environ.get("CLIPSEARCH_NO_BF16"):
+        return False
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def choose_device(requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_precision(device: str, requested: str = "auto") -> str:
+    if requested != "auto":
+        if requested not in PRECISIONS:
+            raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}")
+        return requested
+    if device.startswith("cuda"):
+        return "fp16"
+    return "bf16" if cpu_has_fast_bf16() and bf16_measured_faster() else "fp32"
+
+
+@lru_cache(maxsize=1)
+def bf16_measured_faster(min_speedup: float = 1.3) -> bool:
+    """Time a ViT-B MLP-sized matmul both ways (~30 ms): a flag alone does not prove the
+    kernels are fast (oneDNN may lack them for this CPU or this torch build)."""
+    import time
+
+    import torch
+
+    def best(dtype: torch.dtype) -> float:
+        a = torch.randn(400, 768, dtype=dtype)
+        b = torch.randn(768, 3072, dtype=dtype)
+        times = []
+        for _ in range(4):
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    return best(torch.float32) / best(torch.bfloat16) >= min_speedup

@@ -1,0 +1,91 @@
+"""Turn preprocessed pixels and texts into L2-normalised embeddings (numpy float32)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .device import choose_device, choose_precision
+from .loading import TOWERS, LoadedModel, load_model
+from .model_ref import ModelRef
+from .preprocess import preprocess_batch
+
+
+class ClipEncoder:
+    """A loaded CLIP model with numpy in, numpy out. Thread-compatible, not thread-safe."""
+
+    def __init__(self, loaded: LoadedModel):
+        import torch
+
+        self.loaded = loaded
+        self._torch = torch
+        model = loaded.model
+        # After a whole-model cast, inputs must match the weights' dtype (open_clip-notes.md).
+        conv = getattr(getattr(model, "visual", None), "conv1", None)
+        if conv is not None:
+            self._image_dtype = conv.weight.dtype
+        else:
+            params = list(model.visual.parameters()) if model.visual is not None else []
+            self._image_dtype = params[-1].dtype if params else torch.float32
+
+    @classmethod
+    def load(
+        cls,
+        ref: ModelRef,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        towers: frozenset[str] = TOWERS,
+        models_dir: Path | None = None,
+    ) -> ClipEncoder:
+        dev = choose_device(device)
+        return cls(load_model(ref, device=dev, precision=choose_precision(dev, precision),
+                              towers=towers, models_dir=models_dir))
+
+    @property
+    def model_id(self) -> str:
+        return self.loaded.model_id
+
+    @property
+    def preprocess(self):
+        return self.loaded.preprocess
+
+    @property
+    def embed_dim(self) -> int:
+        return self.loaded.embed_dim
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels: float32 [N, 3, H, W] as produced by clip_core.preprocess."""
+        torch = self._torch
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(
+                self.loaded.device, self._image_dtype
+            )
+            features = self.loaded.model.encode_image(batch)
+            return _normalise(features.float().cpu().numpy())
+
+    def encode_images(self, images: Sequence) -> np.ndarray:
+        """PIL images (RGB) -> embeddings; for one-off use, the indexer batches pixels itself."""
+        return self.encode_pixels(preprocess_batch(list(images), self.loaded.preprocess))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if self.loaded.tokenizer is None:
+            raise RuntimeError("this encoder was loaded without its text tower")
+        torch = self._torch
+        with torch.inference_mode():
+            tokens = self.loaded.tokenizer(list(texts))
+            tokens = torch.as_tensor(np.asarray(tokens)).to(self.loaded.device)
+            features = self.loaded.model.encode_text(tokens)
+            return _normalise(features.float().cpu().numpy())
+
+    @property
+    def logit_scale(self) -> float:
+        scale = getattr(self.loaded.model, "logit_scale", None)
+        return float(scale.exp().item()) if scale is not None else 100.0
+
+
+def _normalise(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return (features / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -1,0 +1,199 @@
+"""Build a torch CLIP model from a ModelRef, using local files only.
+
+Every path checks that the files exist before open_clip is asked for anything, because
+open_clip with a missing file retries the hub for ~53 s before failing (open_clip-notes.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .model_files import (
+    CONFIG_NAME,
+    WEIGHT_NAMES,
+    MissingModelError,
+    default_models_dir,
+    fix_steps,
+    locate_hub_bundle,
+    locate_pretrained,
+    pretrained_files,
+)
+from .model_ref import ModelRef
+from .preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+TOWERS = frozenset({"image", "text"})
+
+
+class ModelLoadError(RuntimeError):
+    """A model's files exist but cannot be used (bad config, unsafe pickle, wrong shapes)."""
+
+
+@dataclass
+class LoadedModel:
+    ref: ModelRef
+    model: Any  # open_clip CLIP / CustomTextCLIP, eval mode, possibly with one tower removed
+    tokenizer: Callable[[list[str]], Any] | None
+    preprocess: PreprocessSpec
+    device: str
+    precision: str
+    embed_dim: int
+    random_weights: bool = False
+
+    @property
+    def model_id(self) -> str:
+        return self.ref.model_id
+
+
+def load_model(
+    ref: ModelRef,
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+    towers: frozenset[str] = TOWERS,
+    models_dir: Path | None = None,
+) -> LoadedModel:
+    """Load weights from disk only; raise MissingModelError at once when they are absent."""
+    # No implicit downloads anywhere below (tokenizers of some models consult the hub too).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    models_dir = models_dir or default_models_dir()
+    import open_clip
+    import torch
+
+    random_weights = False
+    if ref.kind == "local-dir":
+        from . import hf_clip
+
+        folder = Path(ref.name)
+        if not folder.is_dir():
+            raise MissingModelError(ref, [CONFIG_NAME, WEIGHT_NAMES[0]], [folder],
+                                    fix_steps(ref, models_dir))
+        if hf_clip.is_hf_clip_dir(folder):
+            return _load_hf_folder(ref, folder, device, precision, towers)
+        _check_bundle(ref, folder, models_dir)
+        name, pretrained = f"local-dir:{folder}", None
+    elif ref.kind == "hf-hub":
+        located = locate_hub_bundle(ref, models_dir)
+        if located.bundle_dir is None:
+            raise MissingModelError(ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)],
+                                    located.searched, fix_steps(ref, models_dir))
+        name, pretrained = f"local-dir:{located.bundle_dir}", None
+    elif ref.kind == "random":
+        _check_architecture(ref.name)
+        torch.manual_seed(0)  # same random weights in every process, so indexes stay usable
+        name, pretrained, random_weights = ref.name, None, True
+    elif ref.kind == "file":
+        _check_architecture(ref.name)
+        if not Path(str(ref.pretrained)).is_file():
+            raise MissingModelError(ref, [str(ref.pretrained)], [Path(str(ref.pretrained)).parent],
+                                    fix_steps(ref, models_dir))
+        name, pretrained = ref.name, str(ref.pretrained)
+    else:
+        _check_architecture(ref.name)
+        cfg = open_clip.pretrained.get_pretrained_cfg(ref.name, str(ref.pretrained))
+        if not cfg:
+            tags = open_clip.list_pretrained_tags_by_model(ref.name)
+            raise ModelLoadError(
+                f"Unknown pretrained tag {ref.pretrained!r} for {ref.name}. "
+                f"Known tags: {', '.join(tags) or 'none'}; or pass a weights file path."
+            )
+        located = locate_pretrained(ref, cfg, models_dir)
+        if located.weights is None:
+            raise MissingModelError(ref, pretrained_files(cfg), located.searched,
+                                    fix_steps(ref, models_dir))
+        name, pretrained = ref.name, str(located.weights)
+        if cfg.get("quick_gelu") and not name.endswith("-quickgelu"):
+            # OpenAI-style weights were trained with QuickGELU; without it embeddings drift.
+            name = f"{name}-quickgelu" if name + "-quickgelu" in open_clip.list_models() else name
+    try:
+        model = open_clip.create_model(
+            name, pretrained=pretrained, precision=precision, device=device, weights_only=True
+        )
+    except MissingModelError:
+        raise
+    except Exception as exc:  # open_clip raises many types; give one clear message
+        raise ModelLoadError(f"Could not load {ref.display}: {_short(exc)}") from exc
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name) if "text" in towers else None
+    spec = PreprocessSpec.from_open_clip(dict(model.visual.preprocess_cfg))
+    _drop_unused_towers(model, towers)
+    return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model),
+                       random_weights)
+
+
+def _load_hf_folder(ref: ModelRef, folder: Path, device: str, precision: str,
+                    towers: frozenset[str]) -> LoadedModel:
+    import torch
+
+    from . import hf_clip
+
+    try:
+        converted = hf_clip.load_hf_clip(folder)
+        model = hf_clip.build_model(converted)
+    except Exception as exc:
+        raise ModelLoadError(f"Could not convert transformers CLIP folder {folder}: "
+                             f"{_short(exc)}") from exc
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    model = model.to(device=device, dtype=dtype).eval()
+    tokenizer = hf_clip.make_tokenizer(converted) if "text" in towers else None
+    spec = PreprocessSpec.from_open_clip(converted.preprocess_cfg)
+    _drop_unused_towers(model, towers)
+    return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model))
+
+
+def _check_architecture(name: str) -> None:
+    import open_clip
+
+    if name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.lower() in m.lower()][:8]
+        hint = f" Similar: {', '.join(close)}." if close else ""
+        raise ModelLoadError(f"Unknown open_clip architecture {name!r}.{hint} "
+                             "`clipsearch models list` shows them all.")
+
+
+def _check_bundle(ref: ModelRef, folder: Path, models_dir: Path) -> None:
+    config = folder / CONFIG_NAME
+    weights = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt")]
+    if not config.is_file() or not weights:
+        raise MissingModelError(
+            ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)], [folder], fix_steps(ref, models_dir)
+        )
+    try:
+        if "model_cfg" not in json.loads(config.read_text()):
+            raise ModelLoadError(f"{config} has no 'model_cfg' key (open_clip bundle format)")
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{config} is not valid JSON: {exc}") from exc
+
+
+def _drop_unused_towers(model: Any, towers: frozenset[str]) -> None:
+    """Free the tower a job does not need: indexing needs only the image tower."""
+    if "text" not in towers:
+        if hasattr(model, "text"):
+            model.text = None
+        for attr in ("transformer", "token_embedding", "ln_final"):
+            if hasattr(model, attr):
+                setattr(model, attr, None)
+    if "image" not in towers and hasattr(model, "visual"):
+        model.visual.transformer = None
+
+
+def _embed_dim(model: Any) -> int:
+    import torch
+
+    with torch.no_grad():
+        proj = getattr(model.visual, "proj", None)
+        if proj is not None:
+            return int(proj.shape[-1])
+        return int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[-1])
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:400] if text else type(exc).__name__

@@ -1,0 +1,247 @@
+"""Where model weights are looked for on disk, and the one clear error when they are absent.
+
+Nothing here touches the network: clipsearch downloads only when the user runs
+`clipsearch models download`. Loading looks in three places, in order:
+1. clipsearch's own model store (`CLIPSEARCH_MODELS`, default: the platform's user data folder);
+2. the Hugging Face hub cache (`HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`);
+3. open_clip's URL cache (`~/.cache/clip`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .model_ref import ModelRef
+
+WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+CONFIG_NAME = "open_clip_config.json"
+
+
+class MissingModelError(RuntimeError):
+    """Raised, within milliseconds, when a model's files are not on this machine."""
+
+    def __init__(self, ref: ModelRef, expected: list[str], looked_in: list[Path], fix: list[str]):
+        self.ref = ref
+        self.expected = expected
+        self.looked_in = looked_in
+        self.fix = fix
+        lines = [
+            f"Model {ref.display} is not available on this machine "
+            "(clipsearch never downloads unless asked).",
+            "Expected file(s): " + ", ".join(expected),
+            "Looked in:",
+            *(f"  - {place}" for place in looked_in),
+            "To fix it:",
+            *(f"  - {step}" for step in fix),
+        ]
+        super().__init__("\n".join(lines))
+
+
+def default_models_dir() -> Path:
+    env = os.environ.get("CLIPSEARCH_MODELS")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("clipsearch", appauthor=False)) / "models"
+
+
+def hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def clip_url_cache_dir() -> Path:
+    return Path.home() / ".cache" / "clip"
+
+
+def store_dir_for(ref: ModelRef, models_dir: Path) -> Path:
+    """Folder in clipsearch's store that holds this reference's files."""
+    if ref.kind == "hf-hub":
+        return models_dir / "hf-hub" / ref.name
+    return models_dir / ref.name / str(ref.pretrained)
+
+
+@dataclass
+class Located:
+    """What was found: a weights file for an architecture, or a whole local-dir bundle."""
+
+    weights: Path | None = None
+    bundle_dir: Path | None = None
+    searched: list[Path] = field(default_factory=list)
+
+
+def hub_snapshot_files(repo_id: str, filenames: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
+    """Files of a hub repo already in the HF cache (any snapshot), and the folders looked in."""
+    repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    snapshots = repo_dir / "snapshots"
+    found: list[Path] = []
+    if snapshots.is_dir():
+        for snap in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+            found.extend(snap / name for name in filenames if (snap / name).is_file())
+            if found:
+                break
+    return found, [snapshots]
+
+
+def locate_pretrained(ref: ModelRef, pretrained_cfg: dict, models_dir: Path) -> Located:
+    """Find weights for an open_clip (architecture, tag) pair without any network access."""
+    located = Located()
+    own = store_dir_for(ref, models_dir)
+    located.searched.append(own)
+    for name in (*WEIGHT_NAMES, "open_clip_model.bin", "model.pt"):
+        if (own / name).is_file():
+            located.weights = own / name
+            return located
+    hub = pretrained_cfg.get("hf_hub", "")
+    if hub:
+        # open_clip's convention: "org/repo/" means the default file names, else "org/repo/file".
+        repo_id, filename = os.path.split(hub)
+        names = (filename,) if filename else WEIGHT_NAMES
+        files, places = hub_snapshot_files(repo_id, names)
+        located.searched.extend(places)
+        if files:
+            located.weights = files[0]
+            return located
+    url = pretrained_cfg.get("url", "")
+    if url:
+        cached = clip_url_cache_dir() / os.path.basename(url)
+        located.searched.append(clip_url_cache_dir())
+        if cached.is_file():
+            located.weights = cached
+    return located
+
+
+def locate_hub_bundle(ref: ModelRef, models_dir: Path) -> Located:
+    """An `hf-hub:ORG/REPO` open_clip bundle: config + weights in one folder."""
+    located = Located()
+    own = store_dir_for(ref, models_dir)
+    located.searched.append(own)
+    if (own / CONFIG_NAME).is_file() and any((own / n).is_file() for n in WEIGHT_NAMES):
+        located.bundle_dir = own
+        return located
+    files, places = hub_snapshot_files(ref.name, (CONFIG_NAME, *WEIGHT_NAMES))
+    located.searched.extend(places)
+    names = {f.name for f in files}
+    if CONFIG_NAME in names and names & set(WEIGHT_NAMES):
+        located.bundle_dir = files[0].parent
+    return located
+
+
+def pretrained_files(pretrained_cfg: dict) -> list[str]:
+    hub = pretrained_cfg.get("hf_hub", "")
+    if hub and not hub.endswith("/"):
+        return [os.path.basename(hub)]
+    if hub:
+        return list(WEIGHT_NAMES)
+    return [os.path.basename(pretrained_cfg.get("url", "")) or "weights file"]
+
+
+def fix_steps(ref: ModelRef, models_dir: Path) -> list[str]:
+    spec = ref.to_spec()
+    cmd = f"clipsearch models download {spec['model']}"
+    if spec.get("pretrained"):
+        cmd += f" --pretrained {spec['pretrained']}"
+    return [
+        f"on a machine with internet: `{cmd}`",
+        "air-gapped: on a connected machine run `clipsearch models export "
+        f"{spec['model']}{' --pretrained ' + spec['pretrained'] if spec.get('pretrained') else ''}"
+        " -o model.clipsearch`, copy the file here, then `clipsearch models import "
+        "model.clipsearch`",
+        f"or put the expected file(s) into {store_dir_for(ref, models_dir)}",
+        "or point --model at files you already have: `--model local-dir:PATH` (an open_clip "
+        "bundle or a Hugging Face transformers CLIP folder) or `--pretrained FILE`",
+    ]
+
+
+# -- open_clip's tables without `import open_clip` -----------------------------------------
+# Importing open_clip takes 3-12 s (torch, torchvision, transformers), far too long to tell a
+# user that a file is missing. Its pretrained table and architecture configs are plain data,
+# read here straight from the installed package's files.
+
+
+def openclip_package_dir() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else None
+
+
+@functools.lru_cache(maxsize=1)
+def pretrained_table() -> dict[str, dict[str, dict]]:
+    """open_clip.pretrained._PRETRAINED ({architecture: {tag: cfg}}), built by running only
+    the cfg helpers and table assignments of open_clip/pretrained.py (~20 ms). Falls back to
+    importing open_clip if that file ever stops fitting this shape."""
+    import ast
+    import copy
+
+    try:
+        folder = openclip_package_dir()
+        source = (folder / "pretrained.py").read_text(encoding="utf-8")
+        constants = (folder / "constants.py").read_text(encoding="utf-8")
+        namespace: dict = {"copy": copy}
+        exec(compile(constants, "open_clip/constants.py", "exec"), namespace)
+        tree = ast.parse(source)
+        tree.body = [
+            node for node in tree.body
+            if isinstance(node, ast.Assign | ast.For | ast.Expr)
+            or (isinstance(node, ast.FunctionDef) and node.name.endswith("cfg"))
+        ]
+        exec(compile(tree, "open_clip/pretrained.py", "exec"), namespace)
+        table = namespace["_PRETRAINED"]
+        if not isinstance(table, dict) or not table:
+            raise ValueError("empty table")
+        return table
+    except Exception:  # any drift in open_clip's source: pay for the import instead
+        from open_clip.pretrained import _PRETRAINED
+
+        return _PRETRAINED
+
+
+def pretrained_cfg(name: str, tag: str) -> dict:
+    """Same answer as open_clip.pretrained.get_pretrained_cfg, without importing torch."""
+    return dict(pretrained_table().get(name, {}).get(tag.lower().replace("-", "_"), {}))
+
+
+@functools.lru_cache(maxsize=1)
+def architecture_configs() -> dict[str, dict]:
+    """open_clip's built-in model configs (model_configs/*.json) by architecture name."""
+    folder = openclip_package_dir()
+    configs: dict[str, dict] = {}
+    for path in sorted((folder / "model_configs").glob("*.json")) if folder else []:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        if all(key in cfg for key in ("embed_dim", "vision_cfg", "text_cfg")):
+            configs[path.stem] = cfg
+    return configs
+
+
+def ensure_local(ref: ModelRef, models_dir: Path | None = None) -> None:
+    """Raise MissingModelError when `ref`'s files are absent, without importing torch, so a
+    missing model is reported in well under a second. Unknown names and tags pass through:
+    the loader has the better message for those."""
+    models_dir = models_dir or default_models_dir()
+    if ref.kind == "openclip":
+        cfg = pretrained_cfg(ref.name, str(ref.pretrained))
+        located = locate_pretrained(ref, cfg, models_dir) if cfg else Located(weights=Path())
+        if located.weights is None:
+            raise MissingModelError(ref, pretrained_files(cfg), located.searched,
+                                    fix_steps(ref, models_dir))
+    elif ref.kind == "hf-hub":
+        located = locate_hub_bundle(ref, models_dir)
+        if located.bundle_dir is None:
+            raise MissingModelError(ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)],
+                                    located.searched, fix_steps(ref, models_dir))
+    elif ref.kind == "local-dir" and not Path(ref.name).is_dir():
+        raise MissingModelError(ref, [CONFIG_NAME, WEIGHT_NAMES[0]], [Path(ref.name)],
+                                fix_steps(ref, models_dir))
+    elif ref.kind == "file" and not Path(str(ref.pretrained)).is_file():
+        raise MissingModelError(ref, [str(ref.pretrained)], [Path(str(ref.pretrained)).parent],
+                                fix_steps(ref, models_dir))

@@ -1,0 +1,118 @@
+"""What the user asked for: a model reference parsed from `--model` / `--pretrained`.
+
+A reference is data only (no torch): it says which architecture and which weights, and gives a
+stable `model_id` that tags every vector made with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+RANDOM_WEIGHTS = "none"
+
+# Models that ship inside this repository (data/models/NAME): usable by bare name.
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """`kind` is one of: "openclip" (architecture + pretrained tag), "random" (architecture,
+    random weights), "file" (architecture + local weights file), "hf-hub" (repo id),
+    "local-dir" (an open_clip bundle or a transformers CLIP folder)."""
+
+    kind: str
+    name: str  # architecture name, hub repo id, or absolute folder path
+    pretrained: str | None = None  # tag or absolute file path
+
+    @property
+    def model_id(self) -> str:
+        """Stable identifier stored beside every vector made by this model."""
+        if self.kind == "openclip":
+            return f"{self.name}/{self.pretrained}"
+        if self.kind == "random":
+            return f"{self.name}/random"
+        if self.kind == "hf-hub":
+            return f"hf-hub:{self.name}"
+        # Local files are identified by name plus a short fingerprint of the weights, so a
+        # moved folder keeps its vectors while different weights never share an id.
+        path = Path(self.pretrained if self.kind == "file" else self.name)
+        label = f"{self.name}:{path.name}" if self.kind == "file" else path.name
+        return f"{label}@{_fingerprint(path)}"
+
+    @property
+    def display(self) -> str:
+        if self.kind in ("openclip", "random"):
+            return f"{self.name} (pretrained={self.pretrained or RANDOM_WEIGHTS})"
+        if self.kind == "file":
+            return f"{self.name} (weights {self.pretrained})"
+        if self.kind == "hf-hub":
+            return f"{HF_HUB_PREFIX}{self.name}"
+        return f"{LOCAL_DIR_PREFIX}{self.name}"
+
+    def to_spec(self) -> dict[str, str | None]:
+        """The two strings that recreate this reference through `parse_model`."""
+        if self.kind in ("openclip", "file"):
+            return {"model": self.name, "pretrained": self.pretrained}
+        if self.kind == "random":
+            return {"model": self.name, "pretrained": RANDOM_WEIGHTS}
+        if self.kind == "hf-hub":
+            return {"model": HF_HUB_PREFIX + self.name, "pretrained": None}
+        return {"model": LOCAL_DIR_PREFIX + self.name, "pretrained": None}
+
+
+def parse_model(model: str | None = None, pretrained: str | None = None) -> ModelRef:
+    """Turn CLI/API strings into a ModelRef. No file is read beyond existence checks."""
+    model = (model or DEFAULT_MODEL).strip()
+    if model.startswith(HF_HUB_PREFIX):
+        return ModelRef("hf-hub", model[len(HF_HUB_PREFIX) :].strip("/"))
+    if model.startswith(LOCAL_DIR_PREFIX):
+        return ModelRef("local-dir", _abs(model[len(LOCAL_DIR_PREFIX) :]))
+    bundled = BUNDLED_MODELS_DIR / model
+    if "/" not in model and bundled.is_dir():
+        return ModelRef("local-dir", str(bundled))
+    if os.sep in model or model.startswith("."):
+        path = Path(model).expanduser()
+        if path.is_dir():
+            return ModelRef("local-dir", _abs(model))
+    tag = pretrained if pretrained is not None else DEFAULT_PRETRAINED
+    if tag.lower() == RANDOM_WEIGHTS:
+        return ModelRef("random", model)
+    if os.sep in tag or Path(tag).suffix in (".safetensors", ".bin", ".pt", ".pth"):
+        return ModelRef("file", model, _abs(tag))
+    return ModelRef("openclip", model, tag)
+
+
+def _abs(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _fingerprint(path: Path) -> str:
+    """Hash of the weight files' names and sizes plus their first and last MiB: cheap on
+    multi-GB files yet changes whenever the weights do."""
+    files: list[Path] = []
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir()
+            if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".json")
+        )
+    elif path.exists():
+        files = [path]
+    if not files:
+        return "missing"
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), os.SEEK_END)
+                digest.update(handle.read())
+    return digest.hexdigest()[:10]

@@ -1,0 +1,254 @@
+"""The `clipsearch` command: a thin layer over clipsearch.Library."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+
+import click
+
+from clip_core.model_files import MissingModelError
+
+from .output import format_size, human, write_json, write_paths
+
+EXIT_MODEL = 2
+EXIT_BUSY = 3
+EXIT_INTERRUPTED = 130
+
+
+def library_options(func: Callable) -> Callable:
+    @click.option("--library", "library", envvar="CLIPSEARCH_LIBRARY", type=click.Path(),
+                  help="Library folder (default: the platform's user data folder; "
+                  "env CLIPSEARCH_LIBRARY).")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def model_options(func: Callable) -> Callable:
+    @click.option("--model", help="open_clip architecture (ViT-B-32), hf-hub:ORG/REPO, "
+                  "local-dir:PATH, or a bundled model name (shapes-tiny). "
+                  "Default: the library's default model.")
+    @click.option("--pretrained", help="Pretrained tag (laion2b_s34b_b79k, openai, ...), a "
+                  "weights file, or 'none' for random weights (benchmarks only).")
+    @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ...")
+    @click.option("--precision", default="auto", show_default=True,
+                  type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def open_library(library: str | None, model: str | None = None, pretrained: str | None = None,
+                 device: str = "auto", precision: str = "auto", **extra):
+    from .api import Library
+
+    if model is None and pretrained is not None:
+        model = "ViT-B-32"
+    lib = Library(library, model=model, pretrained=pretrained, device=device,
+                  precision=precision, **extra)
+    return lib
+
+
+def friendly_errors(func: Callable) -> Callable:
+    """Known failures end with one clear message and an exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from clip_core.images import DecodeError
+        from clip_core.loading import ModelLoadError
+        from store import LibraryBusyError
+
+        try:
+            return func(*args, **kwargs)
+        except MissingModelError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_MODEL)
+        except ModelLoadError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_MODEL)
+        except LibraryBusyError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_BUSY)
+        except (DecodeError, FileNotFoundError, NotADirectoryError) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clipsearch")
+def main() -> None:
+    """Search your photos by describing them. Local and offline."""
+
+
+def _warn_random(ref) -> None:
+    if ref.kind == "random":
+        click.secho(
+            f"WARNING: {ref.name} with RANDOM weights (--pretrained none): results are "
+            "meaningless; use this for benchmarks only.", fg="red", bold=True, err=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@library_options
+@model_options
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=None, help="Decode threads (default: cores).")
+@click.option("--wait", type=float, default=0.0, help="Seconds to wait for another indexer.")
+@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@friendly_errors
+def index(paths, library, model, pretrained, device, precision, batch_size, workers, wait,
+          no_draft, as_json, quiet):
+    """Index PATHS (added as library roots), or re-index every root."""
+    from indexer import IndexSettings
+
+    from .progress import ProgressBar
+
+    lib = open_library(library, model, pretrained, device, precision)
+    _warn_random(lib.model_ref(model, pretrained) if model else lib.default_model)
+    settings = IndexSettings(batch_size=batch_size, draft=not no_draft)
+    if workers:
+        settings.workers = workers
+    with lib, ProgressBar(disable=quiet) as bar:
+        report = lib.index(list(paths) or None, model=model, pretrained=pretrained,
+                           settings=settings, progress=bar.update, wait=wait)
+    if as_json:
+        write_json(report.to_dict())
+    else:
+        _print_report(report)
+    if report.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _print_report(report) -> None:
+    verb = "Interrupted" if report.interrupted else "Done"
+    click.echo(
+        f"{verb} in {report.seconds:.1f}s: {report.indexed} indexed, {report.reused} reused "
+        f"(moved/duplicate), {report.unchanged} unchanged, {report.removed} removed, "
+        f"{len(report.skipped)} skipped, {report.known_errors} known errors."
+    , err=True)
+    if report.interrupted:
+        click.echo("Finished batches are saved; run the same command again to resume.", err=True)
+    for skip in report.skipped[:50]:
+        click.echo(f"  skipped {human(skip.path)}: {skip.reason}: {skip.message}", err=True)
+    if len(report.skipped) > 50:
+        click.echo(f"  ... and {len(report.skipped) - 50} more (clipsearch status --errors)",
+                   err=True)
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("--image", type=click.Path(exists=True, dir_okay=False),
+              help="Find images similar to this one instead of a text.")
+@click.option("-n", "--limit", type=int, default=10, show_default=True)
+@click.option("--in", "within", type=click.Path(file_okay=False),
+              help="Only results inside this folder.")
+@click.option("--json", "as_json", is_flag=True, help="JSON array of results.")
+@click.option("--paths", "paths_only", is_flag=True, help="Only paths, one a line.")
+@click.option("-0", "--null", is_flag=True, help="With --paths: end each path with NUL.")
+@library_options
+@model_options
+@friendly_errors
+def query(text, image, limit, within, as_json, paths_only, null, library, model, pretrained,
+          device, precision):
+    """Search the library by TEXT (or --image)."""
+    if bool(text) == bool(image):
+        raise click.UsageError("give a TEXT or --image PATH (one of them)")
+    with open_library(library, None, None, device, precision) as lib:
+        _warn_random(lib.model_ref(model, pretrained))
+        if image:
+            results = lib.query_image(image, limit=limit, within=within, model=model,
+                                      pretrained=pretrained)
+        else:
+            results = lib.query(text, limit=limit, within=within, model=model,
+                                pretrained=pretrained)
+    if as_json:
+        write_json([r.to_dict() for r in results])
+    elif paths_only:
+        write_paths([r.path for r in results], null)
+    elif not results:
+        click.echo("No results (is the library indexed? `clipsearch status`)", err=True)
+    else:
+        for r in results:
+            click.echo(f"{r.rank:>3}  {r.score:.3f}  {human(r.path)}")
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("labels", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@library_options
+@model_options
+@friendly_errors
+def classify(image, labels, as_json, library, model, pretrained, device, precision):
+    """Zero-shot: how well each LABEL describes IMAGE (the classic CLIP demo)."""
+    with open_library(library, None, None, device, precision) as lib:
+        scores = lib.classify(image, list(labels), model=model, pretrained=pretrained)
+    if as_json:
+        write_json([s.to_dict() for s in scores])
+        return
+    width = max(len(s.label) for s in scores)
+    for s in scores:
+        bar = "#" * round(s.probability * 40)
+        click.echo(f"{s.label:<{width}}  {s.probability:6.1%}  {bar}")
+
+
+@main.command()
+@click.option("--errors", "show_errors", is_flag=True, help="List every file that failed.")
+@click.option("--json", "as_json", is_flag=True)
+@library_options
+@friendly_errors
+def status(show_errors, as_json, library):
+    """Show the library: roots, counts, models, size on disk, errors."""
+    with open_library(library) as lib:
+        st = lib.status(errors=show_errors)
+    if as_json:
+        write_json(st.to_dict())
+        return
+    click.echo(f"Library: {human(st.path)} ({format_size(st.size_bytes)})")
+    click.echo(f"Default model: {st.default_model['id']}")
+    click.echo(f"Files: {st.files} ({st.indexed} indexed, {st.errors} errors)")
+    click.echo("Roots:" if st.roots else "Roots: none (clipsearch index FOLDER)")
+    for root in st.roots:
+        click.echo(f"  {human(root)}")
+    if st.models:
+        click.echo("Models:")
+        for model_id, count in st.models.items():
+            click.echo(f"  {model_id}: {count} vectors")
+    for err in st.error_list:
+        click.echo(f"  error {human(err['path'])}: {err['error_reason']}: {err['error_message']}")
+    if st.errors and not show_errors:
+        click.echo("(clipsearch status --errors lists them)")
+
+
+@main.command("remove-root")
+@click.argument("path", type=click.Path())
+@library_options
+@friendly_errors
+def remove_root(path, library):
+    """Forget a root folder and its files."""
+    with open_library(library) as lib:
+        n = lib.remove_root(path)
+    click.echo(f"Removed {os.path.abspath(path)} ({n} files)")
+
+
+def _register_subgroups() -> None:
+    from .cli_models import models
+
+    main.add_command(models)
+
+
+_register_subgroups()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""A tqdm progress bar fed by the API's progress callback."""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from indexer import Progress
+
+
+class ProgressBar:
+    def __init__(self, disable: bool = False):
+        self.disable = disable
+        self.bar: tqdm | None = None
+
+    def update(self, progress: Progress) -> None:
+        if self.disable:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=progress.total, unit="img", desc="Indexing", dynamic_ncols=True)
+        self.bar.update(progress.done - self.bar.n)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,75 @@
+"""Stage 1: walk the roots and list candidate image files with their stat.
+
+Never follows a directory symlink into a loop, never dies on a folder it cannot read, and
+reports what it had to skip (broken links, unreadable folders) instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: str
+    root_id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class CrawlSkip:
+    path: str
+    reason: str
+    message: str
+
+
+def crawl(
+    root: str,
+    root_id: int,
+    extensions: frozenset[str],
+    skip_dirs: frozenset[str] = frozenset(),
+) -> Iterator[Candidate | CrawlSkip]:
+    """Depth-first walk of `root`, sorted for a stable order. `skip_dirs` are other roots
+    nested inside this one: they are crawled as their own roots."""
+    seen_dirs: set[tuple[int, int]] = set()
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        yield CrawlSkip(root, "unreadable", f"cannot open root: {exc.strerror}")
+        return
+    seen_dirs.add((st.st_dev, st.st_ino))
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            yield CrawlSkip(folder, "unreadable", f"cannot list folder: {exc.strerror}")
+            continue
+        subdirs = []
+        for entry in entries:
+            ext = os.path.splitext(entry.name)[1].lower()
+            try:
+                st = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                if ext in extensions:
+                    reason = "broken-symlink" if entry.is_symlink() else "unreadable"
+                    yield CrawlSkip(entry.path, reason, f"cannot stat: {exc.strerror}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen_dirs or entry.path in skip_dirs:
+                    continue  # symlink loop, a folder reached twice, or a nested root
+                seen_dirs.add(key)
+                subdirs.append(entry.path)
+            elif ext in extensions:
+                if stat.S_ISREG(st.st_mode):
+                    yield Candidate(entry.path, root_id, st.st_size, st.st_mtime_ns)
+                else:
+                    yield CrawlSkip(entry.path, "not-a-file", "not a regular file")
+        stack.extend(reversed(subdirs))

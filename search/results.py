@@ -1,0 +1,30 @@
+"""Typed search results shared by the API, the CLI and JSON output."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    rank: int
+    score: float  # cosine similarity in [-1, 1]
+    path: str
+    file_id: int
+    root: str | None = None
+    width: int | None = None
+    height: int | None = None
+    taken_at: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    probability: float
+    score: float  # cosine similarity
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,367 @@
+"""The SQLite catalog: the library's source of truth.
+
+It holds roots, one row per file, and every embedding (as float32 BLOBs keyed by content hash
+and model id). The FAISS files beside it are caches rebuilt from here (store/vector_index.py),
+so a crash can never leave the two disagreeing. Each write transaction bumps `generation`;
+a FAISS file made at another generation is stale and gets rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from .paths import folder_range, text_factory, to_db
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class FileRow:
+    id: int
+    path: str
+    root_id: int | None
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    status: str
+    error_reason: str | None = None
+
+
+@dataclass
+class FileRecord:
+    """A file's state after the indexer looked at it."""
+
+    path: str
+    root_id: int | None
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    status: str  # "ok" or "error"
+    width: int | None = None
+    height: int | None = None
+    taken_at: str | None = None
+    error_reason: str | None = None
+    error_message: str | None = None
+
+
+class CatalogError(RuntimeError):
+    pass
+
+
+class Catalog:
+    def __init__(self, path: Path, *, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        self.conn = _connect(self.path, readonly)
+        self.db = sqlite_utils.Database(self.conn)
+        if not readonly:
+            self._migrate()
+
+    # -- schema --------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        db = self.db
+        with self.transaction():
+            if "meta" not in db.table_names():
+                db["meta"].create({"key": str, "value": str}, pk="key")
+                db["roots"].create({"id": int, "path": str, "added_at": str}, pk="id")
+                db["roots"].create_index(["path"], unique=True)
+                db["files"].create(
+                    {
+                        "id": int, "path": str, "root_id": int, "size": int, "mtime_ns": int,
+                        "content_hash": str, "width": int, "height": int, "taken_at": str,
+                        "status": str, "error_reason": str, "error_message": str,
+                        "indexed_at": str,
+                    },
+                    pk="id", not_null={"path", "status"},
+                    foreign_keys=[("root_id", "roots", "id")],
+                )
+                db["files"].create_index(["path"], unique=True)
+                db["files"].create_index(["content_hash"])
+                db["files"].create_index(["root_id"])
+                db["models"].create(
+                    {"model_id": str, "spec": str, "embed_dim": int, "added_at": str},
+                    pk="model_id",
+                )
+                self.conn.execute(
+                    "CREATE TABLE embeddings (content_hash TEXT NOT NULL, model_id TEXT NOT NULL,"
+                    " vector BLOB NOT NULL, PRIMARY KEY (content_hash, model_id)) WITHOUT ROWID"
+                )
+                self._set_meta("schema_version", str(SCHEMA_VERSION))
+                self._set_meta("generation", "0")
+        version = int(self.get_meta("schema_version") or 0)
+        if version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.path} was written by a newer clipsearch (schema {version}); upgrade"
+            )
+
+    # -- transactions --------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write; bumps the generation so derived FAISS files know they are stale."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+            self.conn.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- meta ----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self._set_meta(key, value)
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation") or 0)
+
+    # -- roots ---------------------------------------------------------------------------
+    def add_root(self, path: str) -> int:
+        existing = self.root_id(path)
+        if existing is not None:
+            return existing
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO roots(path, added_at) VALUES (CAST(? AS TEXT), ?)",
+                (to_db(path), _now()),
+            )
+            return int(cur.lastrowid)
+
+    def root_id(self, path: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT id FROM roots WHERE path = CAST(? AS TEXT)", (to_db(path),)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def roots(self) -> dict[int, str]:
+        return {int(i): p for i, p in self.conn.execute("SELECT id, path FROM roots ORDER BY id")}
+
+    def remove_root(self, path: str) -> int:
+        """Forget a root and its files; returns how many files left the library."""
+        root_id = self.root_id(path)
+        if root_id is None:
+            return 0
+        with self.transaction() as conn:
+            removed = conn.execute("DELETE FROM files WHERE root_id = ?", (root_id,)).rowcount
+            conn.execute("DELETE FROM roots WHERE id = ?", (root_id,))
+            _gc_embeddings(conn)
+        return removed
+
+    # -- models --------------------------------------------------------------------------
+    def register_model(self, model_id: str, spec: dict, embed_dim: int) -> None:
+        if self.conn.execute("SELECT 1 FROM models WHERE model_id = ?", (model_id,)).fetchone():
+            return
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO models(model_id, spec, embed_dim, added_at) VALUES (?, ?, ?, ?)",
+                (model_id, json.dumps(spec), embed_dim, _now()),
+            )
+
+    def models(self) -> dict[str, dict]:
+        out = {}
+        for model_id, spec, dim in self.conn.execute(
+            "SELECT model_id, spec, embed_dim FROM models ORDER BY added_at"
+        ):
+            out[model_id] = {"spec": json.loads(spec), "embed_dim": dim}
+        return out
+
+    def remove_model(self, model_id: str) -> int:
+        with self.transaction() as conn:
+            n = conn.execute("DELETE FROM embeddings WHERE model_id = ?", (model_id,)).rowcount
+            conn.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
+        return n
+
+    def model_counts(self) -> dict[str, int]:
+        """How many catalogued files each model has a vector for."""
+        return {
+            m: int(n)
+            for m, n in self.conn.execute(
+                "SELECT e.model_id, COUNT(*) FROM files f JOIN embeddings e "
+                "ON e.content_hash = f.content_hash WHERE f.status = 'ok' GROUP BY e.model_id"
+            )
+        }
+
+    # -- files ---------------------------------------------------------------------------
+    def files_in_root(self, root_id: int) -> dict[str, FileRow]:
+        rows = self.conn.execute(
+            "SELECT id, path, root_id, size, mtime_ns, content_hash, status, error_reason "
+            "FROM files WHERE root_id = ?",
+            (root_id,),
+        )
+        return {r[1]: FileRow(*r) for r in rows}
+
+    def hashes_with_vectors(self, model_id: str) -> set[str]:
+        return {
+            h for (h,) in self.conn.execute(
+                "SELECT content_hash FROM embeddings WHERE model_id = ?", (model_id,)
+            )
+        }
+
+    def write_batch(
+        self,
+        records: Iterable[FileRecord],
+        vectors: dict[str, np.ndarray],
+        model_id: str,
+    ) -> None:
+        """Insert/refresh files and their new vectors in one transaction."""
+        now = _now()
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO embeddings(content_hash, model_id, vector) "
+                "VALUES (?, ?, ?)",
+                [(h, model_id, np.asarray(v, np.float32).tobytes()) for h, v in vectors.items()],
+            )
+            conn.executemany(
+                "INSERT INTO files(path, root_id, size, mtime_ns, content_hash, width, height,"
+                " taken_at, status, error_reason, error_message, indexed_at) "
+                "VALUES (CAST(? AS TEXT), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET root_id = excluded.root_id,"
+                " size = excluded.size, mtime_ns = excluded.mtime_ns,"
+                " content_hash = excluded.content_hash, width = excluded.width,"
+                " height = excluded.height, taken_at = excluded.taken_at,"
+                " status = excluded.status, error_reason = excluded.error_reason,"
+                " error_message = excluded.error_message, indexed_at = excluded.indexed_at",
+                [
+                    (to_db(r.path), r.root_id, r.size, r.mtime_ns, r.content_hash, r.width,
+                     r.height, r.taken_at, r.status, r.error_reason, r.error_message, now)
+                    for r in records
+                ],
+            )
+
+    def delete_files(self, file_ids: Iterable[int]) -> int:
+        ids = [(int(i),) for i in file_ids]
+        if not ids:
+            return 0
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM files WHERE id = ?", ids)
+            _gc_embeddings(conn)
+        return len(ids)
+
+    def file_rows(self, file_ids: Iterable[int]) -> dict[int, dict]:
+        ids = [int(i) for i in file_ids]
+        out: dict[int, dict] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            cur = self.conn.execute(
+                "SELECT f.id, f.path, r.path AS root, f.size, f.mtime_ns, f.content_hash,"
+                " f.width, f.height, f.taken_at FROM files f LEFT JOIN roots r"
+                f" ON r.id = f.root_id WHERE f.id IN ({marks})",
+                chunk,
+            )
+            names = [d[0] for d in cur.description]
+            for row in cur:
+                out[int(row[0])] = dict(zip(names, row, strict=True))
+        return out
+
+    def file_id(self, path: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT id FROM files WHERE path = CAST(? AS TEXT)", (to_db(path),)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def ids_in_folder(self, folder: str) -> np.ndarray:
+        lo, hi = folder_range(folder)
+        rows = self.conn.execute(
+            "SELECT id FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)",
+            (lo, hi),
+        ).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def vectors(self, model_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(file ids, vectors) of every indexed file for one model, ordered by file id."""
+        cur = self.conn.execute(
+            "SELECT f.id, e.vector FROM files f JOIN embeddings e"
+            " ON e.content_hash = f.content_hash AND e.model_id = ?"
+            " WHERE f.status = 'ok' ORDER BY f.id",
+            (model_id,),
+        )
+        ids: list[int] = []
+        blobs: list[bytes] = []
+        for file_id, blob in cur:
+            ids.append(file_id)
+            blobs.append(blob)
+        if not ids:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), -1)
+        return np.asarray(ids, np.int64), vectors
+
+    def vector_for_hash(self, content_hash: str, model_id: str) -> np.ndarray | None:
+        row = self.conn.execute(
+            "SELECT vector FROM embeddings WHERE content_hash = ? AND model_id = ?",
+            (content_hash, model_id),
+        ).fetchone()
+        return np.frombuffer(row[0], dtype=np.float32) if row else None
+
+    # -- reporting -----------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status")
+        return {status: int(n) for status, n in rows}
+
+    def errors(self) -> list[dict]:
+        cur = self.conn.execute(
+            "SELECT path, error_reason, error_message, indexed_at FROM files"
+            " WHERE status = 'error' ORDER BY path"
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+
+def _gc_embeddings(conn: sqlite3.Connection) -> None:
+    """Drop vectors no file refers to any more (after deletes; moves keep theirs)."""
+    conn.execute(
+        "DELETE FROM embeddings WHERE content_hash NOT IN"
+        " (SELECT content_hash FROM files WHERE content_hash IS NOT NULL)"
+    )
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        uri = f"file:{path}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("SELECT 1 FROM meta LIMIT 1")
+        except sqlite3.OperationalError:
+            # A WAL database on read-only media cannot create its -shm file: read it as
+            # immutable (safe because nothing can write there either).
+            conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.text_factory = text_factory
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())

@@ -1,0 +1,58 @@
+"""The public Python API a photo app embeds: everything the CLI does, without the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipsearch import Library, MissingModelError, Progress, SearchResult
+from tests.helpers import PAIRS, draw_photos, pair_of
+
+
+def test_library_api_round_trip(tmp_path):
+    photos = tmp_path / "photos"
+    draw_photos(photos, per_pair=1, seed=55)
+    events: list[Progress] = []
+    with Library.open(tmp_path / "lib", model="shapes-tiny") as lib:
+        root = lib.add_root(photos)
+        assert lib.roots == [root]
+        report = lib.index(progress=events.append)
+        assert report.indexed == len(PAIRS) and not report.interrupted
+        assert events[-1].done == events[-1].total == len(PAIRS)
+        assert [e.done for e in events] == sorted(e.done for e in events)
+
+        results = lib.query("a green star", limit=3)
+        assert all(isinstance(r, SearchResult) for r in results)
+        assert pair_of(results[0].path) == ("green", "star")
+        assert results[0].width == 96 and results[0].root == root
+
+        similar = lib.query_image(results[0].path, limit=2)
+        assert results[0].path not in {r.path for r in similar}  # the probe itself is left out
+        assert lib.query_image(results[0].path, limit=1, include_self=True)[0].path == \
+            results[0].path
+
+        labels = lib.classify(results[0].path, ["a green star", "a black square"])
+        assert labels[0].label == "a green star" and labels[0].probability > 0.5
+
+        vecs = lib.embed_text(["a red circle", "a red circle"])
+        assert vecs.shape[0] == 2 and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+
+        st = lib.status()
+        assert st.files == len(PAIRS) and st.errors == 0
+        assert lib.remove_root(photos) == len(PAIRS)
+        assert lib.query("a green star") == []
+
+
+def test_library_remembers_its_default_model(tmp_path):
+    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+        model_id = lib.default_model.model_id
+    with Library(tmp_path / "lib") as lib:
+        assert lib.default_model.model_id == model_id
+
+
+def test_missing_model_raises_typed_error_fast(tmp_path):
+    draw_photos(tmp_path / "p", per_pair=1)
+    with Library(tmp_path / "lib", model="ViT-B-32", pretrained="openai") as lib, \
+            pytest.raises(MissingModelError) as err:
+        lib.index([tmp_path / "p"])
+    assert "ViT-B-32" in str(err.value) and err.value.looked_in

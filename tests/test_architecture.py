@@ -1,0 +1,53 @@
+"""The import arrows of docs/architecture.md, checked by parsing every module's imports."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("clip_core", "store", "indexer", "search", "clipsearch")
+FORBIDDEN = {
+    "clip_core": {"store", "indexer", "search", "clipsearch"},
+    "store": {"clip_core", "indexer", "search", "clipsearch", "torch", "open_clip"},
+    "indexer": {"search", "clipsearch"},
+    "search": {"indexer", "clipsearch"},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_import_arrows_point_one_way():
+    problems = []
+    for package, forbidden in FORBIDDEN.items():
+        for module in (REPO / package).rglob("*.py"):
+            bad = imported_packages(module) & forbidden
+            if bad:
+                problems.append(f"{module.relative_to(REPO)} imports {sorted(bad)}")
+    assert not problems, problems
+
+
+def test_cli_uses_only_the_public_api():
+    allowed = {"clipsearch", "click", "clip_core", "indexer", "store", "tqdm"}
+    for name in ("cli.py", "cli_models.py"):
+        imported = imported_packages(REPO / "clipsearch" / name)
+        third_party = imported - allowed - set(sys.stdlib_module_names) - {"__future__"}
+        assert not third_party, (name, third_party)
+        assert "search" not in imported, "the CLI goes through clipsearch.api, not search/"
+
+
+def test_store_and_search_import_without_torch():
+    code = ("import sys, store, search, clip_core.model_ref, clip_core.images, "
+            "clip_core.preprocess; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

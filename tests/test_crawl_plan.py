@@ -1,0 +1,57 @@
+"""Stages 1-2 alone: crawling real folders and planning work from stat data."""
+
+from __future__ import annotations
+
+import os
+
+from indexer.crawl import Candidate, CrawlSkip, crawl
+from indexer.plan import plan_root
+from store import FileRow
+
+EXTS = frozenset({".jpg", ".png"})
+
+
+def test_crawl_finds_images_case_insensitively_and_survives_links(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.JPG").write_bytes(b"1")
+    (tmp_path / "a" / "notes.txt").write_text("no")
+    (tmp_path / "b.png").write_bytes(b"2")
+    (tmp_path / "dir.jpg").mkdir()  # a directory named like an image is descended, not read
+    (tmp_path / "dir.jpg" / "in.png").write_bytes(b"3")
+    os.symlink(tmp_path / "missing.jpg", tmp_path / "broken.jpg")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")  # a symlink loop back to the root
+    items = list(crawl(str(tmp_path), 1, EXTS))
+    found = sorted(os.path.relpath(i.path, tmp_path) for i in items if isinstance(i, Candidate))
+    skipped = {os.path.basename(i.path): i.reason for i in items if isinstance(i, CrawlSkip)}
+    assert found == ["a/x.JPG", "b.png", "dir.jpg/in.png"]
+    assert skipped == {"broken.jpg": "broken-symlink"}
+
+
+def test_crawl_skips_nested_roots(tmp_path):
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "inner" / "x.jpg").write_bytes(b"1")
+    (tmp_path / "y.jpg").write_bytes(b"1")
+    items = list(crawl(str(tmp_path), 1, EXTS, skip_dirs=frozenset({str(tmp_path / "inner")})))
+    assert [os.path.basename(i.path) for i in items] == ["y.jpg"]
+
+
+def test_plan_uses_stat_and_model_vectors():
+    rows = {
+        "/r/same.jpg": FileRow(1, "/r/same.jpg", 1, 10, 5, "h1", "ok"),
+        "/r/changed.jpg": FileRow(2, "/r/changed.jpg", 1, 10, 5, "h2", "ok"),
+        "/r/bad.jpg": FileRow(3, "/r/bad.jpg", 1, 10, 5, None, "error"),
+        "/r/gone.jpg": FileRow(4, "/r/gone.jpg", 1, 10, 5, "h4", "ok"),
+        "/r/other-model.jpg": FileRow(5, "/r/other-model.jpg", 1, 10, 5, "h5", "ok"),
+    }
+    cands = [
+        Candidate("/r/same.jpg", 1, 10, 5),
+        Candidate("/r/changed.jpg", 1, 11, 6),
+        Candidate("/r/bad.jpg", 1, 10, 5),
+        Candidate("/r/new.jpg", 1, 3, 3),
+        Candidate("/r/other-model.jpg", 1, 10, 5),
+    ]
+    plan = plan_root(cands, rows, {"h1", "h2", "h4"})
+    assert plan.unchanged == 1 and plan.known_errors == 1
+    assert sorted(c.path for c in plan.todo) == [
+        "/r/changed.jpg", "/r/new.jpg", "/r/other-model.jpg"]
+    assert plan.gone == [4]
