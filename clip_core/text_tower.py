@@ -1,0 +1,533 @@
+"""open_clip text tower exported to a flat file and run in pure numpy.
+
+Why: ``import torch, open_clip`` costs ~3 s, far over a cold query's budget. The indexer
+(torch already loaded) calls ``export_text_tower`` once; queries load the file with
+``NumpyTextTower.load`` (memory-mapped, no torch, no safetensors import) and encode tokens
+from ``clip_core.tokenizer.ClipTokenizer``.
+
+File format: a standard safetensors file (tensor names follow open_clip's state dict) whose
+``__metadata__`` holds our JSON header under ``HEADER_KEY``. It is read here with a
+tiny parser over ``mmap`` so tensors are zero-copy views: only pages actually touched
+count to RSS (just the few token-embedding rows a query uses), and each block's pages are
+released after use, so a ViT-B-32 query peaks at ~85 MB RSS instead of ~220 MB. fp32 on disk:
+fp16 halved the file but its per-query widening tripled encode time (35 -> 100 ms).
+
+Module must stay importable without torch: torch is imported lazily in export only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import json
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HEADER_KEY = "clipsearch.text_tower"
+FORMAT_VERSION = 1
+_CLIP_BPE_VOCAB = 49408
+_ACTS = ("gelu", "gelu_tanh", "quick_gelu")
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16}
+_BLOCK_TENSORS = (
+    "ln_1.weight", "ln_1.bias",
+    "attn.in_proj_weight", "attn.in_proj_bias",
+    "attn.out_proj.weight", "attn.out_proj.bias",
+    "ln_2.weight", "ln_2.bias",
+    "mlp.c_fc.weight", "mlp.c_fc.bias",
+    "mlp.c_proj.weight", "mlp.c_proj.bias",
+)  # fmt: skip
+
+
+class UnsupportedTextTower(ValueError):
+    """The model's text tower cannot be reproduced exactly in numpy; use torch instead."""
+
+
+# ---------------------------------------------------------------- export (torch side)
+
+
+def export_text_tower(
+    model: Any, path: Path, dtype: str = "float32", tokenizer: Any | None = None
+) -> None:
+    """Write the text side of an open_clip CLIP / CustomTextCLIP model to ``path``.
+
+    Only the standard causal ``TextTransformer`` with argmax pooling, default residual
+    blocks, LayerNorm and (quick_)gelu is accepted; anything else raises
+    ``UnsupportedTextTower`` so the caller can fall back to torch. ``dtype`` is the
+    on-disk precision ("float32" exact; "float16" halves the file, ~1e-4 off).
+    Pass the model's own ``tokenizer`` to also check that ``ClipTokenizer`` reproduces it
+    (raises ``UnsupportedTextTower`` if not, e.g. for SigLIP / HF tokenizers).
+    """
+    import torch
+    from torch import nn
+
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
+    t = _text_parts(model)
+    blocks = list(t["transformer"].resblocks)
+    width = t["token_embedding"].weight.shape[1]
+    ctx = int(t["context_length"])
+    if t["positional_embedding"].shape != (ctx, width):
+        raise UnsupportedTextTower("positional embedding does not match context length")
+    mask = t["attn_mask"]
+    causal = torch.full((ctx, ctx), float("-inf")).triu_(1)
+    if mask is None or mask.shape != (ctx, ctx) or not torch.equal(mask.float().cpu(), causal):
+        raise UnsupportedTextTower("text attention is not the standard causal mask")
+    if t["token_embedding"].weight.shape[0] != _CLIP_BPE_VOCAB:
+        raise UnsupportedTextTower("text vocabulary is not the OpenAI CLIP BPE (49408 ids)")
+    if t["pool_type"] != "argmax":
+        raise UnsupportedTextTower(f"text pool type {t['pool_type']!r} (only argmax)")
+
+    proj = t["text_projection"]
+    if proj is not None and not isinstance(proj, nn.Parameter):
+        raise UnsupportedTextTower(f"text projection {type(proj).__name__} (bias) unsupported")
+
+    tensors: dict[str, Any] = {
+        "token_embedding": t["token_embedding"].weight,
+        "positional_embedding": t["positional_embedding"],
+        "ln_final.weight": t["ln_final"].weight,
+        "ln_final.bias": t["ln_final"].bias,
+    }
+    if proj is not None:
+        tensors["text_projection"] = proj
+    norms = [t["ln_final"]]
+    acts, heads = set(), set()
+    for i, blk in enumerate(blocks):
+        info = _check_block(blk, width)
+        acts.add(info["act"])
+        heads.add(info["heads"])
+        norms += [blk.ln_1, blk.ln_2]
+        for name in _BLOCK_TENSORS:
+            tensors[f"resblocks.{i}.{name}"] = blk.get_parameter(name)
+        for ls in ("ls_1", "ls_2"):
+            if info[ls] is not None:
+                tensors[f"resblocks.{i}.{ls}.gamma"] = info[ls]
+    for ln in norms:
+        _check_norm(ln, width)
+    eps = {float(ln.eps) for ln in norms}
+    if len(acts) != 1 or len(heads) != 1 or len(eps) != 1 or not blocks:
+        raise UnsupportedTextTower("text blocks differ in activation, heads or layer-norm eps")
+
+    header = {
+        "format_version": FORMAT_VERSION,
+        "context_length": ctx,
+        "vocab_size": _CLIP_BPE_VOCAB,
+        "width": int(width),
+        "heads": heads.pop(),
+        "layers": len(blocks),
+        "embed_dim": int(proj.shape[1]) if proj is not None else int(width),
+        "act": acts.pop(),
+        "ln_eps": eps.pop(),
+        "pool_type": "argmax",
+        "dtype": dtype,
+        # Token ids must come from the OpenAI CLIP BPE (clip_core.tokenizer); argmax pooling
+        # relies on its end token being the largest id.
+        "tokenizer": "openai-clip-bpe",
+    }
+    if tokenizer is not None:
+        _check_tokenizer(tokenizer, ctx)
+    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    with torch.no_grad():
+        arrays = {k: v.detach().to("cpu", torch_dtype).numpy() for k, v in tensors.items()}
+    _write_safetensors(Path(path), arrays, {HEADER_KEY: json.dumps(header)})
+
+
+# Cheap probes that separate the OpenAI CLIP BPE (+ its cleaning) from other tokenizers.
+_TOKENIZER_PROBES = (
+    "a photo of a cat",
+    "A Dog's  DINNER &amp; café, naïve 日本語 🐱 x2!!",
+    "cafÃ© <end_of_text> tiger-lily",
+    " ".join(["word"] * 100),
+)
+
+
+def _check_tokenizer(tokenizer: Any, context_length: int) -> None:
+    from clip_core.tokenizer import ClipTokenizer
+
+    ours = ClipTokenizer(context_length=context_length)(list(_TOKENIZER_PROBES))
+    try:
+        theirs = np.asarray(tokenizer(list(_TOKENIZER_PROBES)))
+    except Exception as exc:  # any failure means we cannot vouch for equivalence
+        raise UnsupportedTextTower(f"model tokenizer failed on probe texts: {exc}") from exc
+    if theirs.shape != ours.shape or not np.array_equal(theirs, ours):
+        raise UnsupportedTextTower("model tokenizer is not open_clip's OpenAI CLIP BPE")
+
+
+def _text_parts(model: Any) -> dict[str, Any]:
+    """Text-tower pieces of CLIP (attributes on the model) or CustomTextCLIP (model.text)."""
+    from open_clip.transformer import TextTransformer
+
+    text = getattr(model, "text", None)
+    if text is not None:  # CustomTextCLIP
+        if not isinstance(text, TextTransformer):
+            raise UnsupportedTextTower(f"text tower {type(text).__name__} is not TextTransformer")
+        if text.cls_emb is not None or text.use_pad_mask:
+            raise UnsupportedTextTower("text tower uses a class token or padding mask")
+        src = text
+        pool_type = text.pool_type
+    elif hasattr(model, "token_embedding") and hasattr(model, "transformer"):  # CLIP
+        src = model
+        pool_type = getattr(model, "text_pool_type", "argmax")
+    else:
+        raise UnsupportedTextTower(f"no open_clip text tower found on {type(model).__name__}")
+    return {
+        "transformer": src.transformer,
+        "token_embedding": src.token_embedding,
+        "positional_embedding": src.positional_embedding,
+        "ln_final": src.ln_final,
+        "text_projection": src.text_projection,
+        "attn_mask": src.attn_mask,
+        "context_length": src.context_length,
+        "pool_type": pool_type,
+    }
+
+
+def _check_block(blk: Any, width: int) -> dict[str, Any]:
+    from open_clip.transformer import LayerScale, QuickGELU, ResidualAttentionBlock
+    from torch import nn
+
+    if type(blk) is not ResidualAttentionBlock or hasattr(blk, "ln_1_kv"):
+        raise UnsupportedTextTower(f"text block {type(blk).__name__} unsupported")
+    attn = blk.attn
+    if (
+        not isinstance(attn, nn.MultiheadAttention)
+        or not attn._qkv_same_embed_dim
+        or attn.in_proj_bias is None
+        or attn.out_proj.bias is None
+        or attn.bias_k is not None
+        or attn.add_zero_attn
+        or attn.embed_dim != width
+    ):
+        raise UnsupportedTextTower("text attention is not plain biased multi-head attention")
+    if list(blk.mlp._modules) != ["c_fc", "gelu", "c_proj"] or blk.mlp.c_fc.bias is None:
+        raise UnsupportedTextTower("text MLP is not c_fc -> act -> c_proj with biases")
+    act = blk.mlp.gelu
+    if type(act) is QuickGELU:
+        act_name = "quick_gelu"
+    elif type(act) is nn.GELU and act.approximate in ("none", "tanh"):
+        act_name = "gelu" if act.approximate == "none" else "gelu_tanh"
+    else:
+        raise UnsupportedTextTower(f"text activation {act!r} unsupported")
+    info: dict[str, Any] = {"act": act_name, "heads": int(attn.num_heads)}
+    for name in ("ls_1", "ls_2"):
+        ls = getattr(blk, name)
+        if isinstance(ls, LayerScale):
+            info[name] = ls.gamma
+        elif isinstance(ls, nn.Identity):
+            info[name] = None
+        else:
+            raise UnsupportedTextTower(f"text {name} {type(ls).__name__} unsupported")
+    if (info["ls_1"] is None) != (info["ls_2"] is None):
+        raise UnsupportedTextTower("text layer scale on only one branch")
+    return info
+
+
+def _check_norm(ln: Any, width: int) -> None:
+    from torch import nn
+
+    if (
+        not isinstance(ln, nn.LayerNorm)
+        or tuple(ln.normalized_shape) != (width,)
+        or ln.weight is None
+        or ln.bias is None
+    ):
+        raise UnsupportedTextTower(f"text norm {ln!r} is not an affine LayerNorm")
+
+
+def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    """Stream a safetensors file (spec: u64 header size, JSON header, raw little-endian data).
+
+    Written by hand so export needs no second in-memory copy and the file gets normal
+    umask permissions; tests check that the safetensors library reads it back.
+    """
+    codes = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+    header: dict[str, Any] = {"__metadata__": meta}
+    offset = 0
+    for name, arr in arrays.items():
+        header[name] = {
+            "dtype": codes[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
+        offset += arr.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            for arr in arrays.values():
+                f.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).data)
+        os.replace(tmp, path)  # atomic: a concurrent query never sees a half-written file
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- numpy inference
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str], mmap.mmap]:
+    """Zero-copy views of every tensor over an mmap of the file, its metadata, the mmap."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path} is not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        raw = json.loads(f.read(n))  # garbage -> JSONDecodeError, a ValueError
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    meta = raw.pop("__metadata__", None) or {}
+    base = 8 + n
+    out = {}
+    for name, spec in raw.items():
+        dt = _ST_DTYPES.get(spec["dtype"])
+        if dt is None:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {spec['dtype']}")
+        start, end = spec["data_offsets"]
+        count = (end - start) // np.dtype(dt).itemsize
+        arr = np.frombuffer(buf, dtype=dt, count=count, offset=base + start)
+        out[name] = arr.reshape(spec["shape"])
+    return out, meta, buf
+
+
+@dataclass
+class _Block:
+    ln_1: tuple[np.ndarray, np.ndarray]
+    in_w: np.ndarray
+    in_b: np.ndarray
+    out_w: np.ndarray
+    out_b: np.ndarray
+    ln_2: tuple[np.ndarray, np.ndarray]
+    fc_w: np.ndarray
+    fc_b: np.ndarray
+    proj_w: np.ndarray
+    proj_b: np.ndarray
+    ls_1: np.ndarray | None
+    ls_2: np.ndarray | None
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    # fp16-on-disk weights are widened per use: a one-shot query converts each once
+    # anyway, and keeping no fp32 copy keeps RSS at the (half-size) mapped pages.
+    return a if a.dtype == np.float32 else a.astype(np.float32)
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    var = np.mean(xc * xc, axis=-1, keepdims=True)
+    return xc / np.sqrt(var + np.float32(eps)) * _f32(w) + _f32(b)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    # numpy has no erf; Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7 (float32 level).
+    s = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + np.float32(0.3275911) * a)
+    poly = t * (
+        np.float32(0.254829592)
+        + t * (np.float32(-0.284496736)
+        + t * (np.float32(1.421413741)
+        + t * (np.float32(-1.453152027) + t * np.float32(1.061405429))))
+    )  # fmt: skip
+    return s * (1.0 - poly * np.exp(-a * a))
+
+
+def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # torch layout w [out, in]; flatten leading dims so BLAS sees one GEMM (w.T is a view).
+    y = x.reshape(-1, x.shape[-1]) @ _f32(w).T + _f32(b)
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+def _act(x: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "gelu":
+        return np.float32(0.5) * x * (1.0 + _erf(x * np.float32(0.7071067811865476)))
+    if kind == "gelu_tanh":
+        inner = np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)
+        return np.float32(0.5) * x * (1.0 + np.tanh(inner))
+    # quick_gelu x * sigmoid(1.702 x), via tanh to avoid exp overflow warnings.
+    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.851) * x))
+
+
+# BLAS runs single-threaded here: a query is a few rows per GEMM, where OpenBLAS's thread
+# pool only adds sync cost, and on a busy 2-core machine its spinning threads took "a cat"
+# from ~35 ms to ~1 s (a 6-text batch from 0.8 s to 4 s). Idle, threads gain < 2x on big
+# batches, which the indexer (torch) encodes anyway.
+_CHUNK = 32  # texts per forward pass, grouped by length so little padding is computed
+
+
+@lru_cache(maxsize=1)
+def _openblas_threads_api() -> tuple[Any, Any] | None:
+    """(get, set) num_threads of the OpenBLAS numpy ships with, or None if not found.
+
+    Best effort (no threadpoolctl dependency): dlopen of an already-loaded library returns
+    the same instance, so setting threads here affects numpy's BLAS.
+    """
+    root = Path(np.__file__).parent
+    libs = glob.glob(str(root.parent / "numpy.libs" / "*openblas*"))
+    libs += glob.glob(str(root / ".dylibs" / "*openblas*"))
+    names = ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads",
+             "openblas_{}_num_threads")  # fmt: skip
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            get = getattr(lib, name.format("get"), None)
+            set_ = getattr(lib, name.format("set"), None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                return get, set_
+    return None
+
+
+@contextmanager
+def _single_thread_blas() -> Iterator[None]:
+    api = _openblas_threads_api()
+    old = api[0]() if api else 1
+    if old == 1:
+        yield
+        return
+    api[1](1)
+    try:
+        yield
+    finally:
+        api[1](old)
+
+
+class NumpyTextTower:
+    """Pure-numpy float32 forward pass of an exported open_clip text tower."""
+
+    def __init__(self, header: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+        if header.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"text tower format {header.get('format_version')} unsupported")
+        if header["act"] not in _ACTS or header["pool_type"] != "argmax":
+            raise ValueError(f"text tower header not understood: {header}")
+        self.header = header
+        self.context_length: int = header["context_length"]
+        self.embed_dim: int = header["embed_dim"]
+        self.heads: int = header["heads"]
+        self.eps: float = header["ln_eps"]
+        self.act: str = header["act"]
+        self.token_embedding = tensors["token_embedding"]
+        self.positional_embedding = tensors["positional_embedding"]
+        self.ln_final = (tensors["ln_final.weight"], tensors["ln_final.bias"])
+        self.text_projection = tensors.get("text_projection")
+        self._mapping: mmap.mmap | None = None  # set by load(release_pages=True)
+        self.blocks = []
+        for i in range(header["layers"]):
+            p = f"resblocks.{i}."
+            self.blocks.append(
+                _Block(
+                    ln_1=(tensors[p + "ln_1.weight"], tensors[p + "ln_1.bias"]),
+                    in_w=tensors[p + "attn.in_proj_weight"],
+                    in_b=tensors[p + "attn.in_proj_bias"],
+                    out_w=tensors[p + "attn.out_proj.weight"],
+                    out_b=tensors[p + "attn.out_proj.bias"],
+                    ln_2=(tensors[p + "ln_2.weight"], tensors[p + "ln_2.bias"]),
+                    fc_w=tensors[p + "mlp.c_fc.weight"],
+                    fc_b=tensors[p + "mlp.c_fc.bias"],
+                    proj_w=tensors[p + "mlp.c_proj.weight"],
+                    proj_b=tensors[p + "mlp.c_proj.bias"],
+                    ls_1=tensors.get(p + "ls_1.gamma"),
+                    ls_2=tensors.get(p + "ls_2.gamma"),
+                )
+            )
+
+    @classmethod
+    def load(cls, path: Path, release_pages: bool = True) -> NumpyTextTower:
+        """Map ``path``; with ``release_pages`` each block's pages are unmapped after use.
+
+        Released pages stay in the page cache (a re-touch is a cheap minor fault), but
+        leave this process's RSS: peak RSS is then ~one block (12 MB for ViT-B-32)
+        instead of all of them (151 MB), leaving room for the vector index.
+        """
+        tensors, meta, buf = _read_safetensors(Path(path))
+        if HEADER_KEY not in meta:
+            raise ValueError(f"{path} is not an exported clipsearch text tower")
+        tower = cls(json.loads(meta[HEADER_KEY]), tensors)
+        if release_pages and hasattr(buf, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            tower._mapping = buf
+        return tower
+
+    def _release(self, blk: _Block) -> None:
+        """Drop the pages under one block's weights from this process (not the cache)."""
+        if self._mapping is None:
+            return
+        base = np.frombuffer(self._mapping, np.uint8, count=1).ctypes.data
+        arrays = [a for a in vars(blk).values() if isinstance(a, np.ndarray)]
+        arrays += [a for pair in (blk.ln_1, blk.ln_2) for a in pair]
+        lo = min(a.ctypes.data for a in arrays) - base
+        hi = max(a.ctypes.data + a.nbytes for a in arrays) - base
+        lo -= lo % mmap.PAGESIZE
+        self._mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        """[N, context_length] int token ids -> float32 [N, embed_dim], L2-normalised."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] != self.context_length:
+            raise ValueError(f"tokens must be [N, {self.context_length}], got {tokens.shape}")
+        n = tokens.shape[0]
+        out = np.zeros((n, self.embed_dim), np.float32)
+        # Causal mask + argmax pooling: the pooled row depends only on positions up to the
+        # end token, so each chunk runs max(end)+1 positions; rows past their end are never
+        # read. Sorting by end position keeps that padding small.
+        pool = tokens.argmax(axis=1)
+        order = np.argsort(pool, kind="stable")
+        with _single_thread_blas():
+            for start in range(0, n, _CHUNK):
+                rows = order[start : start + _CHUNK]
+                out[rows] = self._encode_chunk(tokens[rows], pool[rows])
+        return out
+
+    def _encode_chunk(self, tokens: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        length = int(pool.max()) + 1
+        x = _f32(self.token_embedding[tokens[:, :length]]) + _f32(
+            self.positional_embedding[:length]
+        )
+        mask = np.triu(np.full((length, length), -np.inf, np.float32), 1)
+        for i, blk in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x = self._block(x, blk, mask, pool if last else None)
+            self._release(blk)
+        # The last block returned only the pooled rows [N, W].
+        x = _layer_norm(x, *self.ln_final, self.eps)
+        if self.text_projection is not None:
+            x = x @ _f32(self.text_projection)
+        norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+        return x / np.maximum(norm, np.float32(1e-12))
+
+    def _block(
+        self, x: np.ndarray, b: _Block, mask: np.ndarray, pool: np.ndarray | None
+    ) -> np.ndarray:
+        n, length, width = x.shape
+        h, hd = self.heads, width // self.heads
+        qkv = _linear(_layer_norm(x, *b.ln_1, self.eps), b.in_w, b.in_b)
+        qkv = qkv.reshape(n, length, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, N, H, L, hd]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        rows = np.arange(n)
+        if pool is not None:
+            # Last block: only the pooled position's output is ever read.
+            q = q[rows, :, pool][:, :, None]  # [N, H, 1, hd]
+            mask = mask[pool][:, None, None, :]  # [N, 1, 1, L]
+            x = x[rows, pool][:, None]  # [N, 1, W]
+        scores = (q @ k.transpose(0, 1, 3, 2)) * np.float32(hd**-0.5) + mask
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        scores /= scores.sum(-1, keepdims=True)
+        o = (scores @ v).transpose(0, 2, 1, 3).reshape(n, -1, width)
+        o = _linear(o, b.out_w, b.out_b)
+        x = x + (o if b.ls_1 is None else o * _f32(b.ls_1))
+        m = _act(_linear(_layer_norm(x, *b.ln_2, self.eps), b.fc_w, b.fc_b), self.act)
+        m = _linear(m, b.proj_w, b.proj_b)
+        x = x + (m if b.ls_2 is None else m * _f32(b.ls_2))
+        return x[:, 0] if pool is not None else x

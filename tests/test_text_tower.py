@@ -1,0 +1,224 @@
+"""The numpy text tower must reproduce open_clip's encode_text, and run without torch."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clip_core.text_tower import (
+    HEADER_KEY,
+    NumpyTextTower,
+    UnsupportedTextTower,
+    _erf,
+    export_text_tower,
+)
+from clip_core.tokenizer import ClipTokenizer
+
+torch = pytest.importorskip("torch")
+open_clip = pytest.importorskip("open_clip")
+
+REPO = Path(__file__).resolve().parent.parent
+TEXTS = [
+    "a cat",
+    "",
+    "A photo of a DOG on the beach, at sunset!!",
+    "日本語 🐱 café &amp; naïve",
+    " ".join(["word"] * 200),  # fills the whole context
+    "a cat",
+]
+TINY_VISION = {"image_size": 64, "patch_size": 16, "width": 128, "layers": 1}
+TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}
+
+
+def _torch_ref(model, tokens: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.encode_text(torch.from_numpy(tokens), normalize=True).float().numpy()
+
+
+def _assert_close(ours: np.ndarray, ref: np.ndarray, atol: float = 1e-4) -> None:
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert np.abs(ours - ref).max() <= atol
+    assert (ours * ref).sum(axis=1).min() > 0.9999
+
+
+def _roundtrip(model, tmp_path: Path, **kw) -> NumpyTextTower:
+    path = tmp_path / "text.safetensors"
+    export_text_tower(model, path, **kw)
+    return NumpyTextTower.load(path)
+
+
+def _tiny(tmp_seed: int = 0, custom: bool = False, quick_gelu: bool = False, **text_kw):
+    torch.manual_seed(tmp_seed)
+    cls = open_clip.model.CustomTextCLIP if custom else open_clip.model.CLIP
+    text_cfg = {**TINY_TEXT, **text_kw}
+    model = cls(embed_dim=64, vision_cfg=TINY_VISION, text_cfg=text_cfg, quick_gelu=quick_gelu)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_single_thread():
+    # Tiny text batches: torch's thread pool only thrashes on a shared 2-core machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def b32():
+    torch.manual_seed(0)
+    return open_clip.create_model("ViT-B-32", pretrained=None).eval()
+
+
+@pytest.fixture(scope="module")
+def b32_file(b32, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tower") / "b32_text.safetensors"
+    export_text_tower(b32, path, tokenizer=open_clip.get_tokenizer("ViT-B-32"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok77() -> ClipTokenizer:
+    return ClipTokenizer()
+
+
+def test_vit_b32_matches_torch(b32, b32_file, tok77):
+    tower = NumpyTextTower.load(b32_file)
+    assert tower.header["act"] == "gelu" and tower.header["layers"] == 12
+    tokens = tok77(TEXTS)
+    ours = tower.encode_tokens(tokens)
+    _assert_close(ours, _torch_ref(b32, tokens))
+    # Batching (padding to the longest end token) changes nothing.
+    single = np.concatenate([tower.encode_tokens(tokens[i : i + 1]) for i in range(len(TEXTS))])
+    np.testing.assert_allclose(single, ours, atol=1e-6)
+
+
+def test_vit_b32_fp16_on_disk_is_close(b32, tmp_path, tok77):
+    tower = _roundtrip(b32, tmp_path, dtype="float16")
+    assert tower.token_embedding.dtype == np.float16
+    tokens = tok77(TEXTS[:3])
+    _assert_close(tower.encode_tokens(tokens), _torch_ref(b32, tokens), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kind, kw",
+    [
+        ("clip", {}),
+        ("quick_gelu", {"quick_gelu": True}),
+        ("gelu_tanh", {"act_kwargs": {"approximate": "tanh"}}),
+        ("custom_text_clip", {"custom": True}),
+        ("layer_scale_eps", {"custom": True, "ls_init_value": 0.5, "norm_kwargs": {"eps": 1e-6}}),
+        ("no_projection", {"custom": True, "proj_type": "none"}),
+    ],
+)
+def test_tiny_configs_match_torch(kind, kw, tmp_path):
+    model = _tiny(**kw)
+    tower = _roundtrip(model, tmp_path)
+    tokens = ClipTokenizer(context_length=16)(TEXTS)
+    _assert_close(tower.encode_tokens(tokens), _torch_ref(model, tokens))
+
+
+def test_many_texts_of_mixed_length_match_torch(tmp_path):
+    # More texts than one chunk, in an order unsorted by length, to exercise the regrouping.
+    model = _tiny(tmp_seed=1)
+    tower = _roundtrip(model, tmp_path)
+    texts = [" ".join(["cat"] * ((i * 7) % 20)) for i in range(70)]
+    tokens = ClipTokenizer(context_length=16)(texts)
+    _assert_close(tower.encode_tokens(tokens), _torch_ref(model, tokens))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"pool_type": "last"},
+        {"pool_type": "eos"},
+        {"no_causal_mask": True},
+        {"proj_bias": True},
+        {"embed_cls": True},
+        {"qk_norm": True},
+        {"vocab_size": 32000},
+    ],
+)
+def test_unsupported_towers_raise(kw, tmp_path):
+    with pytest.raises(UnsupportedTextTower):
+        export_text_tower(_tiny(custom=True, **kw), tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_file_is_valid_safetensors(tmp_path):
+    from safetensors import safe_open
+
+    model = _tiny()
+    path = tmp_path / "text.safetensors"
+    export_text_tower(model, path, dtype="float16")
+    with safe_open(str(path), framework="numpy") as f:
+        assert HEADER_KEY in f.metadata()
+        emb = f.get_tensor("token_embedding")
+        assert f.get_tensor("resblocks.1.mlp.c_proj.bias").shape == (64,)
+    np.testing.assert_array_equal(emb, model.token_embedding.weight.detach().half().numpy())
+    assert [p.name for p in tmp_path.iterdir()] == ["text.safetensors"]  # no temp left
+
+
+def test_load_rejects_other_files(tmp_path):
+    from safetensors.numpy import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": np.zeros(3, np.float32)}, str(plain))
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00hello world")
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    for path in (plain, garbage, empty):
+        with pytest.raises(ValueError):
+            NumpyTextTower.load(path)
+
+
+def test_foreign_tokenizer_rejected(tmp_path):
+    def other_tokenizer(texts):  # e.g. a SigLIP / HF tokenizer
+        return np.ones((len(texts), 16), dtype=np.int64)
+
+    with pytest.raises(UnsupportedTextTower, match="tokenizer"):
+        export_text_tower(_tiny(), tmp_path / "x.safetensors", tokenizer=other_tokenizer)
+
+
+def test_encode_tokens_shapes(b32_file):
+    tower = NumpyTextTower.load(b32_file)
+    assert tower.encode_tokens(np.zeros((0, 77), np.int64)).shape == (0, 512)
+    with pytest.raises(ValueError):
+        tower.encode_tokens(np.zeros((1, 16), np.int64))
+
+
+def test_erf_accuracy():
+    x = np.linspace(-6, 6, 20001, dtype=np.float32)
+    ref = np.array([math.erf(v) for v in x.astype(np.float64)])
+    assert np.abs(_erf(x) - ref).max() < 5e-7
+
+
+def test_query_path_runs_without_torch(b32, b32_file, tok77, tmp_path):
+    expected = _torch_ref(b32, tok77(["a cat", "two dogs"]))
+    np.save(tmp_path / "expected.npy", expected)
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from clip_core.text_tower import NumpyTextTower\n"
+        "from clip_core.tokenizer import ClipTokenizer\n"
+        f"tower = NumpyTextTower.load({str(b32_file)!r})\n"
+        "emb = tower.encode_tokens(ClipTokenizer()(['a cat', 'two dogs']))\n"
+        f"ref = np.load({str(tmp_path / 'expected.npy')!r})\n"
+        "assert np.abs(emb - ref).max() < 1e-4, np.abs(emb - ref).max()\n"
+        "bad = [m for m in ('torch', 'open_clip', 'safetensors') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        # VmHWM, not ru_maxrss: the latter keeps this (torch-laden) parent's peak across exec.
+        "import os\n"
+        "if os.path.exists('/proc/self/status'):\n"
+        "    hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')]\n"
+        "    peak_mb = int(hwm[0].split()[1]) / 1024\n"
+        "    assert peak_mb < 160, peak_mb  # block pages released: ~70 MB; all kept: ~210\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
