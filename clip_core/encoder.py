@@ -9,6 +9,7 @@ import numpy as np
 
 from .device import choose_device, choose_precision
 from .loading import TOWERS, LoadedModel, load_model
+from .model_files import ensure_local
 from .model_ref import ModelRef
 from .preprocess import preprocess_batch
 
@@ -40,6 +41,7 @@ class ClipEncoder:
         towers: frozenset[str] = TOWERS,
         models_dir: Path | None = None,
     ) -> ClipEncoder:
+        ensure_local(ref, models_dir)  # before importing torch: a missing model fails at once
         dev = choose_device(device)
         return cls(load_model(ref, device=dev, precision=choose_precision(dev, precision),
                               towers=towers, models_dir=models_dir))

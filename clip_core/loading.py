@@ -19,6 +19,7 @@ from .model_files import (
     WEIGHT_NAMES,
     MissingModelError,
     default_models_dir,
+    ensure_local,
     fix_steps,
     locate_hub_bundle,
     locate_pretrained,
@@ -64,6 +65,7 @@ def load_model(
     # No implicit downloads anywhere below (tokenizers of some models consult the hub too).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     models_dir = models_dir or default_models_dir()
+    ensure_local(ref, models_dir)  # torch-free check; open_clip's own import takes seconds
     import open_clip
     import torch
 

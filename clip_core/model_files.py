@@ -146,6 +146,14 @@ def pretrained_files(pretrained_cfg: dict) -> list[str]:
 
 def fix_steps(ref: ModelRef, models_dir: Path) -> list[str]:
     spec = ref.to_spec()
+    if ref.kind in ("local-dir", "file"):  # the user's own files: nothing to download
+        return [
+            f"check the path {ref.name if ref.kind == 'local-dir' else ref.pretrained} (a "
+            f"folder needs {CONFIG_NAME} or a transformers config.json, and a weights file)",
+            "from the machine that has the model: `clipsearch models export MODEL -o "
+            "model.clipsearch` there, copy the file here, then `clipsearch models import "
+            "model.clipsearch` (it prints the --model to use)",
+        ]
     cmd = f"clipsearch models download {spec['model']}"
     if spec.get("pretrained"):
         cmd += f" --pretrained {spec['pretrained']}"

@@ -1,8 +1,178 @@
-"""`clipsearch models ...` (filled in by the model-store work)."""
+"""`clipsearch models ...`: a thin layer over clip_core.model_store.
+
+`download` is the only clipsearch command that may use the network; with --offline,
+CLIPSEARCH_OFFLINE=1 or HF_HUB_OFFLINE=1 it refuses before opening any connection.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import click
 
+from clip_core import model_store
+from clip_core.model_files import MissingModelError, default_models_dir
+from clip_core.model_ref import parse_model
+
+from .output import format_size, human, write_json
+
+# Same codes as the main CLI (not imported: cli.py imports this module while loading).
+EXIT_PROBLEM = 1
+EXIT_MODEL = 2
+
+
+def store_errors(func: Callable) -> Callable:
+    """Known failures: one clear message and an exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except MissingModelError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_MODEL)
+        except (model_store.StoreError, OSError) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_PROBLEM)
+
+    return wrapper
+
+
+def _models_dir(ctx: click.Context) -> Path:
+    return ctx.find_object(dict)["models_dir"]
+
+
+def _use_hint(spec: dict) -> str:
+    hint = f"--model {spec['model']}"
+    return hint + (f" --pretrained {spec['pretrained']}" if spec.get("pretrained") else "")
+
 
 @click.group()
-def models() -> None:
-    """Manage CLIP model files (offline-first)."""
+@click.option("--offline", is_flag=True, help="Guarantee no network access: download refuses "
+              "at once (also CLIPSEARCH_OFFLINE=1 or HF_HUB_OFFLINE=1).")
+@click.option("--models-dir", envvar="CLIPSEARCH_MODELS", type=click.Path(file_okay=False),
+              help="The model store (env CLIPSEARCH_MODELS; default: the platform's user data "
+              "folder).")
+@click.pass_context
+def models(ctx: click.Context, offline: bool, models_dir: str | None) -> None:
+    """Manage CLIP model files (offline-first: only `download` uses the network)."""
+    if offline:
+        # Also for anything this process may load: huggingface_hub honours HF_HUB_OFFLINE.
+        os.environ["CLIPSEARCH_OFFLINE"] = "1"
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    folder = Path(models_dir).expanduser() if models_dir else default_models_dir()
+    ctx.obj = {"models_dir": folder, "offline": offline}
+
+
+@models.command("list")
+@click.option("--all", "include_all", is_flag=True, help="Every open_clip pretrained tag, not "
+              "just the common ones and those on this machine.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@store_errors
+def list_cmd(ctx: click.Context, include_all: bool, as_json: bool) -> None:
+    """Models clipsearch knows, their size, and where each one is on this machine."""
+    infos = model_store.list_models(_models_dir(ctx), include_all)
+    if as_json:
+        write_json([i.to_dict() for i in infos])
+        return
+    rows = [(i.model, i.pretrained or "-", str(i.embed_dim or "?"), _size(i),
+             f"yes  {human(i.location)}" if i.available else "no") for i in infos]
+    head = ("MODEL", "PRETRAINED", "DIM", "SIZE", "LOCAL")
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(4)]
+    for row in [head, *rows]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False))
+                   + "  " + row[4])
+    if not include_all:
+        click.echo("(--all lists every pretrained tag; ~ = estimated fp32 size)", err=True)
+
+
+def _size(info: model_store.ModelInfo) -> str:
+    if info.size_bytes is None:
+        return "?"
+    return ("~" if info.size_approx else "") + format_size(info.size_bytes)
+
+
+@models.command()
+@click.argument("model")
+@click.option("--pretrained", help="Pretrained tag (default for open_clip architectures: "
+              "laion2b_s34b_b79k).")
+@click.option("--revision", default="main", show_default=True, help="Hub branch, tag or commit.")
+@click.option("--endpoint", help="Hub address (default: HF_ENDPOINT or https://huggingface.co).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+@store_errors
+def download(ctx: click.Context, model: str, pretrained: str | None, revision: str,
+             endpoint: str | None, quiet: bool) -> None:
+    """Fetch MODEL into the store (resumable, sha256-checked). The only networked command."""
+    ref = parse_model(model, pretrained)
+    result = model_store.download(ref, _models_dir(ctx), offline=ctx.obj["offline"],
+                                  endpoint=endpoint, revision=revision, progress=not quiet)
+    total = sum(f["size"] for f in result.files)
+    click.echo(f"{ref.display}: {len(result.files)} file(s), {format_size(total)} in "
+               f"{human(str(result.folder))} ({format_size(result.downloaded_bytes)} fetched, "
+               "sha256 recorded).", err=True)
+    click.echo(f"Use it with: {_use_hint(ref.to_spec())}", err=True)
+
+
+@models.command()
+@click.argument("model")
+@click.option("--pretrained", help="Pretrained tag, as for --model elsewhere.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Bundle file to write (a tar).")
+@click.pass_context
+@store_errors
+def export(ctx: click.Context, model: str, pretrained: str | None, output: str) -> None:
+    """Write MODEL's local files into one portable bundle file (for air-gapped machines)."""
+    ref = parse_model(model, pretrained)
+    result = model_store.export_bundle(ref, Path(output), _models_dir(ctx))
+    size = Path(output).stat().st_size
+    click.echo(f"Wrote {human(str(result.path))} ({format_size(size)}, "
+               f"{len(result.files)} files, sha256 inside).", err=True)
+    click.echo(f"On the other machine: clipsearch models import {Path(output).name}", err=True)
+
+
+@models.command("import")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+@store_errors
+def import_cmd(ctx: click.Context, bundle: str) -> None:
+    """Verify every checksum in BUNDLE and install it into the store."""
+    result = model_store.import_bundle(Path(bundle), _models_dir(ctx))
+    click.echo(f"Installed {result.model_id} in {human(str(result.path))} "
+               f"({len(result.files)} files verified).", err=True)
+    click.echo(f"Use it with: {_use_hint(result.spec)}", err=True)
+
+
+@models.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@store_errors
+def verify(ctx: click.Context, as_json: bool) -> None:
+    """Check every stored model against its recorded sha256; exit 1 on any problem."""
+    results = model_store.verify_store(_models_dir(ctx))
+    if as_json:
+        write_json([r.to_dict() for r in results])
+    else:
+        if not results:
+            click.echo(f"No models in {human(str(_models_dir(ctx)))}.")
+        for r in results:
+            click.echo(f"{r.status:<10}  {human(r.folder)}")
+            for f in r.files:
+                if f["status"] != "ok":
+                    click.echo(f"            {f['status']}: {f['name']}")
+            for name in r.partial:
+                click.echo(f"            partial download: {name} (rerun download to resume)")
+    if not all(r.ok for r in results):
+        sys.exit(EXIT_PROBLEM)
+
+
+@models.command()
+@click.pass_context
+def path(ctx: click.Context) -> None:
+    """Print the model store folder."""
+    click.echo(str(_models_dir(ctx)))

@@ -1,0 +1,908 @@
+"""clipsearch's model store: list, download, export, import and verify model files.
+
+`download` is the only code in clipsearch that opens a network connection, and only when a
+user asks for it. Store layout (model_files.store_dir_for):
+
+    MODELS/ARCH/TAG/            open_clip weights for a pretrained tag (tokenizer/ if needed)
+    MODELS/hf-hub/ORG/REPO/     an open_clip hub bundle: open_clip_config.json + weights
+    MODELS/local-dir/NAME/      an imported local folder (open_clip or transformers format)
+
+Every folder written here carries `.clipsearch/manifest.json` with the sha256 and size of each
+file, so `verify` can check it later and `export` can refuse to copy a corrupt file. The
+metadata lives in a hidden folder because a local-dir model id fingerprints top-level *.json.
+No torch import anywhere in this module: it must answer in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from .model_files import (
+    CONFIG_NAME,
+    WEIGHT_NAMES,
+    MissingModelError,
+    architecture_configs,
+    clip_url_cache_dir,
+    default_models_dir,
+    fix_steps,
+    hf_cache_dir,
+    hub_snapshot_files,
+    locate_hub_bundle,
+    locate_pretrained,
+    pretrained_cfg,
+    pretrained_table,
+)
+from .model_ref import BUNDLED_MODELS_DIR, ModelRef
+
+META_DIR = ".clipsearch"
+MANIFEST = "manifest.json"
+PARTIAL_DIR = ".partial"
+BUNDLE_FORMAT = "clipsearch-model"
+BUNDLE_VERSION = 1
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Files a Hugging Face tokenizer may need; absent ones are skipped (404).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+    "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+)
+# Shown by `models list` without --all (plus everything available locally).
+COMMON = (
+    ("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-B-32", "openai"),
+    ("ViT-B-32-256", "datacomp_s34b_b86k"), ("ViT-B-16", "laion2b_s34b_b88k"),
+    ("ViT-B-16", "openai"), ("ViT-B-16-SigLIP", "webli"), ("ViT-L-14", "laion2b_s32b_b82k"),
+    ("ViT-L-14", "datacomp_xl_s13b_b90k"), ("ViT-L-14", "openai"),
+    ("ViT-SO400M-14-SigLIP", "webli"), ("ViT-H-14", "laion2b_s32b_b79k"),
+    ("ViT-bigG-14", "laion2b_s39b_b160k"), ("convnext_base_w", "laion2b_s13b_b82k_augreg"),
+)
+_CHUNK = 1 << 20
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+@=-]*$")
+
+
+class StoreError(RuntimeError):
+    """A model-store operation failed; the message says what to do."""
+
+
+class OfflineError(StoreError):
+    """Download refused because offline mode is on."""
+
+
+class DownloadError(StoreError):
+    """The server could not be reached or the transfer broke (rerun to resume)."""
+
+
+class ChecksumError(StoreError):
+    """A file's sha256 differs from the expected one; the file was rejected."""
+
+
+class BundleError(StoreError):
+    """An export bundle is malformed, unsafe or corrupt; nothing was installed."""
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+def clipsearch_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("clipsearch")
+    except Exception:
+        return "unknown"
+
+
+def is_offline(flag: bool = False) -> bool:
+    truthy = {"1", "ON", "YES", "TRUE"}
+    return flag or any(os.environ.get(name, "").strip().upper() in truthy
+                       for name in ("CLIPSEARCH_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def read_manifest(folder: Path) -> dict | None:
+    path = folder / META_DIR / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    meta = folder / META_DIR
+    meta.mkdir(parents=True, exist_ok=True)
+    tmp = meta / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, meta / MANIFEST)
+
+
+def _new_manifest(ref: ModelRef, source: dict) -> dict:
+    return {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "kind": ref.kind,
+        "spec": ref.to_spec(), "model_id": ref.model_id, "files": [], "source": source,
+        "clipsearch_version": clipsearch_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _record(manifest: dict, name: str, sha256: str, size: int) -> None:
+    manifest["files"] = [f for f in manifest["files"] if f["name"] != name]
+    manifest["files"].append({"name": name, "sha256": sha256, "size": size})
+    manifest["files"].sort(key=lambda f: f["name"])
+
+
+def _safe_relpath(name: str) -> bool:
+    """A bundle/manifest file name: at most `dir/file`, no hidden parts, no `..`, no root."""
+    parts = PurePosixPath(name).parts
+    return (0 < len(parts) <= 2 and "\\" not in name and not name.startswith("/")
+            and all(_SAFE_PART.match(p) and p not in (".", "..") for p in parts))
+
+
+def hub_repo(cfg: dict) -> tuple[str, str]:
+    """(repo id, file name or "") of a pretrained cfg's hf_hub entry. open_clip's convention:
+    "org/repo/" means its default file names, "org/repo/file" one named file."""
+    hub = cfg.get("hf_hub", "")
+    if hub.endswith("/"):
+        return hub.rstrip("/"), ""
+    repo_id, filename = os.path.split(hub)
+    return repo_id, filename
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir()
+               if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+@dataclass
+class ModelInfo:
+    model: str  # the --model value
+    pretrained: str | None  # the --pretrained value (None for folders and hub bundles)
+    source: str  # open_clip | bundled | store | hf-cache
+    embed_dim: int | None = None
+    size_bytes: int | None = None
+    size_approx: bool = False  # estimated from the architecture (fp32), not a real file
+    available: bool = False
+    location: str | None = None
+    common: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def approx_param_count(cfg: dict) -> int | None:
+    """Parameters of a plain ViT + text-transformer CLIP from its config (matches open_clip's
+    modules within 0.2% for every such built-in config); None for timm, HF-text, ResNet or
+    CoCa towers, whose sizes cannot be derived from the config alone."""
+    vision, text, embed = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {}), cfg["embed_dim"]
+    if ("timm_model_name" in vision or "hf_model_name" in text or "multimodal_cfg" in cfg
+            or not isinstance(vision.get("layers"), int)):
+        return None
+
+    def blocks(width: int, layers: int, mlp_ratio: float) -> int:
+        hidden = int(width * mlp_ratio)
+        return layers * (4 * width * width + 2 * width * hidden + 9 * width + hidden)
+
+    width, patch, size = vision.get("width", 768), vision.get("patch_size", 16), vision.get(
+        "image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else size
+    grid = (h // patch) * (w // patch)
+    count = (3 * patch * patch * width + (grid + 2) * width + 4 * width + width * embed
+             + blocks(width, vision["layers"], vision.get("mlp_ratio", 4.0)))
+    tw = text.get("width", 512)
+    count += ((text.get("vocab_size", 49408) + text.get("context_length", 77) + 2) * tw
+              + tw * embed + blocks(tw, text.get("layers", 12), text.get("mlp_ratio", 4.0)))
+    return count + 1  # logit_scale
+
+
+def list_models(models_dir: Path | None = None, include_all: bool = False) -> list[ModelInfo]:
+    """Models clipsearch knows, and where each one is on this machine. No network."""
+    models_dir = models_dir or default_models_dir()
+    configs = architecture_configs()
+    common = set(COMMON)
+    infos: list[ModelInfo] = []
+    hub_repos: set[str] = set()
+    for arch, tags in pretrained_table().items():
+        arch_cfg = configs.get(arch, {})
+        params = approx_param_count(arch_cfg) if arch_cfg else None
+        for tag, cfg in tags.items():
+            hub_repos.add(hub_repo(cfg)[0])
+            located = locate_pretrained(ModelRef("openclip", arch, tag), cfg, models_dir)
+            info = ModelInfo(arch, tag, "open_clip", arch_cfg.get("embed_dim"),
+                             common=(arch, tag) in common)
+            if located.weights is not None:
+                info.available, info.location = True, str(located.weights)
+                info.size_bytes = located.weights.stat().st_size
+            elif params:
+                info.size_bytes, info.size_approx = params * 4, True
+            if include_all or info.common or info.available:
+                infos.append(info)
+    infos.extend(_bundled_models())
+    infos.extend(_store_folders(models_dir))
+    infos.extend(_hf_cache_bundles(hub_repos))
+    return infos
+
+
+def _folder_info(model: str, folder: Path, source: str) -> ModelInfo:
+    embed_dim = None
+    for name, keys in ((CONFIG_NAME, ("model_cfg", "embed_dim")), ("config.json",
+                                                                   ("projection_dim",))):
+        try:
+            value: Any = json.loads((folder / name).read_text(encoding="utf-8"))
+            for key in keys:
+                value = value[key]
+            embed_dim = int(value)
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    size = _folder_size(folder)  # 0: no weights yet (e.g. an interrupted download)
+    return ModelInfo(model, None, source, embed_dim, size, False, size > 0, str(folder),
+                     common=True)
+
+
+def _bundled_models() -> list[ModelInfo]:
+    if not BUNDLED_MODELS_DIR.is_dir():
+        return []
+    return [_folder_info(p.name, p, "bundled") for p in sorted(BUNDLED_MODELS_DIR.iterdir())
+            if p.is_dir() and not p.name.startswith(".")]
+
+
+def _store_folders(models_dir: Path) -> list[ModelInfo]:
+    """hf-hub bundles and imported local folders in the store (tags are listed above)."""
+    infos = []
+    hub = models_dir / "hf-hub"
+    for folder in sorted(hub.glob("*/*")) if hub.is_dir() else []:
+        if (folder / CONFIG_NAME).is_file():
+            infos.append(_folder_info(f"hf-hub:{folder.parent.name}/{folder.name}", folder,
+                                      "store"))
+    local = models_dir / "local-dir"
+    for folder in sorted(local.iterdir()) if local.is_dir() else []:
+        if folder.is_dir() and not folder.name.startswith("."):
+            infos.append(_folder_info(f"local-dir:{folder}", folder, "store"))
+    return infos
+
+
+def _hf_cache_bundles(known_repos: set[str]) -> list[ModelInfo]:
+    """open_clip bundles in the HF cache that no pretrained tag already points at."""
+    infos = []
+    cache = hf_cache_dir()
+    for repo_dir in sorted(cache.glob("models--*")) if cache.is_dir() else []:
+        repo_id = repo_dir.name[len("models--"):].replace("--", "/")
+        if repo_id in known_repos:
+            continue
+        found, _ = hub_snapshot_files(repo_id, (CONFIG_NAME, *WEIGHT_NAMES))
+        names = {f.name for f in found}
+        if CONFIG_NAME in names and names & set(WEIGHT_NAMES):
+            infos.append(_folder_info(f"hf-hub:{repo_id}", found[0].parent, "hf-cache"))
+    return infos
+
+
+# -- download --------------------------------------------------------------------------------
+
+@dataclass
+class Remote:
+    """What a HEAD on the hub's resolve route says about one file."""
+
+    url: str
+    size: int | None
+    sha256: str | None  # the hub's ETag for LFS files is their sha256
+    etag: str | None
+    commit: str | None
+
+
+@dataclass
+class DownloadResult:
+    ref: ModelRef
+    folder: Path
+    files: list[dict] = field(default_factory=list)
+    downloaded_bytes: int = 0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # surface 3xx so the hub's X-Linked-* headers can be read
+
+
+def hub_endpoint(endpoint: str | None = None) -> str:
+    """HF_ENDPOINT (a mirror) when set, like huggingface_hub itself."""
+    return (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+class _Http:
+    def __init__(self, endpoint: str, timeout: float):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+
+    def request(self, url: str, method: str = "GET", headers: dict | None = None
+                ) -> urllib.request.Request:
+        req = urllib.request.Request(url, method=method, headers={
+            "User-Agent": f"clipsearch/{clipsearch_version()}", "Accept-Encoding": "identity",
+            **(headers or {})})
+        if self.token and url.startswith(self.endpoint):
+            # Unredirected: the token must not follow a redirect to the CDN.
+            req.add_unredirected_header("Authorization", f"Bearer {self.token}")
+        return req
+
+    def head(self, url: str) -> Remote | None:
+        """Metadata of a file, None on 404. A redirect carrying X-Linked-Size/X-Linked-Etag
+        (the hub's answer for LFS files, pointing at its CDN) is the answer; any other
+        redirect (renamed repo, plain URL) is followed."""
+        opener = urllib.request.build_opener(_NoRedirect)
+        target = url
+        for _ in range(5):
+            try:
+                resp = opener.open(self.request(target, "HEAD"), timeout=self.timeout)
+                headers, code = resp.headers, resp.status
+                resp.close()
+            except urllib.error.HTTPError as exc:
+                headers, code = exc.headers, exc.code
+                exc.close()
+            except (urllib.error.URLError, OSError) as exc:
+                raise DownloadError(
+                    f"Could not reach {self.endpoint} ({_reason(exc)}). Check the network or "
+                    "set HF_ENDPOINT to a mirror; on an air-gapped machine use `clipsearch "
+                    "models export` on a connected one and `clipsearch models import` here."
+                ) from exc
+            location = headers.get("Location", "")
+            if (code in (301, 302, 303, 307, 308) and location
+                    and not headers.get("X-Linked-Size")):
+                target = urllib.parse.urljoin(target, location)
+                continue
+            if code == 404:
+                return None
+            if code in (401, 403):
+                raise DownloadError(f"{url}: HTTP {code}: the repository is gated or private; "
+                                    "accept its terms on the hub and set HF_TOKEN.")
+            if code >= 400:
+                raise DownloadError(f"{url}: HTTP {code}")
+            etag = _clean_etag(headers.get("X-Linked-Etag") or headers.get("ETag"))
+            size = headers.get("X-Linked-Size") or headers.get("Content-Length")
+            return Remote(url, int(size) if size and size.isdigit() else None,
+                          etag if etag and re.fullmatch(r"[0-9a-f]{64}", etag) else None,
+                          etag, headers.get("X-Repo-Commit"))
+        raise DownloadError(f"{url}: too many redirects")
+
+
+def _clean_etag(value: str | None) -> str | None:
+    if not value:
+        return None
+    return value.removeprefix("W/").strip('"').lower()
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc) or type(exc).__name__
+
+
+def _sha_from_url(url: str) -> str | None:
+    """OpenAI's URLs carry the file's sha256 as a path segment; open_clip checks it too."""
+    for part in url.split("/"):
+        if re.fullmatch(r"[0-9a-f]{64}", part):
+            return part
+    return None
+
+
+def _fetch(web: _Http, remote: Remote, folder: Path, name: str, progress: bool) -> tuple[
+        str, int, int]:
+    """Download `remote` into folder/name through folder/.partial/name.part, resuming a
+    previous partial transfer with an HTTP Range request. Returns (sha256, size, fetched)."""
+    partial = folder / PARTIAL_DIR
+    partial.mkdir(parents=True, exist_ok=True)
+    part = partial / (name.replace("/", "__") + ".part")
+    state_file = part.with_name(part.name + ".json")
+    state = {"url": remote.url.split("?")[0], "etag": remote.etag, "size": remote.size}
+    try:
+        same = json.loads(state_file.read_text()) == state
+    except (OSError, ValueError):
+        same = False
+    if not same or not remote.etag:  # unknown version: never append to another one's bytes
+        part.unlink(missing_ok=True)
+        state_file.write_text(json.dumps(state))
+    start = part.stat().st_size if part.exists() else 0
+    if remote.size is not None and start > remote.size:
+        part.unlink()
+        start = 0
+    digest = hashlib.sha256()
+    if start:
+        with open(part, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    fetched = 0
+    if remote.size is None or start < remote.size:
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        try:
+            resp = urllib.request.urlopen(web.request(remote.url, headers=headers),
+                                          timeout=web.timeout)
+        except urllib.error.HTTPError as exc:
+            raise DownloadError(f"{remote.url}: HTTP {exc.code}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise DownloadError(f"Could not reach {remote.url} ({_reason(exc)}); run the "
+                                "same command again to resume.") from exc
+        if start and resp.status != 206:  # server ignored the Range: start over
+            start, digest = 0, hashlib.sha256()
+        from tqdm import tqdm
+
+        with resp, open(part, "ab" if start else "wb") as out, tqdm(
+                total=remote.size, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=name, disable=not progress, leave=False) as bar:
+            try:
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    fetched += len(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as exc:
+                raise DownloadError(
+                    f"Connection lost after {start + fetched} of {remote.size or '?'} bytes "
+                    f"of {name} ({_reason(exc) or type(exc).__name__}); run the same command "
+                    "again to resume.") from exc
+    size = part.stat().st_size
+    if remote.size is not None and size != remote.size:
+        raise DownloadError(f"{name}: got {size} of {remote.size} bytes; run the same "
+                            "command again to resume.")
+    sha = digest.hexdigest()
+    if remote.sha256 and sha != remote.sha256:
+        part.unlink()
+        state_file.unlink(missing_ok=True)
+        raise ChecksumError(f"{name} from {remote.url} has sha256 {sha}, expected "
+                            f"{remote.sha256}; the file was rejected (deleted). Try again, "
+                            "or check HF_ENDPOINT.")
+    target = folder / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, target)
+    state_file.unlink(missing_ok=True)
+    return sha, size, fetched
+
+
+@dataclass
+class _Plan:
+    """One file to fetch: the first of `candidates` that exists in `repo`."""
+
+    candidates: tuple[str, ...]
+    save_as: str | None = None  # store name, when it differs from the remote one
+    repo: str | None = None  # None: candidates are full URLs
+    required: bool = True
+
+
+def _plan(ref: ModelRef) -> list[_Plan]:
+    if ref.kind == "openclip":
+        cfg = pretrained_cfg(ref.name, str(ref.pretrained))
+        if not cfg:
+            tags = ", ".join(pretrained_table().get(ref.name, {})) or "none"
+            raise StoreError(f"Unknown pretrained tag {ref.pretrained!r} for {ref.name}. "
+                             f"Known tags: {tags} (`clipsearch models list --all`).")
+        plans: list[_Plan] = []
+        repo_id, filename = hub_repo(cfg)
+        if repo_id:  # open_clip prefers the hub over URLs, and so do we
+            plans.append(_Plan((filename,) if filename else WEIGHT_NAMES, None, repo_id))
+        else:
+            plans.append(_Plan((cfg["url"],), "model.pt"))
+        tok = architecture_configs().get(ref.name, {}).get("text_cfg", {}).get(
+            "hf_tokenizer_name")
+        if tok:
+            plans += [_Plan((n,), f"tokenizer/{n}", tok, False)
+                      for n in (*TOKENIZER_FILES, "config.json")]
+        return plans
+    if ref.kind == "hf-hub":
+        return [_Plan((CONFIG_NAME,), None, ref.name), _Plan(WEIGHT_NAMES, None, ref.name)]
+    raise StoreError(f"Nothing to download for {ref.display}: it names local files.")
+
+
+def download(ref: ModelRef, models_dir: Path | None = None, *, offline: bool = False,
+             endpoint: str | None = None, revision: str = "main", progress: bool = True,
+             timeout: float = 30.0) -> DownloadResult:
+    """Fetch a model into the store: resumable, sha256-checked, recorded in its manifest."""
+    if is_offline(offline):
+        raise OfflineError(
+            f"Not downloading {ref.display}: offline mode is on (--offline, CLIPSEARCH_OFFLINE "
+            "or HF_HUB_OFFLINE). Unset it, or bring the model in with `clipsearch models "
+            "import FILE` (made by `clipsearch models export` on a connected machine).")
+    models_dir = models_dir or default_models_dir()
+    from .model_files import store_dir_for
+
+    plans = _plan(ref)
+    folder = store_dir_for(ref, models_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    web = _Http(hub_endpoint(endpoint), timeout)
+    manifest = read_manifest(folder) or _new_manifest(ref, {})
+    manifest["source"] = {"endpoint": web.endpoint}
+    result = DownloadResult(ref, folder)
+    commits: dict[str, str] = {}  # repo -> commit its first file resolved to
+    for plan in plans:  # grows while iterating: a hub config may name a tokenizer repo
+        found = _resolve(web, plan, commits, revision)
+        if found is None:
+            if plan.required:
+                raise DownloadError(f"None of {', '.join(plan.candidates)} found in "
+                                    f"{plan.repo or 'the URL'} at {web.endpoint}.")
+            continue
+        remote, remote_name = found
+        name = plan.save_as or _store_name(remote_name)
+        recorded = {f["name"]: f for f in manifest["files"]}.get(name)
+        if (recorded and remote.sha256 == recorded["sha256"] and (folder / name).is_file()
+                and (folder / name).stat().st_size == recorded["size"]):
+            sha, size, fetched = recorded["sha256"], recorded["size"], 0  # already here
+        else:
+            sha, size, fetched = _fetch(web, remote, folder, name, progress)
+        _record(manifest, name, sha, size)
+        if plan.repo:
+            manifest["source"].setdefault("repos", {})[plan.repo] = commits.get(plan.repo)
+        else:
+            manifest["source"]["url"] = remote.url
+        write_manifest(folder, manifest)  # after every file: finished work is never lost
+        result.downloaded_bytes += fetched
+        if ref.kind == "hf-hub" and name == CONFIG_NAME:
+            # The tokenizer goes into the bundle's own folder (open_clip's local-dir reads it
+            # there); which one is known only once the config has arrived.
+            plans += _hub_tokenizer_plans(folder / CONFIG_NAME)
+    shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
+    result.files = manifest["files"]
+    return result
+
+
+def _resolve(web: _Http, plan: _Plan, commits: dict[str, str], revision: str
+             ) -> tuple[Remote, str] | None:
+    """HEAD the plan's candidates in order; the first that exists wins."""
+    from huggingface_hub import hf_hub_url  # builds the URL only: no network
+
+    for candidate in plan.candidates:
+        if plan.repo is None:
+            remote = web.head(candidate)
+            if remote is not None and not remote.sha256:
+                remote.sha256 = _sha_from_url(candidate)
+        else:
+            url = hf_hub_url(plan.repo, candidate, revision=commits.get(plan.repo, revision),
+                             endpoint=web.endpoint)
+            remote = web.head(url)
+            if remote is not None and remote.commit:
+                commits.setdefault(plan.repo, remote.commit)
+        if remote is not None:
+            return remote, candidate
+    return None
+
+
+def _store_name(remote_name: str) -> str:
+    """Store names are the ones model_files looks for."""
+    if remote_name in (CONFIG_NAME, *WEIGHT_NAMES, *TOKENIZER_FILES):
+        return remote_name
+    return ("open_clip_model.safetensors" if remote_name.endswith(".safetensors")
+            else "open_clip_pytorch_model.bin")
+
+
+def _hub_tokenizer_plans(config: Path) -> list[_Plan]:
+    try:
+        text_cfg = json.loads(config.read_text())["model_cfg"].get("text_cfg", {})
+    except (OSError, ValueError, KeyError, AttributeError):
+        return []
+    tok = text_cfg.get("hf_tokenizer_name")
+    return [_Plan((n,), None, tok, False) for n in TOKENIZER_FILES] if tok else []
+
+
+# -- export / import -------------------------------------------------------------------------
+
+@dataclass
+class BundleResult:
+    spec: dict
+    model_id: str
+    path: Path  # the bundle file (export) or the installed folder (import)
+    files: list[dict]
+
+
+def _source_files(ref: ModelRef, models_dir: Path
+                  ) -> tuple[dict[str, Path | bytes], str | None]:
+    """The local files load_model would use, {bundle name: path or generated content}, and
+    the folder name for local-dir installs."""
+    from .model_files import store_dir_for
+
+    if ref.kind == "random":
+        raise StoreError("Random weights (--pretrained none) have no files to export.")
+    if ref.kind == "openclip":
+        cfg = pretrained_cfg(ref.name, str(ref.pretrained))
+        if not cfg:
+            raise StoreError(f"Unknown pretrained tag {ref.pretrained!r} for {ref.name}.")
+        located = locate_pretrained(ref, cfg, models_dir)
+        if located.weights is None:
+            from .model_files import pretrained_files
+
+            raise MissingModelError(ref, pretrained_files(cfg), located.searched,
+                                    fix_steps(ref, models_dir))
+        own = store_dir_for(ref, models_dir)
+        weights = located.weights
+        if weights.parent == own:
+            name = weights.name
+        elif weights.parent == clip_url_cache_dir():
+            name = "model.pt"
+        else:
+            name = _store_name(weights.name)
+        files: dict[str, Path | bytes] = {name: weights.resolve()}
+        arch_cfg = architecture_configs().get(ref.name)
+        if (own / CONFIG_NAME).is_file():
+            files[CONFIG_NAME] = (own / CONFIG_NAME).resolve()
+        elif arch_cfg:  # makes the bundle self-describing, and usable as `local-dir:` too
+            files[CONFIG_NAME] = _bundle_config(arch_cfg, cfg)
+        tok = (arch_cfg or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+        if tok:
+            tok_dir = own / "tokenizer"
+            found = ([p for p in tok_dir.iterdir() if p.is_file()] if tok_dir.is_dir()
+                     else hub_snapshot_files(tok, (*TOKENIZER_FILES, "config.json"))[0])
+            files.update({f"tokenizer/{p.name}": p.resolve() for p in found})
+        return files, None
+    if ref.kind == "hf-hub":
+        located = locate_hub_bundle(ref, models_dir)
+        if located.bundle_dir is None:
+            raise MissingModelError(ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)],
+                                    located.searched, fix_steps(ref, models_dir))
+        folder = located.bundle_dir
+        weights = next(folder / n for n in WEIGHT_NAMES if (folder / n).is_file())
+        names = [CONFIG_NAME, weights.name, *TOKENIZER_FILES]
+        return {n: (folder / n).resolve() for n in names if (folder / n).is_file()}, None
+    if ref.kind == "file":
+        weights = Path(str(ref.pretrained))
+        if not weights.is_file():
+            raise MissingModelError(ref, [str(weights)], [weights.parent],
+                                    fix_steps(ref, models_dir))
+        arch_cfg = architecture_configs().get(ref.name)
+        if arch_cfg is None:
+            raise StoreError(f"Unknown open_clip architecture {ref.name!r}.")
+        from .preprocess import OPENAI_MEAN, OPENAI_STD  # open_clip's defaults for a file
+
+        # Travels as a folder bundle (architecture config + weights): `local-dir:` on arrival.
+        name = _store_name(weights.name if weights.suffix == ".safetensors" else "x.bin")
+        preprocess = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic",
+                      "resize_mode": "shortest"}
+        return ({name: weights.resolve(), CONFIG_NAME: _bundle_config(arch_cfg, preprocess)},
+                re.sub(r"[^A-Za-z0-9._+@=-]", "_", f"{ref.name}-{weights.stem}"))
+    folder = Path(ref.name)
+    has_config = (folder / CONFIG_NAME).is_file() or (folder / "config.json").is_file()
+    if not has_config or not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+        raise MissingModelError(ref, [f"{CONFIG_NAME} or config.json", "a weights file"],
+                                [folder], fix_steps(ref, models_dir))
+    files = {p.name: p.resolve() for p in sorted(folder.iterdir())
+             if p.is_file() and _SAFE_PART.match(p.name)
+             and p.suffix not in (".h5", ".msgpack", ".onnx", ".part")}
+    return files, folder.name
+
+
+def _bundle_config(arch_cfg: dict, cfg: dict) -> bytes:
+    model_cfg = dict(arch_cfg)
+    if cfg.get("quick_gelu"):
+        model_cfg["quick_gelu"] = True
+    preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
+    return json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2).encode()
+
+
+class _HashingReader:
+    def __init__(self, handle: IO[bytes]):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def export_bundle(ref: ModelRef, out: Path, models_dir: Path | None = None) -> BundleResult:
+    """Write one portable tar: manifest.json + files/... (uncompressed: weights don't shrink)."""
+    models_dir = models_dir or default_models_dir()
+    files, folder_name = _source_files(ref, models_dir)
+    paths = [p for p in files.values() if isinstance(p, Path)]
+    manifest = _new_manifest(ref, {"exported_from": str(paths[0].parent)})
+    if folder_name:  # installed as MODELS/local-dir/NAME on arrival
+        manifest["kind"], manifest["folder_name"] = "local-dir", folder_name
+    from .model_files import store_dir_for
+
+    stored = {}  # recorded checksums: a corrupt store file must not travel
+    for folder in {p.parent for p in paths} | {store_dir_for(ref, models_dir)}:
+        for f in (read_manifest(folder) or {}).get("files", []):
+            stored[(folder / f["name"]).resolve()] = f["sha256"]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name, content in files.items():
+                sha, size = _add_to_tar(tar, f"files/{name}", content)
+                if stored.get(content) not in (None, sha):
+                    raise ChecksumError(f"{content} does not match its recorded sha256: it is "
+                                        "corrupt (`clipsearch models verify`); not exported.")
+                _record(manifest, name, sha, size)
+            _add_to_tar(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return BundleResult(manifest["spec"], manifest["model_id"], out, manifest["files"])
+
+
+def _add_to_tar(tar: tarfile.TarFile, name: str, content: Path | bytes) -> tuple[str, int]:
+    """Add a file (streamed, hashed on the way) or generated bytes; returns (sha256, size)."""
+    info = tarfile.TarInfo(name)
+    info.mode, info.mtime = 0o644, int(time.time())
+    with open(content, "rb") if isinstance(content, Path) else io.BytesIO(content) as src:
+        info.size = os.fstat(src.fileno()).st_size if isinstance(content, Path) else len(content)
+        reader = _HashingReader(src)
+        tar.addfile(info, reader)
+    return reader.digest.hexdigest(), info.size
+
+
+def _install_dir(manifest: dict, models_dir: Path) -> tuple[Path, ModelRef]:
+    from .model_files import store_dir_for
+
+    kind, spec = manifest.get("kind"), manifest.get("spec") or {}
+    model, pretrained = str(spec.get("model") or ""), spec.get("pretrained")
+    if kind == "openclip" and _SAFE_PART.match(model) and _SAFE_PART.match(str(pretrained)):
+        ref = ModelRef("openclip", model, str(pretrained))
+        return store_dir_for(ref, models_dir), ref
+    if kind == "hf-hub" and model.startswith("hf-hub:"):
+        repo = model[len("hf-hub:"):]
+        parts = repo.split("/")
+        if len(parts) == 2 and all(_SAFE_PART.match(p) for p in parts):
+            ref = ModelRef("hf-hub", repo)
+            return store_dir_for(ref, models_dir), ref
+    name = str(manifest.get("folder_name") or "")
+    if kind == "local-dir" and _SAFE_PART.match(name):
+        folder = models_dir / "local-dir" / name
+        return folder, ModelRef("local-dir", str(folder.resolve()))
+    raise BundleError(f"The bundle's manifest names no installable model ({kind!r}, "
+                      f"{model!r}).")
+
+
+def _extract(tar: tarfile.TarFile, tmp: Path) -> tuple[dict | None, dict[str, tuple[str, int]]]:
+    """Stream every member into tmp, hashing as it goes; refuse anything but plain files with
+    safe names (no absolute paths, `..`, links or devices)."""
+    manifest, got = None, {}
+    for member in tar:
+        name = member.name
+        if not member.isfile():
+            raise BundleError(f"Refusing bundle entry {name!r}: not a regular file.")
+        if name == "manifest.json":
+            if manifest is not None:
+                raise BundleError("Refusing bundle: two manifest.json entries.")
+            handle = tar.extractfile(member)
+            manifest = json.loads(handle.read(1 << 20)) if handle else None
+            continue
+        rel = name[len("files/"):] if name.startswith("files/") else ""
+        if not _safe_relpath(rel) or rel in got:
+            raise BundleError(f"Refusing bundle entry {name!r}: unsafe or duplicate path.")
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        if source is None:
+            raise BundleError(f"Cannot read bundle entry {name!r}.")
+        reader, size = _HashingReader(source), 0
+        with open(target, "wb") as out:
+            while chunk := reader.read(_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+        got[rel] = (reader.digest.hexdigest(), size)
+    return manifest, got
+
+
+def import_bundle(bundle: Path, models_dir: Path | None = None) -> BundleResult:
+    """Verify every checksum, then install atomically: extract to a temp folder in the store,
+    check, rename into place (an existing copy is replaced only after all checks pass)."""
+    models_dir = models_dir or default_models_dir()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=models_dir))
+    try:
+        try:
+            with tarfile.open(bundle, "r:*") as tar:
+                manifest, got = _extract(tar, tmp)
+        except (tarfile.TarError, EOFError, ValueError) as exc:
+            raise BundleError(f"{bundle} is not a readable clipsearch model bundle (not a "
+                              "tar file, or a truncated copy); nothing was installed.") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{bundle} has no clipsearch manifest.json.")
+        if manifest.get("version", 0) > BUNDLE_VERSION:
+            raise BundleError(f"{bundle} needs a newer clipsearch (bundle version "
+                              f"{manifest.get('version')}).")
+        listed = {f["name"]: f for f in manifest.get("files", [])}
+        problems = [f"{n}: missing from the bundle" for n in listed if n not in got]
+        problems += [f"{n}: not listed in the manifest" for n in got if n not in listed]
+        problems += [f"{n}: sha256 {got[n][0]} != {f['sha256']}" for n, f in listed.items()
+                     if n in got and (got[n][0] != f["sha256"] or got[n][1] != f["size"])]
+        if problems:
+            raise BundleError(f"{bundle} is corrupt; nothing was installed:\n  "
+                              + "\n  ".join(problems))
+        dest, ref = _install_dir(manifest, models_dir)
+        if models_dir.resolve() not in dest.resolve().parents:
+            raise BundleError(f"Refusing to install outside the store: {dest}")
+        installed = dict(manifest, spec=ref.to_spec(), installed_from=str(Path(bundle).name),
+                         installed=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        write_manifest(tmp, installed)
+        _swap_into_place(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return BundleResult(ref.to_spec(), ref.model_id, dest, manifest["files"])
+
+
+def _swap_into_place(new: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.rename(dest, old)
+    try:
+        os.rename(new, dest)
+    except OSError:
+        if old is not None:
+            os.rename(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- verify ----------------------------------------------------------------------------------
+
+@dataclass
+class VerifyResult:
+    folder: str
+    spec: dict | None
+    status: str  # ok | corrupt | missing | unverified (no manifest: nothing to check against)
+    files: list[dict] = field(default_factory=list)  # name, status (ok/corrupt/missing)
+    partial: list[str] = field(default_factory=list)  # interrupted downloads to resume
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "unverified")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _model_folders(models_dir: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(models_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(root)
+        if (here / META_DIR / MANIFEST).is_file() or any(
+                f.endswith(WEIGHT_SUFFIXES) for f in files):
+            dirs[:] = []  # a model folder: its subfolders (tokenizer/) belong to it
+            yield here
+
+
+def verify_store(models_dir: Path | None = None) -> list[VerifyResult]:
+    models_dir = models_dir or default_models_dir()
+    results = []
+    for folder in _model_folders(models_dir) if models_dir.is_dir() else []:
+        manifest = read_manifest(folder)
+        partial_dir = folder / PARTIAL_DIR
+        partial = sorted(p.name for p in partial_dir.glob("*.part")) if partial_dir.is_dir() \
+            else []
+        if manifest is None:
+            results.append(VerifyResult(str(folder), None, "unverified", partial=partial))
+            continue
+        checks = []
+        for f in manifest.get("files", []):
+            path = folder / f["name"]
+            if not _safe_relpath(f["name"]) or not path.is_file():
+                status = "missing"
+            else:
+                sha, size = sha256_file(path)
+                status = "ok" if (sha, size) == (f["sha256"], f["size"]) else "corrupt"
+            checks.append({"name": f["name"], "status": status})
+        worst = next((s for s in ("corrupt", "missing")
+                      if any(c["status"] == s for c in checks)), "ok")
+        results.append(VerifyResult(str(folder), manifest.get("spec"), worst, checks, partial))
+    return results
+
