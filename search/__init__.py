@@ -2,5 +2,6 @@
 
 from .results import LabelScore, SearchResult
 from .searcher import Searcher
+from .text_embedder import TextEmbedder
 
-__all__ = ["LabelScore", "SearchResult", "Searcher"]
+__all__ = ["LabelScore", "SearchResult", "Searcher", "TextEmbedder"]

@@ -1,0 +1,75 @@
+"""Query texts -> vectors, without torch when possible.
+
+The first text query of a model runs the torch text tower and exports it (clip_core.text_tower)
+into the library's cache; later queries, in any process, load that file memory-mapped and run
+it in numpy with the torch-free tokenizer: a cold `clipsearch query` then never imports torch.
+Towers that numpy cannot reproduce exactly stay on torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def tower_path(folder: Path, model_id: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")
+    return folder / f"{slug}.text.safetensors"
+
+
+class TextEmbedder:
+    def __init__(
+        self,
+        model_id: str,
+        cache_folder: Path,
+        torch_encoder: Callable[[], Any],
+        writable: bool = True,
+    ):
+        self.model_id = model_id
+        self.path = tower_path(cache_folder, model_id)
+        self.torch_encoder = torch_encoder
+        self.writable = writable
+        self._fast: tuple[Any, Any] | None = None
+
+    def _numpy_tower(self) -> tuple[Any, Any] | None:
+        if self._fast is None and self.path.is_file():
+            from clip_core.text_tower import NumpyTextTower
+            from clip_core.tokenizer import ClipTokenizer
+
+            try:
+                tower = NumpyTextTower.load(self.path)
+            except (OSError, ValueError) as exc:  # corrupt or old cache: torch path rebuilds
+                log.warning("ignoring text tower cache %s: %s", self.path, exc)
+                return None
+            self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
+        return self._fast
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        fast = self._numpy_tower()
+        if fast is not None:
+            tower, tokenizer = fast
+            return tower.encode_tokens(tokenizer(list(texts)))
+        encoder = self.torch_encoder()
+        vectors = encoder.encode_texts(list(texts))
+        if self.writable:
+            self._export(encoder)
+        return vectors
+
+    def _export(self, encoder: Any) -> None:
+        from clip_core.text_tower import UnsupportedTextTower, export_text_tower
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            export_text_tower(encoder.loaded.model, self.path,
+                              tokenizer=encoder.loaded.tokenizer)
+        except UnsupportedTextTower as exc:
+            log.info("text tower of %s stays on torch: %s", self.model_id, exc)
+        except OSError as exc:  # read-only or full disk: queries still work through torch
+            log.info("could not cache text tower: %s", exc)
