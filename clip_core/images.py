@@ -1,0 +1,363 @@
+"""Decode untrusted image files into upright RGB PIL images (no torch here).
+
+Photo libraries hold truncated downloads, HTML saved as .png, CMYK scans, 16-bit PNGs,
+transparent logos and decompression bombs. `decode_image` turns each of them into either a
+`DecodedImage` or a `DecodeError` with a short stable `reason` the index can store.
+Safe to call from worker threads: Pillow releases the GIL while decoding, and the only
+global state (plugin registration) is set up once under a lock.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import struct
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
+)
+
+# 12000 x 15000: bigger than any phone or DSLR photo; larger headers are refused unread.
+DEFAULT_MAX_PIXELS = 180_000_000
+
+# Every reason DecodeError can carry (stored in the index, so keep them stable).
+REASONS = frozenset({
+    "empty-file", "not-an-image", "truncated", "corrupt", "decompression-bomb", "unreadable",
+    "heif-extra-missing", "unsupported-mode", "not-a-file", "vanished",
+})
+
+# Only photo formats: also keeps Pillow away from EPS (Ghostscript) and other exotic parsers.
+_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF")
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_EXIF_IFD, _DATETIME_ORIGINAL, _DATETIME, _ORIENTATION = 0x8769, 0x9003, 0x0132, 0x0112
+_EXIF_DATE = re.compile(r"\s*(\d{4})[:\-/.](\d{2})[:\-/.](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+
+
+class DecodeError(Exception):
+    """An image that cannot be decoded; `reason` is one of REASONS, str() is for humans."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __reduce__(self):  # keep picklable across process pools
+        return (type(self), (self.reason, self.message))
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image  # RGB, upright; smaller than width x height when min_side allowed it
+    width: int  # full size, after EXIF orientation
+    height: int
+    taken_at: str | None = None  # EXIF capture time, 'YYYY-MM-DDTHH:MM:SS'
+
+
+def decode_image(
+    source: Path | str | bytes | BinaryIO,
+    *,
+    min_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Decode the first frame of `source` into an upright RGB image.
+
+    min_side: the caller will downscale to this shortest side anyway, so a large JPEG may be
+    decoded at 1/2, 1/4 or 1/8 scale (DCT scaling, several times faster) as long as its
+    shortest side stays >= min_side, and any large image is box-reduced while its shortest
+    side stays >= 2 * min_side. max_pixels: headers claiming more are refused before
+    any pixel is decoded. Raises DecodeError, never Pillow's own exceptions.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _decode_stream(io.BytesIO(source), min_side, max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        with _open_path(os.fspath(source)) as fp:
+            return _decode_stream(fp, min_side, max_pixels)
+    return _decode_stream(_seekable(source), min_side, max_pixels)
+
+
+def read_taken_at(img: Image.Image) -> str | None:
+    """EXIF DateTimeOriginal (else DateTime) as ISO 8601, or None when absent or garbage."""
+    try:
+        exif = img.getexif()
+        candidates = [exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL), exif.get(_DATETIME)]
+    except Exception:  # damaged EXIF must not cost us the picture
+        return None
+    for value in candidates:
+        parsed = _parse_exif_date(value)
+        if parsed:
+            return parsed
+    return None
+
+
+def _parse_exif_date(value: object) -> str | None:
+    if isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return None
+    match = _EXIF_DATE.match(value)
+    if not match:
+        return None  # includes the "0000:00:00 00:00:00" cameras write when unset
+    try:
+        when = datetime(*(int(part) for part in match.groups()))
+    except ValueError:
+        return None
+    return when.isoformat() if when.year >= 1800 else None
+
+
+# --- opening -------------------------------------------------------------------------------
+
+def _open_path(path: str) -> BinaryIO:
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise DecodeError("not-a-file", "is a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            # Checked before open(): opening a FIFO for reading blocks until a writer comes.
+            raise DecodeError("not-a-file", "is not a regular file (FIFO, socket or device)")
+        if st.st_size == 0:
+            raise DecodeError("empty-file", "file is empty (0 bytes)")
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it with `with`
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise DecodeError("vanished", "file no longer exists") from exc
+    except IsADirectoryError as exc:
+        raise DecodeError("not-a-file", "is a directory, not an image file") from exc
+    except PermissionError as exc:
+        raise DecodeError("unreadable", "permission denied") from exc
+    except OSError as exc:
+        raise DecodeError("unreadable", f"cannot read: {exc.strerror or exc}") from exc
+
+
+def _seekable(stream: BinaryIO) -> BinaryIO:
+    try:
+        if stream.seekable():
+            return stream
+        return io.BytesIO(stream.read())
+    except OSError as exc:
+        raise DecodeError("unreadable", f"cannot read: {exc.strerror or exc}") from exc
+
+
+_setup_lock = threading.Lock()
+_heif_state: bool | None = None
+
+
+def _heif_available() -> bool:
+    """Register pillow-heif's opener once (lazily: importing it costs time); False if absent."""
+    global _heif_state
+    if _heif_state is None:
+        with _setup_lock:
+            if _heif_state is None:
+                Image.init()  # all plugins now, so Image.OPEN is complete and never races
+                try:
+                    import pillow_heif
+                except ImportError:
+                    _heif_state = False
+                else:
+                    pillow_heif.register_heif_opener()
+                    _heif_state = True
+    return _heif_state
+
+
+def _formats() -> list[str]:
+    heif = _heif_available()
+    return [f for f in _FORMATS if f in Image.OPEN and (heif or f != "HEIF")]
+
+
+def _open(fp: BinaryIO, head: bytes, formats: list[str], max_pixels: int) -> Image.Image:
+    try:
+        im = Image.open(fp, formats=formats)
+    except UnidentifiedImageError as exc:
+        if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS and "HEIF" not in formats:
+            raise DecodeError(
+                "heif-extra-missing",
+                "HEIC/HEIF image, but HEIF support is not installed: "
+                "pip install 'clipsearch[heif]'",
+            ) from exc
+        kind = _sniff(head)
+        if kind:
+            raise DecodeError(
+                "corrupt", f"starts like a {kind} file but its header is damaged or cut short"
+            ) from exc
+        raise DecodeError(
+            "not-an-image", "content is not a JPEG, PNG, GIF, WebP, BMP, TIFF or HEIF image"
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own limit (~179 MP, process-global) fired; ours is per call and decides.
+        im = _open_unchecked(fp, formats)
+    width, height = im.size
+    if width * height > max_pixels:
+        raise DecodeError(
+            "decompression-bomb",
+            f"header claims {width} x {height} = {_mp(width * height)} MP, "
+            f"over the {_mp(max_pixels)} MP limit (refused before decoding)",
+        )
+    if width <= 0 or height <= 0:
+        raise DecodeError("corrupt", f"header claims an empty {width} x {height} image")
+    return im
+
+
+def _open_unchecked(fp: BinaryIO, formats: list[str]) -> Image.Image:
+    """Image.open without its global pixel check (which cannot be changed per call)."""
+    fp.seek(0)
+    prefix = fp.read(16)
+    for name in formats:
+        factory, accept = Image.OPEN[name]
+        accepted = accept is None or accept(prefix)
+        if accepted and not isinstance(accepted, str):
+            fp.seek(0)
+            try:
+                return factory(fp, "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue  # same "not this format" signals Image.open skips
+    raise DecodeError("not-an-image", "content is not a supported image")
+
+
+def _sniff(head: bytes) -> str | None:
+    """Format named by the file's magic bytes, to tell damaged images from non-images."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF"
+    return None
+
+
+def _mp(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f}" if pixels >= 10_000_000 else f"{pixels / 1e6:.2g}"
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+def _decode_stream(fp: BinaryIO, min_side: int | None, max_pixels: int) -> DecodedImage:
+    try:
+        fp.seek(0)
+        head = fp.read(32)
+        fp.seek(0)
+    except OSError as exc:
+        raise DecodeError("unreadable", f"cannot read: {exc.strerror or exc}") from exc
+    if not head:
+        raise DecodeError("empty-file", "file is empty (0 bytes)")
+    try:
+        im = _open(fp, head, _formats(), max_pixels)
+        width, height = im.size
+        if min_side and im.format in ("JPEG", "MPO"):  # MPO: JPEGs with extra pictures
+            # Scale factor s keeps min(w, h) / s >= min_side; EXIF rotation only swaps
+            # sides, so the stored (unrotated) orientation gives the same answer.
+            im.draft("RGB", (min_side, min_side))
+        im.load()
+        orientation = _orientation(im)
+        taken_at = read_taken_at(im)
+        rgb = _to_rgb(im)
+        if min_side:
+            rgb = _shrink(rgb, min_side)
+        if orientation in _TRANSPOSE:
+            rgb = rgb.transpose(_TRANSPOSE[orientation])
+            if orientation >= 5:
+                width, height = height, width
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError("decompression-bomb", f"refused by Pillow: {exc}") from exc
+    except MemoryError:
+        raise  # the machine's problem, not the file's
+    except OSError as exc:
+        if exc.errno is not None:  # a real I/O error; Pillow's own OSErrors carry no errno
+            raise DecodeError("unreadable", f"cannot read: {exc.strerror or exc}") from exc
+        raise _damaged(exc) from exc
+    except Exception as exc:  # Pillow's parsers raise many types on hostile data
+        raise _damaged(exc) from exc
+    return DecodedImage(rgb, width, height, taken_at)
+
+
+def _damaged(exc: Exception) -> DecodeError:
+    detail = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+    lowered = detail.lower()
+    if isinstance(exc, EOFError) or "truncat" in lowered or "end of file" in lowered:
+        return DecodeError("truncated", f"image data ends early ({detail})")
+    return DecodeError("corrupt", f"damaged image data ({detail})")
+
+
+def _shrink(rgb: Image.Image, min_side: int) -> Image.Image:
+    """Box-reduce by an integer factor while the shortest side stays >= 2 * min_side (as
+    Pillow's reducing_gap=2): the caller's bicubic resize then runs on far fewer pixels,
+    for formats without DCT scaling (PNG, HEIC, WebP) or JPEGs beyond draft's 1/8."""
+    factor = min(rgb.size) // (2 * min_side)
+    return rgb.reduce(factor) if factor >= 2 else rgb
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_ORIENTATION, 1)  # also picks up XMP tiff:Orientation
+    except Exception:  # damaged EXIF: keep the pixels as stored
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    try:
+        if mode.startswith("I") or mode == "F":
+            return _gray_to_8bit(im).convert("RGB")
+        if mode in _ALPHA_MODES or "transparency" in im.info:  # incl. P/L/RGB colour keys
+            if mode in ("La", "RGBa"):  # premultiplied: Pillow converts them only one way
+                im = im.convert(mode.upper())
+            return _on_white(im.convert("RGBA"))
+        return im.convert("RGB")  # L, 1, P, CMYK (Adobe inversion handled on load), YCbCr...
+    except ValueError as exc:
+        raise DecodeError("unsupported-mode", f"cannot convert {mode} pixels to RGB") from exc
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    # Transparent pixels often hold black or junk colour; photos-of-logos look right on white.
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def _gray_to_8bit(im: Image.Image) -> Image.Image:
+    """16/32-bit and float grayscale -> L. Pillow's own convert clips them to white."""
+    a = np.asarray(im)
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2:  # I;16, I;16B, ...: known 16-bit range
+        return Image.fromarray(((a.astype(np.uint32) + 128) // 257).astype(np.uint8))
+    a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode == "F" and lo >= 0 and hi <= 1:
+        scaled = a * 255  # float images in [0, 1]
+    elif lo >= 0 and hi <= 255:
+        scaled = a
+    elif lo >= 0 and hi <= 65535:
+        scaled = a / 257  # 16-bit data stored in a 32-bit mode
+    else:  # unknown range (signed or huge values): stretch to full contrast
+        scaled = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
