@@ -1,11 +1,14 @@
 """Stage 1: walk the roots and list candidate image files with their stat.
 
 Never follows a directory symlink into a loop, never dies on a folder it cannot read, and
-reports what it had to skip (broken links, unreadable folders) instead of hiding it.
+reports what it had to skip (broken links, link loops, FIFOs, unreadable folders) instead of
+hiding it. A folder it could not list is marked `folder=True`: the pipeline keeps the catalog
+rows under it, since "cannot read now" must not mean "deleted".
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -25,6 +28,9 @@ class CrawlSkip:
     path: str
     reason: str
     message: str
+    size: int = 0  # lstat of the entry when there is one, so unchanged skips stay quiet
+    mtime_ns: int = 0
+    folder: bool = False  # a root or folder that could not be listed
 
 
 def crawl(
@@ -39,7 +45,9 @@ def crawl(
     try:
         st = os.stat(root)
     except OSError as exc:
-        yield CrawlSkip(root, "unreadable", f"cannot open root: {exc.strerror}")
+        reason = "missing" if exc.errno == errno.ENOENT else "unreadable"
+        yield CrawlSkip(root, reason, f"cannot open root folder: {exc.strerror} (its files "
+                        "stay in the library until it can be read again)", folder=True)
         return
     seen_dirs.add((st.st_dev, st.st_ino))
     stack = [root]
@@ -47,9 +55,10 @@ def crawl(
         folder = stack.pop()
         try:
             with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name, reverse=True)
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            yield CrawlSkip(folder, "unreadable", f"cannot list folder: {exc.strerror}")
+            yield CrawlSkip(folder, "unreadable", f"cannot list folder: {exc.strerror}",
+                            *_lstat(folder), folder=True)
             continue
         subdirs = []
         for entry in entries:
@@ -58,8 +67,12 @@ def crawl(
                 st = entry.stat(follow_symlinks=True)
             except OSError as exc:
                 if ext in extensions:
-                    reason = "broken-symlink" if entry.is_symlink() else "unreadable"
-                    yield CrawlSkip(entry.path, reason, f"cannot stat: {exc.strerror}")
+                    if exc.errno == errno.ELOOP:
+                        reason = "symlink-loop"
+                    else:
+                        reason = "broken-symlink" if entry.is_symlink() else "unreadable"
+                    yield CrawlSkip(entry.path, reason, f"cannot stat: {exc.strerror}",
+                                    *_lstat(entry.path))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
@@ -71,5 +84,15 @@ def crawl(
                 if stat.S_ISREG(st.st_mode):
                     yield Candidate(entry.path, root_id, st.st_size, st.st_mtime_ns)
                 else:
-                    yield CrawlSkip(entry.path, "not-a-file", "not a regular file")
+                    yield CrawlSkip(entry.path, "not-a-file",
+                                    "not a regular file (FIFO, socket or device)",
+                                    st.st_size, st.st_mtime_ns)
         stack.extend(reversed(subdirs))
+
+
+def _lstat(path: str) -> tuple[int, int]:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0, 0
+    return st.st_size, st.st_mtime_ns

@@ -1,4 +1,11 @@
-"""An index run: crawl -> plan -> load (thread pool) -> encode + write (batches) -> sweep."""
+"""An index run: crawl -> plan -> load (thread pool) -> encode + write (batches) -> sweep.
+
+Every batch is one SQLite transaction, so a run killed at any instant leaves the catalog at
+its last commit and the next run picks up from there. Ctrl-C (or SIGTERM) asks the run to
+stop: it finishes the encoder call in progress, commits what is encoded, and returns a
+report with `interrupted` set; a second Ctrl-C stops at once (still losing nothing
+committed).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +21,16 @@ import numpy as np
 
 from clip_core.images import IMAGE_EXTENSIONS
 from clip_core.preprocess import PreprocessSpec
-from store import Catalog
+from store import Catalog, FileRecord, FileRow
 
 from .crawl import Candidate, CrawlSkip, crawl
+from .interrupt import StopRequest
 from .plan import Plan, plan_root
 from .stages import BatchWriter, Loaded, load_one
+
+# Failures that may clear up without the file changing (permissions fixed, HEIF support
+# installed): retried every run instead of being remembered as known errors.
+RETRY_REASONS = frozenset({"unreadable", "heif-extra-missing", "internal-error"})
 
 
 @dataclass
@@ -31,7 +43,7 @@ class Skipped:
 @dataclass
 class IndexReport:
     model_id: str
-    indexed: int = 0  # newly embedded
+    indexed: int = 0  # newly embedded (committed)
     reused: int = 0  # moved/renamed/duplicate files whose stored vector was reused
     unchanged: int = 0
     removed: int = 0
@@ -39,6 +51,8 @@ class IndexReport:
     known_errors: int = 0  # failed before and unchanged since
     interrupted: bool = False
     seconds: float = 0.0
+    todo: int = 0  # files this run had to read
+    committed: int = 0  # file rows committed by this run (indexed + reused + failed)
 
     def to_dict(self) -> dict:
         data = {k: v for k, v in self.__dict__.items() if k != "skipped"}
@@ -61,6 +75,7 @@ class IndexSettings:
     workers: int = max(1, min(4, os.cpu_count() or 1))
     prefetch: int = 64  # files decoded ahead of the encoder
     draft: bool = True  # reduced-size JPEG decoding (clip_core.images)
+    cancel: object | None = None  # a threading.Event: set() it to stop like Ctrl-C
 
 
 class Encoder(Protocol):
@@ -86,95 +101,137 @@ def run_index(
     settings = settings or IndexSettings()
     started = time.monotonic()
     report = IndexReport(model_id)
-    roots = catalog.roots()
-    known = catalog.hashes_with_vectors(model_id)
-    plans: list[Plan] = []
-    for root_id in root_ids:
-        others = frozenset(p for i, p in roots.items() if i != root_id)
-        candidates: list[Candidate] = []
-        for item in crawl(roots[root_id], root_id, IMAGE_EXTENSIONS, skip_dirs=others):
-            if isinstance(item, CrawlSkip):
-                report.skipped.append(Skipped(item.path, item.reason, item.message))
-            else:
-                candidates.append(item)
-        plan = plan_root(candidates, catalog.files_in_root(root_id), known)
-        report.unchanged += plan.unchanged
-        report.known_errors += plan.known_errors
-        plans.append(plan)
-    todo = [cand for plan in plans for cand in plan.todo]
-    gone = [file_id for plan in plans for file_id in plan.gone]
     try:
-        if todo:
-            _load_encode_write(catalog, todo, known, model_id, get_encoder, settings, progress,
-                               report)
-        # Sweep last: a moved file's new row already references its vector, so the old
-        # row's deletion cannot garbage-collect it.
-        report.removed += catalog.delete_files(gone)
+        _run(catalog, root_ids, model_id, get_encoder, settings, progress, report)
     except KeyboardInterrupt:
-        report.interrupted = True
+        report.interrupted = True  # a second Ctrl-C, or one outside the batch loop
     report.seconds = time.monotonic() - started
     return report
 
 
-def _load_encode_write(
+def _run(
     catalog: Catalog,
-    todo: list[Candidate],
-    known: set[str],
+    root_ids: list[int],
     model_id: str,
     get_encoder: Callable[[], Encoder],
     settings: IndexSettings,
     progress: Callable[[Progress], None] | None,
     report: IndexReport,
 ) -> None:
+    roots = catalog.roots()
+    known = catalog.hashes_with_vectors(model_id)
+    plans: list[Plan] = []
+    retried: dict[str, FileRow] = {}
+    for root_id in root_ids:
+        others = frozenset(p for i, p in roots.items() if i != root_id)
+        candidates: list[Candidate] = []
+        skips: list[CrawlSkip] = []
+        for item in crawl(roots[root_id], root_id, IMAGE_EXTENSIONS, skip_dirs=others):
+            (skips if isinstance(item, CrawlSkip) else candidates).append(item)
+        rows = catalog.files_in_root(root_id)
+        retried.update((p, r) for p, r in rows.items()
+                       if r.status == "error" and r.error_reason in RETRY_REASONS)
+        plan = plan_root(candidates, rows, known, skips, retry=RETRY_REASONS)
+        report.unchanged += plan.unchanged
+        report.known_errors += plan.known_errors
+        _record_crawl_errors(catalog, plan.errors, root_id, report)
+        plans.append(plan)
+    todo = [cand for plan in plans for cand in plan.todo]
+    gone = [file_id for plan in plans for file_id in plan.gone]
+    report.todo = len(todo)
+    if todo:
+        vanished = _load_encode_write(catalog, todo, known, retried, model_id, get_encoder,
+                                      settings, progress, report)
+        if report.interrupted:
+            return  # the sweep waits for a complete run
+        gone += [i for i in (catalog.file_id(p) for p in vanished) if i is not None]
+    # Sweep last: a moved file's new row already references its vector, so the old
+    # row's deletion cannot garbage-collect it.
+    report.removed += catalog.delete_files(gone)
+    catalog.collect_garbage()  # vectors of files whose content changed
+
+
+def _record_crawl_errors(catalog: Catalog, skips: list[CrawlSkip], root_id: int,
+                         report: IndexReport) -> None:
+    if not skips:
+        return
+    records = [FileRecord(s.path, root_id, s.size, s.mtime_ns, None, "error",
+                          error_reason=s.reason, error_message=s.message) for s in skips]
+    catalog.write_batch(records, {}, "")
+    report.skipped += [Skipped(s.path, s.reason, s.message) for s in skips]
+
+
+def _load_encode_write(
+    catalog: Catalog,
+    todo: list[Candidate],
+    known: set[str],
+    retried: dict[str, FileRow],
+    model_id: str,
+    get_encoder: Callable[[], Encoder],
+    settings: IndexSettings,
+    progress: Callable[[Progress], None] | None,
+    report: IndexReport,
+) -> list[str]:
+    """Returns the paths that vanished before they could be read."""
     encoder = get_encoder()
     if encoder.model_id != model_id:
         raise ValueError(f"encoder makes {encoder.model_id}, run expects {model_id}")
     spec = encoder.preprocess
     size = spec.size if isinstance(spec.size, int) else min(spec.size)
     min_side = size if settings.draft else None
-    writer = BatchWriter(catalog, encoder.encode_pixels, model_id, settings.batch_size)
-
-    def has_vector(digest: str) -> bool:
-        return digest in known or digest in writer.committed_hashes
-
     vanished: list[str] = []
-    done = 0
-    pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="clipsearch-load")
-    inflight: deque[Future[Loaded]] = deque()
-    pending = iter(todo)
-    try:
-        while True:
-            while len(inflight) < settings.prefetch:
-                cand = next(pending, None)
-                if cand is None:
+    with StopRequest(settings.cancel) as stop:
+        writer = BatchWriter(catalog, encoder.encode_pixels, model_id, settings.batch_size,
+                             should_stop=lambda: stop.requested)
+
+        def has_vector(digest: str) -> bool:
+            return digest in known or digest in writer.committed_hashes
+
+        def tally(committed: list[tuple[FileRecord, bool]]) -> None:
+            for record, embedded in committed:
+                report.committed += 1
+                if record.status == "error":
+                    report.skipped.append(Skipped(record.path, str(record.error_reason),
+                                                  str(record.error_message)))
+                elif embedded:
+                    report.indexed += 1
+                else:
+                    report.reused += 1
+
+        done = 0
+        pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="clipsearch-load")
+        inflight: deque[Future[Loaded]] = deque()
+        pending = iter(todo)
+        try:
+            while not stop.requested:
+                while len(inflight) < settings.prefetch:
+                    cand = next(pending, None)
+                    if cand is None:
+                        break
+                    inflight.append(pool.submit(load_one, cand, spec, has_vector, min_side))
+                if not inflight:
                     break
-                inflight.append(pool.submit(load_one, cand, spec, has_vector, min_side))
-            if not inflight:
-                break
-            loaded = inflight.popleft().result()
-            record = loaded.record
-            if record is None:
-                vanished.append(loaded.cand.path)
-            elif record.status == "error":
-                report.skipped.append(
-                    Skipped(record.path, str(record.error_reason), str(record.error_message)))
-            elif loaded.pixels is None:
-                report.reused += 1
-            else:
-                report.indexed += 1
-            done += 1
-            writer.add(loaded)
-            if progress:
-                progress(Progress(done, len(todo), loaded.cand.path))
-        writer.flush()
-    except BaseException:
-        # Ctrl-C or a fatal error: drop queued work at once; committed batches stay.
-        for future in inflight:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        committed = done - len(writer.records)
-        report.indexed = min(report.indexed, committed)
-        raise
-    pool.shutdown(wait=True)
-    ids = [i for i in (catalog.file_id(p) for p in vanished) if i is not None]
-    report.removed += catalog.delete_files(ids)
+                loaded = inflight.popleft().result()
+                done += 1
+                if loaded.record is None:
+                    vanished.append(loaded.cand.path)
+                elif _same_error(loaded.record, retried.get(loaded.cand.path)):
+                    report.known_errors += 1  # retried, failed the same way: no rewrite
+                else:
+                    tally(writer.add(loaded))
+                if progress:
+                    progress(Progress(done, len(todo), loaded.cand.path))
+            tally(writer.flush())  # after a stop request: only what is already encoded
+        finally:
+            # Drop queued work at once (Ctrl-C, error, or done); committed batches stay.
+            for future in inflight:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+        report.interrupted = stop.requested
+    return vanished
+
+
+def _same_error(record: FileRecord, row: FileRow | None) -> bool:
+    return (row is not None and record.status == "error"
+            and record.error_reason == row.error_reason
+            and (record.size, record.mtime_ns) == (row.size, row.mtime_ns))

@@ -6,9 +6,11 @@ them together with a thread pool so decoding overlaps encoding.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +21,10 @@ from clip_core.preprocess import PreprocessSpec, preprocess
 from store import Catalog, FileRecord
 
 from .crawl import Candidate
+
+# One encoder call should take about this long, so Ctrl-C is noticed within it even on a
+# slow CPU with a big model; fast encoders grow their chunks back to the full batch.
+ENCODE_CALL_SECONDS = 0.5
 
 
 @dataclass
@@ -32,12 +38,19 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_file(path: str) -> tuple[bytes, os.stat_result]:
+def read_file(path: str, attempts: int = 3) -> tuple[bytes, os.stat_result]:
     """Read once and stat the open handle, so the recorded size/mtime belong to the bytes
-    that were hashed (a file rewritten later is seen as changed by the next run)."""
+    that were hashed. A file rewritten while being read is read again; if it keeps changing,
+    the stat from before the read is kept, so the next run sees a change and redoes it."""
     with open(path, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        return handle.read(), st
+        for _ in range(attempts):
+            before = os.fstat(handle.fileno())
+            handle.seek(0)
+            data = handle.read()
+            after = os.fstat(handle.fileno())
+            if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
+                break
+        return data, before
 
 
 def load_one(
@@ -48,12 +61,15 @@ def load_one(
 ) -> Loaded:
     try:
         data, st = read_file(cand.path)
-    except FileNotFoundError:
-        return Loaded(cand, None)
+    except (FileNotFoundError, NotADirectoryError):
+        return Loaded(cand, None)  # gone since the crawl: the sweep forgets it
     except IsADirectoryError:
         return Loaded(cand, _error(cand, None, "not-a-file", "is a directory"))
+    except PermissionError:
+        return Loaded(cand, _error(cand, None, "unreadable", "permission denied"))
     except OSError as exc:
-        return Loaded(cand, _error(cand, None, "unreadable", f"cannot read: {exc.strerror}"))
+        reason = "symlink-loop" if exc.errno == errno.ELOOP else "unreadable"
+        return Loaded(cand, _error(cand, None, reason, f"cannot read: {exc.strerror or exc}"))
     digest = content_hash(data)
     record = FileRecord(cand.path, cand.root_id, st.st_size, st.st_mtime_ns, digest, "ok")
     if has_vector(digest):
@@ -66,6 +82,11 @@ def load_one(
         pixels = preprocess(decoded.image, spec)
     except DecodeError as exc:
         return Loaded(cand, _error(cand, st, exc.reason, str(exc), digest))
+    except MemoryError:
+        raise
+    except Exception as exc:  # a bug must cost one file (listed in status), not the run
+        return Loaded(cand, _error(cand, st, "internal-error",
+                                   f"{type(exc).__name__}: {exc}", digest))
     record.width, record.height, record.taken_at = decoded.width, decoded.height, decoded.taken_at
     return Loaded(cand, record, pixels)
 
@@ -94,7 +115,10 @@ def _error(
 
 class BatchWriter:
     """Collects loaded files, encodes their pixels in batches and commits each batch in one
-    transaction: an interruption loses at most the batch in flight."""
+    transaction: an interruption loses at most the batch in flight.
+
+    `should_stop` is polled between encoder calls; when it fires mid-batch, the files whose
+    pixels are already encoded (and those needing none) are still committed."""
 
     def __init__(
         self,
@@ -102,37 +126,60 @@ class BatchWriter:
         encode: Callable[[np.ndarray], np.ndarray],
         model_id: str,
         batch_size: int,
+        should_stop: Callable[[], bool] = lambda: False,
     ):
         self.catalog = catalog
         self.encode = encode
         self.model_id = model_id
-        self.batch_size = batch_size
+        self.batch_size = max(1, batch_size)
+        self.should_stop = should_stop
         self.records: list[FileRecord] = []
         self.pixels: list[np.ndarray] = []
-        self.pixel_hashes: list[str] = []
+        self.pixel_of: list[int | None] = []  # index into pixels, per record
         self.committed_hashes: set[str] = set()
+        self.chunk = min(self.batch_size, 2)  # calibrated by the first encoder calls
+        self._per_image: float | None = None
 
-    def add(self, loaded: Loaded) -> int:
-        """Queue one file; returns how many files were committed by this call."""
+    def add(self, loaded: Loaded) -> list[tuple[FileRecord, bool]]:
+        """Queue one file; returns what this call committed (see flush)."""
         if loaded.record is None:
-            return 0
+            return []
         self.records.append(loaded.record)
         if loaded.pixels is not None:
+            self.pixel_of.append(len(self.pixels))
             self.pixels.append(loaded.pixels)
-            self.pixel_hashes.append(str(loaded.record.content_hash))
+        else:
+            self.pixel_of.append(None)
         if len(self.pixels) >= self.batch_size or len(self.records) >= 4 * self.batch_size:
             return self.flush()
-        return 0
+        return []
 
-    def flush(self) -> int:
+    def flush(self) -> list[tuple[FileRecord, bool]]:
+        """Encode and commit the queue; returns (record, newly embedded) per committed file."""
         if not self.records:
-            return 0
+            return []
+        embedded: list[np.ndarray] = []
+        while len(embedded) < len(self.pixels) and not self.should_stop():
+            chunk = np.stack(self.pixels[len(embedded) : len(embedded) + self.chunk])
+            started = time.monotonic()
+            embedded.extend(self.encode(chunk))
+            self._calibrate(time.monotonic() - started, len(chunk))
         vectors: dict[str, np.ndarray] = {}
-        if self.pixels:
-            embedded = self.encode(np.stack(self.pixels))
-            vectors = dict(zip(self.pixel_hashes, embedded, strict=True))
-        self.catalog.write_batch(self.records, vectors, self.model_id)
+        done: list[tuple[FileRecord, bool]] = []
+        for record, index in zip(self.records, self.pixel_of, strict=True):
+            if index is None:
+                done.append((record, False))
+            elif index < len(embedded):
+                vectors[str(record.content_hash)] = embedded[index]
+                done.append((record, True))
+        self.catalog.write_batch([r for r, _ in done], vectors, self.model_id)
         self.committed_hashes.update(vectors)
-        done = len(self.records)
-        self.records, self.pixels, self.pixel_hashes = [], [], []
+        self.records, self.pixels, self.pixel_of = [], [], []
         return done
+
+    def _calibrate(self, seconds: float, count: int) -> None:
+        per_image = seconds / max(count, 1)
+        self._per_image = per_image if self._per_image is None else (
+            0.7 * self._per_image + 0.3 * per_image)
+        fits = int(ENCODE_CALL_SECONDS / max(self._per_image, 1e-6))
+        self.chunk = max(1, min(self.batch_size, fits))

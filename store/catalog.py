@@ -9,8 +9,12 @@ a FAISS file made at another generation is stale and gets rebuilt.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import tempfile
 import time
+import urllib.parse
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +61,15 @@ class CatalogError(RuntimeError):
     pass
 
 
+class StorageError(CatalogError):
+    """The disk refused a write (full, read-only, I/O error). Committed work is intact."""
+
+
+# SQLite primary result codes that mean "the medium said no", not "the SQL is wrong".
+_SQLITE_STORAGE = {8: "is read-only", 10: "had an I/O error", 13: "is full",
+                   14: "cannot be opened for writing"}
+
+
 class Catalog:
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = Path(path)
@@ -69,8 +82,11 @@ class Catalog:
     # -- schema --------------------------------------------------------------------------
     def _migrate(self) -> None:
         db = self.db
+        if "meta" in db.table_names():
+            self._check_version()
+            return  # opening an existing library writes nothing (readers stay readers)
         with self.transaction():
-            if "meta" not in db.table_names():
+            if "meta" not in db.table_names():  # re-checked under the write lock
                 db["meta"].create({"key": str, "value": str}, pk="key")
                 db["roots"].create({"id": int, "path": str, "added_at": str}, pk="id")
                 db["roots"].create_index(["path"], unique=True)
@@ -97,6 +113,9 @@ class Catalog:
                 )
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
                 self._set_meta("generation", "0")
+        self._check_version()
+
+    def _check_version(self) -> None:
         version = int(self.get_meta("schema_version") or 0)
         if version > SCHEMA_VERSION:
             raise CatalogError(
@@ -106,17 +125,50 @@ class Catalog:
     # -- transactions --------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write; bumps the generation so derived FAISS files know they are stale."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One atomic write; bumps the generation so derived FAISS files know they are stale.
+
+        Disk full / read-only / I/O failures surface as StorageError; the transaction is rolled
+        back (SQLite may already have done so, hence the in_transaction check)."""
+        if self.readonly:
+            raise StorageError(f"the library at {self.path.parent} is read-only (opened for "
+                               "queries only); indexing needs a writable folder")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute(
+                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
+                )
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise self._storage_error(exc) from exc
+
+    def _storage_error(self, exc: sqlite3.OperationalError) -> Exception:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code not in _SQLITE_STORAGE:
+            return exc
+        what = _SQLITE_STORAGE[code]
+        hint = " Free some space and run the same command again;" if code == 13 else ""
+        return StorageError(
+            f"cannot write the library catalog {self.path}: the disk {what} ({exc}).{hint}"
+            " everything committed before this point is kept."
+        )
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A consistent read: every SELECT inside sees one committed state (WAL snapshot)."""
+        if self.conn.in_transaction:
+            yield self.conn
+            return
+        self.conn.execute("BEGIN")
         try:
             yield self.conn
-            self.conn.execute(
-                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
-            )
+        finally:
             self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -254,6 +306,12 @@ class Catalog:
                 ],
             )
 
+    def collect_garbage(self) -> None:
+        """Drop vectors no file refers to (a changed file leaves its old vector behind)."""
+        if self.conn.execute(_ORPHANS.replace("DELETE", "SELECT 1", 1) + " LIMIT 1").fetchone():
+            with self.transaction() as conn:
+                _gc_embeddings(conn)
+
     def delete_files(self, file_ids: Iterable[int]) -> int:
         ids = [(int(i),) for i in file_ids]
         if not ids:
@@ -324,6 +382,20 @@ class Catalog:
         rows = self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status")
         return {status: int(n) for status, n in rows}
 
+    def problems(self) -> list[str]:
+        """Consistency check for tests and support: empty when the catalog is sound."""
+        out = [r[0] for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        out += [f"foreign key: {r}" for r in self.conn.execute("PRAGMA foreign_key_check")]
+        orphans = self.conn.execute(_ORPHANS.replace("DELETE", "SELECT COUNT(*)", 1)).fetchone()
+        if orphans[0]:
+            out.append(f"{orphans[0]} vectors no file refers to")
+        bad = self.conn.execute(
+            "SELECT COUNT(*) FROM files f WHERE f.status = 'ok' AND NOT EXISTS"
+            " (SELECT 1 FROM embeddings e WHERE e.content_hash = f.content_hash)").fetchone()
+        if bad[0]:
+            out.append(f"{bad[0]} indexed files without any vector")
+        return out
+
     def errors(self) -> list[dict]:
         cur = self.conn.execute(
             "SELECT path, error_reason, error_message, indexed_at FROM files"
@@ -333,34 +405,66 @@ class Catalog:
         return [dict(zip(names, row, strict=True)) for row in cur]
 
 
+_ORPHANS = ("DELETE FROM embeddings WHERE content_hash NOT IN"
+            " (SELECT content_hash FROM files WHERE content_hash IS NOT NULL)")
+
+
 def _gc_embeddings(conn: sqlite3.Connection) -> None:
     """Drop vectors no file refers to any more (after deletes; moves keep theirs)."""
-    conn.execute(
-        "DELETE FROM embeddings WHERE content_hash NOT IN"
-        " (SELECT content_hash FROM files WHERE content_hash IS NOT NULL)"
-    )
+    conn.execute(_ORPHANS)
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
-        uri = f"file:{path}?mode=ro"
-        try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-            conn.execute("SELECT 1 FROM meta LIMIT 1")
-        except sqlite3.OperationalError:
-            # A WAL database on read-only media cannot create its -shm file: read it as
-            # immutable (safe because nothing can write there either).
-            conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None,
-                                   check_same_thread=False)
+        conn = _connect_readonly(path)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before the next step (a FAISS cache stamped with this
+        # generation) can be, so even a power cut cannot make a generation number repeat.
+        conn.execute("PRAGMA synchronous=FULL")
     conn.text_factory = text_factory
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open for reading, also on read-only media (where WAL's -shm file cannot be made)."""
+    if not path.is_file():
+        raise CatalogError(f"no clipsearch catalog at {path}")
+    try:
+        conn = _open_uri(path, "mode=ro")
+        conn.execute("SELECT 1 FROM meta LIMIT 1")
+        return conn
+    except sqlite3.OperationalError:
+        pass
+    wal = Path(f"{path}-wal")
+    if not (wal.exists() and wal.stat().st_size > 0):
+        # No pending WAL: the main file is complete, and immutable is safe because nothing
+        # can write to read-only media either.
+        return _open_uri(path, "immutable=1")
+    # Commits still in a WAL that SQLite cannot attach here (no -shm, read-only disk):
+    # immutable would silently drop them, so read a private copy that replays them.
+    tmp = Path(tempfile.mkdtemp(prefix="clipsearch-ro-"))
+    shutil.copy2(path, tmp / path.name)
+    shutil.copy2(wal, tmp / wal.name)
+    conn = sqlite3.connect(tmp / path.name, isolation_level=None, check_same_thread=False,
+                           factory=_CopyConnection)
+    conn.execute("SELECT 1 FROM meta LIMIT 1")  # replays the WAL into the copy
+    weakref.finalize(conn, shutil.rmtree, tmp, True)  # removed with the connection
+    return conn
+
+
+class _CopyConnection(sqlite3.Connection):
+    """A connection to a private copy (subclassed only so it can be weakly referenced)."""
+
+
+def _open_uri(path: Path, params: str) -> sqlite3.Connection:
+    # Quote the path: '?', '#' and '%' are legal in folder names but special in URIs.
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?{params}"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
 
 def _now() -> str:

@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+from .catalog import StorageError
+
 
 class LibraryBusyError(RuntimeError):
     pass
@@ -22,8 +24,12 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self, wait: float = 0.0) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot write to the library {self.path.parent} "
+                               f"({exc.strerror}); indexing needs a writable folder") from exc
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -39,9 +45,12 @@ class WriterLock:
                         "--wait SECONDS"
                     ) from None
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         self._fd = fd
+        try:  # who holds it, for the "busy" message only: a full disk must not stop us here
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        except OSError:
+            pass
 
     def release(self) -> None:
         if self._fd is not None:

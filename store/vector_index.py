@@ -1,8 +1,11 @@
 """FAISS indexes derived from the catalog, one per model, cached as files.
 
 The catalog is the truth; a FAISS file carries the catalog generation it was built at in a
-JSON sidecar, and is rebuilt whenever that differs. Writes are atomic (temp file + rename), so
-a crash leaves either the old file or the new one, and at worst a stale one that is rebuilt.
+JSON sidecar, and is used only while that equals the catalog's. The sidecar also names the
+FAISS file's inode and size: the two files are renamed into place one after the other, and
+several processes (queries and the indexer) may refresh the cache at once, so a sidecar is
+trusted only for the very file it was written with. Temp files are unique per writer and
+removed on failure; a killed writer's leftovers are swept by the next writer.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,15 +63,28 @@ class VectorIndex:
         return out
 
     def save(self, path: Path, meta: dict) -> None:
-        tmp = path.with_suffix(".faiss.tmp")
-        faiss.write_index(self.index, str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, path)
-        sidecar = path.with_suffix(".json")
-        tmp_meta = sidecar.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(meta))
-        _fsync(tmp_meta)
-        os.replace(tmp_meta, sidecar)
+        """Write atomically; raises OSError (disk full, read-only) leaving no temp behind."""
+        tmp = _temp_file(path)
+        tmp_meta = None
+        try:
+            try:
+                faiss.write_index(self.index, str(tmp))
+            except RuntimeError as exc:  # FAISS reports a failed fwrite (ENOSPC) this way
+                raise OSError(f"cannot write {tmp}: {exc}") from exc
+            _fsync(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' queries may read it
+            st = tmp.stat()
+            meta = {**meta, "faiss_ino": st.st_ino, "faiss_size": st.st_size}
+            tmp_meta = _temp_file(path.with_suffix(".json"))
+            tmp_meta.write_text(json.dumps(meta))
+            _fsync(tmp_meta)
+            os.chmod(tmp_meta, 0o644)
+            os.replace(tmp, path)
+            os.replace(tmp_meta, path.with_suffix(".json"))
+        finally:
+            for leftover in (tmp, tmp_meta):
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path, dim: int) -> VectorIndex:
@@ -81,17 +98,15 @@ def index_path(folder: Path, model_id: str) -> Path:
 
 def open_vector_index(catalog: Catalog, model_id: str, folder: Path, dim: int) -> VectorIndex:
     """The up-to-date index for `model_id`: the cached file when it matches the catalog's
-    generation, else rebuilt from the catalog (and cached again when the folder is writable)."""
+    generation, else rebuilt from the catalog (and cached again when the folder is writable;
+    on a read-only or full disk the in-memory index answers anyway)."""
     path = index_path(folder, model_id)
-    generation = catalog.generation
-    sidecar = path.with_suffix(".json")
-    try:
-        meta = json.loads(sidecar.read_text())
-        if meta.get("generation") == generation and meta.get("model_id") == model_id:
-            return VectorIndex.load(path, dim)
-    except (OSError, ValueError, RuntimeError):
-        pass  # missing, partial or stale: rebuild below
-    ids, vectors = catalog.vectors(model_id)
+    with catalog.snapshot():  # generation and vectors from one committed state
+        generation = catalog.generation
+        cached = _load_cached(path, model_id, generation, dim)
+        if cached is not None:
+            return cached
+        ids, vectors = catalog.vectors(model_id)
     index = VectorIndex.build(ids, vectors, dim)
     if not catalog.readonly:
         try:
@@ -100,6 +115,59 @@ def open_vector_index(catalog: Catalog, model_id: str, folder: Path, dim: int) -
         except OSError:
             pass  # read-only or full disk: the in-memory index still answers this query
     return index
+
+
+def _load_cached(path: Path, model_id: str, generation: int, dim: int) -> VectorIndex | None:
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if meta.get("generation") != generation or meta.get("model_id") != model_id:
+            return None
+        before = path.stat()
+        if (before.st_ino, before.st_size) != (meta.get("faiss_ino"), meta.get("faiss_size")):
+            return None  # the FAISS file is not the one this sidecar was written with
+        index = VectorIndex.load(path, dim)
+        if path.stat().st_ino != before.st_ino or len(index) != meta.get("count"):
+            return None  # replaced while loading: rebuild rather than guess
+        return index
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        return None  # missing, partial or foreign: rebuild
+
+
+def sweep_temp_files(folder: Path) -> int:
+    """Remove temp files of writers that no longer run (killed mid-save)."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        match = re.fullmatch(r"\..+\.pid(\d+)\..+\.tmp", name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                os.unlink(folder / name)
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _temp_file(final: Path) -> Path:
+    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.pid{os.getpid()}.",
+                                suffix=".tmp")
+    os.close(fd)
+    return Path(name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def _fsync(path: Path) -> None:
