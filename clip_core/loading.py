@@ -121,6 +121,13 @@ def load_model(
     except MissingModelError:
         raise
     except Exception as exc:  # open_clip raises many types; give one clear message
+        if "weights only load failed" in str(exc).lower() or isinstance(
+                exc, __import__("pickle").UnpicklingError):
+            raise ModelLoadError(
+                f"Refused to load {ref.display}: its weights file is a pickle holding code or "
+                "objects other than tensors. clipsearch loads weights only through safe paths "
+                "(safetensors, or torch.load with weights_only=True); convert the checkpoint "
+                "to safetensors from a trusted source.") from exc
         raise ModelLoadError(f"Could not load {ref.display}: {_short(exc)}") from exc
     model.eval()
     tokenizer = open_clip.get_tokenizer(name) if "text" in towers else None

@@ -4,10 +4,11 @@ from clip_core.model_files import MissingModelError
 from indexer import IndexReport, IndexSettings, Progress
 from search import LabelScore, SearchResult
 
-from .api import Library, LibraryStatus, default_library_dir
+from .api import Library, LibraryStatus, ModelNotIndexedError, classify, default_library_dir
 
 __all__ = [
     "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryStatus",
-    "MissingModelError", "Progress", "SearchResult", "default_library_dir",
+    "MissingModelError", "ModelNotIndexedError", "Progress", "SearchResult", "classify",
+    "default_library_dir",
 ]
 __version__ = "0.1.0"

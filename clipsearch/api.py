@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,9 @@ import numpy as np
 
 from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
-from search import LabelScore, SearchResult, Searcher
-from store import Catalog, WriterLock
+from search import LabelScore, Searcher, SearchResult, TextEmbedder
+from search.classify import zero_shot
+from store import Catalog, StorageError, WriterLock, sweep_temp_files
 
 CATALOG_NAME = "catalog.db"
 VECTORS_DIR = "vectors"
@@ -54,6 +56,10 @@ class LibraryStatus:
         return dict(self.__dict__)
 
 
+class ModelNotIndexedError(LookupError):
+    """The library holds no vectors made by the model a query asked for."""
+
+
 class Library:
     """A photo library: roots, a catalog, vectors per model. Not thread-safe; open one per
     thread (SQLite WAL lets readers work while an index run writes)."""
@@ -82,6 +88,7 @@ class Library:
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
         self.searcher = Searcher(self.catalog, self.path / VECTORS_DIR)
         self._encoders: dict[tuple[str, frozenset[str]], object] = {}
+        self._text_embedders: dict[str, TextEmbedder] = {}
         stored = self.catalog.get_meta("default_model")
         if model is not None:
             self._default = parse_model(model, pretrained)
@@ -137,8 +144,12 @@ class Library:
     def remove_model(self, model: str, pretrained: str | None = None) -> int:
         """Delete every vector made by a model; returns how many were removed."""
         ref = parse_model(model, pretrained)
-        model_id = ref.model_id if ref.model_id in self.catalog.models() else model
-        return self.catalog.remove_model(model_id)
+        known = self.catalog.models()
+        model_id = ref.model_id if ref.model_id in known else model
+        if model_id not in known:
+            raise ModelNotIndexedError(f"no vectors of {model} here; models: {', '.join(known)}")
+        with self._writer():
+            return self.catalog.remove_model(model_id)
 
     # -- roots ---------------------------------------------------------------------------
     @property
@@ -152,8 +163,20 @@ class Library:
         self.catalog.add_root(folder)
         return folder
 
-    def remove_root(self, path: str | os.PathLike) -> int:
-        return self.catalog.remove_root(_abspath(path))
+    def remove_root(self, path: str | os.PathLike, *, wait: float = 0.0) -> int:
+        """Forget a root and its files (vectors no other file uses go too)."""
+        with self._writer(wait):
+            return self.catalog.remove_root(_abspath(path))
+
+    @contextmanager
+    def _writer(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the library's writer lock: changes never interleave with an index run."""
+        lock = WriterLock(self.path / LOCK_NAME)
+        lock.acquire(wait=wait)
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- indexing ------------------------------------------------------------------------
     def index(
@@ -168,10 +191,13 @@ class Library:
     ) -> IndexReport:
         """Index the given roots (added first if new), or every root. Incremental."""
         ref = self.model_ref(model, pretrained)
-        folders = [self.add_root(r) for r in roots] if roots else self.roots
-        lock = WriterLock(self.path / LOCK_NAME)
-        lock.acquire(wait=wait)
-        try:
+        if self.readonly:
+            raise StorageError(f"the library at {self.path} is on a read-only disk or folder: "
+                               "it can be queried but not indexed")
+        # The lock comes before any write: a refused run changes nothing.
+        with self._writer(wait):
+            sweep_temp_files(self.path / VECTORS_DIR)  # left by killed runs
+            folders = [self.add_root(r) for r in roots] if roots else self.roots
             root_ids = [self.catalog.root_id(f) for f in folders]
 
             def get_encoder():
@@ -185,12 +211,20 @@ class Library:
                 dim = self.catalog.models()[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
             return report
-        finally:
-            lock.release()
 
     # -- search --------------------------------------------------------------------------
-    def embed_text(self, texts: Sequence[str], model: str | None = None) -> np.ndarray:
-        return self.encoder(self.model_ref(model), frozenset({"text"})).encode_texts(list(texts))
+    def embed_text(
+        self, texts: Sequence[str], model: str | None = None, pretrained: str | None = None
+    ) -> np.ndarray:
+        """L2-normalised text vectors; torch-free once the model's text tower is cached."""
+        ref = self.model_ref(model, pretrained)
+        embedder = self._text_embedders.get(ref.model_id)
+        if embedder is None:
+            embedder = TextEmbedder(
+                ref.model_id, self.path / TEXT_TOWERS_DIR,
+                lambda: self.encoder(ref, frozenset({"text"})), writable=not self.readonly)
+            self._text_embedders[ref.model_id] = embedder
+        return embedder.embed(list(texts))
 
     def query(
         self,
@@ -201,8 +235,8 @@ class Library:
         model: str | None = None,
         pretrained: str | None = None,
     ) -> list[SearchResult]:
-        ref = self.model_ref(model, pretrained)
-        vector = self.encoder(ref, frozenset({"text"})).encode_texts([text])[0]
+        ref = self._searchable(model, pretrained)
+        vector = self.embed_text([text], model, pretrained)[0]
         return self.searcher.search(ref.model_id, vector, limit, within)
 
     def query_image(
@@ -216,38 +250,33 @@ class Library:
         include_self: bool = False,
     ) -> list[SearchResult]:
         """Images similar to `image` (a file inside or outside the library)."""
-        ref = self.model_ref(model, pretrained)
+        ref = self._searchable(model, pretrained)
         vector = self._image_vector(Path(image), ref)
         own = self.catalog.file_id(_abspath(image))
         exclude = {own} if own is not None and not include_self else None
         return self.searcher.search(ref.model_id, vector, limit, within, exclude)
+
+    def _searchable(self, model: str | None, pretrained: str | None) -> ModelRef:
+        """The model to search with; refuses one this library has no vectors for, so vectors
+        of different models are never compared."""
+        ref = self.model_ref(model, pretrained)
+        known = self.catalog.models()
+        if known and ref.model_id not in known:
+            raise ModelNotIndexedError(
+                f"this library has no vectors made by {ref.model_id}; it holds: "
+                f"{', '.join(known)}. Index with `clipsearch index --model ...` first, or "
+                "query with --model set to one of those.")
+        return ref
 
     def classify(
         self, image: str | os.PathLike, labels: Sequence[str], *, model: str | None = None,
         pretrained: str | None = None,
     ) -> list[LabelScore]:
         """CLIP zero-shot: probability of each label for one image, best first."""
-        if not labels:
-            raise ValueError("give at least one label")
-        ref = self.model_ref(model, pretrained)
-        enc = self.encoder(ref)
-        image_vec = self._image_vector(Path(image), ref)
-        text_vecs = enc.encode_texts(list(labels))
-        sims = text_vecs @ image_vec
-        logits = enc.logit_scale * sims
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        scored = [LabelScore(label, float(p), float(s))
-                  for label, p, s in zip(labels, probs, sims, strict=True)]
-        return sorted(scored, key=lambda x: -x.probability)
+        return _classify(self.encoder(self.model_ref(model, pretrained)), image, labels)
 
     def _image_vector(self, path: Path, ref: ModelRef) -> np.ndarray:
-        from clip_core.images import decode_image
-        from clip_core.preprocess import preprocess
-
-        enc = self.encoder(ref, frozenset({"image"}))
-        decoded = decode_image(path)
-        return enc.encode_pixels(preprocess(decoded.image, enc.preprocess)[None])[0]
+        return _image_vector(self.encoder(ref, frozenset({"image"})), path)
 
     # -- status --------------------------------------------------------------------------
     def status(self, *, errors: bool = False) -> LibraryStatus:
@@ -264,6 +293,41 @@ class Library:
             size_bytes=size,
             error_list=self.catalog.errors() if errors else [],
         )
+
+
+def classify(
+    image: str | os.PathLike,
+    labels: Sequence[str],
+    *,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    models_dir: str | os.PathLike | None = None,
+) -> list[LabelScore]:
+    """Zero-shot classification without a library (the classic CLIP demo)."""
+    from clip_core.encoder import ClipEncoder
+
+    encoder = ClipEncoder.load(parse_model(model, pretrained), device=device,
+                               precision=precision,
+                               models_dir=Path(models_dir) if models_dir else None)
+    return _classify(encoder, image, labels)
+
+
+def _classify(encoder, image: str | os.PathLike, labels: Sequence[str]) -> list[LabelScore]:
+    if not labels:
+        raise ValueError("give at least one label")
+    image_vector = _image_vector(encoder, Path(image))
+    return zero_shot(image_vector, encoder.encode_texts(list(labels)), labels,
+                     encoder.logit_scale)
+
+
+def _image_vector(encoder, path: Path) -> np.ndarray:
+    from clip_core.images import decode_image
+    from clip_core.preprocess import preprocess
+
+    decoded = decode_image(path)
+    return encoder.encode_pixels(preprocess(decoded.image, encoder.preprocess)[None])[0]
 
 
 def _abspath(path: str | os.PathLike) -> str:
