@@ -13,14 +13,19 @@ from .model_files import ensure_local
 from .model_ref import ModelRef
 from .preprocess import preprocess_batch
 
+# Images per encoder call: big enough for efficient matrix kernels, small enough that Ctrl-C
+# is noticed between calls within about a second (docs/benchmarks.md).
+MICRO_BATCH = 16
+
 
 class ClipEncoder:
     """A loaded CLIP model with numpy in, numpy out. Thread-compatible, not thread-safe."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, micro_batch: int = MICRO_BATCH):
         import torch
 
         self.loaded = loaded
+        self.micro_batch = micro_batch
         self._torch = torch
         model = loaded.model
         # After a whole-model cast, inputs must match the weights' dtype (open_clip-notes.md).
@@ -59,14 +64,26 @@ class ClipEncoder:
         return self.loaded.embed_dim
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels: float32 [N, 3, H, W] as produced by clip_core.preprocess."""
+        """pixels: float32 [N, 3, H, W] as produced by clip_core.preprocess.
+
+        Runs in fixed-size micro-batches, the last one zero-padded: kernels (bf16 especially)
+        may pick other code paths, and round differently, for other batch shapes, so a fixed
+        shape makes every image's vector independent of which batch it arrived in. An
+        interrupted and resumed index run then stores exactly the vectors of an uninterrupted
+        one."""
         torch = self._torch
+        size = self.micro_batch
+        pixels = np.asarray(pixels, np.float32)
+        out = np.empty((len(pixels), self.embed_dim), np.float32)
         with torch.inference_mode():
-            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(
-                self.loaded.device, self._image_dtype
-            )
-            features = self.loaded.model.encode_image(batch)
-            return _normalise(features.float().cpu().numpy())
+            for start in range(0, len(pixels), size):
+                chunk = pixels[start : start + size]
+                padded = np.zeros((size, *pixels.shape[1:]), np.float32)
+                padded[: len(chunk)] = chunk
+                batch = torch.from_numpy(padded).to(self.loaded.device, self._image_dtype)
+                features = self.loaded.model.encode_image(batch)[: len(chunk)]
+                out[start : start + len(chunk)] = features.float().cpu().numpy()
+        return _normalise(out)
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         """PIL images (RGB) -> embeddings; for one-off use, the indexer batches pixels itself."""

@@ -182,7 +182,8 @@ def _load_encode_write(
     vanished: list[str] = []
     with StopRequest(settings.cancel) as stop:
         writer = BatchWriter(catalog, encoder.encode_pixels, model_id, settings.batch_size,
-                             should_stop=lambda: stop.requested)
+                             should_stop=lambda: stop.requested,
+                             chunk=getattr(encoder, "micro_batch", 16))
 
         def has_vector(digest: str) -> bool:
             return digest in known or digest in writer.committed_hashes

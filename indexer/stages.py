@@ -10,7 +10,6 @@ import errno
 import hashlib
 import io
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,10 +20,6 @@ from clip_core.preprocess import PreprocessSpec, preprocess
 from store import Catalog, FileRecord
 
 from .crawl import Candidate
-
-# One encoder call should take about this long, so Ctrl-C is noticed within it even on a
-# slow CPU with a big model; fast encoders grow their chunks back to the full batch.
-ENCODE_CALL_SECONDS = 0.5
 
 
 @dataclass
@@ -127,6 +122,7 @@ class BatchWriter:
         model_id: str,
         batch_size: int,
         should_stop: Callable[[], bool] = lambda: False,
+        chunk: int = 16,
     ):
         self.catalog = catalog
         self.encode = encode
@@ -137,8 +133,9 @@ class BatchWriter:
         self.pixels: list[np.ndarray] = []
         self.pixel_of: list[int | None] = []  # index into pixels, per record
         self.committed_hashes: set[str] = set()
-        self.chunk = min(self.batch_size, 2)  # calibrated by the first encoder calls
-        self._per_image: float | None = None
+        # Encoder calls of `chunk` images (the encoder's fixed micro-batch): Ctrl-C is
+        # polled between them, so a stop never waits for a whole batch.
+        self.chunk = max(1, chunk)
 
     def add(self, loaded: Loaded) -> list[tuple[FileRecord, bool]]:
         """Queue one file; returns what this call committed (see flush)."""
@@ -161,9 +158,7 @@ class BatchWriter:
         embedded: list[np.ndarray] = []
         while len(embedded) < len(self.pixels) and not self.should_stop():
             chunk = np.stack(self.pixels[len(embedded) : len(embedded) + self.chunk])
-            started = time.monotonic()
             embedded.extend(self.encode(chunk))
-            self._calibrate(time.monotonic() - started, len(chunk))
         vectors: dict[str, np.ndarray] = {}
         done: list[tuple[FileRecord, bool]] = []
         for record, index in zip(self.records, self.pixel_of, strict=True):
@@ -176,10 +171,3 @@ class BatchWriter:
         self.committed_hashes.update(vectors)
         self.records, self.pixels, self.pixel_of = [], [], []
         return done
-
-    def _calibrate(self, seconds: float, count: int) -> None:
-        per_image = seconds / max(count, 1)
-        self._per_image = per_image if self._per_image is None else (
-            0.7 * self._per_image + 0.3 * per_image)
-        fits = int(ENCODE_CALL_SECONDS / max(self._per_image, 1e-6))
-        self.chunk = max(1, min(self.batch_size, fits))

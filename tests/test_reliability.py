@@ -172,13 +172,11 @@ def test_ctrl_c_stops_within_two_seconds_and_resumes(tmp_path):
     assert_library_exact(library, photos, default_model_id(library))
 
 
-def test_stop_request_commits_encoded_part_of_batch(tmp_path, monkeypatch):
+def test_stop_request_commits_encoded_part_of_batch(tmp_path):
     """Mid-batch stop (API cancel event, same path as Ctrl-C): what is encoded is kept."""
     import threading
 
     from indexer import IndexSettings
-
-    monkeypatch.setattr("indexer.stages.ENCODE_CALL_SECONDS", 1e-9)  # one image per call
 
     photos = tmp_path / "photos"
     write_corpus(photos, per_pair=2, seed=13, size=64)
@@ -190,6 +188,7 @@ def test_stop_request_commits_encoded_part_of_batch(tmp_path, monkeypatch):
 
         class SlowEncoder:  # cancels during the 3rd encoder call of the first batch
             model_id, preprocess, embed_dim = real.model_id, real.preprocess, real.embed_dim
+            micro_batch = 4  # images per encoder call: the stop is polled between calls
 
             def encode_pixels(self, pixels):
                 calls.append(len(pixels))
