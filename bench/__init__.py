@@ -1,0 +1,1 @@
+"""`make bench`: whole-process benchmarks of clipsearch against the CLIP README loop."""

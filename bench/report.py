@@ -1,0 +1,58 @@
+"""The printed summary: one line per job, then the targets with pass/fail."""
+
+from __future__ import annotations
+
+COLUMNS = [("job", 11), ("subject", 15), ("tool", 10), ("n", 7), ("seconds", 8),
+           ("img/s", 7), ("p50 ms", 7), ("peak RSS MB", 11), ("vs baseline", 11)]
+
+
+def _fmt(value: object, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _row(result: dict) -> list[str]:
+    ratio = result.get("vs_baseline")
+    return [
+        result["job"], result["subject"], result["tool"], _fmt(result.get("count")),
+        _fmt(result.get("seconds"), 3), _fmt(result.get("images_per_s"), 1),
+        _fmt(result.get("p50_ms"), 2), _fmt(result.get("peak_rss_mb"), 0),
+        f"{ratio:.2f}x" if ratio is not None else "",
+    ]
+
+
+def print_table(doc: dict) -> None:
+    machine = doc["machine"]
+    flags = ", ".join(f for f, on in machine["flags"].items() if on)
+    print(f"\n{machine['cpu']}, {machine['cores']} cores, torch "
+          f"{machine['packages'].get('torch')}, flags: {flags}")
+    print(f"load average start {machine['load_average_at_start']}, "
+          f"end {machine.get('load_average_at_end')}")
+    print()
+    print("  ".join(name.ljust(width) for name, width in COLUMNS))
+    for result in doc["results"]:
+        cells = _row(result)
+        print("  ".join(c.ljust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True)))
+        if result.get("agreement"):
+            agree = result["agreement"]
+            print(f"  {'':>11}vectors vs baseline: cos same file {agree['same_file_mean_cos']}"
+                  f" (min {agree['same_file_min_cos']}), other files "
+                  f"{agree['other_file_mean_cos']}")
+        if result.get("first_run_seconds") is not None:
+            print(f"  {'':>11}first query after indexing (not in the p50): "
+                  f"{result['first_run_seconds']:.3f} s, {result['first_run_peak_rss_mb']:.0f} MB")
+    print("\nseconds and peak RSS: medians over runs. 'vs baseline': speed-up (throughput "
+          "ratio, or baseline time / clipsearch time). MB = 1e6 bytes.")
+    print("\nTargets")
+    for row in doc["targets"]:
+        if row["pass"] is None:
+            print(f"  [ -- ] {row['target']}: not run")
+            continue
+        mark = "PASS" if row["pass"] else "FAIL"
+        note = f"  ({row['note']})" if row.get("note") else ""
+        print(f"  [{mark}] {row['target']}: {row['value']:.4g} ({row['subject']}){note}")
+    for note in doc["notes"]:
+        print(f"note: {note}")

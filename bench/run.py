@@ -1,0 +1,190 @@
+"""Orchestration: prepare the image sets, run the jobs, print the table, write the JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import images, jobs, proc, synthetic
+from bench.machine import load_average, machine_info
+from bench.report import print_table
+from bench.targets import evaluate
+
+RESULTS = images.REPO / "bench" / "results"
+RUNS = images.CACHE / "runs"
+ALL_SETS = ("phone", "caltech")
+ALL_JOBS = ("index", "query", "reindex10k")
+
+
+@dataclass
+class Options:
+    sets: tuple[str, ...] = ALL_SETS
+    jobs: tuple[str, ...] = ALL_JOBS
+    limit: int | None = None
+    skip_baseline: bool = False
+    repeat: int = 1
+    cold_runs: int = 5
+    warm_queries: int = 100
+    synthetic_count: int = 100_000
+    tiny_count: int = 10_000
+    fresh_cache: bool = False
+    index_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # for clipsearch processes only
+    out: Path = RESULTS / "latest.json"
+    command: str = "python -m bench"
+
+
+def _say(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+def image_sets(opts: Options, notes: list[str]) -> list[images.ImageSet]:
+    caltech = images.caltech_files()
+    if caltech is None:
+        notes.append(f"caltech set skipped: {images.CALTECH} not found")
+        _say(notes[-1])
+    out = []
+    for name in opts.sets:
+        if name == "caltech" and caltech:
+            out.append(images.make_set("caltech", caltech, opts.limit))
+        elif name == "phone":
+            if opts.fresh_cache or not images.phone_ready():
+                if caltech is None:
+                    notes.append("phone set skipped: it is generated from the caltech images")
+                    _say(notes[-1])
+                    continue
+                # In a subprocess: the harness stays small (see bench.proc on inherited RSS).
+                fresh = ["--fresh"] if opts.fresh_cache else []
+                proc.run(proc.python("-m", "bench.images", "phone", *fresh)).check()
+            files = images.list_images(images.CACHE / "phone")
+            out.append(images.make_set("phone", files, opts.limit))
+    return out
+
+
+def bench_set(image_set: images.ImageSet, opts: Options, results: list[dict]) -> None:
+    subject = image_set.name if opts.limit is None else f"{image_set.name}-{image_set.count}"
+    _say(f"{subject}: {image_set.count} images, {image_set.bytes / 1e6:.0f} MB")
+    images.warm_page_cache(image_set.files)
+    base_runs, first_runs, again_runs = [], [], []
+    vectors = RUNS / f"baseline-{image_set.name}.npy"
+    library = RUNS / f"lib-{image_set.name}"
+    for i in range(opts.repeat):
+        if not opts.skip_baseline:
+            _say(f"{subject}: baseline index (run {i + 1}/{opts.repeat})")
+            base_runs.append(jobs.baseline_index(image_set, vectors))
+        _say(f"{subject}: clipsearch index + unchanged re-index (run {i + 1}/{opts.repeat})")
+        first, again = jobs.clipsearch_index(image_set, library, opts.index_args, opts.env)
+        first_runs.append(first)
+        again_runs.append(again)
+    n = image_set.count
+    ours = jobs.summarise("index", subject, "clipsearch", first_runs, n)
+    again = jobs.summarise("reindex", subject, "clipsearch", again_runs, n)
+    if base_runs:
+        base = jobs.summarise("baseline-index", subject, "baseline", base_runs, n)
+        base["job"] = "index"
+        results.append(base)
+        ours["vs_baseline"] = round(ours["images_per_s"] / base["images_per_s"], 2)
+        ours["rss_vs_baseline"] = round(ours["peak_rss_mb"] / base["peak_rss_mb"], 2)
+        again["vs_baseline"] = round(base["seconds"] / again["seconds"], 2)
+        ours["agreement"] = jobs.agreement(library, vectors)
+    results += [ours, again]
+    _say(f"{subject}: cold query x{opts.cold_runs}")
+    first, runs = jobs.cold_query(library, opts.cold_runs, opts.env)
+    cold = jobs.summarise("cold-query", subject, "clipsearch", runs, first=first)
+    if base_runs:
+        first, runs = jobs.baseline_cold_query(vectors, opts.cold_runs)
+        base_cold = jobs.summarise("cold-query", subject, "baseline", runs, first=first)
+        results.append(base_cold)
+        cold["vs_baseline"] = round(base_cold["seconds"] / cold["seconds"], 2)
+        cold["rss_vs_baseline"] = round(cold["peak_rss_mb"] / base_cold["peak_rss_mb"], 2)
+    results.append(cold)
+
+
+def bench_queries(opts: Options, results: list[dict]) -> None:
+    count = opts.synthetic_count
+    subject = f"synthetic-{count // 1000}k" if count % 1000 == 0 else f"synthetic-{count}"
+    if opts.fresh_cache or not synthetic.is_ready(count):
+        # In a subprocess: the harness stays small (see bench.proc on inherited RSS).
+        _say(f"{subject}: writing the synthetic library (once)")
+        argv = ["-m", "bench.synthetic", "--count", str(count)]
+        proc.run(proc.python(*argv, *(["--fresh"] if opts.fresh_cache else []))).check()
+    library = synthetic.library_path(count)
+    vectors = synthetic.vectors_path(count)
+    _say(f"{subject}: warm library-API query x{opts.warm_queries}")
+    run, warm = jobs.warm_query(library, opts.warm_queries, opts.env)
+    ours = jobs.summarise("warm-query", subject, "clipsearch", [run], count, **warm)
+    _say(f"{subject}: cold CLI query x{opts.cold_runs}")
+    first, runs = jobs.cold_query(library, opts.cold_runs, opts.env)
+    cold = jobs.summarise("cold-query", subject, "clipsearch", runs, count, first=first)
+    if not opts.skip_baseline:
+        run, base_warm = jobs.baseline_warm_query(vectors, opts.warm_queries)
+        base = jobs.summarise("warm-query", subject, "baseline", [run], count, **base_warm)
+        ours["vs_baseline"] = round(base["p50_ms"] / ours["p50_ms"], 2)
+        first, runs = jobs.baseline_cold_query(vectors, opts.cold_runs)
+        base_cold = jobs.summarise("cold-query", subject, "baseline", runs, count,
+                                   first=first)
+        cold["vs_baseline"] = round(base_cold["seconds"] / cold["seconds"], 2)
+        cold["rss_vs_baseline"] = round(cold["peak_rss_mb"] / base_cold["peak_rss_mb"], 2)
+        results += [base, base_cold]
+    results += [ours, cold]
+
+
+def bench_reindex(opts: Options, results: list[dict]) -> None:
+    count = opts.tiny_count
+    subject = f"tiny-{count // 1000}k" if count % 1000 == 0 else f"tiny-{count}"
+    folder = images.CACHE / f"tiny{count}"
+    if opts.fresh_cache or not images.tiny_ready(count):
+        _say(f"{subject}: generating {count} tiny images (once)")
+        fresh = ["--fresh"] if opts.fresh_cache else []
+        proc.run(proc.python("-m", "bench.images", "tiny", "--count", str(count),
+                             *fresh)).check()
+    library = jobs.seeded_tiny_library(folder, count, opts.fresh_cache)
+    _say(f"{subject}: re-index unchanged x{opts.cold_runs}")
+    runs = jobs.reindex_unchanged(folder, library, count, opts.cold_runs, opts.env)
+    results.append(jobs.summarise("reindex", subject, "clipsearch", runs, count))
+
+
+def run(opts: Options) -> dict:
+    started = time.time()
+    info = machine_info()
+    notes: list[str] = []
+    results: list[dict] = []
+    shutil.rmtree(RUNS, ignore_errors=True)
+    RUNS.mkdir(parents=True)
+    if "index" in opts.jobs:
+        for image_set in image_sets(opts, notes):
+            bench_set(image_set, opts, results)
+    if "query" in opts.jobs:
+        bench_queries(opts, results)
+    if "reindex10k" in opts.jobs:
+        bench_reindex(opts, results)
+    info["load_average_at_end"] = load_average()
+    busy = max((info["load_average_at_start"] or [0])[0],
+               (info["load_average_at_end"] or [0])[0]) > 0.5 * (info["cores"] or 1) + 0.5
+    if busy:
+        notes.append("machine was busy (load average above half the cores): figures are "
+                     "noisy and provisional")
+    targets = evaluate(results, partial=opts.limit is not None)
+    doc = {
+        "command": opts.command,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_seconds": round(time.time() - started, 1),
+        "machine": info,
+        "options": {"sets": list(opts.sets), "jobs": list(opts.jobs), "limit": opts.limit,
+                    "skip_baseline": opts.skip_baseline, "repeat": opts.repeat,
+                    "cold_runs": opts.cold_runs, "warm_queries": opts.warm_queries,
+                    "synthetic_count": opts.synthetic_count, "tiny_count": opts.tiny_count,
+                    "index_args": opts.index_args, "env": opts.env},
+        "provisional": busy or opts.limit is not None,
+        "notes": notes,
+        "results": results,
+        "targets": targets,
+    }
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print_table(doc)
+    print(f"\nJSON: {opts.out}")
+    return doc
