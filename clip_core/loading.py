@@ -194,13 +194,21 @@ def _drop_unused_towers(model: Any, towers: frozenset[str]) -> None:
 
 
 def _embed_dim(model: Any) -> int:
+    """Output size of the image tower, from its weights where they say it, else measured."""
     import torch
 
-    with torch.no_grad():
-        proj = getattr(model.visual, "proj", None)
-        if proj is not None:
-            return int(proj.shape[-1])
-        return int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[-1])
+    visual = model.visual
+    proj = getattr(visual, "proj", None)
+    if isinstance(proj, torch.Tensor):
+        return int(proj.shape[-1])
+    if getattr(visual, "output_dim", None):
+        return int(visual.output_dim)
+    size = visual.preprocess_cfg["size"]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    param = next(visual.parameters())
+    with torch.inference_mode():
+        probe = torch.zeros(1, 3, *size, dtype=param.dtype, device=param.device)
+        return int(model.encode_image(probe).shape[-1])
 
 
 def _short(exc: BaseException) -> str:

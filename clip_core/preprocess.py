@@ -9,6 +9,7 @@ non-square 'shortest' target always uses bicubic, CenterCrop offsets use round()
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -191,3 +192,8 @@ def _triple(values: float | Sequence[float]) -> tuple[float, float, float]:
     if len(values) != 3:
         raise ValueError(f"expected 3 channel values, got {values}")
     return values
+
+
+def same_preprocess(a: PreprocessSpec, b: PreprocessSpec) -> bool:
+    """Equal transforms: open_clip reports `size` as 224 or (224, 224) depending on model."""
+    return a.hw == b.hw and dataclasses.replace(a, size=b.size) == b

@@ -205,8 +205,11 @@ class Library:
                 self.catalog.register_model(ref.model_id, ref.to_spec(), enc.embed_dim)
                 return enc
 
+            from clip_core.model_config import guess_preprocess
+
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
-                               ref.model_id, get_encoder, settings, progress)
+                               ref.model_id, get_encoder, settings, progress,
+                               preprocess_hint=guess_preprocess(ref))
             if not report.interrupted and ref.model_id in self.catalog.models():
                 dim = self.catalog.models()[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file

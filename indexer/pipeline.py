@@ -14,13 +14,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from clip_core.images import IMAGE_EXTENSIONS
-from clip_core.preprocess import PreprocessSpec
+from clip_core.preprocess import PreprocessSpec, same_preprocess
 from store import Catalog, FileRecord, FileRow
 
 from .crawl import Candidate, CrawlSkip, crawl
@@ -97,12 +98,16 @@ def run_index(
     get_encoder: Callable[[], Encoder],
     settings: IndexSettings | None = None,
     progress: Callable[[Progress], None] | None = None,
+    preprocess_hint: PreprocessSpec | None = None,
 ) -> IndexReport:
+    """Index `root_ids`. `preprocess_hint` (the model's preprocessing, read from its config)
+    lets decoding start while `get_encoder` is still loading the model."""
     settings = settings or IndexSettings()
     started = time.monotonic()
     report = IndexReport(model_id)
     try:
-        _run(catalog, root_ids, model_id, get_encoder, settings, progress, report)
+        _run(catalog, root_ids, model_id, get_encoder, settings, progress, report,
+             preprocess_hint)
     except KeyboardInterrupt:
         report.interrupted = True  # a second Ctrl-C, or one outside the batch loop
     report.seconds = time.monotonic() - started
@@ -117,6 +122,7 @@ def _run(
     settings: IndexSettings,
     progress: Callable[[Progress], None] | None,
     report: IndexReport,
+    preprocess_hint: PreprocessSpec | None,
 ) -> None:
     roots = catalog.roots()
     known = catalog.hashes_with_vectors(model_id)
@@ -141,7 +147,7 @@ def _run(
     report.todo = len(todo)
     if todo:
         vanished = _load_encode_write(catalog, todo, known, retried, model_id, get_encoder,
-                                      settings, progress, report)
+                                      settings, progress, report, preprocess_hint)
         if report.interrupted:
             return  # the sweep waits for a complete run
         gone += [i for i in (catalog.file_id(p) for p in vanished) if i is not None]
@@ -171,19 +177,38 @@ def _load_encode_write(
     settings: IndexSettings,
     progress: Callable[[Progress], None] | None,
     report: IndexReport,
+    preprocess_hint: PreprocessSpec | None,
 ) -> list[str]:
-    """Returns the paths that vanished before they could be read."""
-    encoder = get_encoder()
-    if encoder.model_id != model_id:
-        raise ValueError(f"encoder makes {encoder.model_id}, run expects {model_id}")
-    spec = encoder.preprocess
-    size = spec.size if isinstance(spec.size, int) else min(spec.size)
-    min_side = size if settings.draft else None
+    """Returns the paths that vanished before they could be read.
+
+    The model loads in a background thread while the pool already decodes with the
+    preprocessing read from the model's config (`preprocess_hint`): startup (importing torch,
+    building the model) overlaps the first images' decoding instead of preceding it."""
+    model_loader = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model")
+    encoder_future = model_loader.submit(get_encoder)
+    model_loader.shutdown(wait=False)
+    encoder: Encoder | None = None
+    spec = preprocess_hint
     vanished: list[str] = []
     with StopRequest(settings.cancel) as stop:
-        writer = BatchWriter(catalog, encoder.encode_pixels, model_id, settings.batch_size,
-                             should_stop=lambda: stop.requested,
-                             chunk=getattr(encoder, "micro_batch", 16))
+
+        def wait_for_encoder() -> Encoder:
+            while True:  # poll, so Ctrl-C is honoured while the model loads
+                try:
+                    enc = encoder_future.result(timeout=0.1)
+                except FutureTimeout:
+                    if stop.requested:
+                        raise KeyboardInterrupt from None
+                    continue
+                if enc.model_id != model_id:
+                    raise ValueError(f"encoder makes {enc.model_id}, run expects {model_id}")
+                return enc
+
+        if spec is None:
+            encoder = wait_for_encoder()
+            spec = encoder.preprocess
+        writer = BatchWriter(catalog, lambda px: encoder.encode_pixels(px), model_id,
+                             settings.batch_size, should_stop=lambda: stop.requested)
 
         def has_vector(digest: str) -> bool:
             return digest in known or digest in writer.committed_hashes
@@ -201,18 +226,32 @@ def _load_encode_write(
 
         done = 0
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="clipsearch-load")
-        inflight: deque[Future[Loaded]] = deque()
+        inflight: deque[tuple[Candidate, Future[Loaded]]] = deque()
         pending = iter(todo)
+
+        def submit(cand: Candidate) -> tuple[Candidate, Future[Loaded]]:
+            return cand, pool.submit(load_one, cand, spec, has_vector, _min_side(spec, settings))
+
         try:
             while not stop.requested:
                 while len(inflight) < settings.prefetch:
                     cand = next(pending, None)
                     if cand is None:
                         break
-                    inflight.append(pool.submit(load_one, cand, spec, has_vector, min_side))
+                    inflight.append(submit(cand))
                 if not inflight:
                     break
-                loaded = inflight.popleft().result()
+                loaded = inflight[0][1].result()
+                if encoder is None:
+                    encoder = wait_for_encoder()
+                    writer.chunk = getattr(encoder, "micro_batch", writer.chunk)
+                    if not same_preprocess(encoder.preprocess, spec):
+                        spec = encoder.preprocess  # the hint was wrong: redo with the truth
+                        for _, future in inflight:
+                            future.cancel()
+                        inflight = deque(submit(cand) for cand, _ in inflight)
+                        continue
+                inflight.popleft()
                 done += 1
                 if loaded.record is None:
                     vanished.append(loaded.cand.path)
@@ -225,11 +264,16 @@ def _load_encode_write(
             tally(writer.flush())  # after a stop request: only what is already encoded
         finally:
             # Drop queued work at once (Ctrl-C, error, or done); committed batches stay.
-            for future in inflight:
+            for _, future in inflight:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
         report.interrupted = stop.requested
     return vanished
+
+
+def _min_side(spec: PreprocessSpec, settings: IndexSettings) -> int | None:
+    """Decode JPEGs only as large as the model's input needs (DCT scaling)."""
+    return spec.min_side if settings.draft else None
 
 
 def _same_error(record: FileRecord, row: FileRow | None) -> bool:

@@ -1,0 +1,48 @@
+"""A model's preprocessing read from its config files, without importing torch.
+
+The indexer starts decoding while the model is still loading (importing torch + open_clip and
+building ViT-B-32 take seconds); for that it needs the model's preprocessing up front. This
+mirrors open_clip's factory (defaults, then the bundle's or the pretrained tag's values, then
+`size` from vision_cfg.image_size). The loaded model's own spec is still checked against it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .model_files import CONFIG_NAME, architecture_configs, pretrained_cfg
+from .model_ref import ModelRef
+from .preprocess import PreprocessSpec
+
+_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
+
+
+def guess_preprocess(ref: ModelRef) -> PreprocessSpec | None:
+    """The spec open_clip will report for `ref`, or None where only building tells."""
+    try:
+        if ref.kind == "local-dir":
+            config_path = Path(ref.name) / CONFIG_NAME
+            if not config_path.is_file():
+                return None  # e.g. a transformers folder: known after conversion
+            config = json.loads(config_path.read_text())
+            overrides = config.get("preprocess_cfg", {})
+            vision = config["model_cfg"]["vision_cfg"]
+        elif ref.kind in ("openclip", "random", "file"):
+            arch = architecture_configs().get(ref.name)
+            if arch is None:
+                return None
+            overrides = arch.get("preprocess_cfg", {})
+            if ref.kind == "openclip":
+                overrides = {**overrides, **pretrained_cfg(ref.name, str(ref.pretrained))}
+            vision = arch["vision_cfg"]
+        else:
+            return None
+        if "image_size" not in vision:
+            return None
+        spec = {k: v for k, v in overrides.items() if k in _KEYS}
+        size = vision["image_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)  # open_clip's to_2tuple
+        return PreprocessSpec.from_open_clip({**spec, "size": size})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
