@@ -26,6 +26,7 @@ from .model_files import (
     pretrained_files,
 )
 from .model_ref import ModelRef
+from .open_clip_import import import_open_clip
 from .preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ def load_model(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     models_dir = models_dir or default_models_dir()
     ensure_local(ref, models_dir)  # torch-free check; open_clip's own import takes seconds
-    import open_clip
     import torch
+
+    open_clip = import_open_clip(ref)
 
     random_weights = False
     if ref.kind == "local-dir":

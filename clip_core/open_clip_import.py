@@ -1,0 +1,51 @@
+"""Import open_clip without transformers when the model does not need it.
+
+open_clip imports transformers (when installed) only for Hugging Face text towers, and that
+import costs ~0.9 s of every index run and first query. Most models (every OpenAI/LAION ViT,
+the bundled one) never use it, so it is hidden during open_clip's import; if a later model
+in the same process does need it, open_clip.hf_model is re-run with transformers visible.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from .model_files import CONFIG_NAME, architecture_configs
+from .model_ref import ModelRef
+
+
+def needs_transformers(ref: ModelRef) -> bool:
+    if ref.kind == "local-dir":
+        config = Path(ref.name) / CONFIG_NAME
+        if not config.is_file():
+            return False  # a transformers CLIP folder is converted without transformers
+        text_cfg = json.loads(config.read_text()).get("model_cfg", {}).get("text_cfg", {})
+    elif ref.kind == "hf-hub":
+        return True  # unknown until the bundle's config is read by open_clip
+    else:
+        text_cfg = architecture_configs().get(ref.name, {}).get("text_cfg", {})
+    return bool(text_cfg.get("hf_model_name"))
+
+
+def import_open_clip(ref: ModelRef) -> ModuleType:
+    if "open_clip" not in sys.modules and not needs_transformers(ref) and \
+            "transformers" not in sys.modules:
+        sys.modules["transformers"] = None  # type: ignore[assignment]  # ImportError inside
+        try:
+            import open_clip
+        finally:
+            del sys.modules["transformers"]
+        return open_clip
+    import open_clip
+
+    if needs_transformers(ref) and getattr(open_clip.hf_model, "transformers", 1) is None:
+        try:
+            importlib.import_module("transformers")
+        except ImportError:
+            return open_clip  # open_clip reports the missing package itself
+        importlib.reload(open_clip.hf_model)  # same namespace: existing classes see it too
+    return open_clip
