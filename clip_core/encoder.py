@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .device import choose_device, choose_precision
-from .loading import TOWERS, LoadedModel, load_model
+from .loading import TOWERS, LoadedModel, drop_unused_towers, load_model
 from .model_files import ensure_local
 from .model_ref import ModelRef
 from .preprocess import preprocess_batch
@@ -98,6 +98,11 @@ class ClipEncoder:
             tokens = torch.as_tensor(np.asarray(tokens)).to(self.loaded.device)
             features = self.loaded.model.encode_text(tokens)
             return _normalise(features.float().cpu().numpy())
+
+    def drop_text_tower(self) -> None:
+        """Free the text tower's memory (an index run only needs the image tower)."""
+        drop_unused_towers(self.loaded.model, frozenset({"image"}))
+        self.loaded.tokenizer = None
 
     @property
     def logit_scale(self) -> float:

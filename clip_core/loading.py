@@ -134,7 +134,7 @@ def load_model(
     model.eval()
     tokenizer = open_clip.get_tokenizer(name) if "text" in towers else None
     spec = PreprocessSpec.from_open_clip(dict(model.visual.preprocess_cfg))
-    _drop_unused_towers(model, towers)
+    drop_unused_towers(model, towers)
     return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model),
                        random_weights)
 
@@ -155,7 +155,7 @@ def _load_hf_folder(ref: ModelRef, folder: Path, device: str, precision: str,
     model = model.to(device=device, dtype=dtype).eval()
     tokenizer = hf_clip.make_tokenizer(converted) if "text" in towers else None
     spec = PreprocessSpec.from_open_clip(converted.preprocess_cfg)
-    _drop_unused_towers(model, towers)
+    drop_unused_towers(model, towers)
     return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model))
 
 
@@ -183,7 +183,7 @@ def _check_bundle(ref: ModelRef, folder: Path, models_dir: Path) -> None:
         raise ModelLoadError(f"{config} is not valid JSON: {exc}") from exc
 
 
-def _drop_unused_towers(model: Any, towers: frozenset[str]) -> None:
+def drop_unused_towers(model: Any, towers: frozenset[str]) -> None:
     """Free the tower a job does not need: indexing needs only the image tower."""
     if "text" not in towers:
         if hasattr(model, "text"):

@@ -130,16 +130,21 @@ class Library:
 
     def encoder(self, ref: ModelRef, towers: frozenset[str] = frozenset({"image", "text"})):
         """Load (once) the CLIP model for `ref`; raises MissingModelError when absent."""
-        key = (ref.model_id, towers)
-        for (model_id, have), enc in self._encoders.items():
-            if model_id == ref.model_id and towers <= have:
-                return enc
+        loaded = self._loaded_encoder(ref, towers)
+        if loaded is not None:
+            return loaded
         from clip_core.encoder import ClipEncoder
 
         enc = ClipEncoder.load(ref, device=self.device, precision=self.precision, towers=towers,
                                models_dir=self.models_dir)
-        self._encoders[key] = enc
+        self._encoders[(ref.model_id, towers)] = enc
         return enc
+
+    def _loaded_encoder(self, ref: ModelRef, towers: frozenset[str]):
+        for (model_id, have), enc in self._encoders.items():
+            if model_id == ref.model_id and towers <= have:
+                return enc
+        return None
 
     def remove_model(self, model: str, pretrained: str | None = None) -> int:
         """Delete every vector made by a model; returns how many were removed."""
@@ -201,7 +206,19 @@ class Library:
             root_ids = [self.catalog.root_id(f) for f in folders]
 
             def get_encoder():
-                enc = self.encoder(ref, frozenset({"image"}))
+                # While the model is loaded anyway, cache its text tower for torch-free
+                # queries, then keep only the image tower.
+                embedder = self._text_embedder(ref)
+                image_only = frozenset({"image"})
+                if self._loaded_encoder(ref, image_only) is None and embedder.writable \
+                        and not embedder.cached:
+                    enc = self.encoder(ref)
+                    embedder.export_from(enc)
+                    enc.drop_text_tower()
+                    self._encoders = {k: v for k, v in self._encoders.items() if v is not enc}
+                    self._encoders[(ref.model_id, image_only)] = enc
+                else:
+                    enc = self.encoder(ref, image_only)
                 self.catalog.register_model(ref.model_id, ref.to_spec(), enc.embed_dim)
                 return enc
 
@@ -220,14 +237,16 @@ class Library:
         self, texts: Sequence[str], model: str | None = None, pretrained: str | None = None
     ) -> np.ndarray:
         """L2-normalised text vectors; torch-free once the model's text tower is cached."""
-        ref = self.model_ref(model, pretrained)
+        return self._text_embedder(self.model_ref(model, pretrained)).embed(list(texts))
+
+    def _text_embedder(self, ref: ModelRef) -> TextEmbedder:
         embedder = self._text_embedders.get(ref.model_id)
         if embedder is None:
             embedder = TextEmbedder(
                 ref.model_id, self.path / TEXT_TOWERS_DIR,
                 lambda: self.encoder(ref, frozenset({"text"})), writable=not self.readonly)
             self._text_embedders[ref.model_id] = embedder
-        return embedder.embed(list(texts))
+        return embedder
 
     def query(
         self,

@@ -51,6 +51,16 @@ class TextEmbedder:
             self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
         return self._fast
 
+    @property
+    def cached(self) -> bool:
+        return self.path.is_file()
+
+    def export_from(self, encoder: Any) -> None:
+        """Cache the text tower of an already loaded encoder (the index run loads the whole
+        model anyway: exporting there makes the first query as fast as every later one)."""
+        if self.writable and not self.cached:
+            self._export(encoder)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         fast = self._numpy_tower()
         if fast is not None:
