@@ -74,7 +74,7 @@ class Progress:
 class IndexSettings:
     batch_size: int = 32
     workers: int = max(1, min(4, os.cpu_count() or 1))
-    prefetch: int = 64  # files decoded ahead of the encoder
+    prefetch: int = 192  # files decoded ahead of the encoder (and while the model loads)
     draft: bool = True  # reduced-size JPEG decoding (clip_core.images)
     cancel: object | None = None  # a threading.Event: set() it to stop like Ctrl-C
 
