@@ -188,7 +188,7 @@ def query(text, image, limit, within, as_json, paths_only, null, library, model,
     """Search the library by TEXT (or --image)."""
     if bool(text) == bool(image):
         raise click.UsageError("give a TEXT or --image PATH (one of them)")
-    with open_library(library, None, None, device, precision) as lib:
+    with open_library(library, None, None, device, precision, low_memory=True) as lib:
         _warn_random(lib.model_ref(model, pretrained))
         if image:
             results = lib.query_image(image, limit=limit, within=within, model=model,

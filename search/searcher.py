@@ -40,18 +40,23 @@ class Searcher:
         if within is not None:
             allowed = self.catalog.ids_in_folder(os.path.abspath(os.fspath(within)))
         extra = len(exclude) if exclude else 0
-        hits = index.search(query, limit + extra, allowed)[0]
-        rows = self.catalog.file_rows(hits.ids.tolist())
+        # The FAISS cache holds fp16 copies (half the memory and time); fetch a margin of
+        # candidates and re-score them with the catalog's exact fp32 vectors, so scores and
+        # order are exact.
+        hits = index.search(query, 2 * (limit + extra) + 16, allowed)[0]
+        exact = self.catalog.vectors_for_files(model_id, hits.ids.tolist())
+        scored = sorted(((float(vec @ query[0]), file_id) for file_id, vec in exact.items()
+                         if not (exclude and file_id in exclude)),
+                        key=lambda item: (-item[0], item[1]))[:limit]
+        rows = self.catalog.file_rows([file_id for _, file_id in scored])
         results: list[SearchResult] = []
-        for file_id, score in zip(hits.ids.tolist(), hits.scores.tolist(), strict=True):
+        for score, file_id in scored:
             row = rows.get(file_id)
-            if row is None or (exclude and file_id in exclude):
-                continue  # deleted since the index snapshot, or the query image itself
+            if row is None:
+                continue  # deleted since the index snapshot
             results.append(SearchResult(
-                rank=len(results) + 1, score=round(float(score), 6), path=row["path"],
+                rank=len(results) + 1, score=round(score, 6), path=row["path"],
                 file_id=file_id, root=row["root"], width=row["width"], height=row["height"],
                 taken_at=row["taken_at"],
             ))
-            if len(results) == limit:
-                break
         return results

@@ -370,6 +370,21 @@ class Catalog:
         vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), -1)
         return np.asarray(ids, np.int64), vectors
 
+    def vectors_for_files(self, model_id: str, file_ids: list[int]) -> dict[int, np.ndarray]:
+        """Exact fp32 vectors of a few files (to re-score candidates from the FAISS cache)."""
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(file_ids), 500):
+            chunk = [int(i) for i in file_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for file_id, blob in self.conn.execute(
+                "SELECT f.id, e.vector FROM files f JOIN embeddings e"
+                " ON e.content_hash = f.content_hash AND e.model_id = ?"
+                f" WHERE f.status = 'ok' AND f.id IN ({marks})",
+                (model_id, *chunk),
+            ):
+                out[int(file_id)] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
     def vector_for_hash(self, content_hash: str, model_id: str) -> np.ndarray | None:
         row = self.conn.execute(
             "SELECT vector FROM embeddings WHERE content_hash = ? AND model_id = ?",

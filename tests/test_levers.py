@@ -1,0 +1,71 @@
+"""Speed levers must not change results: bf16 vs fp32, the worker pipeline vs one-by-one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clip_core.device import cpu_has_fast_bf16
+from clip_core.encoder import ClipEncoder
+from clip_core.images import decode_image
+from clip_core.model_ref import parse_model
+from clip_core.preprocess import preprocess
+from clipsearch import Library
+from tests.helpers import PAIRS, draw_photos
+
+
+def _library_vectors(lib: Library) -> dict[str, np.ndarray]:
+    ids, vecs = lib.catalog.vectors(lib.default_model.model_id)
+    rows = lib.catalog.file_rows(ids.tolist())
+    return {rows[i]["path"]: v for i, v in zip(ids.tolist(), vecs, strict=True)}
+
+
+def test_pipeline_vectors_equal_one_by_one_encoding(tmp_path):
+    """Threads, prefetch, micro-batches and draft decoding give each file the vector that
+    decoding and encoding it alone gives."""
+    photos = tmp_path / "p"
+    draw_photos(photos, per_pair=2, seed=31, size=(200, 150))
+    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+        lib.index([photos])
+        got = _library_vectors(lib)
+        enc = lib.encoder(lib.default_model, frozenset({"image"}))
+        size = enc.preprocess.min_side
+        for path, vector in got.items():
+            alone = enc.encode_pixels(preprocess(decode_image(path, min_side=size).image,
+                                                 enc.preprocess)[None])[0]
+            assert np.array_equal(vector, alone), path
+    assert len(got) == 2 * len(PAIRS)
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="no bf16 on this CPU: fp32 is used")
+def test_bf16_rankings_equal_fp32_with_the_tiny_model(tmp_path):
+    photos = tmp_path / "p"
+    draw_photos(photos, per_pair=2, seed=32)
+    rankings = {}
+    for precision in ("fp32", "bf16"):
+        with Library(tmp_path / precision, model="shapes-tiny", precision=precision) as lib:
+            lib.index([photos])
+            rankings[precision] = {
+                f"{c} {s}": lib.query(f"a {c} {s}", limit=2 * len(PAIRS)) for c, s in PAIRS
+            }
+    swaps = 0
+    for query, fp32 in rankings["fp32"].items():
+        bf16 = rankings["bf16"][query][:10]
+        fp32_score = {r.path: r.score for r in fp32}
+        # The same top ten, position by position, except where two pictures tie in fp32
+        # within 0.006 (bf16 moves embeddings by cos ~2e-5, scores by up to ~0.005).
+        for mine, theirs in zip(bf16, fp32[:10], strict=True):
+            assert abs(fp32_score[mine.path] - theirs.score) < 6e-3, (query, mine, theirs)
+            swaps += mine.path != theirs.path
+        assert bf16[0].path.split("/")[-1].split("-")[:2] == query.split()
+    assert swaps <= len(PAIRS)  # a few ties, not a different ranking
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="no bf16 on this CPU: fp32 is used")
+def test_bf16_vit_b32_embeddings_stay_within_cosine_0999_of_fp32():
+    ref = parse_model("ViT-B-32", "none")
+    pixels = np.random.default_rng(3).normal(size=(8, 3, 224, 224)).astype(np.float32)
+    fp32 = ClipEncoder.load(ref, precision="fp32", towers=frozenset({"image"}))
+    bf16 = ClipEncoder.load(ref, precision="bf16", towers=frozenset({"image"}))
+    cos = np.sum(fp32.encode_pixels(pixels) * bf16.encode_pixels(pixels), axis=1)
+    assert cos.min() >= 0.999, cos
