@@ -10,13 +10,8 @@ from pathlib import Path
 
 import click
 
-from clip_core.model_files import MissingModelError
-
+from .cli_errors import EXIT_INTERRUPTED, friendly_errors
 from .output import format_size, human, write_json, write_paths
-
-EXIT_MODEL = 2
-EXIT_BUSY = 3
-EXIT_INTERRUPTED = 130
 
 
 def library_options(func: Callable) -> Callable:
@@ -55,34 +50,6 @@ def open_library(library: str | None, model: str | None = None, pretrained: str 
     lib = Library(library, model=model, pretrained=pretrained, device=device,
                   precision=precision, **extra)
     return lib
-
-
-def friendly_errors(func: Callable) -> Callable:
-    """Known failures end with one clear message and an exit code, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from clip_core.images import DecodeError
-        from clip_core.loading import ModelLoadError
-        from store import CatalogError, LibraryBusyError
-
-        try:
-            return func(*args, **kwargs)
-        except MissingModelError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_MODEL)
-        except ModelLoadError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_MODEL)
-        except LibraryBusyError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_BUSY)
-        except (DecodeError, FileNotFoundError, NotADirectoryError, CatalogError,
-                LookupError) as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

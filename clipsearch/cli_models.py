@@ -6,40 +6,18 @@ CLIPSEARCH_OFFLINE=1 or HF_HUB_OFFLINE=1 it refuses before opening any connectio
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from clip_core import model_store
-from clip_core.model_files import MissingModelError, default_models_dir
+from clip_core.model_files import default_models_dir
 from clip_core.model_ref import parse_model
 
+from .cli_errors import EXIT_PROBLEM, friendly_errors
 from .output import format_size, human, write_json
-
-# Same codes as the main CLI (not imported: cli.py imports this module while loading).
-EXIT_PROBLEM = 1
-EXIT_MODEL = 2
-
-
-def store_errors(func: Callable) -> Callable:
-    """Known failures: one clear message and an exit code, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except MissingModelError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_MODEL)
-        except (model_store.StoreError, OSError) as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_PROBLEM)
-
-    return wrapper
 
 
 def _models_dir(ctx: click.Context) -> Path:
@@ -73,7 +51,7 @@ def models(ctx: click.Context, offline: bool, models_dir: str | None) -> None:
               "just the common ones and those on this machine.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@store_errors
+@friendly_errors
 def list_cmd(ctx: click.Context, include_all: bool, as_json: bool) -> None:
     """Models clipsearch knows, their size, and where each one is on this machine."""
     infos = model_store.list_models(_models_dir(ctx), include_all)
@@ -105,7 +83,7 @@ def _size(info: model_store.ModelInfo) -> str:
 @click.option("--endpoint", help="Hub address (default: HF_ENDPOINT or https://huggingface.co).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
-@store_errors
+@friendly_errors
 def download(ctx: click.Context, model: str, pretrained: str | None, revision: str,
              endpoint: str | None, quiet: bool) -> None:
     """Fetch MODEL into the store (resumable, sha256-checked). The only networked command."""
@@ -125,7 +103,7 @@ def download(ctx: click.Context, model: str, pretrained: str | None, revision: s
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Bundle file to write (a tar).")
 @click.pass_context
-@store_errors
+@friendly_errors
 def export(ctx: click.Context, model: str, pretrained: str | None, output: str) -> None:
     """Write MODEL's local files into one portable bundle file (for air-gapped machines)."""
     ref = parse_model(model, pretrained)
@@ -139,7 +117,7 @@ def export(ctx: click.Context, model: str, pretrained: str | None, output: str) 
 @models.command("import")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @click.pass_context
-@store_errors
+@friendly_errors
 def import_cmd(ctx: click.Context, bundle: str) -> None:
     """Verify every checksum in BUNDLE and install it into the store."""
     result = model_store.import_bundle(Path(bundle), _models_dir(ctx))
@@ -151,7 +129,7 @@ def import_cmd(ctx: click.Context, bundle: str) -> None:
 @models.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@store_errors
+@friendly_errors
 def verify(ctx: click.Context, as_json: bool) -> None:
     """Check every stored model against its recorded sha256; exit 1 on any problem."""
     results = model_store.verify_store(_models_dir(ctx))

@@ -1,0 +1,44 @@
+"""How the CLI ends on known failures: one clear message and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+
+import click
+
+EXIT_PROBLEM = 1  # bad input, storage problem, unknown model in this library
+EXIT_MODEL = 2  # model files missing or unusable
+EXIT_BUSY = 3  # another process is writing this library
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+def _known_errors() -> list[tuple[tuple[type[BaseException], ...], int]]:
+    # Imported late: `clipsearch --help` should not pay for them.
+    from clip_core.images import DecodeError
+    from clip_core.loading import ModelLoadError
+    from clip_core.model_files import MissingModelError
+    from clip_core.model_store import StoreError
+    from store import CatalogError, LibraryBusyError
+
+    return [
+        ((MissingModelError, ModelLoadError), EXIT_MODEL),
+        ((LibraryBusyError,), EXIT_BUSY),
+        ((DecodeError, CatalogError, StoreError, LookupError, OSError), EXIT_PROBLEM),
+    ]
+
+
+def friendly_errors(func: Callable) -> Callable:
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            for types, code in _known_errors():
+                if isinstance(exc, types):
+                    click.echo(f"Error: {exc}", err=True)
+                    sys.exit(code)
+            raise
+
+    return wrapper
