@@ -91,6 +91,19 @@ class Encoder(Protocol):
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
+@dataclass
+class _Job:
+    """What one index run works with, passed between its steps."""
+
+    catalog: Catalog
+    model_id: str
+    get_encoder: Callable[[], Encoder]
+    settings: IndexSettings
+    progress: Callable[[Progress], None] | None
+    report: IndexReport
+    preprocess_hint: PreprocessSpec | None
+
+
 def run_index(
     catalog: Catalog,
     root_ids: list[int],
@@ -106,24 +119,16 @@ def run_index(
     started = time.monotonic()
     report = IndexReport(model_id)
     try:
-        _run(catalog, root_ids, model_id, get_encoder, settings, progress, report,
-             preprocess_hint)
+        _run(_Job(catalog, model_id, get_encoder, settings, progress, report, preprocess_hint),
+             root_ids)
     except KeyboardInterrupt:
         report.interrupted = True  # a second Ctrl-C, or one outside the batch loop
     report.seconds = time.monotonic() - started
     return report
 
 
-def _run(
-    catalog: Catalog,
-    root_ids: list[int],
-    model_id: str,
-    get_encoder: Callable[[], Encoder],
-    settings: IndexSettings,
-    progress: Callable[[Progress], None] | None,
-    report: IndexReport,
-    preprocess_hint: PreprocessSpec | None,
-) -> None:
+def _run(job: _Job, root_ids: list[int]) -> None:
+    catalog, model_id, report = job.catalog, job.model_id, job.report
     roots = catalog.roots()
     known = catalog.hashes_with_vectors(model_id)
     plans: list[Plan] = []
@@ -146,8 +151,7 @@ def _run(
     gone = [file_id for plan in plans for file_id in plan.gone]
     report.todo = len(todo)
     if todo:
-        vanished = _load_encode_write(catalog, todo, known, retried, model_id, get_encoder,
-                                      settings, progress, report, preprocess_hint)
+        vanished = _load_encode_write(job, todo, known, retried)
         if report.interrupted:
             return  # the sweep waits for a complete run
         gone += [i for i in (catalog.file_id(p) for p in vanished) if i is not None]
@@ -168,22 +172,15 @@ def _record_crawl_errors(catalog: Catalog, skips: list[CrawlSkip], root_id: int,
 
 
 def _load_encode_write(
-    catalog: Catalog,
-    todo: list[Candidate],
-    known: set[str],
-    retried: dict[str, FileRow],
-    model_id: str,
-    get_encoder: Callable[[], Encoder],
-    settings: IndexSettings,
-    progress: Callable[[Progress], None] | None,
-    report: IndexReport,
-    preprocess_hint: PreprocessSpec | None,
+    job: _Job, todo: list[Candidate], known: set[str], retried: dict[str, FileRow]
 ) -> list[str]:
     """Returns the paths that vanished before they could be read.
 
     The model loads in a background thread while the pool already decodes with the
     preprocessing read from the model's config (`preprocess_hint`): startup (importing torch,
     building the model) overlaps the first images' decoding instead of preceding it."""
+    catalog, model_id, settings, report = job.catalog, job.model_id, job.settings, job.report
+    get_encoder, progress, preprocess_hint = job.get_encoder, job.progress, job.preprocess_hint
     model_loader = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model")
     encoder_future = model_loader.submit(get_encoder)
     model_loader.shutdown(wait=False)
