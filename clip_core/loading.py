@@ -24,6 +24,7 @@ from .model_files import (
     locate_hub_bundle,
     locate_pretrained,
     pretrained_files,
+    store_dir_for,
 )
 from .model_ref import ModelRef
 from .open_clip_import import import_open_clip
@@ -116,6 +117,8 @@ def load_model(
         if cfg.get("quick_gelu") and not name.endswith("-quickgelu"):
             # OpenAI-style weights were trained with QuickGELU; without it embeddings drift.
             name = f"{name}-quickgelu" if name + "-quickgelu" in open_clip.list_models() else name
+    # The tokenizer first: a missing one is reported before seconds of model building.
+    tokenizer = _tokenizer(open_clip, name, ref, models_dir) if "text" in towers else None
     try:
         model = open_clip.create_model(
             name, pretrained=pretrained, precision=precision, device=device, weights_only=True
@@ -132,7 +135,6 @@ def load_model(
                 "to safetensors from a trusted source.") from exc
         raise ModelLoadError(f"Could not load {ref.display}: {_short(exc)}") from exc
     model.eval()
-    tokenizer = open_clip.get_tokenizer(name) if "text" in towers else None
     spec = PreprocessSpec.from_open_clip(dict(model.visual.preprocess_cfg))
     drop_unused_towers(model, towers)
     return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model),
@@ -157,6 +159,31 @@ def _load_hf_folder(ref: ModelRef, folder: Path, device: str, precision: str,
     spec = PreprocessSpec.from_open_clip(converted.preprocess_cfg)
     drop_unused_towers(model, towers)
     return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model))
+
+
+def _tokenizer(open_clip: Any, name: str, ref: ModelRef, models_dir: Path) -> Any:
+    """open_clip's tokenizer, from local files only. Models with a Hugging Face tokenizer
+    (SigLIP, multilingual towers) use the copy `clipsearch models download` stored beside the
+    weights; open_clip alone would ask the hub for it."""
+    config = open_clip.get_model_config(name) or {}
+    text_cfg = config.get("text_cfg", {})
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    if not hf_name or ref.kind in ("local-dir", "hf-hub"):
+        return open_clip.get_tokenizer(name)  # bundled BPE, or the bundle's own files
+    # Any pretrained tag of the architecture shares the tokenizer (random weights have none).
+    own = store_dir_for(ref, models_dir) / "tokenizer"
+    found = [d for d in [own, *sorted((models_dir / ref.name).glob("*/tokenizer"))]
+             if (d / "tokenizer_config.json").is_file()]
+    if not found:
+        raise MissingModelError(ref, [f"tokenizer files of {hf_name} (tokenizer.json, "
+                                      "tokenizer_config.json, ...)"],
+                                [own, models_dir / ref.name / "*" / "tokenizer"],
+                                fix_steps(ref, models_dir))
+    local = found[0]
+    from open_clip.tokenizer import HFTokenizer
+
+    return HFTokenizer(str(local), context_length=text_cfg.get("context_length", 77),
+                       **text_cfg.get("tokenizer_kwargs", {}))
 
 
 def _check_architecture(name: str) -> None:
