@@ -1,8 +1,8 @@
 """Choosing where and in which precision the model runs.
 
-CUDA runs fp16. On CPUs with native bf16 (AMX or AVX512-BF16) casting the whole model to bf16
-ran ~6x faster than fp32 for ViT-B-32 here (docs/benchmarks.md), while autocast gave nothing,
-so "auto" casts the model. Elsewhere fp32.
+CUDA runs fp16. On CPUs with native bf16 (AMX or AVX512-BF16) the whole model is cast to bf16
+when a quick matmul probe shows it faster: ViT-B-32 ran 2x fp32 on a Zen 4 (AVX512-BF16, no
+AMX) and ~6x on AMX parts (docs/benchmarks.md); autocast gave nothing. Elsewhere fp32.
 """
 
 from __future__ import annotations
