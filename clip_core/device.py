@@ -2,7 +2,7 @@
 
 CUDA runs fp16. On CPUs with native bf16 (AMX or AVX512-BF16) the whole model is cast to bf16
 when a quick matmul probe shows it faster: ViT-B-32 ran 2x fp32 on a Zen 4 (AVX512-BF16, no
-AMX) and ~6x on AMX parts (docs/benchmarks.md); autocast gave nothing. Elsewhere fp32.
+AMX; docs/benchmarks.md) and is reported ~6x on AMX parts; autocast gave nothing.
 """
 
 from __future__ import annotations
