@@ -263,6 +263,8 @@ class Library:
         pretrained: str | None = None,
     ) -> list[SearchResult]:
         ref = self._searchable(model, pretrained)
+        if ref.model_id not in self.catalog.models():
+            return []  # nothing indexed yet: no need to load (or have) the model
         vector = self.embed_text([text], model, pretrained)[0]
         return self.searcher.search(ref.model_id, vector, limit, within)
 
@@ -278,6 +280,8 @@ class Library:
     ) -> list[SearchResult]:
         """Images similar to `image` (a file inside or outside the library)."""
         ref = self._searchable(model, pretrained)
+        if ref.model_id not in self.catalog.models():
+            return []
         vector = self._image_vector(Path(image), ref)
         own = self.catalog.file_id(_abspath(image))
         exclude = {own} if own is not None and not include_self else None

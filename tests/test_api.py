@@ -56,3 +56,9 @@ def test_missing_model_raises_typed_error_fast(tmp_path):
             pytest.raises(MissingModelError) as err:
         lib.index([tmp_path / "p"])
     assert "ViT-B-32" in str(err.value) and err.value.looked_in
+
+
+def test_query_on_an_empty_library_needs_no_model(tmp_path):
+    """A fresh library answers 'nothing yet' even when its default model is not on disk."""
+    with Library(tmp_path / "lib", model="ViT-B-32", pretrained="laion2b_s34b_b79k") as lib:
+        assert lib.query("a cat") == []
