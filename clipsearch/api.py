@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_core.model_files import ensure_local
 from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
@@ -264,7 +265,9 @@ class Library:
     ) -> list[SearchResult]:
         ref = self._searchable(model, pretrained)
         if ref.model_id not in self.catalog.models():
-            return []  # nothing indexed yet: no need to load (or have) the model
+            # Nothing indexed yet: no model to load, but a missing one is still reported.
+            ensure_local(ref, self.models_dir)
+            return []
         vector = self.embed_text([text], model, pretrained)[0]
         return self.searcher.search(ref.model_id, vector, limit, within)
 
@@ -281,6 +284,7 @@ class Library:
         """Images similar to `image` (a file inside or outside the library)."""
         ref = self._searchable(model, pretrained)
         if ref.model_id not in self.catalog.models():
+            ensure_local(ref, self.models_dir)
             return []
         vector = self._image_vector(Path(image), ref)
         own = self.catalog.file_id(_abspath(image))

@@ -58,7 +58,11 @@ def test_missing_model_raises_typed_error_fast(tmp_path):
     assert "ViT-B-32" in str(err.value) and err.value.looked_in
 
 
-def test_query_on_an_empty_library_needs_no_model(tmp_path):
-    """A fresh library answers 'nothing yet' even when its default model is not on disk."""
-    with Library(tmp_path / "lib", model="ViT-B-32", pretrained="laion2b_s34b_b79k") as lib:
-        assert lib.query("a cat") == []
+def test_query_on_an_empty_library_loads_no_model(tmp_path):
+    """A fresh library answers 'nothing yet' without building a model, but still reports a
+    model whose files are missing."""
+    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+        assert lib.query("a cat") == [] and not lib._encoders
+    with Library(tmp_path / "lib2", model="ViT-B-32", pretrained="laion2b_s34b_b79k") as lib, \
+            pytest.raises(MissingModelError):
+        lib.query("a cat")
