@@ -232,8 +232,9 @@ class Library:
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
                                ref.model_id, get_encoder, settings, progress,
                                preprocess_hint=guess_preprocess(ref))
-            if not report.interrupted and ref.model_id in self.catalog.models():
-                dim = self.catalog.models()[ref.model_id]["embed_dim"]
+            models = self.catalog.models()
+            if not report.interrupted and ref.model_id in models:
+                dim = models[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
             return report
 
@@ -264,9 +265,7 @@ class Library:
         pretrained: str | None = None,
     ) -> list[SearchResult]:
         ref = self._searchable(model, pretrained)
-        if ref.model_id not in self.catalog.models():
-            # Nothing indexed yet: no model to load, but a missing one is still reported.
-            ensure_local(ref, self.models_dir)
+        if ref is None:
             return []
         vector = self.embed_text([text], model, pretrained)[0]
         return self.searcher.search(ref.model_id, vector, limit, within)
@@ -283,20 +282,24 @@ class Library:
     ) -> list[SearchResult]:
         """Images similar to `image` (a file inside or outside the library)."""
         ref = self._searchable(model, pretrained)
-        if ref.model_id not in self.catalog.models():
-            ensure_local(ref, self.models_dir)
+        if ref is None:
             return []
         vector = self._image_vector(Path(image), ref)
         own = self.catalog.file_id(_abspath(image))
         exclude = {own} if own is not None and not include_self else None
         return self.searcher.search(ref.model_id, vector, limit, within, exclude)
 
-    def _searchable(self, model: str | None, pretrained: str | None) -> ModelRef:
-        """The model to search with; refuses one this library has no vectors for, so vectors
-        of different models are never compared."""
+    def _searchable(self, model: str | None, pretrained: str | None) -> ModelRef | None:
+        """The model to search with, or None when nothing is indexed yet (no model is loaded
+        then, but missing model files are still reported). Refuses a model this library has
+        no vectors for while it holds others', so vectors of different models are never
+        compared."""
         ref = self.model_ref(model, pretrained)
         known = self.catalog.models()
-        if known and ref.model_id not in known:
+        if not known:
+            ensure_local(ref, self.models_dir)
+            return None
+        if ref.model_id not in known:
             raise ModelNotIndexedError(
                 f"this library has no vectors made by {ref.model_id}; it holds: "
                 f"{', '.join(known)}. Index with `clipsearch index --model ...` first, or "
