@@ -30,6 +30,7 @@ CATALOG_NAME = "catalog.db"
 VECTORS_DIR = "vectors"
 TEXT_TOWERS_DIR = "text-towers"
 LOCK_NAME = "index.lock"
+IMAGE_ONLY = frozenset({"image"})
 
 
 def default_library_dir() -> Path:
@@ -76,9 +77,13 @@ class Library:
         models_dir: str | os.PathLike | None = None,
         readonly: bool | None = None,
         low_memory: bool = False,
+        cache_dir: str | os.PathLike | None = None,
     ):
         """`low_memory`: for one-shot processes (the CLI); a long-lived app leaves it off and
-        gets faster text queries for ~150 MB more resident memory (ViT-B-32)."""
+        gets faster text queries for ~150 MB more resident memory (ViT-B-32).
+        `precision`: auto, fp32, bf16, fp16 (torch) or int8 (the compiled CPU image tower).
+        `cache_dir`: where compiled models go (default: CLIPSEARCH_CACHE or the platform's
+        user cache folder)."""
         self.low_memory = low_memory
         self.path = Path(path).expanduser() if path else default_library_dir()
         catalog_path = self.path / CATALOG_NAME
@@ -91,6 +96,7 @@ class Library:
         self.device = device
         self.precision = precision
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
+        self.cache_dir = Path(cache_dir).expanduser() / "compiled" if cache_dir else None
         self.searcher = Searcher(self.catalog, self.path / VECTORS_DIR)
         self._encoders: dict[tuple[str, frozenset[str]], object] = {}
         self._text_embedders: dict[str, TextEmbedder] = {}
@@ -140,9 +146,46 @@ class Library:
             return loaded
         from clip_core.encoder import ClipEncoder
 
-        enc = ClipEncoder.load(ref, device=self.device, precision=self.precision, towers=towers,
+        # int8 exists only as the compiled image tower; torch gets its own best precision.
+        precision = "auto" if self.precision == "int8" else self.precision
+        enc = ClipEncoder.load(ref, device=self.device, precision=precision, towers=towers,
                                models_dir=self.models_dir)
         self._encoders[(ref.model_id, towers)] = enc
+        return enc
+
+    def image_encoder(self, ref: ModelRef):
+        """The fastest image encoder for `ref` here, loaded once; also makes sure the
+        library holds the model's text tower for torch-free queries.
+
+        On the CPU that is the model compiled for onnxruntime (clip_core.compiled: compiled on
+        first use, then loaded without torch) when it passed its agreement and speed checks,
+        else torch."""
+        enc = self._loaded_encoder(ref, IMAGE_ONLY)
+        if enc is not None:
+            return enc
+        from clip_core.compiled import load_compiled
+
+        embedder = self._text_embedder(ref)
+        found = load_compiled(ref, device=self.device, precision=self.precision,
+                              models_dir=self.models_dir, cache_dir=self.cache_dir)
+        if found is None:  # a GPU, a torch precision, or no onnxruntime
+            return self._torch_image_encoder(ref, embedder)
+        compiled, enc = found
+        if compiled.text_tower is not None:
+            embedder.adopt(compiled.text_tower)
+        self._encoders[(ref.model_id, IMAGE_ONLY)] = enc
+        return enc
+
+    def _torch_image_encoder(self, ref: ModelRef, embedder: TextEmbedder):
+        """While the whole model is loaded anyway, cache its text tower for torch-free
+        queries, then keep only the image tower."""
+        if not (embedder.writable and not embedder.cached):
+            return self.encoder(ref, IMAGE_ONLY)
+        enc = self.encoder(ref)
+        embedder.export_from(enc)
+        enc.drop_text_tower()
+        self._encoders = {k: v for k, v in self._encoders.items() if v is not enc}
+        self._encoders[(ref.model_id, IMAGE_ONLY)] = enc
         return enc
 
     def _loaded_encoder(self, ref: ModelRef, towers: frozenset[str]):
@@ -211,19 +254,7 @@ class Library:
             root_ids = [self.catalog.root_id(f) for f in folders]
 
             def get_encoder():
-                # While the model is loaded anyway, cache its text tower for torch-free
-                # queries, then keep only the image tower.
-                embedder = self._text_embedder(ref)
-                image_only = frozenset({"image"})
-                if self._loaded_encoder(ref, image_only) is None and embedder.writable \
-                        and not embedder.cached:
-                    enc = self.encoder(ref)
-                    embedder.export_from(enc)
-                    enc.drop_text_tower()
-                    self._encoders = {k: v for k, v in self._encoders.items() if v is not enc}
-                    self._encoders[(ref.model_id, image_only)] = enc
-                else:
-                    enc = self.encoder(ref, image_only)
+                enc = self.image_encoder(ref)
                 self.catalog.register_model(ref.model_id, ref.to_spec(), enc.embed_dim)
                 return enc
 
@@ -314,7 +345,7 @@ class Library:
         return _classify(self.encoder(self.model_ref(model, pretrained)), image, labels)
 
     def _image_vector(self, path: Path, ref: ModelRef) -> np.ndarray:
-        return _image_vector(self.encoder(ref, frozenset({"image"})), path)
+        return _image_vector(self.image_encoder(ref), path)
 
     # -- status --------------------------------------------------------------------------
     def status(self, *, errors: bool = False) -> LibraryStatus:

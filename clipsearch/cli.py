@@ -33,7 +33,10 @@ def model_options(func: Callable) -> Callable:
                   "weights file, or 'none' for random weights (benchmarks only).")
     @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ...")
     @click.option("--precision", default="auto", show_default=True,
-                  type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+                  type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+                  help="auto: on the CPU the int8 image tower when it passed its checks "
+                  "(see `clipsearch models compile`), else bf16 where measured faster, else "
+                  "fp32; fp16 on CUDA. int8 forces the compiled tower.")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)

@@ -149,6 +149,41 @@ def verify(ctx: click.Context, as_json: bool) -> None:
         sys.exit(EXIT_PROBLEM)
 
 
+@models.command("compile")
+@click.argument("model")
+@click.option("--pretrained", help="Pretrained tag, as for --model elsewhere.")
+@click.option("--force", is_flag=True, help="Compile again even when a current one exists.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@friendly_errors
+def compile_cmd(ctx: click.Context, model: str, pretrained: str | None, force: bool,
+                as_json: bool) -> None:
+    """Prepare MODEL for fast torch-free CPU indexing (int8 ONNX image tower + numpy text
+    tower, checked against fp32 here). The first `index` does this by itself; run it ahead
+    to keep that first index run short."""
+    from clip_core.compiled import compile_model, compile_supported, find_compiled
+
+    if not compile_supported():
+        raise click.ClickException("compiling needs onnxruntime and onnx "
+                                   "(pip install onnxruntime onnx)")
+    ref = parse_model(model, pretrained)
+    found = None if force else find_compiled(ref, _models_dir(ctx))
+    compiled = found or compile_model(ref, models_dir=_models_dir(ctx))[0]
+    if as_json:
+        write_json({"folder": str(compiled.folder), "reused": found is not None,
+                    **compiled.meta})
+        return
+    image = compiled.meta["image"]
+    state = "already compiled" if found else f"compiled in {compiled.meta['compile_seconds']} s"
+    click.echo(f"{ref.display}: {state} in {human(str(compiled.folder))}")
+    click.echo(f"image tower: {image['backend']} ({image.get('reason', '')})")
+    if "agreement_int8_vs_fp32" in image:
+        agree = image["agreement_int8_vs_fp32"]
+        speeds = ", ".join(f"{k} {v} img/s" for k, v in image["images_per_second"].items())
+        click.echo(f"int8 vs fp32: min cosine {agree['min_cos']} over {agree['probes']} "
+                   f"probe images; measured {speeds}")
+
+
 @models.command()
 @click.pass_context
 def path(ctx: click.Context) -> None:

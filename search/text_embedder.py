@@ -9,7 +9,9 @@ Towers that numpy cannot reproduce exactly stay on torch.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,24 @@ class TextEmbedder:
         model anyway: exporting there makes the first query as fast as every later one)."""
         if self.writable and not self.cached:
             self._export(encoder)
+
+    def adopt(self, exported: Path) -> None:
+        """Take a text tower exported elsewhere (a compiled model's): hard-linked when on the
+        same disk (the file is never rewritten in place), else copied; atomic either way."""
+        if not self.writable or self.cached:
+            return
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temp.unlink(missing_ok=True)
+            try:
+                os.link(exported, temp)
+            except OSError:
+                shutil.copyfile(exported, temp)
+            os.replace(temp, self.path)
+        except OSError as exc:  # read-only or full disk: queries fall back to torch
+            temp.unlink(missing_ok=True)
+            log.info("could not cache text tower: %s", exc)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         fast = self._numpy_tower()

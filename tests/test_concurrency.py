@@ -42,7 +42,8 @@ def _ok_count(library: Path) -> int:
 
 def test_queries_see_committed_state_while_an_index_run_writes(tmp_path):
     photos, library = tmp_path / "photos", tmp_path / "lib"
-    total = len(write_corpus(photos, per_pair=10, seed=41, size=64))
+    # Big enough that the run lasts a few seconds even with the fast compiled encoder.
+    total = len(write_corpus(photos, per_pair=40, seed=41, size=320))
     writer = subprocess.Popen(
         [CLIPSEARCH, "index", str(photos), "--model", MODEL, "--library", str(library),
          "--batch-size", "8", "-q"], stderr=subprocess.PIPE, text=True,

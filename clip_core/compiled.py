@@ -1,0 +1,368 @@
+"""A model compiled once per machine for torch-free CPU use, cached beside the model store.
+
+The first index run with a model (on the CPU, precision auto or int8) loads it in fp32 and
+writes, into `CLIPSEARCH_CACHE/compiled/<model>/` (default: the platform's user cache folder):
+- `text.safetensors`: the text tower for numpy queries (clip_core.text_tower), from fp32
+  weights, which every library indexed with the model copies;
+- `image.int8.onnx`: the image tower exported to ONNX and quantised to int8 (dynamic,
+  onnxruntime), used by default only when it passes two checks made here, on this machine
+  (`--precision int8` uses it regardless):
+  1. agreement: on 16 photo-like probe images (clip_core.probe_images) every int8 vector is
+     within cosine GUARD_MIN_COS of the fp32 model's (int8 is rejected for a model whose
+     activations quantise badly);
+  2. speed: it encodes at least as fast as torch at the precision clipsearch would pick.
+- `compiled.json`: what was measured and chosen, and the key (model id, weights file stamp,
+  library versions, format) that must match for the cache to be used.
+
+Later runs find the cache and index without importing torch or open_clip at all: seconds
+less start-up and ~1 GB less memory. A model whose export fails keeps using torch; the
+failure is recorded so it is not retried every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from .model_files import (
+    default_models_dir,
+    ensure_local,
+    locate_hub_bundle,
+    locate_pretrained,
+    pretrained_cfg,
+)
+from .model_ref import ModelRef
+from .onnx_encoder import OnnxImageEncoder, new_session, onnxruntime_available
+from .preprocess import PreprocessSpec, preprocess_batch
+from .probe_images import probe_images
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+META_NAME = "compiled.json"
+IMAGE_INT8 = "image.int8.onnx"
+TEXT_TOWER = "text.safetensors"
+GUARD_MIN_COS = 0.999  # the bar bf16 must meet too (docs/benchmarks.md)
+ONNX = "onnx-int8"
+TORCH = "torch"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CLIPSEARCH_CACHE")
+    if env:
+        return Path(env).expanduser() / "compiled"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("clipsearch", appauthor=False)) / "compiled"
+
+
+def compile_supported() -> bool:
+    """onnxruntime runs the compiled tower; onnx is needed to export and quantise it."""
+    if not onnxruntime_available():
+        return False
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def folder_for(model_id: str, cache_dir: Path | None = None) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")
+    return (cache_dir or default_cache_dir()) / slug
+
+
+def cache_key(ref: ModelRef, models_dir: Path | None = None) -> dict:
+    """What the compiled files depend on; any change recompiles. Torch-free."""
+    return {
+        "format": FORMAT,
+        "model_id": ref.model_id,
+        "weights": _weights_stamp(ref, models_dir or default_models_dir()),
+        "open_clip": _version("open_clip_torch"),
+        "onnxruntime": _version("onnxruntime"),
+    }
+
+
+@dataclass
+class CompiledModel:
+    folder: Path
+    meta: dict
+
+    @property
+    def backend(self) -> str:
+        return self.meta["image"]["backend"]
+
+    @property
+    def text_tower(self) -> Path | None:
+        path = self.folder / TEXT_TOWER
+        return path if path.is_file() else None
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec.from_open_clip(self.meta["preprocess"])
+
+    @property
+    def has_int8(self) -> bool:
+        return (self.folder / IMAGE_INT8).is_file()
+
+    def image_encoder(self, threads: int | None = None) -> OnnxImageEncoder:
+        """The int8 tower (also when torch was recommended: `--precision int8` asks for it)."""
+        return OnnxImageEncoder(self.folder / IMAGE_INT8, self.meta["model_id"], self.preprocess,
+                                int(self.meta["embed_dim"]), threads)
+
+
+def compiled_applies(device: str, precision: str) -> bool:
+    """Whether the compiled path is used for this device/precision request (torch-free)."""
+    if precision not in ("auto", "int8") or device not in ("auto", "cpu"):
+        return False
+    if device == "auto" and _gpu_present():
+        from .device import choose_device  # imports torch: only where a GPU may be used
+
+        if choose_device("auto") != "cpu":
+            return False
+    return compile_supported()
+
+
+def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto",
+                  models_dir: Path | None = None, cache_dir: Path | None = None):
+    """(CompiledModel, image encoder) for CPU use, compiling on first use; None when the
+    request is for torch (a GPU, an explicit torch precision, or no onnxruntime).
+
+    The encoder is the onnxruntime int8 tower when it passed its checks (or int8 was asked
+    for), else torch's image tower at the precision clipsearch picks."""
+    if not compiled_applies(device, precision):
+        if precision == "int8":
+            raise ValueError("precision int8 runs on the CPU with onnxruntime and onnx "
+                             "installed (pip install onnxruntime onnx)")
+        return None
+    ensure_local(ref, models_dir)
+    compiled = find_compiled(ref, models_dir, cache_dir)
+    torch_encoder = None
+    if compiled is None:
+        compiled, torch_encoder = compile_model(ref, models_dir=models_dir, cache_dir=cache_dir)
+    if precision == "int8" or compiled.backend == ONNX:
+        if not compiled.has_int8:
+            raise ValueError(f"int8 is unavailable for {ref.display}: "
+                             f"{compiled.meta['image']['reason']}")
+        return compiled, compiled.image_encoder()
+    if torch_encoder is None:
+        from .encoder import ClipEncoder
+
+        torch_encoder = ClipEncoder.load(ref, device="cpu", precision="auto",
+                                         towers=frozenset({"image"}), models_dir=models_dir)
+    return compiled, torch_encoder
+
+
+def find_compiled(ref: ModelRef, models_dir: Path | None = None,
+                  cache_dir: Path | None = None) -> CompiledModel | None:
+    """The cached compilation of `ref` when it is complete and current, else None."""
+    folder = folder_for(ref.model_id, cache_dir)
+    try:
+        meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != cache_key(ref, models_dir):
+        return None
+    compiled = CompiledModel(folder, meta)
+    if compiled.backend == ONNX and not (folder / IMAGE_INT8).is_file():
+        return None
+    return compiled
+
+
+def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
+                  cache_dir: Path | None = None):
+    """Compile `ref` into the cache; returns (CompiledModel, torch encoder or None).
+
+    The torch encoder (image tower only, at the precision clipsearch picks) is returned when
+    torch won, so the caller does not load the model a second time."""
+    from .encoder import ClipEncoder
+    from .text_tower import UnsupportedTextTower, export_text_tower
+
+    started = time.monotonic()
+    key = cache_key(ref, models_dir)
+    target = folder_for(ref.model_id, cache_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(target.parent)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    work.chmod(0o755)
+    try:
+        full = ClipEncoder.load(ref, device="cpu", precision="fp32", models_dir=models_dir)
+        meta: dict = {"key": key, "model_id": ref.model_id, "embed_dim": full.embed_dim,
+                      "preprocess": full.preprocess.to_dict()}
+        try:
+            export_text_tower(full.loaded.model, work / TEXT_TOWER,
+                              tokenizer=full.loaded.tokenizer)
+        except UnsupportedTextTower as exc:
+            meta["text"] = f"stays on torch: {exc}"
+        probes = preprocess_batch(probe_images(), full.preprocess)
+        try:
+            _export_onnx(full, work / "image.fp32.onnx")
+            _quantise(work / "image.fp32.onnx", work / IMAGE_INT8)
+            agreement = _agreement(work / "image.fp32.onnx", work / IMAGE_INT8, probes)
+        except Exception as exc:  # many exporter failure types; torch keeps working
+            log.warning("could not compile %s for onnxruntime: %s", ref.display, exc)
+            agreement = None
+            meta["image"] = {"backend": TORCH, "reason": f"export failed: {exc}"[:500]}
+        finally:
+            (work / "image.fp32.onnx").unlink(missing_ok=True)
+        del full  # free the fp32 model before the torch image tower loads
+        torch_encoder = ClipEncoder.load(ref, device="cpu", precision="auto",
+                                         towers=frozenset({"image"}), models_dir=models_dir)
+        if agreement is not None:
+            meta["image"] = _choose(work, ref, torch_encoder, probes, agreement)
+        meta["compile_seconds"] = round(time.monotonic() - started, 2)
+        (work / META_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _install(work, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    compiled = CompiledModel(target, meta)
+    log.info("compiled %s: %s", ref.display, meta["image"])
+    return compiled, (torch_encoder if compiled.backend == TORCH else None)
+
+
+def _choose(work: Path, ref: ModelRef, torch_encoder, probes: np.ndarray,
+            agreement: dict) -> dict:
+    int8 = OnnxImageEncoder(work / IMAGE_INT8, ref.model_id, torch_encoder.preprocess,
+                            torch_encoder.embed_dim)
+    try:
+        speed = {ONNX: _images_per_second(int8.encode_pixels, probes),
+                 f"torch-{torch_encoder.loaded.precision}":
+                     _images_per_second(torch_encoder.encode_pixels, probes)}
+    finally:
+        int8.close()
+    torch_speed = speed[f"torch-{torch_encoder.loaded.precision}"]
+    choice = {"agreement_int8_vs_fp32": agreement,
+              "images_per_second": {k: round(v, 1) for k, v in speed.items()}}
+    if agreement["min_cos"] < GUARD_MIN_COS:
+        return {"backend": TORCH, "reason": f"int8 min cosine {agreement['min_cos']:.5f} < "
+                f"{GUARD_MIN_COS}", **choice}
+    # Near-equal speed still favours onnxruntime: no torch import (seconds, ~1 GB) later.
+    if speed[ONNX] < 0.9 * torch_speed:
+        return {"backend": TORCH, "reason": "torch measured faster", **choice}
+    return {"backend": ONNX, "reason": "passed agreement and speed checks", **choice}
+
+
+def _export_onnx(encoder, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    visual = encoder.loaded.model.visual.float()
+    height, width = encoder.preprocess.hw
+    example = torch.zeros(1, 3, height, width)
+    # Grad on: torch's fused attention fast path (taken under no_grad) cannot be exported.
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for param in visual.parameters():
+            param.requires_grad_(True)
+        torch.onnx.export(visual, (example,), str(path), input_names=["pixels"],
+                          output_names=["embedding"], opset_version=17, dynamo=False,
+                          dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
+
+
+def _quantise(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    def advice(record: logging.LogRecord) -> bool:  # a tip for authors, not for our users
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        # Matrix products only: nearly all of a ViT's work; ConvInteger is slow.
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.removeFilter(advice)
+
+
+def _agreement(fp32_path: Path, int8_path: Path, probes: np.ndarray) -> dict:
+    def vectors(path: Path) -> np.ndarray:
+        session = new_session(path)
+        name = session.get_inputs()[0].name
+        out = np.stack([session.run(None, {name: p[None]})[0][0] for p in probes])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    cos = (vectors(fp32_path) * vectors(int8_path)).sum(axis=1)
+    return {"min_cos": round(float(cos.min()), 6), "mean_cos": round(float(cos.mean()), 6),
+            "probes": len(probes)}
+
+
+def _images_per_second(encode, probes: np.ndarray, rounds: int = 2) -> float:
+    encode(probes[:2])  # warm-up: first calls allocate and pick kernels
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        encode(probes)
+        best = min(best, time.perf_counter() - start)
+    return len(probes) / best
+
+
+def _install(work: Path, target: Path) -> None:
+    """Replace `target` with `work` by renames: readers see the old or the new folder whole.
+    When another process installed the same compilation first, its copy is kept."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        with contextlib.suppress(OSError):
+            target.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):  # else a concurrent compile won: it wrote the same
+        work.rename(target)
+
+
+def _sweep_stale(parent: Path, age_s: float = 6 * 3600) -> None:
+    """Remove work folders of compiles that were killed (hours old: not running any more)."""
+    now = time.time()
+    for entry in parent.glob(".*"):
+        try:
+            if entry.is_dir() and now - entry.stat().st_mtime > age_s:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _weights_stamp(ref: ModelRef, models_dir: Path) -> list | None:
+    """Path, size and mtime of the files behind `ref` (random weights have none)."""
+    files: list[Path] = []
+    if ref.kind == "openclip":
+        weights = locate_pretrained(ref, pretrained_cfg(ref.name, str(ref.pretrained)),
+                                    models_dir).weights
+        files = [weights] if weights else []
+    elif ref.kind == "hf-hub":
+        bundle = locate_hub_bundle(ref, models_dir).bundle_dir
+        files = sorted(bundle.iterdir()) if bundle else []
+    elif ref.kind == "file":
+        files = [Path(str(ref.pretrained))]
+    elif ref.kind == "local-dir":
+        files = sorted(Path(ref.name).iterdir()) if Path(ref.name).is_dir() else []
+    stamp = []
+    for file in files:
+        try:
+            st = file.stat()
+        except OSError:
+            continue
+        if file.is_file():
+            stamp.append([str(file), st.st_size, st.st_mtime_ns])
+    return stamp or None
+
+
+def _gpu_present() -> bool:
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd"))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
