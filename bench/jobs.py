@@ -39,6 +39,18 @@ def summarise(job: str, subject: str, tool: str, runs: list[proc.ProcResult],
     return result
 
 
+def compile_model(env: dict[str, str]) -> dict:
+    """`clipsearch models compile --force`: what the first index run with a model does once
+    (export, quantise, check against fp32, measure); every later run reuses it."""
+    model, pretrained = MODEL_ARGS[1], MODEL_ARGS[3]
+    run = proc.run(proc.clipsearch("models", "compile", model, "--pretrained", pretrained,
+                                   "--force", "--json"), env).check()
+    meta = json.loads(run.stdout)
+    result = summarise("compile", model, "clipsearch", [run])
+    result["image"] = meta["image"]
+    return result
+
+
 def index_argv(folder: Path, library: Path, model_args: list[str], extra: list[str]) -> list[str]:
     return proc.clipsearch("index", str(folder), "--library", str(library), *model_args,
                            "--json", "--quiet", *extra)

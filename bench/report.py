@@ -41,6 +41,12 @@ def print_table(doc: dict) -> None:
             print(f"  {'':>11}vectors vs baseline: cos same file {agree['same_file_mean_cos']}"
                   f" (min {agree['same_file_min_cos']}), other files "
                   f"{agree['other_file_mean_cos']}")
+        if result.get("image"):
+            image = result["image"]
+            agree = image.get("agreement_int8_vs_fp32", {})
+            print(f"  {'':>11}image tower: {image['backend']} ({image.get('reason')}); "
+                  f"int8 vs fp32 min cos {agree.get('min_cos')}; "
+                  f"measured {image.get('images_per_second')}")
         if result.get("first_run_seconds") is not None:
             print(f"  {'':>11}first query after indexing (not in the p50): "
                   f"{result['first_run_seconds']:.3f} s, {result['first_run_peak_rss_mb']:.0f} MB")

@@ -154,7 +154,11 @@ def run(opts: Options) -> dict:
     results: list[dict] = []
     shutil.rmtree(RUNS, ignore_errors=True)
     RUNS.mkdir(parents=True)
+    # clipsearch's compiled models live in the bench cache, not the user's.
+    opts.env = {"CLIPSEARCH_CACHE": str(images.CACHE / "model-cache"), **opts.env}
     if "index" in opts.jobs:
+        _say("compiling the model for clipsearch (once per model and machine)")
+        results.append(jobs.compile_model(opts.env))
         for image_set in image_sets(opts, notes):
             bench_set(image_set, opts, results)
     if "query" in opts.jobs:

@@ -22,6 +22,7 @@ failure is recorded so it is not retried every run.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -69,13 +70,7 @@ def default_cache_dir() -> Path:
 
 def compile_supported() -> bool:
     """onnxruntime runs the compiled tower; onnx is needed to export and quantise it."""
-    if not onnxruntime_available():
-        return False
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return onnxruntime_available() and importlib.util.find_spec("onnx") is not None
 
 
 def folder_for(model_id: str, cache_dir: Path | None = None) -> Path:

@@ -11,6 +11,7 @@ once as there are cores. Two reasons:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +25,7 @@ MICRO_BATCH = 16  # images per encode_pixels call from the indexer: Ctrl-C is po
 
 
 def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def available_cores() -> int:

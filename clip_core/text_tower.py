@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import glob
 import json
+import logging
 import mmap
 import os
 import struct
@@ -426,6 +427,7 @@ class NumpyTextTower:
         self.text_projection = tensors.get("text_projection")
         self._mapping: mmap.mmap | None = None  # set by load(release_pages=True)
         self.single_thread = True
+        self._onnx: Any = None  # OnnxTextBlocks, set by use_onnxruntime()
         self.blocks = []
         for i in range(header["layers"]):
             p = f"resblocks.{i}."
@@ -468,6 +470,20 @@ class NumpyTextTower:
             tower._mapping = buf
         return tower
 
+    def use_onnxruntime(self) -> bool:
+        """Run the blocks on onnxruntime from now on (same fp32 function, ~3x faster per
+        query; clip_core.text_tower_onnx). For long-lived processes: it keeps every weight
+        page resident. Returns False, changing nothing, where onnxruntime is unavailable."""
+        if self._onnx is None and self._mapping is None:
+            try:
+                from .text_tower_onnx import OnnxTextBlocks
+
+                self._onnx = OnnxTextBlocks(self)
+            except Exception as exc:  # missing package or an odd graph: numpy still works
+                logging.getLogger(__name__).info("text tower stays on numpy: %s", exc)
+                return False
+        return self._onnx is not None
+
     def _release(self, blk: _Block) -> None:
         """Drop the pages under one block's weights from this process (not the cache)."""
         if self._mapping is None:
@@ -503,6 +519,10 @@ class NumpyTextTower:
         x = _f32(self.token_embedding[tokens[:, :length]]) + _f32(
             self.positional_embedding[:length]
         )
+        if self._onnx is not None:
+            x = self._onnx.run(x, pool)
+            norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+            return x / np.maximum(norm, np.float32(1e-12))
         mask = np.triu(np.full((length, length), -np.inf, np.float32), 1)
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1

@@ -54,6 +54,8 @@ class TextEmbedder:
             except (OSError, ValueError) as exc:  # corrupt or old cache: torch path rebuilds
                 log.warning("ignoring text tower cache %s: %s", self.path, exc)
                 return None
+            if not self.low_memory:
+                tower.use_onnxruntime()
             self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
         return self._fast
 

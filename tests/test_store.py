@@ -108,3 +108,31 @@ def test_readonly_catalog_answers_queries(tmp_path):
         assert len(open_vector_index(ro, "m", tmp_path / "v", 8)) == 1
     finally:
         os.chmod(tmp_path, 0o755)
+
+
+def test_search_equals_brute_force_over_exact_vectors(tmp_path):
+    """The 8-bit FAISS copies only pick candidates: results (order and scores) must be the
+    exact fp32 top-k, also where many vectors crowd near the query (near-duplicates)."""
+    from search import Searcher
+
+    rng = np.random.default_rng(7)
+    centres = unit(40, dim=512, seed=3)
+    vectors = centres[rng.integers(0, 40, 6000)] + rng.normal(0, 0.02, (6000, 512))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    cat = Catalog(tmp_path / "c.db")
+    root = cat.add_root("/p")
+    half = cat.add_root("/p/half")
+    records = [record(f"/p/{'half/' if i % 2 else ''}{i}.jpg", half if i % 2 else root, f"h{i}")
+               for i in range(len(vectors))]
+    cat.write_batch(records, {f"h{i}": v for i, v in enumerate(vectors)}, "m")
+    ids, stored = cat.vectors("m")
+    searcher = Searcher(cat, tmp_path / "vectors")
+    for q in range(20):
+        query = vectors[rng.integers(len(vectors))] + rng.normal(0, 0.01, 512)
+        query = (query / np.linalg.norm(query)).astype(np.float32)
+        for within, mask in ((None, np.ones(len(ids), bool)), ("/p/half", ids % 2 == 0)):
+            exact = stored[mask] @ query
+            order = np.lexsort((ids[mask], -exact))[:25]
+            got = searcher.search("m", query, limit=25, within=within)
+            assert [r.file_id for r in got] == ids[mask][order].tolist(), (q, within)
+            assert np.allclose([r.score for r in got], exact[order], atol=1e-6)

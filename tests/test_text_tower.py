@@ -47,6 +47,13 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray, atol: float = 1e-4) -> None
     assert (ours * ref).sum(axis=1).min() > 0.9999
 
 
+def _onnx_twin(path: Path, numpy_out: np.ndarray, tokens: np.ndarray) -> None:
+    """The onnxruntime path (long-lived processes) computes the same function."""
+    tower = NumpyTextTower.load(path, release_pages=False)
+    assert tower.use_onnxruntime()
+    np.testing.assert_allclose(tower.encode_tokens(tokens), numpy_out, atol=1e-5)
+
+
 def _roundtrip(model, tmp_path: Path, **kw) -> NumpyTextTower:
     path = tmp_path / "text.safetensors"
     export_text_tower(model, path, **kw)
@@ -94,6 +101,7 @@ def test_vit_b32_matches_torch(b32, b32_file, tok77):
     tokens = tok77(TEXTS)
     ours = tower.encode_tokens(tokens)
     _assert_close(ours, _torch_ref(b32, tokens))
+    _onnx_twin(b32_file, ours, tokens)
     # Batching (padding to the longest end token) changes nothing.
     single = np.concatenate([tower.encode_tokens(tokens[i : i + 1]) for i in range(len(TEXTS))])
     np.testing.assert_allclose(single, ours, atol=1e-6)
@@ -121,7 +129,9 @@ def test_tiny_configs_match_torch(kind, kw, tmp_path):
     model = _tiny(**kw)
     tower = _roundtrip(model, tmp_path)
     tokens = ClipTokenizer(context_length=16)(TEXTS)
-    _assert_close(tower.encode_tokens(tokens), _torch_ref(model, tokens))
+    ours = tower.encode_tokens(tokens)
+    _assert_close(ours, _torch_ref(model, tokens))
+    _onnx_twin(tmp_path / "text.safetensors", ours, tokens)
 
 
 def test_many_texts_of_mixed_length_match_torch(tmp_path):
