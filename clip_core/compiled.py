@@ -353,6 +353,9 @@ def _weights_stamp(ref: ModelRef, models_dir: Path) -> list | None:
 
 
 def _gpu_present() -> bool:
+    """Whether device auto could pick a GPU, without importing torch to ask."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
     return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd"))
 
 
