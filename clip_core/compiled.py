@@ -8,8 +8,8 @@ writes, into `CLIPSEARCH_CACHE/compiled/<model>/` (default: the platform's user 
   onnxruntime), used by default only when it passes two checks made here, on this machine
   (`--precision int8` uses it regardless):
   1. agreement: on 16 photo-like probe images (clip_core.probe_images) every int8 vector is
-     within cosine GUARD_MIN_COS of the fp32 model's (int8 is rejected for a model whose
-     activations quantise badly);
+     within cosine GUARD_MIN_COS of the fp32 torch model's (int8 is rejected for a model whose
+     activations quantise badly); the fp32 export itself must match within 1e-5;
   2. speed: it encodes at least as fast as torch at the precision clipsearch would pick.
 - `compiled.json`: what was measured and chosen, and the key (model id, weights file stamp,
   library versions, format) that must match for the cache to be used.
@@ -45,16 +45,18 @@ from .model_files import (
 )
 from .model_ref import ModelRef
 from .onnx_encoder import OnnxImageEncoder, new_session, onnxruntime_available
+from .onnx_export import export_image_tower, quantise
 from .preprocess import PreprocessSpec, preprocess_batch
 from .probe_images import probe_images
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # bump when compiled files change shape: caches then recompile
 META_NAME = "compiled.json"
 IMAGE_INT8 = "image.int8.onnx"
 TEXT_TOWER = "text.safetensors"
 GUARD_MIN_COS = 0.999  # the bar bf16 must meet too (docs/benchmarks.md)
+EXPORT_MIN_COS = 0.99999  # fp32 ONNX vs fp32 torch: only summation order may differ
 ONNX = "onnx-int8"
 TORCH = "torch"
 
@@ -201,10 +203,18 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
         except UnsupportedTextTower as exc:
             meta["text"] = f"stays on torch: {exc}"
         probes = preprocess_batch(probe_images(), full.preprocess)
+        reference = full.encode_pixels(probes)  # fp32 torch: what both exports must match
         try:
-            _export_onnx(full, work / "image.fp32.onnx")
-            _quantise(work / "image.fp32.onnx", work / IMAGE_INT8)
-            agreement = _agreement(work / "image.fp32.onnx", work / IMAGE_INT8, probes)
+            export_image_tower(full.loaded.model.visual, full.preprocess.hw,
+                               work / "image.fp32.onnx")
+            quantise(work / "image.fp32.onnx", work / IMAGE_INT8)
+            exported = _cosines(work / "image.fp32.onnx", probes, reference)
+            if exported.min() < EXPORT_MIN_COS:  # a rewrite or exporter bug, not rounding
+                raise RuntimeError(f"the exported fp32 graph differs from the model "
+                                   f"(cosine {exported.min():.6f})")
+            cos = _cosines(work / IMAGE_INT8, probes, reference)
+            agreement = {"min_cos": round(float(cos.min()), 6),
+                         "mean_cos": round(float(cos.mean()), 6), "probes": len(probes)}
         except Exception as exc:  # many exporter failure types; torch keeps working
             log.warning("could not compile %s for onnxruntime: %s", ref.display, exc)
             agreement = None
@@ -248,50 +258,14 @@ def _choose(work: Path, ref: ModelRef, torch_encoder, probes: np.ndarray,
     return {"backend": ONNX, "reason": "passed agreement and speed checks", **choice}
 
 
-def _export_onnx(encoder, path: Path) -> None:
-    import warnings
-
-    import torch
-
-    visual = encoder.loaded.model.visual.float()
-    height, width = encoder.preprocess.hw
-    example = torch.zeros(1, 3, height, width)
-    # Grad on: torch's fused attention fast path (taken under no_grad) cannot be exported.
-    with torch.enable_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for param in visual.parameters():
-            param.requires_grad_(True)
-        torch.onnx.export(visual, (example,), str(path), input_names=["pixels"],
-                          output_names=["embedding"], opset_version=17, dynamo=False,
-                          dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
-
-
-def _quantise(source: Path, target: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    def advice(record: logging.LogRecord) -> bool:  # a tip for authors, not for our users
-        return "pre-processing before quantization" not in record.getMessage()
-
-    root = logging.getLogger()
-    root.addFilter(advice)
-    try:
-        # Matrix products only: nearly all of a ViT's work; ConvInteger is slow.
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"])
-    finally:
-        root.removeFilter(advice)
-
-
-def _agreement(fp32_path: Path, int8_path: Path, probes: np.ndarray) -> dict:
-    def vectors(path: Path) -> np.ndarray:
-        session = new_session(path)
-        name = session.get_inputs()[0].name
-        out = np.stack([session.run(None, {name: p[None]})[0][0] for p in probes])
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-    cos = (vectors(fp32_path) * vectors(int8_path)).sum(axis=1)
-    return {"min_cos": round(float(cos.min()), 6), "mean_cos": round(float(cos.mean()), 6),
-            "probes": len(probes)}
+def _cosines(onnx_path: Path, probes: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Cosine of each probe's vector from `onnx_path` (run one image at a time, as the
+    encoder does) with the fp32 torch model's."""
+    session = new_session(onnx_path)
+    name = session.get_inputs()[0].name
+    out = np.stack([session.run(None, {name: p[None]})[0][0] for p in probes])
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return (out * reference).sum(axis=1)
 
 
 def _images_per_second(encode, probes: np.ndarray, rounds: int = 2) -> float:

@@ -101,6 +101,35 @@ def decode_image(
     return _decode_stream(_seekable(source), min_side, max_pixels)
 
 
+@dataclass
+class ImageHeader:
+    width: int  # full size, after EXIF orientation (as DecodedImage)
+    height: int
+    taken_at: str | None = None
+
+
+def read_header(data: bytes) -> ImageHeader:
+    """Size, orientation and capture time from the headers alone (no pixel is decoded): for
+    files whose vector is already stored (moves, duplicates), ~30 ms less per phone photo.
+    Raises DecodeError like decode_image."""
+    fp = io.BytesIO(data)
+    head = data[:32]
+    if not head:
+        raise DecodeError("empty-file", "file is empty (0 bytes)")
+    try:
+        im = _open(fp, head, _formats(), DEFAULT_MAX_PIXELS)
+        width, height = im.size
+        if _orientation(im) in _TRANSPOSE and _orientation(im) >= 5:
+            width, height = height, width
+        return ImageHeader(width, height, read_taken_at(im))
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError("decompression-bomb", f"refused by Pillow: {exc}") from exc
+    except Exception as exc:  # Pillow's parsers raise many types on hostile data
+        raise _damaged(exc) from exc
+
+
 def read_taken_at(img: Image.Image) -> str | None:
     """EXIF DateTimeOriginal (else DateTime) as ISO 8601, or None when absent or garbage."""
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clip_core.images import DecodeError, decode_image
+from clip_core.images import DecodeError, decode_image, read_header
 from clip_core.preprocess import PreprocessSpec, preprocess
 from store import Catalog, FileRecord
 
@@ -88,9 +88,9 @@ def load_one(
 
 def _fill_header_info(record: FileRecord, data: bytes) -> None:
     try:
-        decoded = decode_image(io.BytesIO(data), min_side=1)
+        header = read_header(data)
         record.width, record.height, record.taken_at = (
-            decoded.width, decoded.height, decoded.taken_at)
+            header.width, header.height, header.taken_at)
     except DecodeError:
         pass
 

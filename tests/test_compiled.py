@@ -149,7 +149,7 @@ def test_a_model_that_cannot_be_exported_stays_on_torch(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("Exporting the operator 'aten::fancy' is not supported")
 
-    monkeypatch.setattr(compiled_mod, "_export_onnx", refuse)
+    monkeypatch.setattr(compiled_mod, "export_image_tower", refuse)
     model = f"local-dir:{_bundle_copy(tmp_path)}"
     photos = tmp_path / "p"
     draw_photos(photos, per_pair=1, seed=35)
@@ -198,3 +198,18 @@ def test_models_compile_command(tmp_path, monkeypatch):
     data = cli_json("models", "compile", model)
     assert data["reused"] is True and data["image"]["backend"] == ONNX
     assert Path(data["folder"]).parent == tmp_path / "cache" / "compiled"
+
+
+def test_patch_convolution_rewrite_is_exact():
+    import torch
+
+    from clip_core.onnx_export import _is_patch_conv, _PatchLinear
+
+    torch.manual_seed(0)
+    for bias in (False, True):
+        conv = torch.nn.Conv2d(3, 8, kernel_size=4, stride=4, bias=bias)
+        x = torch.randn(2, 3, 18, 19)  # ragged edges, as a conv drops them
+        assert _is_patch_conv(conv)
+        with torch.no_grad():
+            assert torch.allclose(_PatchLinear(conv)(x), conv(x), atol=1e-5)
+    assert not _is_patch_conv(torch.nn.Conv2d(3, 8, kernel_size=3, stride=2, padding=1))
