@@ -10,7 +10,9 @@ writes, into `CLIPSEARCH_CACHE/compiled/<model>/` (default: the platform's user 
   1. agreement: on 16 photo-like probe images (clip_core.probe_images) every int8 vector is
      within cosine GUARD_MIN_COS of the fp32 torch model's (int8 is rejected for a model whose
      activations quantise badly); the fp32 export itself must match within 1e-5;
-  2. speed: it encodes at least as fast as torch at the precision clipsearch would pick.
+  2. speed: measured alone, it is at least half as fast as torch at the precision clipsearch
+     would pick (whole runs favour it far more than such a micro-benchmark shows: see
+     `_choose`).
 - `compiled.json`: what was measured and chosen, and the key (model id, weights file stamp,
   library versions, format) that must match for the cache to be used.
 
@@ -51,11 +53,12 @@ from .probe_images import probe_images
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when compiled files change shape: caches then recompile
+FORMAT = 3  # bump when compiled files change shape: caches then recompile
 META_NAME = "compiled.json"
 IMAGE_INT8 = "image.int8.onnx"
 TEXT_TOWER = "text.safetensors"
 GUARD_MIN_COS = 0.999  # the bar bf16 must meet too (docs/benchmarks.md)
+TORCH_MUST_BE_FASTER = 0.5  # int8 kept unless its isolated speed is under half of torch's
 EXPORT_MIN_COS = 0.99999  # fp32 ONNX vs fp32 torch: only summation order may differ
 ONNX = "onnx-int8"
 TORCH = "torch"
@@ -252,9 +255,12 @@ def _choose(work: Path, ref: ModelRef, torch_encoder, probes: np.ndarray,
     if agreement["min_cos"] < GUARD_MIN_COS:
         return {"backend": TORCH, "reason": f"int8 min cosine {agreement['min_cos']:.5f} < "
                 f"{GUARD_MIN_COS}", **choice}
-    # Near-equal speed still favours onnxruntime: no torch import (seconds, ~1 GB) later.
-    if speed[ONNX] < 0.9 * torch_speed:
-        return {"backend": TORCH, "reason": "torch measured faster", **choice}
+    # Measured alone, torch can look faster and still lose the whole run: on 2 AMX cores
+    # torch bf16 timed 89.9 img/s against int8's 64.4 here, then indexed caltech at 31 img/s
+    # (start-up, thread-pool contention with the decoders) where int8 did 85 at a third of
+    # the memory. So only a torch that is more than twice as fast wins (int8 kernels missing).
+    if speed[ONNX] < TORCH_MUST_BE_FASTER * torch_speed:
+        return {"backend": TORCH, "reason": "torch measured over twice as fast", **choice}
     return {"backend": ONNX, "reason": "passed agreement and speed checks", **choice}
 
 
