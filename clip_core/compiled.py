@@ -46,7 +46,7 @@ from .model_files import (
     pretrained_cfg,
 )
 from .model_ref import ModelRef
-from .onnx_encoder import OnnxImageEncoder, new_session, onnxruntime_available
+from .onnx_encoder import OnnxImageEncoder, onnxruntime_available
 from .onnx_export import export_image_tower, quantise
 from .preprocess import PreprocessSpec, preprocess_batch
 from .probe_images import probe_images
@@ -211,11 +211,11 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
             export_image_tower(full.loaded.model.visual, full.preprocess.hw,
                                work / "image.fp32.onnx")
             quantise(work / "image.fp32.onnx", work / IMAGE_INT8)
-            exported = _cosines(work / "image.fp32.onnx", probes, reference)
+            exported = _cosines(work / "image.fp32.onnx", full.preprocess, probes, reference)
             if exported.min() < EXPORT_MIN_COS:  # a rewrite or exporter bug, not rounding
                 raise RuntimeError(f"the exported fp32 graph differs from the model "
                                    f"(cosine {exported.min():.6f})")
-            cos = _cosines(work / IMAGE_INT8, probes, reference)
+            cos = _cosines(work / IMAGE_INT8, full.preprocess, probes, reference)
             agreement = {"min_cos": round(float(cos.min()), 6),
                          "mean_cos": round(float(cos.mean()), 6), "probes": len(probes)}
         except Exception as exc:  # many exporter failure types; torch keeps working
@@ -264,14 +264,15 @@ def _choose(work: Path, ref: ModelRef, torch_encoder, probes: np.ndarray,
     return {"backend": ONNX, "reason": "passed agreement and speed checks", **choice}
 
 
-def _cosines(onnx_path: Path, probes: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Cosine of each probe's vector from `onnx_path` (run one image at a time, as the
-    encoder does) with the fp32 torch model's."""
-    session = new_session(onnx_path)
-    name = session.get_inputs()[0].name
-    out = np.stack([session.run(None, {name: p[None]})[0][0] for p in probes])
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return (out * reference).sum(axis=1)
+def _cosines(onnx_path: Path, spec: PreprocessSpec, probes: np.ndarray,
+             reference: np.ndarray) -> np.ndarray:
+    """Cosine of each probe's vector from `onnx_path` (run as the encoder runs it: one image
+    a call, a call per core) with the fp32 torch model's."""
+    encoder = OnnxImageEncoder(onnx_path, "probe", spec, reference.shape[1])
+    try:
+        return (encoder.encode_pixels(probes) * reference).sum(axis=1)
+    finally:
+        encoder.close()
 
 
 def _images_per_second(encode, probes: np.ndarray, rounds: int = 2) -> float:

@@ -122,6 +122,9 @@ class Library:
         self.close()
 
     def close(self) -> None:
+        for enc in self._encoders.values():
+            if hasattr(enc, "close"):
+                enc.close()  # the compiled encoder's thread pool
         self._encoders.clear()
         self.catalog.close()
 
