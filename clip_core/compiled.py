@@ -24,6 +24,7 @@ failure is recorded so it is not retried every run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import json
 import logging
@@ -187,7 +188,6 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
     The torch encoder (image tower only, at the precision clipsearch picks) is returned when
     torch won, so the caller does not load the model a second time."""
     from .encoder import ClipEncoder
-    from .text_tower import UnsupportedTextTower, export_text_tower
 
     started = time.monotonic()
     key = cache_key(ref, models_dir)
@@ -197,34 +197,19 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     work.chmod(0o755)
     try:
-        full = ClipEncoder.load(ref, device="cpu", precision="fp32", models_dir=models_dir)
-        meta: dict = {"key": key, "model_id": ref.model_id, "embed_dim": full.embed_dim,
-                      "preprocess": full.preprocess.to_dict()}
-        try:
-            export_text_tower(full.loaded.model, work / TEXT_TOWER,
-                              tokenizer=full.loaded.tokenizer)
-        except UnsupportedTextTower as exc:
-            meta["text"] = f"stays on torch: {exc}"
-        probes = preprocess_batch(probe_images(), full.preprocess)
-        reference = full.encode_pixels(probes)  # fp32 torch: what both exports must match
-        try:
-            export_image_tower(full.loaded.model.visual, full.preprocess.hw,
-                               work / "image.fp32.onnx")
-            quantise(work / "image.fp32.onnx", work / IMAGE_INT8)
-            exported = _cosines(work / "image.fp32.onnx", full.preprocess, probes, reference)
-            if exported.min() < EXPORT_MIN_COS:  # a rewrite or exporter bug, not rounding
-                raise RuntimeError(f"the exported fp32 graph differs from the model "
-                                   f"(cosine {exported.min():.6f})")
-            cos = _cosines(work / IMAGE_INT8, full.preprocess, probes, reference)
-            agreement = {"min_cos": round(float(cos.min()), 6),
-                         "mean_cos": round(float(cos.mean()), 6), "probes": len(probes)}
-        except Exception as exc:  # many exporter failure types; torch keeps working
-            log.warning("could not compile %s for onnxruntime: %s", ref.display, exc)
-            agreement = None
-            meta["image"] = {"backend": TORCH, "reason": f"export failed: {exc}"[:500]}
-        finally:
-            (work / "image.fp32.onnx").unlink(missing_ok=True)
-        del full  # free the fp32 model before the torch image tower loads
+        meta, probes, reference, failure = _export(ref, models_dir, work)
+        meta["key"] = key
+        gc.collect()  # the fp32 model is gone: quantising and checking need the room
+        agreement = None
+        if failure is None:
+            try:
+                agreement = _quantise_and_check(work, probes, reference, meta)
+            except Exception as exc:  # many exporter and quantiser failure types
+                failure = str(exc)
+        (work / "image.fp32.onnx").unlink(missing_ok=True)
+        if failure is not None:
+            log.warning("could not compile %s for onnxruntime: %s", ref.display, failure)
+            meta["image"] = {"backend": TORCH, "reason": f"export failed: {failure}"[:500]}
         torch_encoder = ClipEncoder.load(ref, device="cpu", precision="auto",
                                          towers=frozenset({"image"}), models_dir=models_dir)
         if agreement is not None:
@@ -237,6 +222,44 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
     compiled = CompiledModel(target, meta)
     log.info("compiled %s: %s", ref.display, meta["image"])
     return compiled, (torch_encoder if compiled.backend == TORCH else None)
+
+
+def _export(ref: ModelRef, models_dir: Path | None, work: Path):
+    """Load the model in fp32, write its text tower and its fp32 image tower ONNX into
+    `work`; returns (meta, probe pixels, reference vectors, image export failure or None).
+    The model is freed on return: only files and the probes' vectors leave."""
+    from .encoder import ClipEncoder
+    from .loading import drop_unused_towers
+    from .text_tower import UnsupportedTextTower, export_text_tower
+
+    full = ClipEncoder.load(ref, device="cpu", precision="fp32", models_dir=models_dir)
+    meta: dict = {"model_id": ref.model_id, "embed_dim": full.embed_dim,
+                  "preprocess": full.preprocess.to_dict()}
+    try:
+        export_text_tower(full.loaded.model, work / TEXT_TOWER, tokenizer=full.loaded.tokenizer)
+    except UnsupportedTextTower as exc:
+        meta["text"] = f"stays on torch: {exc}"
+    drop_unused_towers(full.loaded.model, frozenset({"image"}))
+    probes = preprocess_batch(probe_images(), full.preprocess)
+    reference = full.encode_pixels(probes)  # fp32 torch: what both exports must match
+    try:
+        export_image_tower(full.loaded.model.visual, full.preprocess.hw, work / "image.fp32.onnx")
+    except Exception as exc:  # many exporter failure types; torch keeps working
+        return meta, probes, reference, str(exc)
+    return meta, probes, reference, None
+
+
+def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray,
+                        meta: dict) -> dict:
+    spec = PreprocessSpec.from_open_clip(meta["preprocess"])
+    quantise(work / "image.fp32.onnx", work / IMAGE_INT8)
+    exported = _cosines(work / "image.fp32.onnx", spec, probes, reference)
+    if exported.min() < EXPORT_MIN_COS:  # a rewrite or exporter bug, not rounding
+        raise RuntimeError(f"the exported fp32 graph differs from the model "
+                           f"(cosine {exported.min():.6f})")
+    cos = _cosines(work / IMAGE_INT8, spec, probes, reference)
+    return {"min_cos": round(float(cos.min()), 6), "mean_cos": round(float(cos.mean()), 6),
+            "probes": len(probes)}
 
 
 def _choose(work: Path, ref: ModelRef, torch_encoder, probes: np.ndarray,
