@@ -151,7 +151,15 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
     compiled = find_compiled(ref, models_dir, cache_dir)
     torch_encoder = None
     if compiled is None:
-        compiled, torch_encoder = compile_model(ref, models_dir=models_dir, cache_dir=cache_dir)
+        try:
+            compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
+                                                    cache_dir=cache_dir)
+        except OSError as exc:  # no writable cache (read-only home, full disk): use torch
+            if precision == "int8":
+                raise
+            log.warning("cannot compile %s into %s (%s); indexing with torch", ref.display,
+                        folder_for(ref.model_id, cache_dir).parent, exc)
+            return None
     if precision == "int8" or compiled.backend == ONNX:
         if not compiled.has_int8:
             raise ValueError(f"int8 is unavailable for {ref.display}: "

@@ -213,3 +213,14 @@ def test_patch_convolution_rewrite_is_exact():
         with torch.no_grad():
             assert torch.allclose(_PatchLinear(conv)(x), conv(x), atol=1e-5)
     assert not _is_patch_conv(torch.nn.Conv2d(3, 8, kernel_size=3, stride=2, padding=1))
+
+
+def test_an_unwritable_cache_falls_back_to_torch(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    photos = tmp_path / "p"
+    draw_photos(photos, per_pair=1, seed=37)
+    with Library(tmp_path / "lib", model="shapes-tiny", cache_dir=blocker) as lib:
+        assert lib.index([photos]).indexed == len(PAIRS)
+        assert type(lib.image_encoder(lib.default_model)).__name__ == "ClipEncoder"
+        assert "red-circle" in lib.query("a red circle", limit=1)[0].path
