@@ -161,7 +161,8 @@ def compile_cmd(ctx: click.Context, model: str, pretrained: str | None, force: b
     """Prepare MODEL for fast torch-free CPU indexing (int8 ONNX image tower + numpy text
     tower, checked against fp32 here). The first `index` does this by itself; run it ahead
     to keep that first index run short."""
-    from clip_core.compiled import compile_model, compile_supported, find_compiled
+    from clip_core.compiled import compile_supported, find_compiled
+    from clip_core.compiler import compile_model
 
     if not compile_supported():
         raise click.ClickException("compiling needs onnxruntime and onnx "

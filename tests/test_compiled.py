@@ -14,16 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_core import compiled as compiled_mod
-from clip_core.compiled import (
-    GUARD_MIN_COS,
-    ONNX,
-    TORCH,
-    compile_model,
-    find_compiled,
-    folder_for,
-    load_compiled,
-)
+from clip_core import compiler
+from clip_core.compiled import ONNX, TORCH, find_compiled, folder_for, load_compiled
+from clip_core.compiler import GUARD_MIN_COS, compile_model
 from clip_core.encoder import ClipEncoder
 from clip_core.model_ref import parse_model
 from clip_core.preprocess import preprocess_batch
@@ -129,7 +122,7 @@ def test_int8_vit_b32_stays_within_cosine_0999_of_fp32(tmp_path):
 
 
 def test_int8_that_fails_the_agreement_check_is_not_used_unless_asked(tmp_path, monkeypatch):
-    monkeypatch.setattr(compiled_mod, "GUARD_MIN_COS", 1.01)  # a bar no int8 tower can pass
+    monkeypatch.setattr(compiler, "GUARD_MIN_COS", 1.01)  # a bar no int8 tower can pass
     model = f"local-dir:{_bundle_copy(tmp_path)}"
     cache = tmp_path / "cache"
     photos = tmp_path / "p"
@@ -149,7 +142,7 @@ def test_a_model_that_cannot_be_exported_stays_on_torch(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("Exporting the operator 'aten::fancy' is not supported")
 
-    monkeypatch.setattr(compiled_mod, "export_image_tower", refuse)
+    monkeypatch.setattr(compiler, "export_image_tower", refuse)
     model = f"local-dir:{_bundle_copy(tmp_path)}"
     photos = tmp_path / "p"
     draw_photos(photos, per_pair=1, seed=35)
