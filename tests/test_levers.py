@@ -11,6 +11,7 @@ from clip_core.images import decode_image
 from clip_core.model_ref import parse_model
 from clip_core.preprocess import preprocess
 from clipsearch import Library
+from clipsearch.shapes import write_corpus
 from tests.helpers import PAIRS, draw_photos
 
 
@@ -69,3 +70,38 @@ def test_bf16_vit_b32_embeddings_stay_within_cosine_0999_of_fp32():
     bf16 = ClipEncoder.load(ref, precision="bf16", towers=frozenset({"image"}))
     cos = np.sum(fp32.encode_pixels(pixels) * bf16.encode_pixels(pixels), axis=1)
     assert cos.min() >= 0.999, cos
+
+
+def test_draft_decoding_keeps_the_tiny_models_rankings(tmp_path):
+    """JPEGs 8x larger than the model input decode at reduced size (DCT scaling): the
+    rankings must be those of full-size decoding (up to near-ties, as for bf16)."""
+    from indexer import IndexSettings
+
+    photos = tmp_path / "p"
+    write_corpus(photos, per_pair=2, seed=38, size=(640, 480), fmt="jpg")
+    rankings, vectors = {}, {}
+    for draft in (False, True):
+        with Library(tmp_path / f"draft-{draft}", model="shapes-tiny") as lib:
+            lib.index([photos], settings=IndexSettings(draft=draft))
+            vectors[draft] = _library_vectors(lib)
+            rankings[draft] = {
+                f"{c} {s}": lib.query(f"a {c} {s}", limit=2 * len(PAIRS)) for c, s in PAIRS
+            }
+    cos = [float(vectors[True][p] @ vectors[False][p]) for p in vectors[False]]
+    print(f"\ndraft vs full decoding, tiny model: cosine min {min(cos):.5f}")
+    assert min(cos) > 0.99
+    swaps, worst = 0, 0.0
+    for query, full in rankings[False].items():
+        draft = rankings[True][query][:10]
+        full_score = {r.path: r.score for r in full}
+        # The two true matches lead in both (their order may flip: near-identical pictures).
+        assert {r.path for r in draft[:2]} == {r.path for r in full[:2]}, query
+        assert all(r.path.split("/")[-1].split("-")[:2] == query.split() for r in draft[:2])
+        # Below them the wrong pictures crowd within a few hundredths: swaps only between
+        # near-ties (draft moves vectors by cos ~3e-4, scores by up to ~0.02).
+        for mine, theirs in zip(draft, full[:10], strict=True):
+            worst = max(worst, abs(full_score[mine.path] - theirs.score))
+            swaps += mine.path != theirs.path
+    print(f"swapped positions in the top 10: {swaps} of {10 * len(PAIRS)}; "
+          f"largest score gap of a swap {worst:.4f}")
+    assert worst < 0.03 and swaps <= 2 * len(PAIRS)
