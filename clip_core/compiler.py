@@ -52,6 +52,10 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
     from .encoder import ClipEncoder
 
     started = time.monotonic()
+    # Said once, where people see it (stderr): the first run otherwise looks stuck.
+    log.warning("Preparing %s for this CPU: int8 image tower checked against fp32, text "
+                "tower for torch-free queries (once per model and machine; ViT-B-32 ~15 s).",
+                ref.display)
     key = cache_key(ref, models_dir)
     target = folder_for(ref.model_id, cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
