@@ -40,14 +40,25 @@ class Searcher:
         if within is not None:
             allowed = self.catalog.ids_in_folder(os.path.abspath(os.fspath(within)))
         extra = len(exclude) if exclude else 0
-        # The FAISS cache holds 8-bit copies (a quarter of the memory, a third less time);
-        # fetch a wide margin of candidates and re-score them with the catalog's exact fp32
-        # vectors, so scores and order are exact (8-bit scores are off by ~1e-3).
-        hits = index.search(query, 3 * (limit + extra) + 32, allowed)[0]
-        exact = self.catalog.vectors_for_files(model_id, hits.ids.tolist())
-        scored = sorted(((float(vec @ query[0]), file_id) for file_id, vec in exact.items()
-                         if not (exclude and file_id in exclude)),
-                        key=lambda item: (-item[0], item[1]))[:limit]
+        # The FAISS cache holds fp16 copies (half the memory and time): fetch a margin of
+        # candidates, re-score them with the catalog's exact fp32 vectors, and widen the
+        # margin until no file left out could beat the results (its scanned score is at most
+        # the last candidate's, its exact one at most error_bound more). Scores and order
+        # are then exact, not just very likely so.
+        want = 2 * (limit + extra) + 16
+        bound = index.error_bound(query[0])
+        while True:
+            hits = index.search(query, want, allowed)[0]
+            exact = self.catalog.vectors_for_files(model_id, hits.ids.tolist())
+            ranked = sorted(((float(vec @ query[0]), file_id) for file_id, vec in exact.items()
+                             if not (exclude and file_id in exclude)),
+                            key=lambda item: (-item[0], item[1]))
+            exhausted = len(hits.ids) < want
+            if exhausted or (len(ranked) >= limit
+                             and ranked[limit - 1][0] > float(hits.scores[-1]) + bound):
+                break
+            want *= 4
+        scored = ranked[:limit]
         rows = self.catalog.file_rows([file_id for _, file_id in scored])
         results: list[SearchResult] = []
         for score, file_id in scored:
