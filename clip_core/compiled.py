@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import platform
 import re
 from dataclasses import dataclass
 from importlib import metadata
@@ -80,6 +81,9 @@ def cache_key(ref: ModelRef, models_dir: Path | None = None) -> dict:
         "weights": _weights_stamp(ref, models_dir or default_models_dir()),
         "open_clip": _version("open_clip_torch"),
         "onnxruntime": _version("onnxruntime"),
+        # The checks were made on this kind of CPU (int8 kernels differ with VNNI/AMX); a
+        # cache on a shared home is redone on another kind.
+        "cpu": _cpu_identity(),
     }
 
 
@@ -136,25 +140,33 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
                              "installed (pip install onnxruntime onnx)")
         return None
     ensure_local(ref, models_dir)
-    compiled = find_compiled(ref, models_dir, cache_dir)
-    torch_encoder = None
-    if compiled is None:
-        from .compiler import compile_model
+    from .compiler import compile_model
 
+    for force in (False, True):  # a damaged cache is compiled again, once
         try:
-            compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
-                                                    cache_dir=cache_dir)
-        except OSError as exc:  # no writable cache (read-only home, full disk): use torch
+            compiled = None if force else find_compiled(ref, models_dir, cache_dir)
+            torch_encoder = None
+            if compiled is None:
+                compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
+                                                        cache_dir=cache_dir, force=force)
+        except (OSError, MemoryError) as exc:  # no writable cache, full disk, no memory
             if precision == "int8":
                 raise
             log.warning("cannot compile %s into %s (%s); indexing with torch", ref.display,
                         folder_for(ref.model_id, cache_dir).parent, exc)
             return None
-    if precision == "int8" or compiled.backend == ONNX:
-        if not compiled.has_int8:
+        if precision != "int8" and compiled.backend != ONNX:
+            break
+        if not compiled.meta["image"].get("agreement_int8_vs_fp32"):
             raise ValueError(f"int8 is unavailable for {ref.display}: "
                              f"{compiled.meta['image']['reason']}")
-        return compiled, compiled.image_encoder()
+        try:
+            return compiled, compiled.image_encoder()
+        except Exception as exc:  # damaged or half-replaced file: onnxruntime's own errors
+            if force:
+                raise
+            log.warning("compiled %s in %s is unusable (%s); compiling it again", ref.display,
+                        compiled.folder, exc)
     if torch_encoder is None:
         from .encoder import ClipEncoder
 
@@ -204,11 +216,20 @@ def _weights_stamp(ref: ModelRef, models_dir: Path) -> list | None:
     return stamp or None
 
 
+def _cpu_identity() -> list[str]:
+    from .device import cpu_flags
+
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "asimddp")
+    return [platform.machine(), *sorted(f for f in cpu_flags() if f in wanted)]
+
+
 def _gpu_present() -> bool:
-    """Whether device auto could pick a GPU, without importing torch to ask."""
+    """Whether device auto could pick a GPU, without importing torch to ask (/dev/dxg:
+    CUDA under WSL2)."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
         return False
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd"))
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd",
+                                           "/dev/dxg"))
 
 
 def _version(package: str) -> str | None:

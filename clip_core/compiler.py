@@ -9,6 +9,7 @@ reference; time int8 against torch; write compiled.json; rename the folder into 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import json
 import logging
@@ -28,6 +29,7 @@ from .compiled import (
     TORCH,
     CompiledModel,
     cache_key,
+    find_compiled,
     folder_for,
 )
 from .model_ref import ModelRef
@@ -41,14 +43,30 @@ log = logging.getLogger(__name__)
 GUARD_MIN_COS = 0.999  # the bar bf16 must meet too (docs/benchmarks.md)
 TORCH_MUST_BE_FASTER = 0.5  # int8 kept unless its isolated speed is under half of torch's
 EXPORT_MIN_COS = 0.99999  # fp32 ONNX vs fp32 torch: only summation order may differ
+FP32_DIR = "fp32"  # the intermediate export, with any external-data files (towers > 2 GB)
+FP32_ONNX = f"{FP32_DIR}/image.onnx"
 
 
 def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
-                  cache_dir: Path | None = None):
+                  cache_dir: Path | None = None, force: bool = False):
     """Compile `ref` into the cache; returns (CompiledModel, torch encoder or None).
 
-    The torch encoder (image tower only, at the precision clipsearch picks) is returned when
-    torch won, so the caller does not load the model a second time."""
+    One compile per model at a time on this machine (a lock file beside the folder): a second
+    process waits, then uses the first one's result unless `force`. The torch encoder (image
+    tower only, at the precision clipsearch picks) is returned when torch won, so the caller
+    does not load the model a second time. Raises OSError/MemoryError for failures that
+    may pass (disk full, no memory): those are not recorded in the cache."""
+    target = folder_for(ref.model_id, cache_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = None if force else find_compiled(ref, models_dir, cache_dir)
+        if found is not None:
+            return found, None
+        return _compile_locked(ref, models_dir, target)
+
+
+def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path):
     from .encoder import ClipEncoder
 
     started = time.monotonic()
@@ -57,8 +75,6 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
                 "tower for torch-free queries (once per model and machine; ViT-B-32 ~15 s).",
                 ref.display)
     key = cache_key(ref, models_dir)
-    target = folder_for(ref.model_id, cache_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale(target.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     work.chmod(0o755)
@@ -70,9 +86,11 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
         if failure is None:
             try:
                 agreement = _quantise_and_check(work, probes, reference, meta)
+            except (OSError, MemoryError):
+                raise  # may pass: not recorded as this model's fate
             except Exception as exc:  # many exporter and quantiser failure types
                 failure = str(exc)
-        (work / "image.fp32.onnx").unlink(missing_ok=True)
+        shutil.rmtree(work / FP32_DIR, ignore_errors=True)
         if failure is not None:
             log.warning("could not compile %s for onnxruntime: %s", ref.display, failure)
             meta["image"] = {"backend": TORCH, "reason": f"export failed: {failure}"[:500]}
@@ -82,7 +100,7 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
             meta["image"] = _choose(work, ref, torch_encoder, probes, agreement)
         meta["compile_seconds"] = round(time.monotonic() - started, 2)
         (work / META_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        _install(work, target)
+        _install(work, target, key)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     compiled = CompiledModel(target, meta)
@@ -108,8 +126,11 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
     drop_unused_towers(full.loaded.model, frozenset({"image"}))
     probes = preprocess_batch(probe_images(), full.preprocess)
     reference = full.encode_pixels(probes)  # fp32 torch: what both exports must match
+    (work / FP32_DIR).mkdir()
     try:
-        export_image_tower(full.loaded.model.visual, full.preprocess.hw, work / "image.fp32.onnx")
+        export_image_tower(full.loaded.model.visual, full.preprocess.hw, work / FP32_ONNX)
+    except (OSError, MemoryError):
+        raise  # may pass: not recorded as this model's fate
     except Exception as exc:  # many exporter failure types; torch keeps working
         return meta, probes, reference, str(exc)
     return meta, probes, reference, None
@@ -118,8 +139,8 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
 def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray,
                         meta: dict) -> dict:
     spec = PreprocessSpec.from_open_clip(meta["preprocess"])
-    quantise(work / "image.fp32.onnx", work / IMAGE_INT8)
-    exported = _cosines(work / "image.fp32.onnx", spec, probes, reference)
+    quantise(work / FP32_ONNX, work / IMAGE_INT8)
+    exported = _cosines(work / FP32_ONNX, spec, probes, reference)
     if exported.min() < EXPORT_MIN_COS:  # a rewrite or exporter bug, not rounding
         raise RuntimeError(f"the exported fp32 graph differs from the model "
                            f"(cosine {exported.min():.6f})")
@@ -174,16 +195,23 @@ def _images_per_second(encode, probes: np.ndarray, rounds: int = 2) -> float:
     return len(probes) / best
 
 
-def _install(work: Path, target: Path) -> None:
-    """Replace `target` with `work` by renames: readers see the old or the new folder whole.
-    When another process installed the same compilation first, its copy is kept."""
+def _install(work: Path, target: Path, key: dict) -> None:
+    """Replace `target` with `work` by renames (under the compile lock): readers see the old
+    folder, none for an instant (they then wait for the lock and look again), or the new
+    one. Raises OSError when the new one is not in place afterwards."""
     if target.exists():
         old = target.with_name(f".{target.name}.old.{os.getpid()}")
         with contextlib.suppress(OSError):
             target.rename(old)
         shutil.rmtree(old, ignore_errors=True)
-    with contextlib.suppress(OSError):  # else a concurrent compile won: it wrote the same
+    with contextlib.suppress(OSError):
         work.rename(target)
+    try:
+        installed = json.loads((target / META_NAME).read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError):
+        installed = None
+    if installed != key:
+        raise OSError(f"could not install the compiled model into {target}")
 
 
 def _sweep_stale(parent: Path, age_s: float = 6 * 3600) -> None:

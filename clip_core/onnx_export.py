@@ -41,12 +41,16 @@ def quantise(source: Path, target: Path) -> None:
     def advice(record: logging.LogRecord) -> bool:  # a tip for authors, not for our users
         return "pre-processing before quantization" not in record.getMessage()
 
+    # Protobuf files stop at 2 GB: bigger towers were exported with external data files
+    # beside the model, and their int8 version is written the same way.
+    big = sum(f.stat().st_size for f in source.parent.iterdir()) > 1_900_000_000
     root = logging.getLogger()
     root.addFilter(advice)
     try:
         # Matrix products only: nearly all of a ViT's work; ConvInteger is slow.
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+                         op_types_to_quantize=["MatMul", "Gemm"],
+                         use_external_data_format=big)
     finally:
         root.removeFilter(advice)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,6 +100,9 @@ class Library:
         self.cache_dir = Path(cache_dir).expanduser() / "compiled" if cache_dir else None
         self.searcher = Searcher(self.catalog, self.path / VECTORS_DIR)
         self._encoders: dict[tuple[str, frozenset[str]], object] = {}
+        # Models load in the indexer's background thread: close() may run meanwhile.
+        self._encoders_lock = threading.Lock()
+        self._closed = False
         self._text_embedders: dict[str, TextEmbedder] = {}
         stored = self.catalog.get_meta("default_model")
         if model is not None:
@@ -122,11 +126,22 @@ class Library:
         self.close()
 
     def close(self) -> None:
-        for enc in self._encoders.values():
-            if hasattr(enc, "close"):
-                enc.close()  # the compiled encoder's thread pool
-        self._encoders.clear()
+        with self._encoders_lock:
+            self._closed = True
+            encoders = list(self._encoders.values())
+            self._encoders.clear()
+        for enc in encoders:
+            _close_encoder(enc)
         self.catalog.close()
+
+    def _keep(self, key: tuple[str, frozenset[str]], enc: object) -> None:
+        """Remember a loaded encoder (replacing any other entry of the same object)."""
+        with self._encoders_lock:
+            if self._closed:  # loaded by a thread that outlived close(): free it now
+                _close_encoder(enc)
+                return
+            self._encoders = {k: v for k, v in self._encoders.items() if v is not enc}
+            self._encoders[key] = enc
 
     # -- models --------------------------------------------------------------------------
     @property
@@ -153,7 +168,7 @@ class Library:
         precision = "auto" if self.precision == "int8" else self.precision
         enc = ClipEncoder.load(ref, device=self.device, precision=precision, towers=towers,
                                models_dir=self.models_dir)
-        self._encoders[(ref.model_id, towers)] = enc
+        self._keep((ref.model_id, towers), enc)
         return enc
 
     def image_encoder(self, ref: ModelRef):
@@ -176,7 +191,7 @@ class Library:
         compiled, enc = found
         if compiled.text_tower is not None:
             embedder.adopt(compiled.text_tower)
-        self._encoders[(ref.model_id, IMAGE_ONLY)] = enc
+        self._keep((ref.model_id, IMAGE_ONLY), enc)
         return enc
 
     def _torch_image_encoder(self, ref: ModelRef, embedder: TextEmbedder):
@@ -187,12 +202,13 @@ class Library:
         enc = self.encoder(ref)
         embedder.export_from(enc)
         enc.drop_text_tower()
-        self._encoders = {k: v for k, v in self._encoders.items() if v is not enc}
-        self._encoders[(ref.model_id, IMAGE_ONLY)] = enc
+        self._keep((ref.model_id, IMAGE_ONLY), enc)
         return enc
 
     def _loaded_encoder(self, ref: ModelRef, towers: frozenset[str]):
-        for (model_id, have), enc in self._encoders.items():
+        with self._encoders_lock:
+            entries = list(self._encoders.items())
+        for (model_id, have), enc in entries:
             if model_id == ref.model_id and towers <= have:
                 return enc
         return None
@@ -400,6 +416,11 @@ def _image_vector(encoder, path: Path) -> np.ndarray:
 
     decoded = decode_image(path)
     return encoder.encode_pixels(preprocess(decoded.image, encoder.preprocess)[None])[0]
+
+
+def _close_encoder(enc: object) -> None:
+    if hasattr(enc, "close"):
+        enc.close()  # the compiled encoder's thread pool
 
 
 def _abspath(path: str | os.PathLike) -> str:

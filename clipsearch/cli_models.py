@@ -169,7 +169,7 @@ def compile_cmd(ctx: click.Context, model: str, pretrained: str | None, force: b
                                    "(pip install onnxruntime onnx)")
     ref = parse_model(model, pretrained)
     found = None if force else find_compiled(ref, _models_dir(ctx))
-    compiled = found or compile_model(ref, models_dir=_models_dir(ctx))[0]
+    compiled = found or compile_model(ref, models_dir=_models_dir(ctx), force=force)[0]
     if as_json:
         write_json({"folder": str(compiled.folder), "reused": found is not None,
                     **compiled.meta})

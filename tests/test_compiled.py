@@ -47,7 +47,8 @@ def test_compiled_tiny_model_passes_its_checks_and_is_reused(tmp_path):
     assert set(image["images_per_second"]) == {ONNX, "torch-" + ClipEncoder.load(
         ref, towers=frozenset({"image"})).loaded.precision}
     assert compiled.text_tower is not None and compiled.has_int8
-    assert [p.name for p in cache.iterdir()] == [compiled.folder.name]  # no work folders left
+    # No work folders left (the lock file beside the folder stays).
+    assert [p.name for p in cache.iterdir() if p.is_dir()] == [compiled.folder.name]
     again = find_compiled(ref, cache_dir=cache)
     assert again is not None and again.meta == compiled.meta
 
@@ -217,3 +218,42 @@ def test_an_unwritable_cache_falls_back_to_torch(tmp_path):
         assert lib.index([photos]).indexed == len(PAIRS)
         assert type(lib.image_encoder(lib.default_model)).__name__ == "ClipEncoder"
         assert "red-circle" in lib.query("a red circle", limit=1)[0].path
+
+
+def test_a_damaged_compiled_tower_is_compiled_again(tmp_path):
+    ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
+    cache = tmp_path / "cache"
+    first, _ = compile_model(ref, cache_dir=cache)
+    tower = first.folder / "image.int8.onnx"
+    tower.write_bytes(tower.read_bytes()[:1000])  # cut short: onnxruntime cannot read it
+    compiled, enc = load_compiled(ref, cache_dir=cache)
+    assert type(enc).__name__ == "OnnxImageEncoder"
+    assert tower.stat().st_size > 1000  # the folder was replaced by a fresh compile
+    assert enc.encode_images(probe_images(1)).shape == (1, enc.embed_dim)
+
+
+def test_concurrent_compiles_of_one_model_compile_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda _: compile_model(ref, cache_dir=tmp_path / "cache"),
+                             range(2)))
+    # The second waited for the lock and took the first one's result.
+    assert done[0][0].meta == done[1][0].meta
+    assert find_compiled(ref, cache_dir=tmp_path / "cache").meta == done[0][0].meta
+
+
+def test_a_full_disk_while_compiling_is_not_remembered(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(compiler, "quantise", full)
+    ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
+    assert load_compiled(ref, cache_dir=tmp_path / "cache") is None  # torch this time
+    assert find_compiled(ref, cache_dir=tmp_path / "cache") is None  # and retried next time
+    monkeypatch.undo()
+    compiled, _ = load_compiled(ref, cache_dir=tmp_path / "cache")
+    assert compiled.backend == ONNX
