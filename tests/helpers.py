@@ -33,3 +33,22 @@ def draw_photos(folder: Path, per_pair: int = 2, seed: int = 777, size: int = 96
 def pair_of(path: str) -> tuple[str, str]:
     colour, shape = Path(path).name.split("-")[:2]
     return colour, shape
+
+
+def shape_rankings(lib) -> dict[str, list]:
+    """Every colour-shape query's whole ranking ("red circle" -> results)."""
+    return {f"{c} {s}": lib.query(f"a {c} {s}", limit=2 * len(PAIRS)) for c, s in PAIRS}
+
+
+def ranking_changes(reference: dict[str, list], other: dict[str, list],
+                    top: int = 10) -> tuple[int, float]:
+    """How far `other`'s top `top` strays from `reference`'s, position by position: the
+    positions holding another picture, and the largest gap between the reference scores of
+    the picture shown and the one expected there (small gaps are swapped near-ties)."""
+    swaps, worst = 0, 0.0
+    for query, expected in reference.items():
+        score = {r.path: r.score for r in expected}
+        for mine, theirs in zip(other[query][:top], expected[:top], strict=True):
+            worst = max(worst, abs(score[mine.path] - theirs.score))
+            swaps += mine.path != theirs.path
+    return swaps, worst

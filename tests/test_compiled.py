@@ -23,7 +23,15 @@ from clip_core.preprocess import preprocess_batch
 from clip_core.probe_images import probe_images
 from clipsearch import Library
 from tests.conftest import REPO, SHAPES_TINY
-from tests.helpers import PAIRS, cli, cli_json, draw_photos
+from tests.helpers import (
+    PAIRS,
+    cli,
+    cli_json,
+    draw_photos,
+    pair_of,
+    ranking_changes,
+    shape_rankings,
+)
 
 
 def _bundle_copy(tmp_path: Path) -> Path:
@@ -93,20 +101,13 @@ def test_int8_rankings_equal_fp32_with_the_tiny_model(tmp_path):
             lib.index([photos])
             kind = type(lib.image_encoder(lib.default_model)).__name__
             assert kind == ("OnnxImageEncoder" if precision == "int8" else "ClipEncoder")
-            rankings[precision] = {
-                f"{c} {s}": lib.query(f"a {c} {s}", limit=2 * len(PAIRS)) for c, s in PAIRS
-            }
-    swaps = 0
-    for query, fp32 in rankings["fp32"].items():
-        int8 = rankings["int8"][query][:10]
-        fp32_score = {r.path: r.score for r in fp32}
-        # Same top ten position by position, except between pictures tied in fp32 within
-        # 0.006 (as for bf16, tests/test_levers.py).
-        for mine, theirs in zip(int8, fp32[:10], strict=True):
-            assert abs(fp32_score[mine.path] - theirs.score) < 6e-3, (query, mine, theirs)
-            swaps += mine.path != theirs.path
-        assert int8[0].path.split("/")[-1].split("-")[:2] == query.split()
-    assert swaps <= len(PAIRS)
+            rankings[precision] = shape_rankings(lib)
+    # Same top ten position by position, except between pictures tied in fp32 within
+    # 0.006 (as for bf16, tests/test_levers.py).
+    swaps, worst = ranking_changes(rankings["fp32"], rankings["int8"])
+    assert worst < 6e-3 and swaps <= len(PAIRS)
+    for query, ranked in rankings["int8"].items():
+        assert pair_of(ranked[0].path) == tuple(query.split())
 
 
 @pytest.mark.slow

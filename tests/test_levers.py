@@ -12,7 +12,7 @@ from clip_core.model_ref import parse_model
 from clip_core.preprocess import preprocess
 from clipsearch import Library
 from clipsearch.shapes import write_corpus
-from tests.helpers import PAIRS, draw_photos
+from tests.helpers import PAIRS, draw_photos, pair_of, ranking_changes, shape_rankings
 
 
 def _library_vectors(lib: Library) -> dict[str, np.ndarray]:
@@ -46,20 +46,14 @@ def test_bf16_rankings_equal_fp32_with_the_tiny_model(tmp_path):
     for precision in ("fp32", "bf16"):
         with Library(tmp_path / precision, model="shapes-tiny", precision=precision) as lib:
             lib.index([photos])
-            rankings[precision] = {
-                f"{c} {s}": lib.query(f"a {c} {s}", limit=2 * len(PAIRS)) for c, s in PAIRS
-            }
-    swaps = 0
-    for query, fp32 in rankings["fp32"].items():
-        bf16 = rankings["bf16"][query][:10]
-        fp32_score = {r.path: r.score for r in fp32}
-        # The same top ten, position by position, except where two pictures tie in fp32
-        # within 0.006 (bf16 moves embeddings by cos ~2e-5, scores by up to ~0.005).
-        for mine, theirs in zip(bf16, fp32[:10], strict=True):
-            assert abs(fp32_score[mine.path] - theirs.score) < 6e-3, (query, mine, theirs)
-            swaps += mine.path != theirs.path
-        assert bf16[0].path.split("/")[-1].split("-")[:2] == query.split()
+            rankings[precision] = shape_rankings(lib)
+    # The same top ten, position by position, except where two pictures tie in fp32
+    # within 0.006 (bf16 moves embeddings by cos ~2e-5, scores by up to ~0.005).
+    swaps, worst = ranking_changes(rankings["fp32"], rankings["bf16"])
+    assert worst < 6e-3
     assert swaps <= len(PAIRS)  # a few ties, not a different ranking
+    for query, ranked in rankings["bf16"].items():
+        assert pair_of(ranked[0].path) == tuple(query.split())
 
 
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="no bf16 on this CPU: fp32 is used")
@@ -84,24 +78,18 @@ def test_draft_decoding_keeps_the_tiny_models_rankings(tmp_path):
         with Library(tmp_path / f"draft-{draft}", model="shapes-tiny") as lib:
             lib.index([photos], settings=IndexSettings(draft=draft))
             vectors[draft] = _library_vectors(lib)
-            rankings[draft] = {
-                f"{c} {s}": lib.query(f"a {c} {s}", limit=2 * len(PAIRS)) for c, s in PAIRS
-            }
+            rankings[draft] = shape_rankings(lib)
     cos = [float(vectors[True][p] @ vectors[False][p]) for p in vectors[False]]
     print(f"\ndraft vs full decoding, tiny model: cosine min {min(cos):.5f}")
     assert min(cos) > 0.99
-    swaps, worst = 0, 0.0
     for query, full in rankings[False].items():
-        draft = rankings[True][query][:10]
-        full_score = {r.path: r.score for r in full}
+        draft = rankings[True][query]
         # The two true matches lead in both (their order may flip: near-identical pictures).
         assert {r.path for r in draft[:2]} == {r.path for r in full[:2]}, query
-        assert all(r.path.split("/")[-1].split("-")[:2] == query.split() for r in draft[:2])
-        # Below them the wrong pictures crowd within a few hundredths: swaps only between
-        # near-ties (draft moves vectors by cos ~3e-4, scores by up to ~0.02).
-        for mine, theirs in zip(draft, full[:10], strict=True):
-            worst = max(worst, abs(full_score[mine.path] - theirs.score))
-            swaps += mine.path != theirs.path
+        assert all(pair_of(r.path) == tuple(query.split()) for r in draft[:2])
+    # Below them the wrong pictures crowd within a few hundredths: swaps only between
+    # near-ties (draft moves vectors by cos ~3e-4, scores by up to ~0.02).
+    swaps, worst = ranking_changes(rankings[False], rankings[True])
     print(f"swapped positions in the top 10: {swaps} of {10 * len(PAIRS)}; "
           f"largest score gap of a swap {worst:.4f}")
     assert worst < 0.03 and swaps <= 2 * len(PAIRS)
