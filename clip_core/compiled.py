@@ -163,10 +163,12 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
         try:
             return compiled, compiled.image_encoder()
         except Exception as exc:  # damaged or half-replaced file: onnxruntime's own errors
-            if force:
+            if force and precision == "int8":
                 raise
-            log.warning("compiled %s in %s is unusable (%s); compiling it again", ref.display,
-                        compiled.folder, exc)
+            log.warning("compiled %s in %s is unusable (%s); %s", ref.display, compiled.folder,
+                        exc, "indexing with torch" if force else "compiling it again")
+            if force:
+                break
     if torch_encoder is None:
         from .encoder import ClipEncoder
 
