@@ -83,7 +83,7 @@ class ClipEncoder:
                 batch = torch.from_numpy(padded).to(self.loaded.device, self._image_dtype)
                 features = self.loaded.model.encode_image(batch)[: len(chunk)]
                 out[start : start + len(chunk)] = features.float().cpu().numpy()
-        return _normalise(out)
+        return l2_normalise(out)
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         """PIL images (RGB) -> embeddings; for one-off use, the indexer batches pixels itself."""
@@ -97,7 +97,7 @@ class ClipEncoder:
             tokens = self.loaded.tokenizer(list(texts))
             tokens = torch.as_tensor(np.asarray(tokens)).to(self.loaded.device)
             features = self.loaded.model.encode_text(tokens)
-            return _normalise(features.float().cpu().numpy())
+            return l2_normalise(features.float().cpu().numpy())
 
     def drop_text_tower(self) -> None:
         """Free the text tower's memory (an index run only needs the image tower)."""
@@ -110,6 +110,6 @@ class ClipEncoder:
         return float(scale.exp().item()) if scale is not None else 100.0
 
 
-def _normalise(features: np.ndarray) -> np.ndarray:
+def l2_normalise(features: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return (features / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .encoder import l2_normalise
 from .preprocess import PreprocessSpec, preprocess_batch
 
 MICRO_BATCH = 16  # images per encode_pixels call from the indexer: Ctrl-C is polled between
@@ -82,8 +83,7 @@ class OnnxImageEncoder:
         else:
             for i, vector in enumerate(self._pool.map(self._one, pixels)):
                 out[i] = vector
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        return l2_normalise(out)
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         return self.encode_pixels(preprocess_batch(list(images), self.preprocess))

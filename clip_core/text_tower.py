@@ -519,10 +519,13 @@ class NumpyTextTower:
         x = _f32(self.token_embedding[tokens[:, :length]]) + _f32(
             self.positional_embedding[:length]
         )
-        if self._onnx is not None:
-            x = self._onnx.run(x, pool)
-            norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
-            return x / np.maximum(norm, np.float32(1e-12))
+        x = self._onnx.run(x, pool) if self._onnx is not None else self._blocks(x, pool)
+        norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+        return x / np.maximum(norm, np.float32(1e-12))
+
+    def _blocks(self, x: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        """Blocks, final norm and projection in numpy: [N, L, W] -> pooled rows [N, E]."""
+        length = x.shape[1]
         mask = np.triu(np.full((length, length), -np.inf, np.float32), 1)
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
@@ -532,8 +535,7 @@ class NumpyTextTower:
         x = _layer_norm(x, *self.ln_final, self.eps)
         if self.text_projection is not None:
             x = x @ _f32(self.text_projection)
-        norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
-        return x / np.maximum(norm, np.float32(1e-12))
+        return x
 
     def _block(
         self, x: np.ndarray, b: _Block, mask: np.ndarray, pool: np.ndarray | None
