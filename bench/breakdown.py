@@ -102,15 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--precisions", default="auto,fp32")
     args = parser.parse_args(argv)
-    sources = images.caltech_files()
-    if args.set == "caltech":
-        if sources is None:
-            print(f"no caltech set at {images.CALTECH}", file=sys.stderr)
-            return 1
-        files = sources
-    else:
-        files = images.list_images(images.phone_set(sources or []))
-    files = [files[i * len(files) // args.limit] for i in range(min(args.limit, len(files)))]
+    files = images.sample_files(args.set, args.limit)
+    if files is None:
+        print(f"no caltech set at {images.CALTECH}", file=sys.stderr)
+        return 1
     images.warm_page_cache(files)
     timings = profile(files, args.precisions.split(","), args.batch)
     width = max(len(k) for k in timings)

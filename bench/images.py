@@ -157,6 +157,18 @@ def make_set(name: str, files: list[Path], limit: int | None) -> ImageSet:
     return ImageSet(name, folder, links)
 
 
+def sample_files(name: str, limit: int) -> list[Path] | None:
+    """`limit` files spread evenly over the phone or caltech set (None: caltech missing)."""
+    sources = caltech_files()
+    if name == "caltech":
+        if sources is None:
+            return None
+        files = sources
+    else:
+        files = list_images(phone_set(sources or []))
+    return [files[i * len(files) // limit] for i in range(min(limit, len(files)))]
+
+
 def warm_page_cache(files: list[Path]) -> None:
     """Read every file once so neither tool pays for the first disk read."""
     for path in files:

@@ -1,0 +1,74 @@
+"""Reduced-size JPEG decoding on every decoder at hand: is any faster than Pillow's draft?
+
+    python -m bench.jpeg_decoders [--set phone] [--limit 20]
+    (optional decoders: pip install simplejpeg imagecodecs)
+
+One core, files already in memory, best of 3 passes. Each decoder is asked for the smallest
+DCT-scaled image that still covers the model input (224 px), as clipsearch decodes; a full
+decode is shown for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from collections.abc import Callable
+
+from bench import images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--set", default="phone", choices=("phone", "caltech"))
+    parser.add_argument("--limit", type=int, default=20)
+    args = parser.parse_args()
+    files = images.sample_files(args.set, args.limit)
+    if files is None:
+        raise SystemExit(f"no caltech set at {images.CALTECH}")
+    datas = [path.read_bytes() for path in files]
+    print(f"{len(datas)} files, {sum(map(len, datas)) / len(datas) / 1e6:.2f} MB each on average")
+    for label, decode in _decoders():
+        print(f"{label:40s} {_best_ms(decode, datas):7.1f} ms/image")
+
+
+def _decoders():
+    from PIL import Image
+
+    def pillow(data: bytes, draft: bool = True):
+        image = Image.open(io.BytesIO(data))
+        if draft:
+            image.draft("RGB", (224, 224))
+        image.load()
+        return image
+
+    yield "Pillow draft (clipsearch)", pillow
+    yield "Pillow full size", lambda data: pillow(data, draft=False)
+    try:
+        import simplejpeg
+    except ImportError:
+        print("simplejpeg not installed: skipped")
+    else:
+        yield "simplejpeg, min 224 px", lambda data: simplejpeg.decode_jpeg(
+            data, min_height=224, min_width=224, fastdct=True, fastupsample=True)
+    try:
+        import imagecodecs
+    except ImportError:
+        print("imagecodecs not installed: skipped")
+    else:
+        yield "imagecodecs libjpeg-turbo, full size", imagecodecs.jpeg8_decode
+
+
+def _best_ms(decode: Callable, datas: list[bytes], passes: int = 3) -> float:
+    decode(datas[0])
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        for data in datas:
+            decode(data)
+        best = min(best, (time.perf_counter() - start) / len(datas) * 1000)
+    return best
+
+
+if __name__ == "__main__":
+    main()

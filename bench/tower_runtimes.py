@@ -1,0 +1,133 @@
+"""The image tower alone, on every CPU runtime at hand: is any faster than clipsearch's?
+
+    python -m bench.tower_runtimes [--model ViT-B-32] [--rounds 6]
+    (optional runtimes: pip install openvino nncf)
+
+Exports the tower as clipsearch's compiler does (fp32 ONNX with batch 1, then dynamic int8)
+and times one image per single-threaded call, which is how the indexer runs it (a call per
+core). Rounds are interleaved and the best kept, so a noisy machine hurts every candidate
+alike. Accuracy is the minimum cosine to fp32 torch on probe images; static int8 is
+calibrated on the other half of them, so it is not graded on its own calibration images.
+Random weights cost the same compute as real ones but say little about static int8's
+accuracy on real CLIP weights, whose activations have large outlier channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+Encode = Callable[[np.ndarray], np.ndarray]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        probes, reference = _export(args.model, work)
+        calibration, check = probes[:8], probes[8:]
+        candidates = dict(_onnxruntime(work))
+        candidates.update(_openvino(work, calibration))
+        accuracy = {name: _min_cos(run, check, reference[8:])
+                    for name, run in candidates.items()}
+        speed = _best_ms(candidates, check, args.rounds)
+    print(f"{'runtime':52s} {'ms/image':>9s} {'min cos':>9s}")
+    for name in sorted(speed, key=speed.get):
+        print(f"{name:52s} {speed[name]:9.1f} {accuracy[name]:9.5f}")
+
+
+def _export(model: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    from clip_core.encoder import ClipEncoder
+    from clip_core.model_ref import parse_model
+    from clip_core.onnx_export import export_image_tower, quantise
+    from clip_core.preprocess import preprocess_batch
+    from clip_core.probe_images import probe_images
+
+    full = ClipEncoder.load(parse_model(model, "none"), device="cpu", precision="fp32",
+                            towers=frozenset({"image"}))
+    probes = preprocess_batch(probe_images(), full.preprocess)
+    reference = full.encode_pixels(probes)
+    export_image_tower(full.loaded.model.visual, full.preprocess.hw, work / "fp32.onnx")
+    quantise(work / "fp32.onnx", work / "int8.onnx")
+    _quantise_attention_too(work / "fp32.onnx", work / "int8-attention.onnx")
+    return probes, reference
+
+
+def _quantise_attention_too(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gemm"],
+                     extra_options={"MatMulConstBOnly": False})
+
+
+def _onnxruntime(work: Path):
+    from clip_core.onnx_encoder import new_session
+
+    for name, label in (("fp32", "fp32"), ("int8", "int8 dynamic (clipsearch)"),
+                        ("int8-attention", "int8 dynamic, attention products too")):
+        session = new_session(work / f"{name}.onnx", threads=1)
+        yield f"onnxruntime {label}", _runner(lambda x, s=session: s.run(None, {"pixels": x})[0])
+
+
+def _openvino(work: Path, calibration: np.ndarray):
+    try:
+        import openvino as ov
+    except ImportError:
+        print("openvino not installed: its rows are skipped")
+        return
+    core = ov.Core()
+    fp32 = core.read_model(str(work / "fp32.onnx"))
+    models = {"fp32": (fp32, {}), "bf16 hint": (fp32, {"INFERENCE_PRECISION_HINT": "bf16"}),
+              "the int8 ONNX": (core.read_model(str(work / "int8.onnx")), {})}
+    try:
+        import nncf
+    except ImportError:
+        print("nncf not installed: OpenVINO's int8 rows are skipped")
+    else:
+        weights8 = nncf.compress_weights(fp32.clone(), mode=nncf.CompressWeightsMode.INT8_SYM)
+        static = nncf.quantize(fp32.clone(), nncf.Dataset([p[None] for p in calibration]),
+                               subset_size=len(calibration),
+                               model_type=nncf.ModelType.TRANSFORMER)
+        models["int8 weights, dynamic activations (group 64)"] = (
+            weights8, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 64})
+        models["int8 static (NNCF)"] = (static, {})
+        models["int8 static (NNCF), bf16 hint"] = (static, {"INFERENCE_PRECISION_HINT": "bf16"})
+    for label, (model, extra) in models.items():
+        config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32", **extra}
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+        yield f"openvino {label}", _runner(lambda x, r=request: r.infer({0: x})[0].copy())
+
+
+def _runner(call: Callable[[np.ndarray], np.ndarray]) -> Encode:
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        out = np.concatenate([call(np.ascontiguousarray(p[None])) for p in pixels])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+    return encode
+
+
+def _min_cos(encode: Encode, pixels: np.ndarray, reference: np.ndarray) -> float:
+    return float((encode(pixels) * reference).sum(axis=1).min())
+
+
+def _best_ms(candidates: dict[str, Encode], pixels: np.ndarray, rounds: int) -> dict:
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(rounds):
+        for name, encode in candidates.items():
+            start = time.perf_counter()
+            encode(pixels)
+            best[name] = min(best[name], (time.perf_counter() - start) / len(pixels) * 1000)
+    return best
+
+
+if __name__ == "__main__":
+    main()
