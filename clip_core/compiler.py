@@ -3,7 +3,8 @@
 Steps, freeing memory as they go: load the model in fp32; write its text tower; vectors of
 16 probe images as the reference; export the image tower to ONNX and drop the model; quantise
 to int8; check the fp32 export (must match) and the int8 one (GUARD_MIN_COS) against the
-reference; time int8 against torch; write compiled.json; rename the folder into place.
+reference; time int8 against torch where the CPU lacks int8 dot products; write
+compiled.json; rename the folder into place.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from .compiled import (
     find_compiled,
     folder_for,
 )
+from .device import cpu_flags
 from .model_ref import ModelRef
 from .onnx_encoder import OnnxImageEncoder
 from .onnx_export import export_image_tower, quantise
@@ -53,8 +56,8 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
 
     One compile per model at a time on this machine (a lock file beside the folder): a second
     process waits, then uses the first one's result unless `force`. The torch encoder (image
-    tower only, at the precision clipsearch picks) is returned when torch won, so the caller
-    does not load the model a second time. Raises OSError/MemoryError for failures that
+    tower only, at the precision clipsearch picks) is returned when it was timed and won, so
+    the caller does not load the model a second time. Raises OSError/MemoryError for failures that
     may pass (disk full, no memory): those are not recorded in the cache."""
     target = folder_for(ref.model_id, cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,10 +97,12 @@ def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path):
         if failure is not None:
             log.warning("could not compile %s for onnxruntime: %s", ref.display, failure)
             meta["image"] = {"backend": TORCH, "reason": f"export failed: {failure}"[:500]}
-        torch_encoder = ClipEncoder.load(ref, device="cpu", precision="auto",
-                                         towers=frozenset({"image"}), models_dir=models_dir)
+        torch_encoder = None
         if agreement is not None:
-            meta["image"] = _choose(work, ref, torch_encoder, probes, agreement)
+            meta["image"], torch_encoder = _choose(
+                work, probes, agreement, meta,
+                lambda: ClipEncoder.load(ref, device="cpu", precision="auto",
+                                         towers=frozenset({"image"}), models_dir=models_dir))
         meta["compile_seconds"] = round(time.monotonic() - started, 2)
         (work / META_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         _install(work, target, key)
@@ -149,29 +154,45 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray,
             "probes": len(probes)}
 
 
-def _choose(work: Path, ref: ModelRef, torch_encoder, probes: np.ndarray,
-            agreement: dict) -> dict:
-    int8 = OnnxImageEncoder(work / IMAGE_INT8, ref.model_id, torch_encoder.preprocess,
-                            torch_encoder.embed_dim)
+def _choose(work: Path, probes: np.ndarray, agreement: dict, meta: dict,
+            load_torch: Callable) -> tuple[dict, object | None]:
+    """(compiled.json's "image" entry, the torch encoder when it was loaded and won)."""
+    spec = PreprocessSpec.from_open_clip(meta["preprocess"])
+    int8 = OnnxImageEncoder(work / IMAGE_INT8, meta["model_id"], spec, meta["embed_dim"])
     try:
-        speed = {ONNX: _images_per_second(int8.encode_pixels, probes),
-                 f"torch-{torch_encoder.loaded.precision}":
-                     _images_per_second(torch_encoder.encode_pixels, probes)}
+        speed = {ONNX: _images_per_second(int8.encode_pixels, probes)}
     finally:
         int8.close()
-    torch_speed = speed[f"torch-{torch_encoder.loaded.precision}"]
-    choice = {"agreement_int8_vs_fp32": agreement,
-              "images_per_second": {k: round(v, 1) for k, v in speed.items()}}
+    choice = {"agreement_int8_vs_fp32": agreement}
     if agreement["min_cos"] < GUARD_MIN_COS:
         return {"backend": TORCH, "reason": f"int8 min cosine {agreement['min_cos']:.5f} < "
-                f"{GUARD_MIN_COS}", **choice}
+                f"{GUARD_MIN_COS}", **choice, "images_per_second": _rounded(speed)}, None
+    if int8_dot_product_cpu():
+        # int8 products run on dot-product instructions here, which no torch precision on a
+        # CPU beats twice over; timing torch would add ~3 s to a first run for nothing.
+        return {"backend": ONNX, "reason": "passed the agreement check; this CPU has int8 "
+                "dot-product instructions", **choice, "images_per_second": _rounded(speed)}, None
+    torch_encoder = load_torch()
+    torch_name = f"torch-{torch_encoder.loaded.precision}"
+    speed[torch_name] = _images_per_second(torch_encoder.encode_pixels, probes)
+    choice["images_per_second"] = _rounded(speed)
     # Measured alone, torch can look faster and still lose the whole run: on 2 AMX cores
     # torch bf16 timed 89.9 img/s against int8's 64.4 here, then indexed caltech at 31 img/s
     # (start-up, thread-pool contention with the decoders) where int8 did 85 at a third of
     # the memory. So only a torch that is more than twice as fast wins (int8 kernels missing).
-    if speed[ONNX] < TORCH_MUST_BE_FASTER * torch_speed:
-        return {"backend": TORCH, "reason": "torch measured over twice as fast", **choice}
-    return {"backend": ONNX, "reason": "passed agreement and speed checks", **choice}
+    if speed[ONNX] < TORCH_MUST_BE_FASTER * speed[torch_name]:
+        return {"backend": TORCH, "reason": "torch measured over twice as fast",
+                **choice}, torch_encoder
+    return {"backend": ONNX, "reason": "passed agreement and speed checks", **choice}, None
+
+
+def int8_dot_product_cpu() -> bool:
+    """VNNI (AVX-512 or AVX) or AMX int8: onnxruntime's int8 kernels use them."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def _rounded(speed: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 1) for name, value in speed.items()}
 
 
 def _cosines(onnx_path: Path, spec: PreprocessSpec, probes: np.ndarray,

@@ -52,8 +52,8 @@ def test_compiled_tiny_model_passes_its_checks_and_is_reused(tmp_path):
     image = compiled.meta["image"]
     assert image["backend"] == ONNX and torch_encoder is None, image
     assert image["agreement_int8_vs_fp32"]["min_cos"] >= GUARD_MIN_COS
-    assert set(image["images_per_second"]) == {ONNX, "torch-" + ClipEncoder.load(
-        ref, towers=frozenset({"image"})).loaded.precision}
+    # Torch is timed only where int8 lacks dot-product instructions (its own test below).
+    assert set(image["images_per_second"]) == {ONNX} or not compiler.int8_dot_product_cpu()
     assert compiled.text_tower is not None and compiled.has_int8
     # No work folders left (the lock file beside the folder stays).
     assert [p.name for p in cache.iterdir() if p.is_dir()] == [compiled.folder.name]
@@ -138,6 +138,21 @@ def test_int8_that_fails_the_agreement_check_is_not_used_unless_asked(tmp_path, 
     with Library(tmp_path / "forced", model=model, cache_dir=cache, precision="int8") as lib:
         lib.index([photos])
         assert type(lib.image_encoder(lib.default_model)).__name__ == "OnnxImageEncoder"
+
+
+def test_without_int8_dot_products_torch_is_timed_and_wins_when_twice_as_fast(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(compiler, "int8_dot_product_cpu", lambda: False)
+    ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
+    compiled, torch_encoder = compile_model(ref, cache_dir=tmp_path / "kept")
+    precision = ClipEncoder.load(ref, towers=frozenset({"image"})).loaded.precision
+    assert set(compiled.meta["image"]["images_per_second"]) == {ONNX, f"torch-{precision}"}
+    assert compiled.backend == ONNX and torch_encoder is None  # the tiny tower: int8 is fast
+    monkeypatch.setattr(compiler, "TORCH_MUST_BE_FASTER", 1e9)  # as if int8 kernels were slow
+    compiled, torch_encoder = compile_model(ref, cache_dir=tmp_path / "lost")
+    assert compiled.backend == TORCH and "twice as fast" in compiled.meta["image"]["reason"]
+    assert type(torch_encoder).__name__ == "ClipEncoder"  # handed over, not loaded again
+    assert torch_encoder.loaded.precision == precision
 
 
 def test_a_model_that_cannot_be_exported_stays_on_torch(tmp_path, monkeypatch):
