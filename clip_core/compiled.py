@@ -149,11 +149,11 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
             if compiled is None:
                 compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
                                                         cache_dir=cache_dir, force=force)
-        except (OSError, MemoryError) as exc:  # no writable cache, full disk, no memory
-            if precision == "int8":
+        except Exception as exc:  # no writable cache, full disk, no memory, a failed check
+            if precision == "int8":  # (what is this model's fate was recorded, not raised)
                 raise
-            log.warning("cannot compile %s into %s (%s); indexing with torch", ref.display,
-                        folder_for(ref.model_id, cache_dir).parent, exc)
+            log.warning("cannot compile %s into %s (%s); indexing with torch this time",
+                        ref.display, folder_for(ref.model_id, cache_dir).parent, exc)
             return None
         if precision != "int8" and compiled.backend != ONNX:
             break

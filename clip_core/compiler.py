@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -78,7 +79,7 @@ def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path):
                 "tower for torch-free queries (once per model and machine; ViT-B-32 ~15 s).",
                 ref.display)
     key = cache_key(ref, models_dir)
-    _sweep_stale(target.parent)
+    _sweep_stale(target)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     work.chmod(0o755)
     try:
@@ -89,14 +90,12 @@ def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path):
         if failure is None:
             try:
                 agreement = _quantise_and_check(work, probes, reference, meta)
-            except (OSError, MemoryError):
-                raise  # may pass: not recorded as this model's fate
-            except Exception as exc:  # many exporter and quantiser failure types
+            except ExportFailure as exc:  # any other error propagates, unrecorded
                 failure = str(exc)
         shutil.rmtree(work / FP32_DIR, ignore_errors=True)
         if failure is not None:
             log.warning("could not compile %s for onnxruntime: %s", ref.display, failure)
-            meta["image"] = {"backend": TORCH, "reason": f"export failed: {failure}"[:500]}
+            meta["image"] = {"backend": TORCH, "reason": failure[:500]}
         torch_encoder = None
         if agreement is not None:
             meta["image"], torch_encoder = _choose(
@@ -137,18 +136,26 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
     except (OSError, MemoryError):
         raise  # may pass: not recorded as this model's fate
     except Exception as exc:  # many exporter failure types; torch keeps working
-        return meta, probes, reference, str(exc)
+        return meta, probes, reference, f"export failed: {exc}"
     return meta, probes, reference, None
+
+
+class ExportFailure(Exception):
+    """This model cannot be compiled with these library versions: recorded in compiled.json
+    (torch is used) until the cache key changes. Anything else that goes wrong while
+    compiling (no memory, a full disk, the interpreter shutting down under a Ctrl-C while
+    the checks run) is not recorded, and the next run compiles again."""
 
 
 def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray,
                         meta: dict) -> dict:
     spec = PreprocessSpec.from_open_clip(meta["preprocess"])
-    quantise(work / FP32_ONNX, work / IMAGE_INT8)
+    with _recorded("quantisation failed"):
+        quantise(work / FP32_ONNX, work / IMAGE_INT8)
     exported = _cosines(work / FP32_ONNX, spec, probes, reference)
     if exported.min() < EXPORT_MIN_COS:  # a rewrite or exporter bug, not rounding
-        raise RuntimeError(f"the exported fp32 graph differs from the model "
-                           f"(cosine {exported.min():.6f})")
+        raise ExportFailure(f"the exported fp32 graph differs from the model "
+                            f"(cosine {exported.min():.6f})")
     cos = _cosines(work / IMAGE_INT8, spec, probes, reference)
     return {"min_cos": round(float(cos.min()), 6), "mean_cos": round(float(cos.mean()), 6),
             "probes": len(probes)}
@@ -198,12 +205,25 @@ def _rounded(speed: dict[str, float]) -> dict[str, float]:
 def _cosines(onnx_path: Path, spec: PreprocessSpec, probes: np.ndarray,
              reference: np.ndarray) -> np.ndarray:
     """Cosine of each probe's vector from `onnx_path` (run as the encoder runs it: one image
-    a call, a call per core) with the fp32 torch model's."""
-    encoder = OnnxImageEncoder(onnx_path, "probe", spec, reference.shape[1])
+    a call, a call per core) with the fp32 torch model's. A graph onnxruntime refuses is
+    this model's fate; a failed run may not be (no memory, executors shut down at exit)."""
+    with _recorded(f"onnxruntime cannot load {onnx_path.name}"):
+        encoder = OnnxImageEncoder(onnx_path, "probe", spec, reference.shape[1])
     try:
         return (encoder.encode_pixels(probes) * reference).sum(axis=1)
     finally:
         encoder.close()
+
+
+@contextlib.contextmanager
+def _recorded(what: str):
+    """Turn a failure of a deterministic step into an ExportFailure (recorded)."""
+    try:
+        yield
+    except (OSError, MemoryError):
+        raise  # may pass
+    except Exception as exc:  # many library-specific types
+        raise ExportFailure(f"{what}: {exc}") from exc
 
 
 def _images_per_second(encode, probes: np.ndarray, rounds: int = 2) -> float:
@@ -235,12 +255,16 @@ def _install(work: Path, target: Path, key: dict) -> None:
         raise OSError(f"could not install the compiled model into {target}")
 
 
-def _sweep_stale(parent: Path, age_s: float = 6 * 3600) -> None:
-    """Remove work folders of compiles that were killed (hours old: not running any more)."""
+def _sweep_stale(target: Path, age_s: float = 6 * 3600) -> None:
+    """Remove the work folders of killed compiles (a Ctrl-C'd first index run leaves ~450 MB
+    for ViT-B-32): this model's at once, since the caller holds its lock; other models'
+    when hours old (not running any more)."""
+    own = re.compile(rf"\.{re.escape(target.name)}\.([a-z0-9_]{{8}}|old\.\d+)")
     now = time.time()
-    for entry in parent.glob(".*"):
+    for entry in target.parent.glob(".*"):
         try:
-            if entry.is_dir() and now - entry.stat().st_mtime > age_s:
+            if entry.is_dir() and (own.fullmatch(entry.name)
+                                   or now - entry.stat().st_mtime > age_s):
                 shutil.rmtree(entry, ignore_errors=True)
         except OSError:
             pass

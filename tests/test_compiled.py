@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from tests.helpers import (
     ranking_changes,
     shape_rankings,
 )
+from tests.reliability_support import CLIPSEARCH, subprocess_env
 
 
 def _bundle_copy(tmp_path: Path) -> Path:
@@ -273,3 +275,68 @@ def test_a_full_disk_while_compiling_is_not_remembered(tmp_path, monkeypatch):
     monkeypatch.undo()
     compiled, _ = load_compiled(ref, cache_dir=tmp_path / "cache")
     assert compiled.backend == ONNX
+
+
+def test_a_failed_check_run_is_not_remembered_but_a_refused_graph_is(tmp_path, monkeypatch):
+    """A compile interrupted at exit once recorded "cannot schedule new futures after
+    interpreter shutdown" as the model's fate: torch for good, 4x slower indexing."""
+    ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
+    cache = tmp_path / "cache"
+
+    def shut_down(self, pixels):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(compiler.OnnxImageEncoder, "encode_pixels", shut_down)
+    assert load_compiled(ref, cache_dir=cache) is None  # torch this time
+    assert find_compiled(ref, cache_dir=cache) is None  # nothing recorded: retried next run
+    monkeypatch.undo()
+
+    real = compiler.OnnxImageEncoder
+
+    def refuse_fp32(path, *args, **kwargs):
+        if "fp32" in str(path):
+            raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : bad node")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(compiler, "OnnxImageEncoder", refuse_fp32)
+    compiled, _ = load_compiled(ref, cache_dir=cache)
+    assert compiled.backend == TORCH
+    assert "onnxruntime cannot load image.onnx: [ONNXRuntimeError]" in \
+        compiled.meta["image"]["reason"]
+
+
+def test_a_killed_compiles_work_folder_is_removed_by_the_next_compile(tmp_path):
+    ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
+    cache = tmp_path / "cache"
+    target = folder_for(ref.model_id, cache)
+    cache.mkdir()
+    ours = cache / f".{target.name}.k1ll3d_x"  # as tempfile.mkdtemp names them
+    other = cache / ".another-model.abcd1234"  # may be compiling right now: kept
+    for folder in (ours, other):
+        folder.mkdir()
+        (folder / "image.onnx").write_bytes(b"x" * 1000)
+    compile_model(ref, cache_dir=cache)
+    assert not ours.exists() and other.exists()
+
+
+def test_ctrl_c_during_a_first_compile_exits_at_once_and_records_nothing(tmp_path):
+    photos = tmp_path / "p"
+    draw_photos(photos, per_pair=1, seed=41)
+    cache = tmp_path / "cache"
+    env = {**subprocess_env(tmp_path), "CLIPSEARCH_CACHE": str(cache)}
+    proc = subprocess.Popen(
+        [CLIPSEARCH, "index", str(photos), "--library", str(tmp_path / "lib"), "--model",
+         "ViT-B-32", "--pretrained", "none", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # the compile of ViT-B-32 takes 15 s or more from here
+        if line.startswith("Preparing ViT-B-32"):
+            break
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    stopped_in = time.monotonic() - sent
+    assert proc.returncode == 130, err
+    assert stopped_in < 2.0, stopped_in  # was ~14 s: exit waited for the compile thread
+    assert "Traceback" not in err
+    assert find_compiled(parse_model("ViT-B-32", "none"), cache_dir=cache / "compiled") is None
