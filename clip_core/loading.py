@@ -18,6 +18,8 @@ from .model_files import (
     CONFIG_NAME,
     WEIGHT_NAMES,
     MissingModelError,
+    ModelLoadError,
+    check_known,
     default_models_dir,
     ensure_local,
     fix_steps,
@@ -33,10 +35,6 @@ from .preprocess import PreprocessSpec
 log = logging.getLogger(__name__)
 
 TOWERS = frozenset({"image", "text"})
-
-
-class ModelLoadError(RuntimeError):
-    """A model's files exist but cannot be used (bad config, unsafe pickle, wrong shapes)."""
 
 
 @dataclass
@@ -91,24 +89,18 @@ def load_model(
                                     located.searched, fix_steps(ref, models_dir))
         name, pretrained = f"local-dir:{located.bundle_dir}", None
     elif ref.kind == "random":
-        _check_architecture(ref.name)
+        check_known(ref)
         torch.manual_seed(0)  # same random weights in every process, so indexes stay usable
         name, pretrained, random_weights = ref.name, None, True
     elif ref.kind == "file":
-        _check_architecture(ref.name)
+        check_known(ref)
         if not Path(str(ref.pretrained)).is_file():
             raise MissingModelError(ref, [str(ref.pretrained)], [Path(str(ref.pretrained)).parent],
                                     fix_steps(ref, models_dir))
         name, pretrained = ref.name, str(ref.pretrained)
     else:
-        _check_architecture(ref.name)
+        check_known(ref)
         cfg = open_clip.pretrained.get_pretrained_cfg(ref.name, str(ref.pretrained))
-        if not cfg:
-            tags = open_clip.list_pretrained_tags_by_model(ref.name)
-            raise ModelLoadError(
-                f"Unknown pretrained tag {ref.pretrained!r} for {ref.name}. "
-                f"Known tags: {', '.join(tags) or 'none'}; or pass a weights file path."
-            )
         located = locate_pretrained(ref, cfg, models_dir)
         if located.weights is None:
             raise MissingModelError(ref, pretrained_files(cfg), located.searched,
@@ -184,16 +176,6 @@ def _tokenizer(open_clip: Any, name: str, ref: ModelRef, models_dir: Path) -> An
 
     return HFTokenizer(str(local), context_length=text_cfg.get("context_length", 77),
                        **text_cfg.get("tokenizer_kwargs", {}))
-
-
-def _check_architecture(name: str) -> None:
-    import open_clip
-
-    if name not in open_clip.list_models():
-        close = [m for m in open_clip.list_models() if name.lower() in m.lower()][:8]
-        hint = f" Similar: {', '.join(close)}." if close else ""
-        raise ModelLoadError(f"Unknown open_clip architecture {name!r}.{hint} "
-                             "`clipsearch models list` shows them all.")
 
 
 def _check_bundle(ref: ModelRef, folder: Path, models_dir: Path) -> None:

@@ -21,6 +21,11 @@ WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 CONFIG_NAME = "open_clip_config.json"
 
 
+class ModelLoadError(RuntimeError):
+    """A model's files exist but cannot be used (bad config, unsafe pickle, wrong shapes), or
+    its architecture name or pretrained tag is unknown."""
+
+
 class MissingModelError(RuntimeError):
     """Raised, within milliseconds, when a model's files are not on this machine."""
 
@@ -231,11 +236,30 @@ def architecture_configs() -> dict[str, dict]:
     return configs
 
 
+def check_known(ref: ModelRef) -> None:
+    """Raise ModelLoadError for an architecture name or pretrained tag open_clip does not
+    know, read from its config files without importing torch (in milliseconds, not after
+    seconds of imports). The same lists as open_clip.list_models / list_pretrained_tags."""
+    known = architecture_configs()
+    if ref.kind not in ("openclip", "random", "file") or not known:
+        return  # bundles carry their own config; no open_clip: the loader will say so
+    if ref.name not in known:
+        close = [m for m in sorted(known) if ref.name.lower() in m.lower()][:8]
+        hint = f" Similar: {', '.join(close)}." if close else ""
+        raise ModelLoadError(f"Unknown open_clip architecture {ref.name!r}.{hint} "
+                             "`clipsearch models list` shows them all.")
+    if ref.kind == "openclip" and not pretrained_cfg(ref.name, str(ref.pretrained)):
+        tags = list(pretrained_table().get(ref.name, {}))
+        raise ModelLoadError(f"Unknown pretrained tag {ref.pretrained!r} for {ref.name}. "
+                             f"Known tags: {', '.join(tags) or 'none'}; or pass a weights "
+                             "file path.")
+
+
 def ensure_local(ref: ModelRef, models_dir: Path | None = None) -> None:
     """Raise MissingModelError when `ref`'s files are absent, without importing torch, so a
-    missing model is reported in well under a second. Unknown names and tags pass through:
-    the loader has the better message for those."""
+    missing model is reported in well under a second; unknown names and tags too."""
     models_dir = models_dir or default_models_dir()
+    check_known(ref)
     if ref.kind == "openclip":
         cfg = pretrained_cfg(ref.name, str(ref.pretrained))
         located = locate_pretrained(ref, cfg, models_dir) if cfg else Located(weights=Path())

@@ -539,3 +539,30 @@ def test_missing_model_fails_fast_with_one_clear_message(tmp_path, command):
     assert "clipsearch models download ViT-B-32 --pretrained laion2b_s34b_b79k" in err
     assert "clipsearch models import" in err
     assert elapsed < 5, f"took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize(("model", "pretrained", "message"), [
+    ("NotAModel-99", "none", "Unknown open_clip architecture 'NotAModel-99'"),
+    ("vit-b-32", "none", "Similar: ViT-B-32"),
+    ("ViT-B-32", "notatag", "Unknown pretrained tag 'notatag' for ViT-B-32. Known tags: openai"),
+])
+def test_unknown_names_and_tags_fail_before_importing_torch(tmp_path, model, pretrained,
+                                                             message):
+    """They were reported only after torch's import and a 'Preparing ...' compile message."""
+    env = {**os.environ, "CLIPSEARCH_MODELS": str(tmp_path / "models")}
+    code = ("import sys\nfrom clip_core.model_files import ModelLoadError, ensure_local\n"
+            "from clip_core.model_ref import parse_model\n"
+            f"try:\n    ensure_local(parse_model({model!r}, {pretrained!r}))\n"
+            "except ModelLoadError as exc:\n    print(exc)\n"
+            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60, check=True).stdout
+    assert message in out and out.strip().endswith("False False"), out
+    photos = tmp_path / "p"
+    photos.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(photos / "red.png")
+    code, _, err = run_cli("index", str(photos), "--library", str(tmp_path / "lib"),
+                           "--model", model, "--pretrained", pretrained)
+    assert code == 2 and message in err and "Preparing" not in err, err
