@@ -25,7 +25,9 @@ from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
+from search.text_embedder import tower_path
 from store import Catalog, StorageError, WriterLock, sweep_temp_files
+from store.vector_index import index_path
 
 CATALOG_NAME = "catalog.db"
 VECTORS_DIR = "vectors"
@@ -106,14 +108,11 @@ class Library:
         self._text_embedders: dict[str, TextEmbedder] = {}
         stored = self.catalog.get_meta("default_model")
         if model is not None:
+            # Stored as the library's default only once it has made vectors (index()): a
+            # typo or a model that is not on this machine must not stick.
             self._default = parse_model(model, pretrained)
-            if not readonly and stored is None:
-                self.set_default_model(model, pretrained)
-        elif stored:
-            spec = json.loads(stored)
-            self._default = parse_model(spec["model"], spec.get("pretrained"))
         else:
-            self._default = parse_model(None, None)
+            self._default = _ref_of(json.loads(stored) if stored else self._oldest_model())
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, **kwargs) -> Library:
@@ -221,7 +220,25 @@ class Library:
         if model_id not in known:
             raise ModelNotIndexedError(f"no vectors of {model} here; models: {', '.join(known)}")
         with self._writer():
-            return self.catalog.remove_model(model_id)
+            removed = self.catalog.remove_model(model_id)
+            # Its derived files: the FAISS cache and the adopted text tower (~250 MB).
+            faiss_file = index_path(self.path / VECTORS_DIR, model_id)
+            for path in (faiss_file, faiss_file.with_suffix(".json"),
+                         tower_path(self.path / TEXT_TOWERS_DIR, model_id)):
+                path.unlink(missing_ok=True)
+            self._text_embedders.pop(model_id, None)
+            if self._default.model_id == model_id:  # the oldest model left takes over
+                spec = self._oldest_model()
+                if spec is None:
+                    self.catalog.clear_meta("default_model")
+                else:
+                    self.catalog.set_meta("default_model", json.dumps(spec))
+                self._default = _ref_of(spec)
+            return removed
+
+    def _oldest_model(self) -> dict | None:
+        """The spec of the first model that made vectors here, if any is left."""
+        return next((m["spec"] for m in self.catalog.models().values()), None)
 
     # -- roots ---------------------------------------------------------------------------
     @property
@@ -275,6 +292,8 @@ class Library:
             def get_encoder():
                 enc = self.image_encoder(ref)
                 self.catalog.register_model(ref.model_id, ref.to_spec(), enc.embed_dim)
+                if self.catalog.get_meta("default_model") is None:  # the first model that
+                    self.catalog.set_meta("default_model", json.dumps(ref.to_spec()))  # loads
                 return enc
 
             from clip_core.model_config import guess_preprocess
@@ -421,6 +440,11 @@ def _image_vector(encoder, path: Path) -> np.ndarray:
 def _close_encoder(enc: object) -> None:
     if hasattr(enc, "close"):
         enc.close()  # the compiled encoder's thread pool
+
+
+def _ref_of(spec: dict | None) -> ModelRef:
+    """A stored model spec as a ref; None: clipsearch's built-in default model."""
+    return parse_model(spec["model"], spec.get("pretrained")) if spec else parse_model(None, None)
 
 
 def _abspath(path: str | os.PathLike) -> str:

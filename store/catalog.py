@@ -189,6 +189,10 @@ class Catalog:
         with self.transaction():
             self._set_meta(key, value)
 
+    def clear_meta(self, key: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     @property
     def generation(self) -> int:
         return int(self.get_meta("generation") or 0)

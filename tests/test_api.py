@@ -43,11 +43,18 @@ def test_library_api_round_trip(tmp_path):
         assert lib.query("a green star") == []
 
 
-def test_library_remembers_its_default_model(tmp_path):
+def test_library_remembers_its_default_model_once_it_made_vectors(tmp_path):
+    """A model that is missing (or a typo) used to become the default for good."""
+    draw_photos(tmp_path / "p", per_pair=1)
+    with Library(tmp_path / "lib", model="ViT-B-32", pretrained="openai") as lib, \
+            pytest.raises(MissingModelError):
+        lib.index([tmp_path / "p"])
     with Library(tmp_path / "lib", model="shapes-tiny") as lib:
         model_id = lib.default_model.model_id
+        lib.index()
     with Library(tmp_path / "lib") as lib:
         assert lib.default_model.model_id == model_id
+        assert "red-circle" in lib.query("a red circle", limit=1)[0].path
 
 
 def test_missing_model_raises_typed_error_fast(tmp_path):

@@ -237,6 +237,20 @@ def test_models_are_kept_apart(tmp_path):
     assert f"{first_id}: {n} vectors" in text and f"{other_id}: {n} vectors" in text
     assert cli_json("index", "--model", other, "-q", library=library)["unchanged"] == n
     assert cli_json("index", "-q", library=library)["unchanged"] == n
+    # Removing the default model: the other one takes over, and its files go.
+    with Library(library) as lib:
+        lib.query("a red circle")  # writes the FAISS cache and adopts the text tower
+    derived = [p for p in library.rglob("*") if first_id.split("@")[0] in p.name
+               and p.suffix in (".faiss", ".json", ".safetensors")]
+    assert len(derived) == 3, derived
+    assert cli("remove-model", first_id, library=library).stdout.strip() == f"Removed {n} vectors"
+    assert not any(p.exists() for p in derived)
+    with Library(library) as lib:
+        assert lib.default_model.model_id == other_id
+        assert len(lib.query("a red circle", limit=n)) == n
+    cli("remove-model", other, library=library)
+    with Library(library) as lib:
+        assert lib.catalog.get_meta("default_model") is None
 
 
 class _Evil:
