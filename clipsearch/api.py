@@ -246,16 +246,27 @@ class Library:
         return list(self.catalog.roots().values())
 
     def add_root(self, path: str | os.PathLike) -> str:
+        """Add a folder to index; returns its root path. A folder already added under another
+        name (a symlink to it, or it behind a symlink) is that root: indexed once."""
         folder = _abspath(path)
         if not os.path.isdir(folder):
             raise NotADirectoryError(f"not a folder: {folder}")
+        real = os.path.realpath(folder)
+        for root in self.roots:
+            if root != folder and os.path.realpath(root) == real:
+                return root
         self.catalog.add_root(folder)
         return folder
 
     def remove_root(self, path: str | os.PathLike, *, wait: float = 0.0) -> int:
-        """Forget a root and its files (vectors no other file uses go too)."""
+        """Forget a root and its files (vectors no other file uses go too). Raises
+        LookupError for a folder that is not a root (a typo would otherwise pass silently)."""
+        folder = _abspath(path)
+        if self.catalog.root_id(folder) is None:
+            roots = ", ".join(self.roots) or "none"
+            raise LookupError(f"{folder} is not a root of this library (roots: {roots})")
         with self._writer(wait):
-            return self.catalog.remove_root(_abspath(path))
+            return self.catalog.remove_root(folder)
 
     @contextmanager
     def _writer(self, wait: float = 0.0) -> Iterator[None]:
@@ -380,6 +391,7 @@ class Library:
         pretrained: str | None = None,
     ) -> list[LabelScore]:
         """CLIP zero-shot: probability of each label for one image, best first."""
+        _check_labels(labels)
         return _classify(self.encoder(self.model_ref(model, pretrained)), image, labels)
 
     def _image_vector(self, path: Path, ref: ModelRef) -> np.ndarray:
@@ -413,6 +425,7 @@ def classify(
     models_dir: str | os.PathLike | None = None,
 ) -> list[LabelScore]:
     """Zero-shot classification without a library (the classic CLIP demo)."""
+    _check_labels(labels)
     from clip_core.encoder import ClipEncoder
 
     encoder = ClipEncoder.load(parse_model(model, pretrained), device=device,
@@ -421,9 +434,15 @@ def classify(
     return _classify(encoder, image, labels)
 
 
-def _classify(encoder, image: str | os.PathLike, labels: Sequence[str]) -> list[LabelScore]:
+def _check_labels(labels: Sequence[str]) -> None:
+    """Before any model loads: a plain string would be classified letter by letter."""
+    if isinstance(labels, str):
+        raise TypeError(f"labels must be a list of strings, not one string: [{labels!r}, ...]")
     if not labels:
         raise ValueError("give at least one label")
+
+
+def _classify(encoder, image: str | os.PathLike, labels: Sequence[str]) -> list[LabelScore]:
     image_vector = _image_vector(encoder, Path(image))
     return zero_shot(image_vector, encoder.encode_texts(list(labels)), labels,
                      encoder.logit_scale)

@@ -78,9 +78,11 @@ def _warn_random(ref) -> None:
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False))
 @library_options
 @model_options
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=None, help="Decode threads (default: cores).")
-@click.option("--wait", type=float, default=0.0, help="Seconds to wait for another indexer.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decode threads (default: cores).")
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0,
+              help="Seconds to wait for another indexer.")
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -145,7 +147,7 @@ def _print_report(report) -> None:
 @click.argument("text", required=False)
 @click.option("--image", type=click.Path(exists=True, dir_okay=False),
               help="Find images similar to this one instead of a text.")
-@click.option("-n", "--limit", type=int, default=10, show_default=True)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--in", "within", type=click.Path(file_okay=False),
               help="Only results inside this folder.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array of results.")

@@ -34,6 +34,9 @@ def friendly_errors(func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except BrokenPipeError:  # `clipsearch status | head`: the reader left, nothing to say
+            _silence_stdout()
+            sys.exit(141)  # 128 + SIGPIPE, as a command killed by it
         except Exception as exc:
             for types, code in _known_errors():
                 if isinstance(exc, types):
@@ -42,3 +45,11 @@ def friendly_errors(func: Callable) -> Callable:
             raise
 
     return wrapper
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

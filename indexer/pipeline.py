@@ -78,6 +78,13 @@ class IndexSettings:
     draft: bool = True  # reduced-size JPEG decoding (clip_core.images)
     cancel: object | None = None  # a threading.Event: set() it to stop like Ctrl-C
 
+    def check(self) -> None:
+        for name in ("batch_size", "workers", "prefetch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"IndexSettings.{name} must be a whole number >= 1, "
+                                 f"not {value!r}")
+
 
 class Encoder(Protocol):
     """What the pipeline needs from clip_core.ClipEncoder; loaded only when there is work."""
@@ -116,6 +123,7 @@ def run_index(
     """Index `root_ids`. `preprocess_hint` (the model's preprocessing, read from its config)
     lets decoding start while `get_encoder` is still loading the model."""
     settings = settings or IndexSettings()
+    settings.check()
     started = time.monotonic()
     report = IndexReport(model_id)
     try:

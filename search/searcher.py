@@ -34,6 +34,8 @@ class Searcher:
         within: str | os.PathLike | None = None,
         exclude: set[int] | None = None,
     ) -> list[SearchResult]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
         query = np.asarray(query, np.float32).reshape(1, -1)
         index = self.index_for(model_id, query.shape[1])
         allowed = None

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from clipsearch import Library, MissingModelError, Progress, SearchResult
+from indexer import IndexSettings
 from tests.helpers import PAIRS, draw_photos, pair_of
 
 
@@ -73,3 +74,28 @@ def test_query_on_an_empty_library_loads_no_model(tmp_path):
     with Library(tmp_path / "lib2", model="ViT-B-32", pretrained="laion2b_s34b_b79k") as lib, \
             pytest.raises(MissingModelError):
         lib.query("a cat")
+
+
+def test_bad_arguments_are_refused_with_clear_errors(tmp_path):
+    """Found by QA: a negative limit sliced the ranking (-1 gave 13 of 48 results), a string
+    of labels was classified letter by letter, a symlinked root was indexed twice."""
+    photos = tmp_path / "photos"
+    draw_photos(photos, per_pair=1, seed=56)
+    (tmp_path / "link").symlink_to(photos)
+    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+        lib.index([photos])
+        assert lib.add_root(tmp_path / "link") == str(photos)  # the same folder: one root
+        assert lib.roots == [str(photos)] and lib.index().unchanged == len(PAIRS)
+        for limit in (0, -1, 2.5, None, True):
+            with pytest.raises(ValueError, match="limit must be a whole number >= 1"):
+                lib.query("a red circle", limit=limit)
+        one = lib.query("a red circle", limit=1)[0]
+        with pytest.raises(ValueError, match="limit"):
+            lib.query_image(one.path, limit=-3)
+        with pytest.raises(TypeError, match="not one string"):
+            lib.classify(one.path, "a red circle")
+        with pytest.raises(LookupError, match="is not a root of this library"):
+            lib.remove_root(tmp_path / "elsewhere")
+        with pytest.raises(ValueError, match="IndexSettings.workers must be"):
+            lib.index(settings=IndexSettings(workers=-2))
+        assert len(lib.query("a red circle", limit=100)) == len(PAIRS)

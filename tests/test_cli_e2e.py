@@ -163,3 +163,24 @@ def test_installed_entry_point_and_missing_model_message(tmp_path):
                    str(tmp_path / "models"), "clipsearch models download", "models import"):
         assert needle in proc.stderr, (needle, proc.stderr)
     assert elapsed < 10, elapsed
+
+
+@pytest.mark.parametrize("args", [["--workers", "-2"], ["--batch-size", "0"],
+                                  ["--wait", "-1"]])
+def test_index_options_out_of_range_are_usage_errors(tmp_path, args):
+    result = cli("index", str(tmp_path), *args, library=tmp_path / "lib", ok=False)
+    assert result.exit_code == 2 and "Invalid value" in result.stderr
+    assert not (tmp_path / "lib").exists()  # refused before anything was made
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    library = tmp_path / "lib"
+    draw_photos(tmp_path / "p", per_pair=1, seed=3)
+    cli("index", str(tmp_path / "p"), "--model", "shapes-tiny", "-q", library=library)
+    cmd = [str(Path(sys.executable).parent / "clipsearch"), "query", "a red circle", "-n",
+           "48", "--library", str(library)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `| head` gone before the results come (the model loads first)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err  # 128 + SIGPIPE, as for a killed writer
+    assert "Error" not in err and "Traceback" not in err, err
