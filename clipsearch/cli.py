@@ -84,11 +84,13 @@ def _warn_random(ref) -> None:
 @click.option("--wait", type=click.FloatRange(min=0), default=0.0,
               help="Seconds to wait for another indexer.")
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower).")
+@click.option("--include-hidden", is_flag=True,
+              help="Also index dot-files and -folders (.thumbnails, .Trash) and @eaDir.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def index(paths, library, model, pretrained, device, precision, batch_size, workers, wait,
-          no_draft, as_json, quiet):
+          no_draft, include_hidden, as_json, quiet):
     """Index PATHS (added as library roots), or re-index every root."""
     from indexer import IndexSettings
 
@@ -96,7 +98,8 @@ def index(paths, library, model, pretrained, device, precision, batch_size, work
 
     lib = open_library(library, model, pretrained, device, precision)
     _warn_random(lib.model_ref(model, pretrained) if model else lib.default_model)
-    settings = IndexSettings(batch_size=batch_size, draft=not no_draft)
+    settings = IndexSettings(batch_size=batch_size, draft=not no_draft,
+                             include_hidden=include_hidden)
     if workers:
         settings.workers = workers
     try:

@@ -3,7 +3,9 @@
 Never follows a directory symlink into a loop, never dies on a folder it cannot read, and
 reports what it had to skip (broken links, link loops, FIFOs, unreadable folders) instead of
 hiding it. A folder it could not list is marked `folder=True`: the pipeline keeps the catalog
-rows under it, since "cannot read now" must not mean "deleted".
+rows under it, since "cannot read now" must not mean "deleted". Hidden entries (a name starting
+with a dot: .thumbnails, .Trash-1000, editors' backups) and NAS thumbnail folders (@eaDir) are
+not photos the user filed, unless asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+NAS_DIRS = frozenset({"@eaDir"})  # Synology's per-folder thumbnail caches
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ def crawl(
     root_id: int,
     extensions: frozenset[str],
     skip_dirs: frozenset[str] = frozenset(),
+    include_hidden: bool = False,
 ) -> Iterator[Candidate | CrawlSkip]:
     """Depth-first walk of `root`, sorted for a stable order. `skip_dirs` are other roots
     nested inside this one: they are crawled as their own roots."""
@@ -62,6 +67,8 @@ def crawl(
             continue
         subdirs = []
         for entry in entries:
+            if not include_hidden and (entry.name.startswith(".") or entry.name in NAS_DIRS):
+                continue
             ext = os.path.splitext(entry.name)[1].lower()
             try:
                 st = entry.stat(follow_symlinks=True)

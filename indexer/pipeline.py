@@ -76,6 +76,7 @@ class IndexSettings:
     workers: int = max(1, min(4, os.cpu_count() or 1))
     prefetch: int = 192  # files decoded ahead of the encoder (and while the model loads)
     draft: bool = True  # reduced-size JPEG decoding (clip_core.images)
+    include_hidden: bool = False  # dot-files and -folders, @eaDir (indexer.crawl)
     cancel: object | None = None  # a threading.Event: set() it to stop like Ctrl-C
 
     def check(self) -> None:
@@ -145,7 +146,8 @@ def _run(job: _Job, root_ids: list[int]) -> None:
         others = frozenset(p for i, p in roots.items() if i != root_id)
         candidates: list[Candidate] = []
         skips: list[CrawlSkip] = []
-        for item in crawl(roots[root_id], root_id, IMAGE_EXTENSIONS, skip_dirs=others):
+        for item in crawl(roots[root_id], root_id, IMAGE_EXTENSIONS, skip_dirs=others,
+                          include_hidden=job.settings.include_hidden):
             (skips if isinstance(item, CrawlSkip) else candidates).append(item)
         rows = catalog.files_in_root(root_id)
         retried.update((p, r) for p, r in rows.items()

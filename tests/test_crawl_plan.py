@@ -27,6 +27,24 @@ def test_crawl_finds_images_case_insensitively_and_survives_links(tmp_path):
     assert skipped == {"broken.jpg": "broken-symlink"}
 
 
+def test_crawl_leaves_hidden_entries_and_nas_thumbnails_unless_asked(tmp_path):
+    for rel in ("a.jpg", ".hidden.jpg", ".thumbnails/t.png", ".Trash-1000/files/old.jpg",
+                "trip/@eaDir/a.jpg/SYNOPHOTO_THUMB_M.jpg", "trip/b.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"1")
+    root = tmp_path / ".photos"  # a root may itself be hidden
+    root.mkdir()
+    (root / "c.jpg").write_bytes(b"1")
+
+    def found(folder, **kwargs):
+        return sorted(os.path.relpath(i.path, folder) for i in crawl(str(folder), 1, EXTS,
+                                                                     **kwargs))
+
+    assert found(tmp_path) == ["a.jpg", "trip/b.jpg"]
+    assert found(root) == ["c.jpg"]
+    assert len(found(tmp_path, include_hidden=True)) == 7
+
+
 def test_crawl_skips_nested_roots(tmp_path):
     (tmp_path / "inner").mkdir()
     (tmp_path / "inner" / "x.jpg").write_bytes(b"1")
