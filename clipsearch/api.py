@@ -81,19 +81,25 @@ class Library:
         readonly: bool | None = None,
         low_memory: bool = False,
         cache_dir: str | os.PathLike | None = None,
+        create: bool = True,
     ):
-        """`low_memory`: for one-shot processes (the CLI); a long-lived app leaves it off and
+        """`create=False`: raise FileNotFoundError instead of making a new, empty library
+        (for commands that only read one: a mistyped path must not pass silently).
+        `low_memory`: for one-shot processes (the CLI); a long-lived app leaves it off and
         gets faster text queries for ~150 MB more resident memory (ViT-B-32).
         `precision`: auto, fp32, bf16, fp16 (torch) or int8 (the compiled CPU image tower).
         `cache_dir`: where compiled models go (default: CLIPSEARCH_CACHE or the platform's
         user cache folder)."""
         self.low_memory = low_memory
-        self.path = Path(path).expanduser() if path else default_library_dir()
+        self.path = Path(path).expanduser().absolute() if path else default_library_dir()
         catalog_path = self.path / CATALOG_NAME
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"{self.path} is a file, not a library folder")
         if readonly is None:
             readonly = catalog_path.exists() and not os.access(self.path, os.W_OK)
-        if readonly and not catalog_path.exists():
-            raise FileNotFoundError(f"no clipsearch library at {self.path}")
+        if (readonly or not create) and not catalog_path.exists():
+            raise FileNotFoundError(f"no clipsearch library at {self.path} (`clipsearch index "
+                                    f"FOLDER --library {self.path}` makes one)")
         self.catalog = Catalog(catalog_path, readonly=readonly)
         self.readonly = readonly
         self.device = device

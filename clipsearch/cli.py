@@ -164,7 +164,8 @@ def query(text, image, limit, within, as_json, paths_only, null, library, model,
     """Search the library by TEXT (or --image)."""
     if bool(text) == bool(image):
         raise click.UsageError("give a TEXT or --image PATH (one of them)")
-    with open_library(library, None, None, device, precision, low_memory=True) as lib:
+    with open_library(library, None, None, device, precision, low_memory=True,
+                      create=False) as lib:
         _warn_random(lib.model_ref(model, pretrained))
         if image:
             results = lib.query_image(image, limit=limit, within=within, model=model,
@@ -218,7 +219,7 @@ def classify(image, labels, as_json, library, model, pretrained, device, precisi
 @friendly_errors
 def status(show_errors, as_json, library):
     """Show the library: roots, counts, models, size on disk, errors."""
-    with open_library(library) as lib:
+    with open_library(library, create=False) as lib:
         st = lib.status(errors=show_errors)
     if as_json:
         write_json(st.to_dict())
@@ -245,7 +246,7 @@ def status(show_errors, as_json, library):
 @friendly_errors
 def remove_root(path, library):
     """Forget a root folder and its files."""
-    with open_library(library) as lib:
+    with open_library(library, create=False) as lib:
         n = lib.remove_root(path)
     click.echo(f"Removed {os.path.abspath(path)} ({n} files)")
 
@@ -257,7 +258,7 @@ def remove_root(path, library):
 @friendly_errors
 def default_model(model, pretrained, library):
     """Show, or set, the model this library uses when --model is not given."""
-    with open_library(library) as lib:
+    with open_library(library, create=False) as lib:
         ref = lib.set_default_model(model, pretrained) if model else lib.default_model
     click.echo(ref.model_id)
 
@@ -269,7 +270,7 @@ def default_model(model, pretrained, library):
 @friendly_errors
 def remove_model(model, pretrained, library):
     """Delete every vector made by MODEL (a model id from `status`, or a --model spec)."""
-    with open_library(library) as lib:
+    with open_library(library, create=False) as lib:
         n = lib.remove_model(model, pretrained)
     click.echo(f"Removed {n} vectors")
 

@@ -184,3 +184,15 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141, err  # 128 + SIGPIPE, as for a killed writer
     assert "Error" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", [["query", "a cat"], ["status"], ["default-model"],
+                                     ["remove-root", "x"], ["remove-model", "shapes-tiny"]])
+def test_reading_commands_do_not_create_a_library_at_a_mistyped_path(tmp_path, command):
+    typo = tmp_path / "libary"
+    result = cli(*command, library=typo, ok=False)
+    assert result.exit_code == 1 and f"no clipsearch library at {typo}" in result.stderr
+    assert not typo.exists()
+    (tmp_path / "a-file").write_text("x")
+    result = cli("status", library=tmp_path / "a-file", ok=False)
+    assert result.exit_code == 1 and "is a file, not a library folder" in result.stderr

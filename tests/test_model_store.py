@@ -524,6 +524,10 @@ def test_missing_model_fails_fast_with_one_clear_message(tmp_path, command):
     env.update(CLIPSEARCH_LIBRARY=str(tmp_path / "library"),
                CLIPSEARCH_MODELS=str(tmp_path / "models"), HF_HOME=str(tmp_path / "hf"))
     args = ["classify", str(image), "a", "b"] if command == "classify" else ["query", "a cat"]
+    if command == "query":  # a query needs a library (without one, that is the error)
+        from clipsearch import Library
+
+        Library(tmp_path / "library").close()
     start = time.perf_counter()
     proc = subprocess.run([str(CLIPSEARCH), *args, "--model", "ViT-B-32", "--pretrained",
                            "laion2b_s34b_b79k"], capture_output=True, text=True, env=env,
