@@ -164,6 +164,10 @@ def query(text, image, limit, within, as_json, paths_only, null, library, model,
     """Search the library by TEXT (or --image)."""
     if bool(text) == bool(image):
         raise click.UsageError("give a TEXT or --image PATH (one of them)")
+    if as_json and paths_only:
+        raise click.UsageError("--json and --paths are two output formats: pick one")
+    if null and not paths_only:
+        raise click.UsageError("-0 goes with --paths (NUL after each path)")
     with open_library(library, None, None, device, precision, low_memory=True,
                       create=False) as lib:
         _warn_random(lib.model_ref(model, pretrained))
@@ -178,7 +182,8 @@ def query(text, image, limit, within, as_json, paths_only, null, library, model,
     elif paths_only:
         write_paths([r.path for r in results], null)
     elif not results:
-        click.echo("No results (is the library indexed? `clipsearch status`)", err=True)
+        where = f" inside {within}" if within else ""
+        click.echo(f"No results{where} (is it indexed? `clipsearch status`)", err=True)
     else:
         for r in results:
             click.echo(f"{r.rank:>3}  {r.score:.3f}  {human(r.path)}")

@@ -196,3 +196,9 @@ def test_reading_commands_do_not_create_a_library_at_a_mistyped_path(tmp_path, c
     (tmp_path / "a-file").write_text("x")
     result = cli("status", library=tmp_path / "a-file", ok=False)
     assert result.exit_code == 1 and "is a file, not a library folder" in result.stderr
+
+
+def test_contradictory_output_options_are_usage_errors(tmp_path):
+    for args in (["--json", "--paths"], ["-0"]):
+        result = cli("query", "a cat", *args, library=tmp_path / "lib", ok=False)
+        assert result.exit_code == 2 and "Usage" in result.stderr, result.stderr
