@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +26,20 @@ def library_options(func: Callable) -> Callable:
     return wrapper
 
 
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", value):
+        raise click.BadParameter("auto, cpu, cuda, cuda:N, xpu or mps", ctx, param)
+    return value
+
+
 def model_options(func: Callable) -> Callable:
     @click.option("--model", help="open_clip architecture (ViT-B-32), hf-hub:ORG/REPO, "
                   "local-dir:PATH, or a bundled model name (shapes-tiny). "
                   "Default: the library's default model.")
     @click.option("--pretrained", help="Pretrained tag (laion2b_s34b_b79k, openai, ...), a "
                   "weights file, or 'none' for random weights (benchmarks only).")
-    @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ...")
+    @click.option("--device", default="auto", show_default=True, callback=_check_device,
+                  help="auto, cpu, cuda, cuda:1, mps")
     @click.option("--precision", default="auto", show_default=True,
                   type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
                   help="auto: on the CPU the int8 image tower when it passed its checks "

@@ -166,7 +166,7 @@ def test_installed_entry_point_and_missing_model_message(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--workers", "-2"], ["--batch-size", "0"],
-                                  ["--wait", "-1"]])
+                                  ["--wait", "-1"], ["--device", "bogus"]])
 def test_index_options_out_of_range_are_usage_errors(tmp_path, args):
     result = cli("index", str(tmp_path), *args, library=tmp_path / "lib", ok=False)
     assert result.exit_code == 2 and "Invalid value" in result.stderr
