@@ -34,6 +34,8 @@ from importlib import metadata
 from pathlib import Path
 
 from .model_files import (
+    CONFIG_NAME,
+    WEIGHT_SUFFIXES,
     default_models_dir,
     ensure_local,
     locate_hub_bundle,
@@ -193,6 +195,12 @@ def find_compiled(ref: ModelRef, models_dir: Path | None = None,
     return compiled
 
 
+def _model_files(folder: Path) -> list[Path]:
+    """The config and weights of a bundle folder: editing its README compiles nothing."""
+    return sorted(p for p in folder.iterdir()
+                  if p.name == CONFIG_NAME or p.name.endswith(WEIGHT_SUFFIXES))
+
+
 def _weights_stamp(ref: ModelRef, models_dir: Path) -> list | None:
     """Path, size and mtime of the files behind `ref` (random weights have none)."""
     files: list[Path] = []
@@ -202,11 +210,11 @@ def _weights_stamp(ref: ModelRef, models_dir: Path) -> list | None:
         files = [weights] if weights else []
     elif ref.kind == "hf-hub":
         bundle = locate_hub_bundle(ref, models_dir).bundle_dir
-        files = sorted(bundle.iterdir()) if bundle else []
+        files = _model_files(bundle) if bundle else []
     elif ref.kind == "file":
         files = [Path(str(ref.pretrained))]
     elif ref.kind == "local-dir":
-        files = sorted(Path(ref.name).iterdir()) if Path(ref.name).is_dir() else []
+        files = _model_files(Path(ref.name)) if Path(ref.name).is_dir() else []
     stamp = []
     for file in files:
         try:

@@ -36,6 +36,7 @@ from .compiled import (
     folder_for,
 )
 from .device import cpu_flags
+from .model_files import ensure_local
 from .model_ref import ModelRef
 from .onnx_encoder import OnnxImageEncoder
 from .onnx_export import export_image_tower, quantise
@@ -60,6 +61,7 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
     tower only, at the precision clipsearch picks) is returned when it was timed and won, so
     the caller does not load the model a second time. Raises OSError/MemoryError for failures that
     may pass (disk full, no memory): those are not recorded in the cache."""
+    ensure_local(ref, models_dir)  # a missing model: its message, not "Preparing ..." first
     target = folder_for(ref.model_id, cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "a+") as lock:

@@ -36,6 +36,7 @@ from typing import IO, Any
 from .model_files import (
     CONFIG_NAME,
     WEIGHT_NAMES,
+    WEIGHT_SUFFIXES,
     MissingModelError,
     architecture_configs,
     clip_url_cache_dir,
@@ -55,7 +56,6 @@ MANIFEST = "manifest.json"
 PARTIAL_DIR = ".partial"
 BUNDLE_FORMAT = "clipsearch-model"
 BUNDLE_VERSION = 1
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # Files a Hugging Face tokenizer may need; absent ones are skipped (404).
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -876,7 +876,8 @@ def _model_folders(models_dir: Path) -> Iterator[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(root)
         if (here / META_DIR / MANIFEST).is_file() or any(
-                f.endswith(WEIGHT_SUFFIXES) for f in files):
+                f.endswith(WEIGHT_SUFFIXES) for f in files) or any(
+                (here / PARTIAL_DIR).glob("*.part")):  # a first download, interrupted
             dirs[:] = []  # a model folder: its subfolders (tokenizer/) belong to it
             yield here
 
@@ -890,7 +891,9 @@ def verify_store(models_dir: Path | None = None) -> list[VerifyResult]:
         partial = sorted(p.name for p in partial_dir.glob("*.part")) if partial_dir.is_dir() \
             else []
         if manifest is None:
-            results.append(VerifyResult(str(folder), None, "unverified", partial=partial))
+            weights = any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir())
+            results.append(VerifyResult(str(folder), None,
+                                        "unverified" if weights else "partial", partial=partial))
             continue
         checks = []
         for f in manifest.get("files", []):

@@ -69,6 +69,8 @@ def test_changed_weights_or_a_damaged_cache_compile_again(tmp_path):
     ref = parse_model(f"local-dir:{bundle}")
     compile_model(ref, cache_dir=cache)
     assert find_compiled(ref, cache_dir=cache) is not None
+    (bundle / "README.md").write_text("notes edited by the user")
+    assert find_compiled(ref, cache_dir=cache) is not None  # not part of the model
     weights = bundle / "open_clip_model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert find_compiled(ref, cache_dir=cache) is None  # same id, newer file: recompile

@@ -510,6 +510,18 @@ def test_verify_reports_corrupt_and_missing_files(store, tiny_bundle, tmp_path):
 
 def test_models_path(store):
     assert run_cli("models", "path")[1].strip() == str(store)
+    assert json.loads(run_cli("models", "path", "--json")[1]) == {"path": str(store)}
+
+
+def test_verify_lists_an_interrupted_first_download(store):
+    """A download stopped before any file was complete left only .partial/NAME.part, which
+    verify did not see at all."""
+    partial = store / "ViT-L-14" / "openai" / ".partial"
+    partial.mkdir(parents=True)
+    (partial / "open_clip_model.safetensors.part").write_bytes(b"x" * 100)
+    code, out, _ = run_cli("models", "verify")
+    assert code == 1 and out.startswith("partial")
+    assert "partial download: open_clip_model.safetensors.part" in out
 
 
 # -- the clear, fast failure -------------------------------------------------------------------
@@ -570,3 +582,11 @@ def test_unknown_names_and_tags_fail_before_importing_torch(tmp_path, model, pre
     code, _, err = run_cli("index", str(photos), "--library", str(tmp_path / "lib"),
                            "--model", model, "--pretrained", pretrained)
     assert code == 2 and message in err and "Preparing" not in err, err
+
+
+def test_compiling_a_missing_model_says_so_first(store, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_cli("models", "compile", "ViT-B-32", "--pretrained", "openai")
+    assert code == 2 and "is not available on this machine" in err
+    assert "Preparing" not in err and not (tmp_path / "cache").exists()
