@@ -154,13 +154,29 @@ class Library:
         return self._default
 
     def set_default_model(self, model: str, pretrained: str | None = None) -> ModelRef:
-        ref = parse_model(model, pretrained)
+        """Make a model this library holds vectors of (a --model spec or a model id from
+        status) the default. Raises ModelNotIndexedError for any other: as the default it
+        would only make every plain query fail."""
+        ref = self.model_ref(model, pretrained)
+        known = self.catalog.models()
+        if ref.model_id not in known:
+            raise ModelNotIndexedError(
+                f"this library has no vectors made by {ref.model_id}, so it cannot be the "
+                f"default; it holds: {', '.join(known) or 'none'} (index with it first)")
         self.catalog.set_meta("default_model", json.dumps(ref.to_spec()))
         self._default = ref
         return ref
 
     def model_ref(self, model: str | None = None, pretrained: str | None = None) -> ModelRef:
-        return self._default if model is None else parse_model(model, pretrained)
+        """`model` as a ref: None is the default; a model id this library holds vectors of
+        (as `status` lists them) stands for the spec it was indexed with."""
+        if model is None:
+            return self._default
+        if pretrained is None:
+            stored = self.catalog.models().get(model)
+            if stored is not None:
+                return _ref_of(stored["spec"])
+        return parse_model(model, pretrained)
 
     def encoder(self, ref: ModelRef, towers: frozenset[str] = frozenset({"image", "text"})):
         """Load (once) the CLIP model for `ref`; raises MissingModelError when absent."""
@@ -218,14 +234,15 @@ class Library:
                 return enc
         return None
 
-    def remove_model(self, model: str, pretrained: str | None = None) -> int:
+    def remove_model(self, model: str, pretrained: str | None = None, *,
+                     wait: float = 0.0) -> int:
         """Delete every vector made by a model; returns how many were removed."""
         ref = parse_model(model, pretrained)
         known = self.catalog.models()
         model_id = ref.model_id if ref.model_id in known else model
         if model_id not in known:
             raise ModelNotIndexedError(f"no vectors of {model} here; models: {', '.join(known)}")
-        with self._writer():
+        with self._writer(wait):
             removed = self.catalog.remove_model(model_id)
             # Its derived files: the FAISS cache and the adopted text tower (~250 MB).
             faiss_file = index_path(self.path / VECTORS_DIR, model_id)
@@ -319,6 +336,9 @@ class Library:
                                ref.model_id, get_encoder, settings, progress,
                                preprocess_hint=guess_preprocess(ref))
             models = self.catalog.models()
+            stored = self.catalog.get_meta("default_model")
+            if stored and self._default.model_id not in models:  # the first model to load
+                self._default = _ref_of(json.loads(stored))  # became the stored default
             if not report.interrupted and ref.model_id in models:
                 dim = models[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
@@ -329,6 +349,7 @@ class Library:
         self, texts: Sequence[str], model: str | None = None, pretrained: str | None = None
     ) -> np.ndarray:
         """L2-normalised text vectors; torch-free once the model's text tower is cached."""
+        _check_texts(texts, "texts")
         return self._text_embedder(self.model_ref(model, pretrained)).embed(list(texts))
 
     def _text_embedder(self, ref: ModelRef) -> TextEmbedder:
@@ -350,6 +371,8 @@ class Library:
         model: str | None = None,
         pretrained: str | None = None,
     ) -> list[SearchResult]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"the query text is empty: {text!r}")
         ref = self._searchable(model, pretrained)
         if ref is None:
             return []
@@ -440,12 +463,19 @@ def classify(
     return _classify(encoder, image, labels)
 
 
+def _check_texts(texts: Sequence[str], what: str) -> None:
+    """Before any model loads: a plain string would be taken letter by letter."""
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a list of strings, not one string: [{texts!r}, ...]")
+
+
 def _check_labels(labels: Sequence[str]) -> None:
-    """Before any model loads: a plain string would be classified letter by letter."""
-    if isinstance(labels, str):
-        raise TypeError(f"labels must be a list of strings, not one string: [{labels!r}, ...]")
+    _check_texts(labels, "labels")
     if not labels:
         raise ValueError("give at least one label")
+    blank = [label for label in labels if not label.strip()]
+    if blank:
+        raise ValueError(f"labels must not be blank: {blank!r}")
 
 
 def _classify(encoder, image: str | os.PathLike, labels: Sequence[str]) -> list[LabelScore]:

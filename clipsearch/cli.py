@@ -32,6 +32,10 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
     return value
 
 
+wait_option = click.option("--wait", type=click.FloatRange(min=0), default=0.0,
+                           help="Seconds to wait for another indexer to finish.")
+
+
 def model_options(func: Callable) -> Callable:
     @click.option("--model", help="open_clip architecture (ViT-B-32), hf-hub:ORG/REPO, "
                   "local-dir:PATH, or a bundled model name (shapes-tiny). "
@@ -89,8 +93,7 @@ def _warn_random(ref) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode threads (default: cores).")
-@click.option("--wait", type=click.FloatRange(min=0), default=0.0,
-              help="Seconds to wait for another indexer.")
+@wait_option
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower).")
 @click.option("--include-hidden", is_flag=True,
               help="Also index dot-files and -folders (.thumbnails, .Trash) and @eaDir.")
@@ -170,8 +173,8 @@ def _print_report(report) -> None:
 def query(text, image, limit, within, as_json, paths_only, null, library, model, pretrained,
           device, precision):
     """Search the library by TEXT (or --image)."""
-    if bool(text) == bool(image):
-        raise click.UsageError("give a TEXT or --image PATH (one of them)")
+    if bool(text and text.strip()) == bool(image):
+        raise click.UsageError("give a TEXT or --image PATH (one of them; TEXT not blank)")
     if as_json and paths_only:
         raise click.UsageError("--json and --paths are two output formats: pick one")
     if null and not paths_only:
@@ -206,6 +209,8 @@ def query(text, image, limit, within, as_json, paths_only, null, library, model,
 @friendly_errors
 def classify(image, labels, as_json, library, model, pretrained, device, precision):
     """Zero-shot: how well each LABEL describes IMAGE (the classic CLIP demo)."""
+    if any(not label.strip() for label in labels):
+        raise click.UsageError("a LABEL is blank")
     from .api import CATALOG_NAME, default_library_dir
     from .api import classify as classify_image
 
@@ -256,36 +261,51 @@ def status(show_errors, as_json, library):
 @main.command("remove-root")
 @click.argument("path", type=click.Path())
 @library_options
+@wait_option
+@click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def remove_root(path, library):
+def remove_root(path, library, wait, as_json):
     """Forget a root folder and its files."""
     with open_library(library, create=False) as lib:
-        n = lib.remove_root(path)
-    click.echo(f"Removed {os.path.abspath(path)} ({n} files)")
+        n = lib.remove_root(path, wait=wait)
+    if as_json:
+        write_json({"root": os.path.abspath(path), "files_removed": n})
+    else:
+        click.echo(f"Removed {os.path.abspath(path)} ({n} files)")
 
 
 @main.command("default-model")
 @click.argument("model", required=False)
 @click.option("--pretrained", help="Pretrained tag or weights file for MODEL.")
 @library_options
+@click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def default_model(model, pretrained, library):
-    """Show, or set, the model this library uses when --model is not given."""
+def default_model(model, pretrained, library, as_json):
+    """Show, or set, the model this library uses when --model is not given (MODEL: a --model
+    spec or a model id from `status`, with vectors in this library)."""
     with open_library(library, create=False) as lib:
         ref = lib.set_default_model(model, pretrained) if model else lib.default_model
-    click.echo(ref.model_id)
+    if as_json:
+        write_json({"id": ref.model_id, **ref.to_spec()})
+    else:
+        click.echo(ref.model_id)
 
 
 @main.command("remove-model")
 @click.argument("model")
 @click.option("--pretrained", help="Pretrained tag or weights file for MODEL.")
 @library_options
+@wait_option
+@click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def remove_model(model, pretrained, library):
+def remove_model(model, pretrained, library, wait, as_json):
     """Delete every vector made by MODEL (a model id from `status`, or a --model spec)."""
     with open_library(library, create=False) as lib:
-        n = lib.remove_model(model, pretrained)
-    click.echo(f"Removed {n} vectors")
+        n = lib.remove_model(model, pretrained, wait=wait)
+    if as_json:
+        write_json({"model": model, "vectors_removed": n})
+    else:
+        click.echo(f"Removed {n} vectors")
 
 
 def _register_subgroups() -> None:

@@ -82,15 +82,21 @@ def _size(info: model_store.ModelInfo) -> str:
 @click.option("--revision", default="main", show_default=True, help="Hub branch, tag or commit.")
 @click.option("--endpoint", help="Hub address (default: HF_ENDPOINT or https://huggingface.co).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @friendly_errors
 def download(ctx: click.Context, model: str, pretrained: str | None, revision: str,
-             endpoint: str | None, quiet: bool) -> None:
+             endpoint: str | None, quiet: bool, as_json: bool) -> None:
     """Fetch MODEL into the store (resumable, sha256-checked). The only networked command."""
     ref = parse_model(model, pretrained)
     result = model_store.download(ref, _models_dir(ctx), offline=ctx.obj["offline"],
                                   endpoint=endpoint, revision=revision, progress=not quiet)
     total = sum(f["size"] for f in result.files)
+    if as_json:
+        write_json({"model_id": ref.model_id, **ref.to_spec(), "folder": str(result.folder),
+                    "files": len(result.files), "bytes": total,
+                    "downloaded_bytes": result.downloaded_bytes})
+        return
     click.echo(f"{ref.display}: {len(result.files)} file(s), {format_size(total)} in "
                f"{human(str(result.folder))} ({format_size(result.downloaded_bytes)} fetched, "
                "sha256 recorded).", err=True)
@@ -102,13 +108,18 @@ def download(ctx: click.Context, model: str, pretrained: str | None, revision: s
 @click.option("--pretrained", help="Pretrained tag, as for --model elsewhere.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Bundle file to write (a tar).")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @friendly_errors
-def export(ctx: click.Context, model: str, pretrained: str | None, output: str) -> None:
+def export(ctx: click.Context, model: str, pretrained: str | None, output: str,
+           as_json: bool) -> None:
     """Write MODEL's local files into one portable bundle file (for air-gapped machines)."""
     ref = parse_model(model, pretrained)
     result = model_store.export_bundle(ref, Path(output), _models_dir(ctx))
     size = Path(output).stat().st_size
+    if as_json:
+        write_json({"bundle": str(result.path), "bytes": size, "files": len(result.files)})
+        return
     click.echo(f"Wrote {human(str(result.path))} ({format_size(size)}, "
                f"{len(result.files)} files, sha256 inside).", err=True)
     click.echo(f"On the other machine: clipsearch models import {Path(output).name}", err=True)
@@ -116,11 +127,16 @@ def export(ctx: click.Context, model: str, pretrained: str | None, output: str) 
 
 @models.command("import")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @friendly_errors
-def import_cmd(ctx: click.Context, bundle: str) -> None:
+def import_cmd(ctx: click.Context, bundle: str, as_json: bool) -> None:
     """Verify every checksum in BUNDLE and install it into the store."""
     result = model_store.import_bundle(Path(bundle), _models_dir(ctx))
+    if as_json:
+        write_json({"model_id": result.model_id, **result.spec, "folder": str(result.path),
+                    "files": len(result.files)})
+        return
     click.echo(f"Installed {result.model_id} in {human(str(result.path))} "
                f"({len(result.files)} files verified).", err=True)
     click.echo(f"Use it with: {_use_hint(result.spec)}", err=True)
@@ -186,7 +202,11 @@ def compile_cmd(ctx: click.Context, model: str, pretrained: str | None, force: b
 
 
 @models.command()
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def path(ctx: click.Context) -> None:
+def path(ctx: click.Context, as_json: bool) -> None:
     """Print the model store folder."""
-    click.echo(str(_models_dir(ctx)))
+    if as_json:
+        write_json({"path": str(_models_dir(ctx))})
+    else:
+        click.echo(str(_models_dir(ctx)))

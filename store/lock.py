@@ -41,8 +41,8 @@ class WriterLock:
                     os.close(fd)
                     raise LibraryBusyError(
                         f"another clipsearch process ({holder or 'unknown pid'}) is indexing "
-                        f"this library ({self.path.parent}); wait for it to finish or pass "
-                        "--wait SECONDS"
+                        f"this library ({self.path.parent}); wait for it to finish, or let "
+                        "this wait for it (--wait SECONDS; wait= in the Python API)"
                     ) from None
                 time.sleep(0.2)
         self._fd = fd

@@ -99,3 +99,44 @@ def test_bad_arguments_are_refused_with_clear_errors(tmp_path):
         with pytest.raises(ValueError, match="IndexSettings.workers must be"):
             lib.index(settings=IndexSettings(workers=-2))
         assert len(lib.query("a red circle", limit=100)) == len(PAIRS)
+
+
+def test_a_library_opened_without_a_model_follows_its_first_index(tmp_path):
+    """QA: a long-lived Library() kept ViT-B-32 as its default after index(model=...), and
+    its queries failed until it was reopened."""
+    draw_photos(tmp_path / "p", per_pair=1, seed=57)
+    with Library(tmp_path / "lib") as lib:
+        lib.index([tmp_path / "p"], model="shapes-tiny")
+        assert lib.default_model.model_id.startswith("shapes-tiny@")
+        assert "red-circle" in lib.query("a red circle", limit=1)[0].path
+        assert lib.status().default_model["id"] == lib.default_model.model_id
+
+
+def test_default_model_must_have_vectors_and_ids_stand_for_their_spec(tmp_path):
+    from clipsearch.api import ModelNotIndexedError
+
+    draw_photos(tmp_path / "p", per_pair=1, seed=58)
+    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+        lib.index([tmp_path / "p"])
+        model_id = lib.default_model.model_id
+        for model, pretrained in (("ViT-B-99", None), ("ViT-L-14", "openai")):
+            with pytest.raises(ModelNotIndexedError, match="cannot be the default"):
+                lib.set_default_model(model, pretrained)
+        assert lib.default_model.model_id == model_id
+        assert lib.set_default_model(model_id).model_id == model_id  # an id from status
+        assert lib.query("a red circle", model=model_id)[0].path == \
+            lib.query("a red circle")[0].path
+
+
+def test_texts_are_checked_before_any_model_loads(tmp_path):
+    draw_photos(tmp_path / "p", per_pair=1, seed=59)
+    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+        lib.index([tmp_path / "p"])
+        with pytest.raises(TypeError, match="not one string"):
+            lib.embed_text("a red circle")  # was 12 vectors, one per letter
+        for blank in ("", "   ", "\t\n"):
+            with pytest.raises(ValueError, match="the query text is empty"):
+                lib.query(blank)
+        one = lib.query("a red circle", limit=1)[0].path
+        with pytest.raises(ValueError, match="must not be blank"):
+            lib.classify(one, ["a red circle", "  "])

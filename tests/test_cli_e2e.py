@@ -202,3 +202,22 @@ def test_contradictory_output_options_are_usage_errors(tmp_path):
     for args in (["--json", "--paths"], ["-0"]):
         result = cli("query", "a cat", *args, library=tmp_path / "lib", ok=False)
         assert result.exit_code == 2 and "Usage" in result.stderr, result.stderr
+
+
+
+def test_every_library_command_speaks_json(tmp_path):
+    library = tmp_path / "lib"
+    draw_photos(tmp_path / "p", per_pair=1, seed=4)
+    cli("index", str(tmp_path / "p"), "--model", "shapes-tiny", "-q", library=library)
+    shown = cli_json("default-model", library=library)
+    assert shown["id"].startswith("shapes-tiny@") and "model" in shown
+    assert cli_json("remove-root", str(tmp_path / "p"), "--wait", "0.5", library=library) == \
+        {"root": str(tmp_path / "p"), "files_removed": len(PAIRS)}
+    assert cli_json("remove-model", shown["id"], "--wait", "0", library=library) == \
+        {"model": shown["id"], "vectors_removed": 0}  # the files went with their root
+
+
+def test_blank_texts_are_usage_errors(tmp_path):
+    for args in (["query", "   "], ["query", "\t\n"]):
+        result = cli(*args, library=tmp_path / "lib", ok=False)
+        assert result.exit_code == 2 and "not blank" in result.stderr
