@@ -31,6 +31,11 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
+def cpu_has_int8_dot_product() -> bool:
+    """VNNI (AVX-512 or AVX) or AMX int8, which onnxruntime's int8 kernels use."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def choose_device(requested: str = "auto") -> str:
     if requested != "auto":
         return requested

@@ -8,6 +8,12 @@ function in float32; tests hold them within 1e-5.
 
 Used by long-lived processes (a photo app's Library); one-shot CLI queries keep the numpy path,
 whose block-by-block page release keeps a cold query near 100 MB.
+
+`int8=True` (CPUs with int8 dot products): the blocks' matrix products become onnxruntime's
+MatMulNBits, weights in int8 with a scale per 32 values and activations quantised per row and
+32-value block as they come, so each text's vector depends on that text alone. A query
+streams 39 MB instead of 151 (ViT-B-32: 6.8 vs 11.9 ms in one run) at cosine ~0.9997 to
+fp32; NumpyTextTower.use_onnxruntime checks that on probe texts before keeping it.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ if TYPE_CHECKING:
 class OnnxTextBlocks:
     """Runs blocks + final norm + projection of a NumpyTextTower on onnxruntime."""
 
-    def __init__(self, tower: NumpyTextTower, threads: int | None = None):
+    def __init__(self, tower: NumpyTextTower, threads: int | None = None, int8: bool = False):
         import onnxruntime as ort
 
         from .onnx_encoder import available_cores
 
         self.tower = tower
-        graph, weights = _build(tower)
+        self.precision = "int8" if int8 else "fp32"
+        graph, weights = _build(tower, int8)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cores()
         options.inter_op_num_threads = 1
@@ -60,17 +67,27 @@ class OnnxTextBlocks:
         return self.session.run(None, feeds)[0]
 
 
-def _build(tower: NumpyTextTower) -> tuple[bytes, dict[str, np.ndarray]]:
+def _build(tower: NumpyTextTower, int8: bool = False) -> tuple[bytes, dict[str, np.ndarray]]:
     from onnx import TensorProto, helper
 
     g = _Graph(helper)
     width = tower.token_embedding.shape[1]
     weights: dict[str, np.ndarray] = {}
 
-    def weight(name: str, array: np.ndarray) -> str:
-        weights[name] = np.ascontiguousarray(array, np.float32)
-        g.initializer_info(name, weights[name].shape)
+    def weight(name: str, array: np.ndarray, dtype: type = np.float32) -> str:
+        weights[name] = np.ascontiguousarray(array, dtype)
+        g.initializer_info(name, weights[name].shape, dtype)
         return name
+
+    def linear(x: str, name: str, w: np.ndarray, b: np.ndarray) -> str:
+        if not int8:
+            return g.gemm(x, weight(name + "w", w), weight(name + "b", b))
+        packed, scales = _quantise_blocks(w)
+        out_features, in_features = w.shape
+        y = g.op("MatMulNBits", x, weight(name + "q", packed, np.uint8),
+                 weight(name + "s", scales), domain="com.microsoft", K=in_features,
+                 N=out_features, bits=8, block_size=BLOCK, accuracy_level=4)
+        return g.op("Add", y, weight(name + "b", b))
 
     scale = g.const("scale", np.float32((width // tower.heads) ** -0.5))
     x = g.reshape("x", "shape_flat")  # work on [N*L, W] rows; attention reshapes to heads
@@ -78,7 +95,7 @@ def _build(tower: NumpyTextTower) -> tuple[bytes, dict[str, np.ndarray]]:
         p = f"b{i}."
         h = g.layer_norm(x, weight(p + "ln1w", blk.ln_1[0]), weight(p + "ln1b", blk.ln_1[1]),
                          tower.eps)
-        qkv = g.gemm(h, weight(p + "inw", blk.in_w), weight(p + "inb", blk.in_b))
+        qkv = linear(h, p + "in", blk.in_w, blk.in_b)
         qkv = g.op("Transpose", g.reshape(qkv, "shape_qkv"), perm=[2, 0, 3, 1, 4])
         q, k, v = (g.op("Gather", qkv, g.const(f"i{j}", np.int64(j)), axis=0)
                    for j in range(3))
@@ -87,15 +104,14 @@ def _build(tower: NumpyTextTower) -> tuple[bytes, dict[str, np.ndarray]]:
                       "mask")
         o = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
         o = g.reshape(g.op("Transpose", o, perm=[0, 2, 1, 3]), "shape_flat")
-        o = g.gemm(o, weight(p + "outw", blk.out_w), weight(p + "outb", blk.out_b))
+        o = linear(o, p + "out", blk.out_w, blk.out_b)
         if blk.ls_1 is not None:
             o = g.op("Mul", o, weight(p + "ls1", blk.ls_1))
         x = g.op("Add", x, o)
         h = g.layer_norm(x, weight(p + "ln2w", blk.ln_2[0]), weight(p + "ln2b", blk.ln_2[1]),
                          tower.eps)
-        h = _activation(g, g.gemm(h, weight(p + "fcw", blk.fc_w), weight(p + "fcb", blk.fc_b)),
-                        tower.act)
-        h = g.gemm(h, weight(p + "projw", blk.proj_w), weight(p + "projb", blk.proj_b))
+        h = _activation(g, linear(h, p + "fc", blk.fc_w, blk.fc_b), tower.act)
+        h = linear(h, p + "proj", blk.proj_w, blk.proj_b)
         if blk.ls_2 is not None:
             h = g.op("Mul", h, weight(p + "ls2", blk.ls_2))
         x = g.op("Add", x, h)
@@ -115,9 +131,27 @@ def _build(tower: NumpyTextTower) -> tuple[bytes, dict[str, np.ndarray]]:
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
                               g.constants)
     graph.initializer.extend(g.placeholders)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     return model.SerializeToString(), weights
+
+
+BLOCK = 32  # values per int8 scale (weights) and per activation quantisation block
+
+
+def _quantise_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[out, in] float weights -> MatMulNBits' uint8 [out, blocks, BLOCK] (value + 128, the
+    default zero point) and float32 scales [out, blocks]; `in` is zero-padded to BLOCKs."""
+    out_features, in_features = w.shape
+    blocks = -(-in_features // BLOCK)
+    padded = np.zeros((out_features, blocks * BLOCK), np.float32)
+    padded[:, :in_features] = w
+    padded = padded.reshape(out_features, blocks, BLOCK)
+    scales = np.abs(padded).max(axis=2) / 127
+    scales[scales == 0] = 1.0
+    q = np.clip(np.rint(padded / scales[:, :, None]), -127, 127) + 128
+    return q.astype(np.uint8), scales.astype(np.float32)
 
 
 def _activation(g: _Graph, x: str, kind: str) -> str:
@@ -149,9 +183,10 @@ class _Graph:
         self._count += 1
         return f"v{self._count}"
 
-    def op(self, kind: str, *inputs: str, **attrs: Any) -> str:
+    def op(self, kind: str, *inputs: str, domain: str = "", **attrs: Any) -> str:
         out = self._fresh()
-        self.nodes.append(self.helper.make_node(kind, list(inputs), [out], **attrs))
+        self.nodes.append(self.helper.make_node(kind, list(inputs), [out], domain=domain,
+                                                **attrs))
         return out
 
     def const(self, name: str, value: np.generic) -> str:
@@ -162,12 +197,13 @@ class _Graph:
             self.constants.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def initializer_info(self, name: str, shape: tuple[int, ...]) -> None:
+    def initializer_info(self, name: str, shape: tuple[int, ...],
+                         dtype: type = np.float32) -> None:
         # A placeholder marked external: add_external_initializers supplies its data.
-        from onnx import TensorProto
+        from onnx import TensorProto, helper
 
-        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape),
-                             data_location=TensorProto.EXTERNAL)
+        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(
+            np.dtype(dtype)), dims=list(shape), data_location=TensorProto.EXTERNAL)
         entry = tensor.external_data.add()
         entry.key, entry.value = "location", "supplied-at-session-creation"
         self.placeholders.append(tensor)

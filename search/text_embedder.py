@@ -55,7 +55,9 @@ class TextEmbedder:
                 log.warning("ignoring text tower cache %s: %s", self.path, exc)
                 return None
             if not self.low_memory:
-                tower.use_onnxruntime()
+                from clip_core.device import cpu_has_int8_dot_product
+
+                tower.use_onnxruntime(int8=cpu_has_int8_dot_product())
             self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
         return self._fast
 

@@ -114,6 +114,27 @@ def test_int8_rankings_equal_fp32_with_the_tiny_model(tmp_path):
         assert pair_of(ranked[0].path) == tuple(query.split())
 
 
+def test_int8_text_tower_keeps_the_tiny_models_rankings(tmp_path, monkeypatch):
+    """A long-lived Library queries through the int8 text tower on CPUs with int8 dot
+    products: its rankings against the fp32 tower's (same library, same vectors)."""
+    photos = tmp_path / "p"
+    draw_photos(photos, per_pair=2, seed=36)
+    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+        lib.index([photos])
+    rankings = {}
+    for int8 in (False, True):
+        monkeypatch.setattr("clip_core.device.cpu_has_int8_dot_product", lambda v=int8: v)
+        with Library(tmp_path / "lib") as lib:
+            rankings[int8] = shape_rankings(lib)
+            tower = lib._text_embedder(lib.default_model)._numpy_tower()[0]
+            assert tower.precision == ("int8" if int8 else "fp32")
+    swaps, worst = ranking_changes(rankings[False], rankings[True])
+    print(f"int8 text tower: {swaps} top-10 positions swapped, largest gap {worst:.4f}")
+    assert worst < 6e-3 and swaps <= len(PAIRS)
+    for query, ranked in rankings[True].items():
+        assert pair_of(ranked[0].path) == tuple(query.split())
+
+
 @pytest.mark.slow
 def test_int8_vit_b32_stays_within_cosine_0999_of_fp32(tmp_path):
     """The issue's guard for reduced precision, on the benchmark's architecture (random

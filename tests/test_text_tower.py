@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clip_core import text_tower
 from clip_core.text_tower import (
     HEADER_KEY,
     NumpyTextTower,
@@ -105,6 +106,26 @@ def test_vit_b32_matches_torch(b32, b32_file, tok77):
     # Batching (padding to the longest end token) changes nothing.
     single = np.concatenate([tower.encode_tokens(tokens[i : i + 1]) for i in range(len(TEXTS))])
     np.testing.assert_allclose(single, ours, atol=1e-6)
+
+
+def test_vit_b32_int8_blocks_stay_within_cosine_0999_of_fp32(b32, b32_file, tok77,
+                                                               monkeypatch):
+    """The long-lived processes' int8 text tower (MatMulNBits), on texts it was not checked
+    on, one text per row exactly as in a batch; and the guard that keeps fp32 instead."""
+    fp32 = NumpyTextTower.load(b32_file).encode_tokens(tok77(TEXTS))
+    tower = NumpyTextTower.load(b32_file, release_pages=False)
+    assert tower.use_onnxruntime(int8=True) and tower.precision == "int8"
+    assert tower.int8_agreement >= text_tower.INT8_MIN_COS
+    tokens = tok77(TEXTS)
+    ours = tower.encode_tokens(tokens)
+    cos = (ours * fp32).sum(axis=1)
+    assert cos.min() >= 0.999 and cos.max() < 0.999999  # close, and really int8
+    single = np.concatenate([tower.encode_tokens(tokens[i : i + 1]) for i in range(len(TEXTS))])
+    assert np.array_equal(single, ours)
+    monkeypatch.setattr(text_tower, "INT8_MIN_COS", 1.01)  # a bar no int8 tower passes
+    guarded = NumpyTextTower.load(b32_file, release_pages=False)
+    assert guarded.use_onnxruntime(int8=True) and guarded.precision == "fp32"
+    np.testing.assert_allclose(guarded.encode_tokens(tokens), fp32, atol=1e-5)
 
 
 def test_vit_b32_fp16_on_disk_is_close(b32, tmp_path, tok77):
