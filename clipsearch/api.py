@@ -395,6 +395,8 @@ class Library:
             return []
         vector = self._image_vector(Path(image), ref)
         own = self.catalog.file_id(_abspath(image))
+        if own is None:  # given through a symlink (or the root was added through one)
+            own = self.catalog.file_id(os.path.realpath(image))
         exclude = {own} if own is not None and not include_self else None
         return self.searcher.search(ref.model_id, vector, limit, within, exclude)
 
@@ -485,10 +487,13 @@ def _classify(encoder, image: str | os.PathLike, labels: Sequence[str]) -> list[
 
 
 def _image_vector(encoder, path: Path) -> np.ndarray:
-    from clip_core.images import decode_image
+    from clip_core.images import DecodeError, decode_image
     from clip_core.preprocess import preprocess
 
-    decoded = decode_image(path)
+    try:
+        decoded = decode_image(path)
+    except DecodeError as exc:  # the indexer names the file beside the reason; so do we
+        raise DecodeError(exc.reason, f"{path}: {exc.message}") from exc
     return encoder.encode_pixels(preprocess(decoded.image, encoder.preprocess)[None])[0]
 
 

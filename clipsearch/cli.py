@@ -228,6 +228,9 @@ def classify(image, labels, as_json, library, model, pretrained, device, precisi
     for s in scores:
         bar = "#" * round(s.probability * 40)
         click.echo(f"{s.label:<{width}}  {s.probability:6.1%}  {bar}")
+    if len(scores) == 1:
+        click.echo("(probabilities compare the labels given: with one label it is always "
+                   "100%; give two or more)", err=True)
 
 
 @main.command()

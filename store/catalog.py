@@ -171,7 +171,10 @@ class Catalog:
             self.conn.execute("COMMIT")
 
     def close(self) -> None:
+        if isinstance(self.conn, _Closed):
+            return
         self.conn.close()
+        self.conn = _Closed(self.path.parent)  # later use: a clear error, not sqlite's
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -494,3 +497,13 @@ def _open_uri(path: Path, params: str) -> sqlite3.Connection:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+
+
+class _Closed:
+    """Stands in for the connection of a closed catalog."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __getattr__(self, name: str):
+        raise StorageError(f"the library at {self.folder} was closed; open it again")

@@ -140,3 +140,23 @@ def test_texts_are_checked_before_any_model_loads(tmp_path):
         one = lib.query("a red circle", limit=1)[0].path
         with pytest.raises(ValueError, match="must not be blank"):
             lib.classify(one, ["a red circle", "  "])
+
+
+def test_a_closed_library_says_so_and_bad_images_are_named(tmp_path):
+    from clip_core.images import DecodeError
+    from store import StorageError
+
+    draw_photos(tmp_path / "p", per_pair=1, seed=60)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    lib = Library(tmp_path / "lib", model="shapes-tiny")
+    lib.index([tmp_path / "p"])
+    with pytest.raises(DecodeError, match=f"{bad}: content is not"):
+        lib.classify(bad, ["a red circle", "a blue star"])
+    one = lib.query("a red circle", limit=1)[0].path
+    (tmp_path / "alias.png").symlink_to(one)
+    assert one not in {r.path for r in lib.query_image(tmp_path / "alias.png", limit=5)}
+    lib.close()
+    lib.close()  # twice is fine
+    with pytest.raises(StorageError, match="was closed; open it again"):
+        lib.query("a red circle")
