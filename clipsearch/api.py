@@ -114,8 +114,8 @@ class Library:
         self._text_embedders: dict[str, TextEmbedder] = {}
         stored = self.catalog.get_meta("default_model")
         if model is not None:
-            # Stored as the library's default only once it has made vectors (index()): a
-            # typo or a model that is not on this machine must not stick.
+            # Stored as the library's default only once it loads for an index run (index()):
+            # a typo or a model that is not on this machine must not stick.
             self._default = parse_model(model, pretrained)
         else:
             self._default = _ref_of(json.loads(stored) if stored else self._oldest_model())
@@ -236,10 +236,10 @@ class Library:
 
     def remove_model(self, model: str, pretrained: str | None = None, *,
                      wait: float = 0.0) -> int:
-        """Delete every vector made by a model; returns how many were removed."""
-        ref = parse_model(model, pretrained)
+        """Delete every vector made by a model (a --model spec or a model id from status);
+        returns how many were removed."""
+        model_id = self.model_ref(model, pretrained).model_id
         known = self.catalog.models()
-        model_id = ref.model_id if ref.model_id in known else model
         if model_id not in known:
             raise ModelNotIndexedError(f"no vectors of {model} here; models: {', '.join(known)}")
         with self._writer(wait):
