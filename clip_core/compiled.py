@@ -152,8 +152,8 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
                 compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
                                                         cache_dir=cache_dir, force=force)
         except Exception as exc:  # no writable cache, full disk, no memory, a failed check
-            if precision == "int8":  # (what is this model's fate was recorded, not raised)
-                raise
+            if precision == "int8":  # (a failure that is the model's fate is recorded in
+                raise  # compiled.json by compile_model, not raised)
             log.warning("cannot compile %s into %s (%s); indexing with torch this time",
                         ref.display, folder_for(ref.model_id, cache_dir).parent, exc)
             return None
