@@ -106,8 +106,9 @@ class ClipEncoder:
 
     @property
     def logit_scale(self) -> float:
-        scale = getattr(self.loaded.model, "logit_scale", None)
-        return float(scale.exp().item()) if scale is not None else 100.0
+        from .text_tower import _logit_scale
+
+        return _logit_scale(self.loaded.model)
 
 
 def l2_normalise(features: np.ndarray) -> np.ndarray:

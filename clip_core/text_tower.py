@@ -56,6 +56,11 @@ class UnsupportedTextTower(ValueError):
 # ---------------------------------------------------------------- export (torch side)
 
 
+def _logit_scale(model: Any) -> float:
+    scale = getattr(model, "logit_scale", None)
+    return float(scale.exp().item()) if scale is not None else 100.0
+
+
 def export_text_tower(
     model: Any, path: Path, dtype: str = "float32", tokenizer: Any | None = None
 ) -> None:
@@ -133,6 +138,9 @@ def export_text_tower(
         # Token ids must come from the OpenAI CLIP BPE (clip_core.tokenizer); argmax pooling
         # relies on its end token being the largest id.
         "tokenizer": "openai-clip-bpe",
+        # Zero-shot classification's temperature, as ClipEncoder.logit_scale reports it:
+        # with it, `classify` on a library needs no torch either.
+        "logit_scale": _logit_scale(model),
     }
     if tokenizer is not None:
         _check_tokenizer(tokenizer, ctx)
@@ -435,6 +443,7 @@ class NumpyTextTower:
         self.header = header
         self.context_length: int = header["context_length"]
         self.embed_dim: int = header["embed_dim"]
+        self.logit_scale: float | None = header.get("logit_scale")  # None: older export
         self.heads: int = header["heads"]
         self.eps: float = header["ln_eps"]
         self.act: str = header["act"]

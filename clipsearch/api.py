@@ -421,9 +421,17 @@ class Library:
         self, image: str | os.PathLike, labels: Sequence[str], *, model: str | None = None,
         pretrained: str | None = None,
     ) -> list[LabelScore]:
-        """CLIP zero-shot: probability of each label for one image, best first."""
+        """CLIP zero-shot: probability of each label for one image, best first. Torch-free
+        when the model's text tower is cached here with its temperature and its image tower
+        is compiled (the state after indexing on a CPU); else the torch model."""
         _check_labels(labels)
-        return _classify(self.encoder(self.model_ref(model, pretrained)), image, labels)
+        ref = self.model_ref(model, pretrained)
+        scale = self._text_embedder(ref).logit_scale()
+        if scale is None:
+            return _classify(self.encoder(ref), image, labels)
+        image_vector = _image_vector(self.image_encoder(ref), Path(image))
+        return zero_shot(image_vector, self.embed_text(list(labels), model, pretrained),
+                         labels, scale)
 
     def _image_vector(self, path: Path, ref: ModelRef) -> np.ndarray:
         return _image_vector(self.image_encoder(ref), path)

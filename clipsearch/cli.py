@@ -216,7 +216,7 @@ def classify(image, labels, as_json, library, model, pretrained, device, precisi
 
     lib_dir = Path(library) if library else default_library_dir()
     if (lib_dir / CATALOG_NAME).is_file():  # use the library's default model
-        with open_library(library, None, None, device, precision) as lib:
+        with open_library(library, None, None, device, precision, low_memory=True) as lib:
             scores = lib.classify(image, list(labels), model=model, pretrained=pretrained)
     else:  # no library needed, and none is created
         scores = classify_image(image, list(labels), model=model, pretrained=pretrained,

@@ -61,6 +61,12 @@ class TextEmbedder:
             self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
         return self._fast
 
+    def logit_scale(self) -> float | None:
+        """The model's zero-shot temperature from the cached tower (None: not cached, or
+        exported before it was recorded)."""
+        fast = self._numpy_tower()
+        return fast[0].logit_scale if fast is not None else None
+
     @property
     def cached(self) -> bool:
         return self.path.is_file()

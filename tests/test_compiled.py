@@ -22,7 +22,7 @@ from clip_core.encoder import ClipEncoder
 from clip_core.model_ref import parse_model
 from clip_core.preprocess import preprocess_batch
 from clip_core.probe_images import probe_images
-from clipsearch import Library
+from clipsearch import Library, classify
 from tests.conftest import REPO, SHAPES_TINY
 from tests.helpers import (
     PAIRS,
@@ -210,7 +210,9 @@ from clipsearch import Library
 with Library(sys.argv[1], model="shapes-tiny") as lib:
     report = lib.index([sys.argv[2]])
     hits = lib.query("a red circle", limit=3)
+    labels = lib.classify(hits[0].path, ["a red circle", "a blue star", "a green square"])
 print(json.dumps({"indexed": report.indexed, "top": hits[0].path,
+                  "probabilities": {s.label: s.probability for s in labels},
                   "torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules}))
 """
     runs = []
@@ -222,6 +224,13 @@ print(json.dumps({"indexed": report.indexed, "top": hits[0].path,
     assert runs[0]["torch"] and runs[0]["indexed"] == len(PAIRS)
     assert runs[1] == {**runs[1], "indexed": len(PAIRS), "torch": False, "open_clip": False}
     assert "red-circle" in runs[1]["top"]
+    # classify too (its temperature travels with the text tower): the torch model's answer,
+    # up to the int8 image vector.
+    reference = {s.label: s.probability for s in classify(
+        runs[1]["top"], list(runs[1]["probabilities"]), model="shapes-tiny")}
+    assert max(reference, key=reference.get) == "a red circle"
+    for label, probability in runs[1]["probabilities"].items():
+        assert abs(probability - reference[label]) < 0.02, (label, runs[1], reference)
 
 
 def test_models_compile_command(tmp_path, monkeypatch):
