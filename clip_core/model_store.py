@@ -15,6 +15,7 @@ No torch import anywhere in this module: it must answer in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import io
@@ -524,8 +525,34 @@ def download(ref: ModelRef, models_dir: Path | None = None, *, offline: bool = F
 
     plans = _plan(ref)
     folder = store_dir_for(ref, models_dir)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    web = _Http(hub_endpoint(endpoint), timeout)
+    try:
+        return _download_into(folder, ref, plans, hub_endpoint(endpoint), revision, progress,
+                              timeout)
+    except BaseException:
+        if created:  # nothing arrived: leave no empty folders that look like a model
+            _remove_empty(folder, models_dir)
+        raise
+
+
+def _remove_empty(folder: Path, stop: Path) -> None:
+    """rmdir `folder`'s empty .partial, then `folder` and its parents up to `stop` while they
+    are empty (a partial file with bytes in it stays, for the next try to resume)."""
+    with contextlib.suppress(OSError):
+        (folder / PARTIAL_DIR).rmdir()
+    path = folder
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
+
+
+def _download_into(folder: Path, ref: ModelRef, plans: list, endpoint: str, revision: str,
+                   progress: bool, timeout: float) -> DownloadResult:
+    web = _Http(endpoint, timeout)
     manifest = read_manifest(folder) or _new_manifest(ref, {})
     manifest["source"] = {"endpoint": web.endpoint}
     result = DownloadResult(ref, folder)

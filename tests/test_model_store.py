@@ -590,3 +590,13 @@ def test_compiling_a_missing_model_says_so_first(store, monkeypatch, tmp_path):
     code, _, err = run_cli("models", "compile", "ViT-B-32", "--pretrained", "openai")
     assert code == 2 and "is not available on this machine" in err
     assert "Preparing" not in err and not (tmp_path / "cache").exists()
+
+
+def test_a_download_that_finds_nothing_leaves_no_empty_folders(hub, store):
+    with pytest.raises(model_store.DownloadError, match="found in test-org/absent"):
+        model_store.download(parse_model("hf-hub:test-org/absent"), store, progress=False)
+    assert not store.exists() or not any(store.rglob("*"))  # verify would list nothing
+    (store / "keep").mkdir(parents=True)  # folders that were there before stay
+    with pytest.raises(model_store.DownloadError):
+        model_store.download(parse_model("hf-hub:test-org/absent"), store, progress=False)
+    assert [p.name for p in store.iterdir()] == ["keep"]
