@@ -35,14 +35,13 @@ from pathlib import Path
 
 from .model_files import (
     CONFIG_NAME,
-    WEIGHT_SUFFIXES,
     default_models_dir,
     ensure_local,
     locate_hub_bundle,
     locate_pretrained,
     pretrained_cfg,
 )
-from .model_ref import ModelRef
+from .model_ref import WEIGHT_SUFFIXES, ModelRef
 from .onnx_encoder import OnnxImageEncoder, onnxruntime_available
 from .preprocess import PreprocessSpec
 

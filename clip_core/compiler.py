@@ -59,8 +59,9 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
     One compile per model at a time on this machine (a lock file beside the folder): a second
     process waits, then uses the first one's result unless `force`. The torch encoder (image
     tower only, at the precision clipsearch picks) is returned when it was timed and won, so
-    the caller does not load the model a second time. Raises OSError/MemoryError for failures that
-    may pass (disk full, no memory): those are not recorded in the cache."""
+    the caller does not load the model a second time. Only an ExportFailure (the model's fate
+    with these library versions) is recorded in the cache; any other error propagates, so
+    one that may pass (disk full, no memory, shutdown under Ctrl-C) is retried next time."""
     ensure_local(ref, models_dir)  # a missing model: its message, not "Preparing ..." first
     target = folder_for(ref.model_id, cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)

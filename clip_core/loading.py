@@ -19,7 +19,6 @@ from .model_files import (
     WEIGHT_NAMES,
     MissingModelError,
     ModelLoadError,
-    check_known,
     default_models_dir,
     ensure_local,
     fix_steps,
@@ -28,7 +27,7 @@ from .model_files import (
     pretrained_files,
     store_dir_for,
 )
-from .model_ref import ModelRef
+from .model_ref import WEIGHT_SUFFIXES, ModelRef
 from .open_clip_import import import_open_clip
 from .preprocess import PreprocessSpec
 
@@ -65,7 +64,8 @@ def load_model(
     # No implicit downloads anywhere below (tokenizers of some models consult the hub too).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     models_dir = models_dir or default_models_dir()
-    ensure_local(ref, models_dir)  # torch-free check; open_clip's own import takes seconds
+    # Torch-free checks (files present, name and tag known): open_clip's import takes seconds.
+    ensure_local(ref, models_dir)
     import torch
 
     open_clip = import_open_clip(ref)
@@ -89,17 +89,14 @@ def load_model(
                                     located.searched, fix_steps(ref, models_dir))
         name, pretrained = f"local-dir:{located.bundle_dir}", None
     elif ref.kind == "random":
-        check_known(ref)
         torch.manual_seed(0)  # same random weights in every process, so indexes stay usable
         name, pretrained, random_weights = ref.name, None, True
     elif ref.kind == "file":
-        check_known(ref)
         if not Path(str(ref.pretrained)).is_file():
             raise MissingModelError(ref, [str(ref.pretrained)], [Path(str(ref.pretrained)).parent],
                                     fix_steps(ref, models_dir))
         name, pretrained = ref.name, str(ref.pretrained)
     else:
-        check_known(ref)
         cfg = open_clip.pretrained.get_pretrained_cfg(ref.name, str(ref.pretrained))
         located = locate_pretrained(ref, cfg, models_dir)
         if located.weights is None:
@@ -180,7 +177,7 @@ def _tokenizer(open_clip: Any, name: str, ref: ModelRef, models_dir: Path) -> An
 
 def _check_bundle(ref: ModelRef, folder: Path, models_dir: Path) -> None:
     config = folder / CONFIG_NAME
-    weights = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt")]
+    weights = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     if not config.is_file() or not weights:
         raise MissingModelError(
             ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)], [folder], fix_steps(ref, models_dir)

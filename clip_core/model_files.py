@@ -18,7 +18,6 @@ from pathlib import Path
 from .model_ref import ModelRef
 
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # any weights file a folder may hold
 CONFIG_NAME = "open_clip_config.json"
 
 

@@ -16,6 +16,7 @@ LOCAL_DIR_PREFIX = "local-dir:"
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 RANDOM_WEIGHTS = "none"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # any weights file a folder may hold
 
 # Models that ship inside this repository (data/models/NAME): usable by bare name.
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
@@ -84,7 +85,7 @@ def parse_model(model: str | None = None, pretrained: str | None = None) -> Mode
     tag = pretrained if pretrained is not None else DEFAULT_PRETRAINED
     if tag.lower() == RANDOM_WEIGHTS:
         return ModelRef("random", model)
-    if os.sep in tag or Path(tag).suffix in (".safetensors", ".bin", ".pt", ".pth"):
+    if os.sep in tag or Path(tag).suffix in WEIGHT_SUFFIXES:
         return ModelRef("file", model, _abs(tag))
     return ModelRef("openclip", model, tag)
 
@@ -100,7 +101,7 @@ def _fingerprint(path: Path) -> str:
     if path.is_dir():
         files = sorted(
             p for p in path.iterdir()
-            if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".json")
+            if p.suffix in (*WEIGHT_SUFFIXES, ".json")
         )
     elif path.exists():
         files = [path]

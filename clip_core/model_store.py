@@ -37,7 +37,6 @@ from typing import IO, Any
 from .model_files import (
     CONFIG_NAME,
     WEIGHT_NAMES,
-    WEIGHT_SUFFIXES,
     MissingModelError,
     architecture_configs,
     clip_url_cache_dir,
@@ -50,7 +49,7 @@ from .model_files import (
     pretrained_cfg,
     pretrained_table,
 )
-from .model_ref import BUNDLED_MODELS_DIR, ModelRef
+from .model_ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef
 
 META_DIR = ".clipsearch"
 MANIFEST = "manifest.json"
