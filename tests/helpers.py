@@ -52,3 +52,15 @@ def ranking_changes(reference: dict[str, list], other: dict[str, list],
             worst = max(worst, abs(score[mine.path] - theirs.score))
             swaps += mine.path != theirs.path
     return swaps, worst
+
+
+def assert_only_near_ties_swap(reference: dict[str, list], other: dict[str, list],
+                               max_gap: float = 6e-3) -> tuple[int, float]:
+    """`other` (a reduced-precision lever's rankings) keeps `reference`'s top ten position by
+    position, except swaps between pictures tied within `max_gap` (at most one per query on
+    average), and every query's own picture still leads. Returns (swaps, largest gap)."""
+    swaps, worst = ranking_changes(reference, other)
+    assert worst < max_gap and swaps <= len(PAIRS), (swaps, worst)
+    for query, ranked in other.items():
+        assert pair_of(ranked[0].path) == tuple(query.split())
+    return swaps, worst
