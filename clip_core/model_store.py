@@ -16,10 +16,12 @@ No torch import anywhere in this module: it must answer in milliseconds.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import io
 import json
+import lzma
 import os
 import re
 import shutil
@@ -29,11 +31,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from .bundle_manifest import check_manifest
 from .model_files import (
     CONFIG_NAME,
     WEIGHT_NAMES,
@@ -794,66 +798,150 @@ def _install_dir(manifest: dict, models_dir: Path) -> tuple[Path, ModelRef]:
                       f"{model!r}).")
 
 
-def _extract(tar: tarfile.TarFile, tmp: Path) -> tuple[dict | None, dict[str, tuple[str, int]]]:
-    """Stream every member into tmp, hashing as it goes; refuse anything but plain files with
-    safe names (no absolute paths, `..`, links or devices)."""
-    manifest, got = None, {}
+# What a truncated or not-a-tar file raises while tarfile reads it.
+_UNREADABLE = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
+
+def _format_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    """The store-relative name of a bundle member, or BundleError for anything but a plain
+    file at manifest.json or files/SAFE (no absolute paths, `..`, links or devices)."""
+    name = member.name
+    if not member.isfile():
+        raise BundleError(f"Refusing bundle entry {name!r}: not a regular file; nothing was "
+                          "installed.")
+    if name == "manifest.json":
+        return name
+    rel = name[len("files/"):] if name.startswith("files/") else ""
+    if not _safe_relpath(rel):
+        raise BundleError(f"Refusing bundle entry {name!r}: unsafe path; nothing was "
+                          "installed.")
+    return rel
+
+
+def _read_manifest_member(tar: tarfile.TarFile, member: tarfile.TarInfo, bundle: Path,
+                          models_dir: Path) -> dict[str, dict]:
+    """Parse and check the manifest, and check free space for the files it lists."""
+    handle = tar.extractfile(member)
+    if handle is None or member.size > 1 << 20:
+        raise BundleError(f"{bundle}: manifest.json is unreadable or over 1 MB.")
+    try:
+        manifest = json.loads(handle.read())
+        listed = check_manifest(manifest, BUNDLE_FORMAT, BUNDLE_VERSION)
+    except ValueError as exc:  # ManifestError is one; so is bad JSON
+        raise BundleError(f"{bundle}: {exc}; nothing was installed.") from exc
+    bad = [n for n in listed if not _safe_relpath(n)]
+    if bad:
+        raise BundleError(f"Refusing bundle {bundle}: unsafe file name {bad[0]!r} in "
+                          "manifest.json; nothing was installed.")
+    need = sum(f["size"] for f in listed.values())
+    free = shutil.disk_usage(models_dir).free
+    if need > free:
+        raise BundleError(f"Not enough disk space in {models_dir}: the bundle needs "
+                          f"{_format_bytes(need)}, {_format_bytes(free)} available; nothing "
+                          "was installed. Free some space or use --models-dir elsewhere.")
+    manifest["_listed"] = listed
+    return manifest
+
+
+def _scan(tar: tarfile.TarFile, bundle: Path, models_dir: Path) -> dict:
+    """First pass, headers only (nothing is written): the checked manifest, and every member
+    checked against it. Refuses at the first member that is unsafe, or not listed once the
+    manifest is known, so a hostile bundle is never extracted."""
+    manifest: dict | None = None
+    seen: dict[str, int] = {}
+
+    def check(rel: str, size: int) -> None:
+        entry = manifest["_listed"].get(rel) if manifest else None
+        if entry is None:
+            raise BundleError(f"Refusing bundle {bundle}: entry 'files/{rel}' is not listed "
+                              "in its manifest.json; nothing was installed.")
+        if entry["size"] != size:
+            raise BundleError(f"Refusing bundle {bundle}: 'files/{rel}' is {size} bytes, its "
+                              f"manifest says {entry['size']}; nothing was installed.")
+
     for member in tar:
-        name = member.name
-        if not member.isfile():
-            raise BundleError(f"Refusing bundle entry {name!r}: not a regular file.")
-        if name == "manifest.json":
-            if manifest is not None:
-                raise BundleError("Refusing bundle: two manifest.json entries.")
-            handle = tar.extractfile(member)
-            manifest = json.loads(handle.read(1 << 20)) if handle else None
+        rel = _member_name(member)
+        if rel in seen or (rel == "manifest.json" and manifest is not None):
+            raise BundleError(f"Refusing bundle entry {member.name!r}: duplicate path; "
+                              "nothing was installed.")
+        if rel == "manifest.json":
+            manifest = _read_manifest_member(tar, member, bundle, models_dir)
+            for name, size in seen.items():
+                check(name, size)
+        elif manifest is not None:
+            check(rel, member.size)
+        seen[rel] = member.size
+    if manifest is None:
+        raise BundleError(f"{bundle} has no clipsearch manifest.json; nothing was installed.")
+    missing = [n for n in manifest["_listed"] if n not in seen]
+    if missing:
+        raise BundleError(f"{bundle} is incomplete: {', '.join(missing)} missing from the "
+                          "bundle; nothing was installed.")
+    return manifest
+
+
+def _extract(tar: tarfile.TarFile, tmp: Path, listed: dict[str, dict]
+             ) -> dict[str, tuple[str, int]]:
+    """Second pass: stream the members _scan accepted into tmp, hashing as it goes."""
+    got = {}
+    for member in tar:
+        if member.name == "manifest.json":
             continue
-        rel = name[len("files/"):] if name.startswith("files/") else ""
-        if not _safe_relpath(rel) or rel in got:
-            raise BundleError(f"Refusing bundle entry {name!r}: unsafe or duplicate path.")
+        rel = _member_name(member)
+        if rel not in listed or rel in got:  # the file changed since _scan
+            raise BundleError(f"Refusing bundle entry {member.name!r}: not listed.")
         target = tmp / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         source = tar.extractfile(member)
         if source is None:
-            raise BundleError(f"Cannot read bundle entry {name!r}.")
+            raise BundleError(f"Cannot read bundle entry {member.name!r}.")
         reader, size = _HashingReader(source), 0
         with open(target, "wb") as out:
             while chunk := reader.read(_CHUNK):
                 out.write(chunk)
                 size += len(chunk)
         got[rel] = (reader.digest.hexdigest(), size)
-    return manifest, got
+    return got
 
 
 def import_bundle(bundle: Path, models_dir: Path | None = None) -> BundleResult:
-    """Verify every checksum, then install atomically: extract to a temp folder in the store,
-    check, rename into place (an existing copy is replaced only after all checks pass)."""
+    """Verify every checksum, then install atomically: check the manifest and every member
+    header first (nothing written), then extract to a temp folder in the store, check the
+    sha256s, rename into place (an existing copy is replaced only after all checks pass)."""
     models_dir = models_dir or default_models_dir()
     models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(bundle, "r:*") as tar:
+            manifest = _scan(tar, Path(bundle), models_dir)
+    except _UNREADABLE as exc:
+        raise BundleError(f"{bundle} is not a readable clipsearch model bundle (not a "
+                          "tar file, or a truncated copy); nothing was installed.") from exc
+    listed = manifest.pop("_listed")
+    dest, ref = _install_dir(manifest, models_dir)
+    if models_dir.resolve() not in dest.resolve().parents:
+        raise BundleError(f"Refusing to install outside the store: {dest}")
     tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=models_dir))
     try:
         try:
             with tarfile.open(bundle, "r:*") as tar:
-                manifest, got = _extract(tar, tmp)
-        except (tarfile.TarError, EOFError, ValueError) as exc:
-            raise BundleError(f"{bundle} is not a readable clipsearch model bundle (not a "
-                              "tar file, or a truncated copy); nothing was installed.") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{bundle} has no clipsearch manifest.json.")
-        if manifest.get("version", 0) > BUNDLE_VERSION:
-            raise BundleError(f"{bundle} needs a newer clipsearch (bundle version "
-                              f"{manifest.get('version')}).")
-        listed = {f["name"]: f for f in manifest.get("files", [])}
-        problems = [f"{n}: missing from the bundle" for n in listed if n not in got]
-        problems += [f"{n}: not listed in the manifest" for n in got if n not in listed]
-        problems += [f"{n}: sha256 {got[n][0]} != {f['sha256']}" for n, f in listed.items()
-                     if n in got and (got[n][0] != f["sha256"] or got[n][1] != f["size"])]
+                got = _extract(tar, tmp, listed)
+        except _UNREADABLE as exc:
+            raise BundleError(f"{bundle} could not be read to the end (changed while "
+                              "importing?); nothing was installed.") from exc
+        problems = [f"{n}: sha256 {got[n][0]} != {f['sha256']}" for n, f in listed.items()
+                    if n in got and (got[n][0] != f["sha256"] or got[n][1] != f["size"])]
+        problems += [f"{n}: missing from the bundle" for n in listed if n not in got]
         if problems:
             raise BundleError(f"{bundle} is corrupt; nothing was installed:\n  "
                               + "\n  ".join(problems))
-        dest, ref = _install_dir(manifest, models_dir)
-        if models_dir.resolve() not in dest.resolve().parents:
-            raise BundleError(f"Refusing to install outside the store: {dest}")
         installed = dict(manifest, spec=ref.to_spec(), installed_from=str(Path(bundle).name),
                          installed=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         write_manifest(tmp, installed)
