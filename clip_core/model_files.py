@@ -236,6 +236,26 @@ def architecture_configs() -> dict[str, dict]:
     return configs
 
 
+def default_pretrained(arch: str) -> str | None:
+    """The tag `--model ARCH` means when --pretrained is not given: for ViT-B-32 the project's
+    default (laion2b_s34b_b79k); else the architecture's only tag; else its first LAION-2B tag
+    (open_clip's recommended weights: ViT-B-16 laion2b_s34b_b88k, ViT-L-14 laion2b_s32b_b82k,
+    ViT-H-14, ViT-bigG-14, convnext_*); else `openai`; else the first tag open_clip lists.
+    None when open_clip has no weights for ARCH (or does not know it)."""
+    from .model_ref import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+    if arch == DEFAULT_MODEL:
+        return DEFAULT_PRETRAINED
+    try:
+        tags = list(pretrained_table().get(arch, {}))
+    except ImportError:  # no open_clip at all: the loader will say so
+        return None
+    laion = [t for t in tags if t.startswith("laion2b")]
+    if len(tags) == 1 or not (laion or "openai" in tags):
+        return tags[0] if tags else None
+    return laion[0] if laion else "openai"
+
+
 def check_known(ref: ModelRef) -> None:
     """Raise ModelLoadError for an architecture name or pretrained tag open_clip does not
     know, read from its config files without importing torch (in milliseconds, not after
@@ -250,6 +270,10 @@ def check_known(ref: ModelRef) -> None:
                              "`clipsearch models list` shows them all.")
     if ref.kind == "openclip" and not pretrained_cfg(ref.name, str(ref.pretrained)):
         tags = list(pretrained_table().get(ref.name, {}))
+        if ref.tag_defaulted:  # the user typed no tag: do not name the one we tried
+            raise ModelLoadError(f"{ref.name} has no pretrained weights in open_clip: pass "
+                                 "--pretrained FILE (your weights) or --pretrained none "
+                                 "(random weights, for tests).")
         raise ModelLoadError(f"Unknown pretrained tag {ref.pretrained!r} for {ref.name}. "
                              f"Known tags: {', '.join(tags) or 'none'}; or pass a weights "
                              "file path.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -31,6 +31,8 @@ class ModelRef:
     kind: str
     name: str  # architecture name, hub repo id, or absolute folder path
     pretrained: str | None = None  # tag or absolute file path
+    # True when the user gave no --pretrained and the tag was chosen (default_pretrained).
+    tag_defaulted: bool = field(default=False, compare=False, repr=False)
 
     @property
     def model_id(self) -> str:
@@ -82,7 +84,12 @@ def parse_model(model: str | None = None, pretrained: str | None = None) -> Mode
         path = Path(model).expanduser()
         if path.is_dir():
             return ModelRef("local-dir", _abs(model))
-    tag = pretrained if pretrained is not None else DEFAULT_PRETRAINED
+    if pretrained is None:  # a sensible tag for this architecture (open_clip's table)
+        from .model_files import default_pretrained
+
+        return ModelRef("openclip", model, default_pretrained(model) or DEFAULT_PRETRAINED,
+                        tag_defaulted=True)
+    tag = pretrained
     if tag.lower() == RANDOM_WEIGHTS:
         return ModelRef("random", model)
     if os.sep in tag or Path(tag).suffix in WEIGHT_SUFFIXES:

@@ -43,6 +43,7 @@ from .model_files import (
     WEIGHT_NAMES,
     MissingModelError,
     architecture_configs,
+    check_known,
     clip_url_cache_dir,
     default_models_dir,
     fix_steps,
@@ -492,11 +493,7 @@ class _Plan:
 
 def _plan(ref: ModelRef) -> list[_Plan]:
     if ref.kind == "openclip":
-        cfg = pretrained_cfg(ref.name, str(ref.pretrained))
-        if not cfg:
-            tags = ", ".join(pretrained_table().get(ref.name, {})) or "none"
-            raise StoreError(f"Unknown pretrained tag {ref.pretrained!r} for {ref.name}. "
-                             f"Known tags: {tags} (`clipsearch models list --all`).")
+        cfg = pretrained_cfg(ref.name, str(ref.pretrained))  # check_known passed
         plans: list[_Plan] = []
         repo_id, filename = hub_repo(cfg)
         if repo_id:  # open_clip prefers the hub over URLs, and so do we
@@ -518,6 +515,7 @@ def download(ref: ModelRef, models_dir: Path | None = None, *, offline: bool = F
              endpoint: str | None = None, revision: str = "main", progress: bool = True,
              timeout: float = 30.0) -> DownloadResult:
     """Fetch a model into the store: resumable, sha256-checked, recorded in its manifest."""
+    check_known(ref)  # a misspelt name is that mistake (exit 2 everywhere), even offline
     if is_offline(offline):
         raise OfflineError(
             f"Not downloading {ref.display}: offline mode is on (--offline, CLIPSEARCH_OFFLINE "
@@ -645,12 +643,11 @@ def _source_files(ref: ModelRef, models_dir: Path
     the folder name for local-dir installs."""
     from .model_files import store_dir_for
 
+    check_known(ref)  # unknown names and tags: the same error as every other command
     if ref.kind == "random":
         raise StoreError("Random weights (--pretrained none) have no files to export.")
     if ref.kind == "openclip":
         cfg = pretrained_cfg(ref.name, str(ref.pretrained))
-        if not cfg:
-            raise StoreError(f"Unknown pretrained tag {ref.pretrained!r} for {ref.name}.")
         located = locate_pretrained(ref, cfg, models_dir)
         if located.weights is None:
             from .model_files import pretrained_files
@@ -692,9 +689,7 @@ def _source_files(ref: ModelRef, models_dir: Path
         if not weights.is_file():
             raise MissingModelError(ref, [str(weights)], [weights.parent],
                                     fix_steps(ref, models_dir))
-        arch_cfg = architecture_configs().get(ref.name)
-        if arch_cfg is None:
-            raise StoreError(f"Unknown open_clip architecture {ref.name!r}.")
+        arch_cfg = architecture_configs()[ref.name]  # check_known passed
         from .preprocess import OPENAI_MEAN, OPENAI_STD  # open_clip's defaults for a file
 
         # Travels as a folder bundle (architecture config + weights): `local-dir:` on arrival.

@@ -41,7 +41,8 @@ def model_options(func: Callable) -> Callable:
                   "local-dir:PATH, or a bundled model name (shapes-tiny). "
                   "Default: the library's default model.")
     @click.option("--pretrained", help="Pretrained tag (laion2b_s34b_b79k, openai, ...), a "
-                  "weights file, or 'none' for random weights (benchmarks only).")
+                  "weights file, or 'none' for random weights (benchmarks only). Default: a "
+                  "tag chosen per architecture (docs/models.md).")
     @click.option("--device", default="auto", show_default=True, callback=_check_device,
                   help="auto, cpu, cuda, cuda:1, mps")
     @click.option("--precision", default="auto", show_default=True,

@@ -77,8 +77,8 @@ def _size(info: model_store.ModelInfo) -> str:
 
 @models.command()
 @click.argument("model")
-@click.option("--pretrained", help="Pretrained tag (default for open_clip architectures: "
-              "laion2b_s34b_b79k).")
+@click.option("--pretrained", help="Pretrained tag (default: one per architecture, "
+              "laion2b_s34b_b79k for ViT-B-32; see docs/models.md).")
 @click.option("--revision", default="main", show_default=True, help="Hub branch, tag or commit.")
 @click.option("--endpoint", help="Hub address (default: HF_ENDPOINT or https://huggingface.co).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
