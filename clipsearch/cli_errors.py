@@ -29,11 +29,25 @@ def _known_errors() -> list[tuple[tuple[type[BaseException], ...], int]]:
     ]
 
 
+def interrupt_note(note: str) -> Callable[[Callable], Callable]:
+    """What Ctrl-C leaves behind, said by friendly_errors (put it below @friendly_errors)."""
+
+    def mark(func: Callable) -> Callable:
+        func.interrupt_note = note  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
 def friendly_errors(func: Callable) -> Callable:
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except KeyboardInterrupt:  # not click's "Aborted!" and exit 1: one line, exit 130
+            note = getattr(func, "interrupt_note", "nothing was changed.")
+            click.echo(f"Interrupted; {note}", err=True)
+            _exit_now(EXIT_INTERRUPTED)
         except BrokenPipeError:  # `clipsearch status | head`: the reader left, nothing to say
             _silence_stdout()
             sys.exit(141)  # 128 + SIGPIPE, as a command killed by it
@@ -53,3 +67,13 @@ def _silence_stdout() -> None:
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+def _exit_now(code: int) -> None:
+    """Exit without waiting for background threads (a model still loading) or the final
+    garbage collections: the command's own cleanup has already run on the way here."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

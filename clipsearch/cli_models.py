@@ -16,7 +16,7 @@ from clip_core import model_store
 from clip_core.model_files import default_models_dir
 from clip_core.model_ref import parse_model
 
-from .cli_errors import EXIT_PROBLEM, friendly_errors
+from .cli_errors import EXIT_PROBLEM, friendly_errors, interrupt_note
 from .output import format_size, human, write_json
 
 
@@ -85,6 +85,7 @@ def _size(info: model_store.ModelInfo) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @friendly_errors
+@interrupt_note("the part already fetched is kept: run the same command again to resume.")
 def download(ctx: click.Context, model: str, pretrained: str | None, revision: str,
              endpoint: str | None, quiet: bool, as_json: bool) -> None:
     """Fetch MODEL into the store (resumable, sha256-checked). The only networked command."""
@@ -111,6 +112,7 @@ def download(ctx: click.Context, model: str, pretrained: str | None, revision: s
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @friendly_errors
+@interrupt_note("no bundle was written.")
 def export(ctx: click.Context, model: str, pretrained: str | None, output: str,
            as_json: bool) -> None:
     """Write MODEL's local files into one portable bundle file (for air-gapped machines)."""
@@ -130,6 +132,7 @@ def export(ctx: click.Context, model: str, pretrained: str | None, output: str,
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @friendly_errors
+@interrupt_note("nothing was installed.")
 def import_cmd(ctx: click.Context, bundle: str, as_json: bool) -> None:
     """Verify every checksum in BUNDLE and install it into the store."""
     result = model_store.import_bundle(Path(bundle), _models_dir(ctx))
@@ -146,6 +149,7 @@ def import_cmd(ctx: click.Context, bundle: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @friendly_errors
+@interrupt_note("nothing was changed (verify only reads).")
 def verify(ctx: click.Context, as_json: bool) -> None:
     """Check every stored model against its recorded sha256; exit 1 on any problem."""
     results = model_store.verify_store(_models_dir(ctx))
@@ -172,6 +176,7 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @friendly_errors
+@interrupt_note("no compiled model was written; one already in place is kept.")
 def compile_cmd(ctx: click.Context, model: str, pretrained: str | None, force: bool,
                 as_json: bool) -> None:
     """Prepare MODEL for fast torch-free CPU indexing (int8 ONNX image tower + numpy text
