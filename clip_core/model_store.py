@@ -728,8 +728,17 @@ class _HashingReader:
         return data
 
 
-def export_bundle(ref: ModelRef, out: Path, models_dir: Path | None = None) -> BundleResult:
-    """Write one portable tar: manifest.json + files/... (uncompressed: weights don't shrink)."""
+def export_bundle(ref: ModelRef, out: Path | IO[bytes], models_dir: Path | None = None, *,
+                  force: bool = False) -> BundleResult:
+    """Write one portable tar: manifest.json + files/... (uncompressed: weights don't shrink).
+    `out` is a path (written to a temp file, then renamed; an existing file is replaced only
+    with `force`) or a binary stream such as stdout into a pipe (written as it goes: a file
+    found corrupt on the way cuts the stream before its manifest, so import refuses it)."""
+    if not hasattr(out, "write"):
+        out = Path(out)
+        if out.exists() and not force:
+            raise StoreError(f"{out} already exists; not overwritten (use --force to replace "
+                             "it).")
     models_dir = models_dir or default_models_dir()
     files, folder_name = _source_files(ref, models_dir)
     paths = [p for p in files.values() if isinstance(p, Path)]
@@ -742,22 +751,31 @@ def export_bundle(ref: ModelRef, out: Path, models_dir: Path | None = None) -> B
     for folder in {p.parent for p in paths} | {store_dir_for(ref, models_dir)}:
         for f in (read_manifest(folder) or {}).get("files", []):
             stored[(folder / f["name"]).resolve()] = f["sha256"]
-    out = Path(out)
+    if not isinstance(out, Path):
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _write_bundle(tar, files, manifest, stored)
+        return BundleResult(manifest["spec"], manifest["model_id"], Path("-"),
+                            manifest["files"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name, content in files.items():
-                sha, size = _add_to_tar(tar, f"files/{name}", content)
-                if stored.get(content) not in (None, sha):
-                    raise ChecksumError(f"{content} does not match its recorded sha256: it is "
-                                        "corrupt (`clipsearch models verify`); not exported.")
-                _record(manifest, name, sha, size)
-            _add_to_tar(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
+            _write_bundle(tar, files, manifest, stored)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return BundleResult(manifest["spec"], manifest["model_id"], out, manifest["files"])
+
+
+def _write_bundle(tar: tarfile.TarFile, files: dict[str, Path | bytes], manifest: dict,
+                  stored: dict[Path, str]) -> None:
+    for name, content in files.items():
+        sha, size = _add_to_tar(tar, f"files/{name}", content)
+        if stored.get(content) not in (None, sha):
+            raise ChecksumError(f"{content} does not match its recorded sha256: it is "
+                                "corrupt (`clipsearch models verify`); not exported.")
+        _record(manifest, name, sha, size)
+    _add_to_tar(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
 
 
 def _add_to_tar(tar: tarfile.TarFile, name: str, content: Path | bytes) -> tuple[str, int]:

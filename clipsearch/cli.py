@@ -91,7 +91,8 @@ def _warn_random(ref) -> None:
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False))
 @library_options
 @model_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per encoder call and per committed transaction.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode threads (default: cores).")
 @wait_option
@@ -162,7 +163,8 @@ def _print_report(report) -> None:
 @click.argument("text", required=False)
 @click.option("--image", type=click.Path(exists=True, dir_okay=False),
               help="Find images similar to this one instead of a text.")
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many results.")
 @click.option("--in", "within", type=click.Path(file_okay=False),
               help="Only results inside this folder.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array of results.")
@@ -204,12 +206,12 @@ def query(text, image, limit, within, as_json, paths_only, null, library, model,
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("labels", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The scores as JSON.")
 @library_options
 @model_options
 @friendly_errors
 def classify(image, labels, as_json, library, model, pretrained, device, precision):
-    """Zero-shot: how well each LABEL describes IMAGE (the classic CLIP demo)."""
+    """Zero-shot: how well each of the LABELS describes IMAGE (the classic CLIP demo)."""
     if any(not label.strip() for label in labels):
         raise click.UsageError("a LABEL is blank")
     from .api import CATALOG_NAME, default_library_dir
@@ -236,7 +238,7 @@ def classify(image, labels, as_json, library, model, pretrained, device, precisi
 
 @main.command()
 @click.option("--errors", "show_errors", is_flag=True, help="List every file that failed.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The status as JSON.")
 @library_options
 @friendly_errors
 def status(show_errors, as_json, library):
@@ -266,10 +268,10 @@ def status(show_errors, as_json, library):
 @click.argument("path", type=click.Path())
 @library_options
 @wait_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON.")
 @friendly_errors
 def remove_root(path, library, wait, as_json):
-    """Forget a root folder and its files."""
+    """Forget the root folder PATH and its files."""
     with open_library(library, create=False) as lib:
         n = lib.remove_root(path, wait=wait)
     if as_json:
@@ -282,7 +284,7 @@ def remove_root(path, library, wait, as_json):
 @click.argument("model", required=False)
 @click.option("--pretrained", help="Pretrained tag or weights file for MODEL.")
 @library_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The default model as JSON.")
 @friendly_errors
 def default_model(model, pretrained, library, as_json):
     """Show, or set, the model this library uses when --model is not given (MODEL: a --model
@@ -300,7 +302,7 @@ def default_model(model, pretrained, library, as_json):
 @click.option("--pretrained", help="Pretrained tag or weights file for MODEL.")
 @library_options
 @wait_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON.")
 @friendly_errors
 def remove_model(model, pretrained, library, wait, as_json):
     """Delete every vector made by MODEL (a model id from `status`, or a --model spec)."""

@@ -49,7 +49,7 @@ def models(ctx: click.Context, offline: bool, models_dir: str | None) -> None:
 @models.command("list")
 @click.option("--all", "include_all", is_flag=True, help="Every open_clip pretrained tag, not "
               "just the common ones and those on this machine.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The list as JSON (full paths).")
 @click.pass_context
 @friendly_errors
 def list_cmd(ctx: click.Context, include_all: bool, as_json: bool) -> None:
@@ -61,12 +61,22 @@ def list_cmd(ctx: click.Context, include_all: bool, as_json: bool) -> None:
     rows = [(i.model, i.pretrained or "-", str(i.embed_dim or "?"), _size(i),
              f"yes  {human(i.location)}" if i.available else "no") for i in infos]
     head = ("MODEL", "PRETRAINED", "DIM", "SIZE", "LOCAL")
-    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(4)]
+    # A long name (local-dir:/a/long/path) goes on a line of its own above its row, so one
+    # imported folder does not push every other column off the screen.
+    fits = [head, *(r for r in rows if len(r[0]) <= _NAME_WIDTH)]
+    widths = [max(len(r[0]) for r in fits),
+              *(max(len(r[c]) for r in [head, *rows]) for c in range(1, 4))]
     for row in [head, *rows]:
+        if len(row[0]) > widths[0]:
+            click.echo(row[0])
+            row = ("", *row[1:])
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False))
                    + "  " + row[4])
     if not include_all:
         click.echo("(--all lists every pretrained tag; ~ = estimated fp32 size)", err=True)
+
+
+_NAME_WIDTH = 32  # the longest open_clip architecture names fit
 
 
 def _size(info: model_store.ModelInfo) -> str:
@@ -82,7 +92,7 @@ def _size(info: model_store.ModelInfo) -> str:
 @click.option("--revision", default="main", show_default=True, help="Hub branch, tag or commit.")
 @click.option("--endpoint", help="Hub address (default: HF_ENDPOINT or https://huggingface.co).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON.")
 @click.pass_context
 @friendly_errors
 @interrupt_note("the part already fetched is kept: run the same command again to resume.")
@@ -107,17 +117,32 @@ def download(ctx: click.Context, model: str, pretrained: str | None, revision: s
 @models.command()
 @click.argument("model")
 @click.option("--pretrained", help="Pretrained tag, as for --model elsewhere.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Bundle file to write (a tar).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Bundle file to write (a tar); '-' streams it to stdout (a pipe or file, "
+              "not a terminal).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle file.")
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON.")
 @click.pass_context
 @friendly_errors
 @interrupt_note("no bundle was written.")
-def export(ctx: click.Context, model: str, pretrained: str | None, output: str,
+def export(ctx: click.Context, model: str, pretrained: str | None, output: str, force: bool,
            as_json: bool) -> None:
     """Write MODEL's local files into one portable bundle file (for air-gapped machines)."""
     ref = parse_model(model, pretrained)
-    result = model_store.export_bundle(ref, Path(output), _models_dir(ctx))
+    if output == "-":
+        if as_json:
+            raise click.UsageError("--json and -o - would both write to stdout: pick one")
+        if sys.stdout.isatty():
+            raise click.UsageError("-o - writes the tar to stdout, which is a terminal here: "
+                                   "redirect it (`-o - > model.tar`, `| ssh ...`) or give a "
+                                   "file name")
+        result = model_store.export_bundle(ref, sys.stdout.buffer, _models_dir(ctx))
+        sys.stdout.buffer.flush()
+        size = sum(f["size"] for f in result.files)
+        click.echo(f"Wrote the bundle to stdout ({format_size(size)} of model files, "
+                   f"{len(result.files)} files, sha256 inside).", err=True)
+        return
+    result = model_store.export_bundle(ref, Path(output), _models_dir(ctx), force=force)
     size = Path(output).stat().st_size
     if as_json:
         write_json({"bundle": str(result.path), "bytes": size, "files": len(result.files)})
@@ -129,7 +154,7 @@ def export(ctx: click.Context, model: str, pretrained: str | None, output: str,
 
 @models.command("import")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON.")
 @click.pass_context
 @friendly_errors
 @interrupt_note("nothing was installed.")
@@ -146,7 +171,7 @@ def import_cmd(ctx: click.Context, bundle: str, as_json: bool) -> None:
 
 
 @models.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model folder.")
 @click.pass_context
 @friendly_errors
 @interrupt_note("nothing was changed (verify only reads).")
@@ -173,7 +198,7 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 @click.argument("model")
 @click.option("--pretrained", help="Pretrained tag, as for --model elsewhere.")
 @click.option("--force", is_flag=True, help="Compile again even when a current one exists.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The compiled model's details as JSON.")
 @click.pass_context
 @friendly_errors
 @interrupt_note("no compiled model was written; one already in place is kept.")
@@ -207,7 +232,7 @@ def compile_cmd(ctx: click.Context, model: str, pretrained: str | None, force: b
 
 
 @models.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The path as JSON.")
 @click.pass_context
 def path(ctx: click.Context, as_json: bool) -> None:
     """Print the model store folder."""
