@@ -839,6 +839,14 @@ def _member_name(member: tarfile.TarInfo) -> str:
     return rel
 
 
+def _check_space(need: int, models_dir: Path) -> None:
+    free = shutil.disk_usage(models_dir).free
+    if need > free:
+        raise BundleError(f"Not enough disk space in {models_dir}: the bundle needs "
+                          f"{_format_bytes(need)}, {_format_bytes(free)} available; nothing "
+                          "was installed. Free some space or use --models-dir elsewhere.")
+
+
 def _read_manifest_member(tar: tarfile.TarFile, member: tarfile.TarInfo, bundle: Path,
                           models_dir: Path) -> dict[str, dict]:
     """Parse and check the manifest, and check free space for the files it lists."""
@@ -854,12 +862,7 @@ def _read_manifest_member(tar: tarfile.TarFile, member: tarfile.TarInfo, bundle:
     if bad:
         raise BundleError(f"Refusing bundle {bundle}: unsafe file name {bad[0]!r} in "
                           "manifest.json; nothing was installed.")
-    need = sum(f["size"] for f in listed.values())
-    free = shutil.disk_usage(models_dir).free
-    if need > free:
-        raise BundleError(f"Not enough disk space in {models_dir}: the bundle needs "
-                          f"{_format_bytes(need)}, {_format_bytes(free)} available; nothing "
-                          "was installed. Free some space or use --models-dir elsewhere.")
+    _check_space(sum(f["size"] for f in listed.values()), models_dir)
     manifest["_listed"] = listed
     return manifest
 
@@ -891,6 +894,8 @@ def _scan(tar: tarfile.TarFile, bundle: Path, models_dir: Path) -> dict:
                 check(name, size)
         elif manifest is not None:
             check(rel, member.size)
+        else:  # before the manifest (export writes it last): refuse what cannot fit early,
+            _check_space(sum(seen.values()) + member.size, models_dir)  # not after reading
         seen[rel] = member.size
     if manifest is None:
         raise BundleError(f"{bundle} has no clipsearch manifest.json; nothing was installed.")

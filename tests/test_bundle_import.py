@@ -108,23 +108,22 @@ def test_unlisted_huge_member_is_never_extracted(tmp_path, manifest_first):
     assert _nothing_written(store)
 
 
-def test_not_enough_space_is_said_before_extracting(tmp_path):
-    """The manifest lists a 1 PB file (and the tar header says so too, data cut off): the
-    import says how much is needed and available, and writes nothing."""
+@pytest.mark.parametrize("manifest_first", [True, False])
+def test_not_enough_space_is_said_before_extracting(tmp_path, manifest_first):
+    """The manifest lists a 1 PB file, and a bare tar header says so too (its data cut off):
+    the import says how much is needed and available, and writes nothing, whether the
+    manifest comes first or (as export writes it) last."""
     size = 1 << 50
     manifest = _manifest([{"name": "big", "sha256": "0" * 64, "size": size}])
-    path = tmp_path / "big.tar"
-    with tarfile.open(path, "w") as tar:
-        data = json.dumps(manifest).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    data = json.dumps(manifest).encode()
+    info = tarfile.TarInfo("manifest.json")
+    info.size = len(data)
+    meta = info.tobuf(tarfile.PAX_FORMAT) + data + bytes(-len(data) % 512)
     header = tarfile.TarInfo("files/big")
     header.size = size
-    with open(path, "r+b") as handle:  # replace the end-of-archive blocks by a bare header
-        handle.seek(512 + (len(data) + 511) // 512 * 512)
-        handle.truncate()
-        handle.write(header.tobuf(tarfile.PAX_FORMAT))
+    big = header.tobuf(tarfile.PAX_FORMAT)
+    path = tmp_path / "big.tar"
+    path.write_bytes(meta + big if manifest_first else big + meta)
     store = tmp_path / "store"
     code, err = _import(store, path)
     assert code == 1 and "Not enough disk space" in err, err
