@@ -848,8 +848,8 @@ def _check_space(need: int, models_dir: Path) -> None:
 
 
 def _read_manifest_member(tar: tarfile.TarFile, member: tarfile.TarInfo, bundle: Path,
-                          models_dir: Path) -> dict[str, dict]:
-    """Parse and check the manifest, and check free space for the files it lists."""
+                          models_dir: Path) -> tuple[dict, dict[str, dict]]:
+    """The checked manifest and its file entries by name; free space checked for them."""
     handle = tar.extractfile(member)
     if handle is None or member.size > 1 << 20:
         raise BundleError(f"{bundle}: manifest.json is unreadable or over 1 MB.")
@@ -863,19 +863,20 @@ def _read_manifest_member(tar: tarfile.TarFile, member: tarfile.TarInfo, bundle:
         raise BundleError(f"Refusing bundle {bundle}: unsafe file name {bad[0]!r} in "
                           "manifest.json; nothing was installed.")
     _check_space(sum(f["size"] for f in listed.values()), models_dir)
-    manifest["_listed"] = listed
-    return manifest
+    return manifest, listed
 
 
-def _scan(tar: tarfile.TarFile, bundle: Path, models_dir: Path) -> dict:
+def _scan(tar: tarfile.TarFile, bundle: Path, models_dir: Path
+          ) -> tuple[dict, dict[str, dict]]:
     """First pass, headers only (nothing is written): the checked manifest, and every member
     checked against it. Refuses at the first member that is unsafe, or not listed once the
     manifest is known, so a hostile bundle is never extracted."""
     manifest: dict | None = None
+    listed: dict[str, dict] = {}
     seen: dict[str, int] = {}
 
     def check(rel: str, size: int) -> None:
-        entry = manifest["_listed"].get(rel) if manifest else None
+        entry = listed.get(rel)
         if entry is None:
             raise BundleError(f"Refusing bundle {bundle}: entry 'files/{rel}' is not listed "
                               "in its manifest.json; nothing was installed.")
@@ -889,21 +890,22 @@ def _scan(tar: tarfile.TarFile, bundle: Path, models_dir: Path) -> dict:
             raise BundleError(f"Refusing bundle entry {member.name!r}: duplicate path; "
                               "nothing was installed.")
         if rel == "manifest.json":
-            manifest = _read_manifest_member(tar, member, bundle, models_dir)
+            manifest, listed = _read_manifest_member(tar, member, bundle, models_dir)
             for name, size in seen.items():
                 check(name, size)
         elif manifest is not None:
             check(rel, member.size)
-        else:  # before the manifest (export writes it last): refuse what cannot fit early,
-            _check_space(sum(seen.values()) + member.size, models_dir)  # not after reading
+        else:  # before the manifest (export writes it last): what cannot fit is refused
+            # at its header, not after reading through it
+            _check_space(sum(seen.values()) + member.size, models_dir)
         seen[rel] = member.size
     if manifest is None:
         raise BundleError(f"{bundle} has no clipsearch manifest.json; nothing was installed.")
-    missing = [n for n in manifest["_listed"] if n not in seen]
+    missing = [n for n in listed if n not in seen]
     if missing:
         raise BundleError(f"{bundle} is incomplete: {', '.join(missing)} missing from the "
                           "bundle; nothing was installed.")
-    return manifest
+    return manifest, listed
 
 
 def _extract(tar: tarfile.TarFile, tmp: Path, listed: dict[str, dict]
@@ -914,8 +916,9 @@ def _extract(tar: tarfile.TarFile, tmp: Path, listed: dict[str, dict]
         if member.name == "manifest.json":
             continue
         rel = _member_name(member)
-        if rel not in listed or rel in got:  # the file changed since _scan
-            raise BundleError(f"Refusing bundle entry {member.name!r}: not listed.")
+        if rel not in listed or rel in got:  # only if the file changed since _scan
+            raise BundleError(f"Refusing bundle entry {member.name!r}: not listed (the "
+                              "file changed while importing?); nothing was installed.")
         target = tmp / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         source = tar.extractfile(member)
@@ -938,11 +941,10 @@ def import_bundle(bundle: Path, models_dir: Path | None = None) -> BundleResult:
     models_dir.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(bundle, "r:*") as tar:
-            manifest = _scan(tar, Path(bundle), models_dir)
+            manifest, listed = _scan(tar, Path(bundle), models_dir)
     except _UNREADABLE as exc:
         raise BundleError(f"{bundle} is not a readable clipsearch model bundle (not a "
                           "tar file, or a truncated copy); nothing was installed.") from exc
-    listed = manifest.pop("_listed")
     dest, ref = _install_dir(manifest, models_dir)
     if models_dir.resolve() not in dest.resolve().parents:
         raise BundleError(f"Refusing to install outside the store: {dest}")
