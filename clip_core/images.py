@@ -9,6 +9,7 @@ global state (plugin registration) is set up once under a lock.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -177,21 +178,42 @@ def _parse_exif_date(value: object) -> str | None:
 
 # --- opening -------------------------------------------------------------------------------
 
+class NotRegularFileError(OSError):
+    """The path is a FIFO, socket, device or directory (found on the open handle)."""
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a file for reading only if it is a regular file, without ever blocking.
+
+    O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever (a file
+    swapped for a FIFO after it was listed). The handle is then checked with fstat, so the
+    type seen is the type read: no window between a stat and the open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise NotRegularFileError(errno.EISDIR, "is a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(
+                errno.EINVAL, "is not a regular file (FIFO, socket or device)")
+        os.set_blocking(fd, True)  # no effect on regular files; plain reads from here on
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _open_path(path: str) -> BinaryIO:
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise DecodeError("not-a-file", "is a directory, not an image file")
-        if not stat.S_ISREG(st.st_mode):
-            # Checked before open(): opening a FIFO for reading blocks until a writer comes.
-            raise DecodeError("not-a-file", "is not a regular file (FIFO, socket or device)")
-        if st.st_size == 0:
+        fp = open_regular(path)
+        if os.fstat(fp.fileno()).st_size == 0:
+            fp.close()
             raise DecodeError("empty-file", "file is empty (0 bytes)")
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it with `with`
+        return fp
+    except NotRegularFileError as exc:
+        raise DecodeError("not-a-file", exc.strerror) from exc
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise DecodeError("vanished", "file no longer exists") from exc
-    except IsADirectoryError as exc:
-        raise DecodeError("not-a-file", "is a directory, not an image file") from exc
     except PermissionError as exc:
         raise DecodeError("unreadable", "permission denied") from exc
     except OSError as exc:

@@ -248,7 +248,9 @@ def _load_encode_write(
                     inflight.append(submit(cand))
                 if not inflight:
                     break
-                loaded = inflight[0][1].result()
+                loaded = _result(inflight[0][1], stop)
+                if loaded is None:
+                    break  # stop requested while a file was still loading
                 if encoder is None:
                     encoder = wait_for_encoder()
                     writer.chunk = getattr(encoder, "micro_batch", writer.chunk)
@@ -273,9 +275,22 @@ def _load_encode_write(
             # Drop queued work at once (Ctrl-C, error, or done); committed batches stay.
             for _, future in inflight:
                 future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # After a stop, a read that does not progress (a hung network disk) must not
+            # hold the run: its thread is left behind and its result ignored.
+            pool.shutdown(wait=not (stop.requested or inflight), cancel_futures=True)
         report.interrupted = stop.requested
     return vanished
+
+
+def _result(future: Future[Loaded], stop: StopRequest) -> Loaded | None:
+    """The future's result, or None once a stop is requested: polled, since a signal handler
+    that only sets a flag would not end a wait on a load that never finishes."""
+    while True:
+        try:
+            return future.result(timeout=0.1)
+        except FutureTimeout:
+            if stop.requested:
+                return None
 
 
 def _min_side(spec: PreprocessSpec, settings: IndexSettings) -> int | None:

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clip_core.images import DecodeError, decode_image, read_header
+from clip_core.images import (
+    DecodeError,
+    NotRegularFileError,
+    decode_image,
+    open_regular,
+    read_header,
+)
 from clip_core.preprocess import PreprocessSpec, preprocess
 from store import Catalog, FileRecord
 
@@ -37,7 +43,7 @@ def read_file(path: str, attempts: int = 3) -> tuple[bytes, os.stat_result]:
     """Read once and stat the open handle, so the recorded size/mtime belong to the bytes
     that were hashed. A file rewritten while being read is read again; if it keeps changing,
     the stat from before the read is kept, so the next run sees a change and redoes it."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:  # never blocks on a FIFO; fstat-checked type
         for _ in range(attempts):
             before = os.fstat(handle.fileno())
             handle.seek(0)
@@ -58,8 +64,8 @@ def load_one(
         data, st = read_file(cand.path)
     except (FileNotFoundError, NotADirectoryError):
         return Loaded(cand, None)  # gone since the crawl: the sweep forgets it
-    except IsADirectoryError:
-        return Loaded(cand, _error(cand, None, "not-a-file", "is a directory"))
+    except NotRegularFileError as exc:  # swapped for a FIFO, device or folder since the crawl
+        return Loaded(cand, _error(cand, None, "not-a-file", str(exc.strerror)))
     except PermissionError:
         return Loaded(cand, _error(cand, None, "unreadable", "permission denied"))
     except OSError as exc:
