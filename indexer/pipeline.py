@@ -77,6 +77,7 @@ class IndexSettings:
     prefetch: int = 192  # files decoded ahead of the encoder (and while the model loads)
     draft: bool = True  # reduced-size JPEG decoding (clip_core.images)
     include_hidden: bool = False  # dot-files and -folders, @eaDir (indexer.crawl)
+    follow_links: bool = False  # symlinks leading out of the root (indexer.crawl)
     cancel: object | None = None  # a threading.Event: set() it to stop like Ctrl-C
 
     def check(self) -> None:
@@ -147,7 +148,8 @@ def _run(job: _Job, root_ids: list[int]) -> None:
         candidates: list[Candidate] = []
         skips: list[CrawlSkip] = []
         for item in crawl(roots[root_id], root_id, IMAGE_EXTENSIONS, skip_dirs=others,
-                          include_hidden=job.settings.include_hidden):
+                          include_hidden=job.settings.include_hidden,
+                          follow_links=job.settings.follow_links):
             (skips if isinstance(item, CrawlSkip) else candidates).append(item)
         rows = catalog.files_in_root(root_id)
         retried.update((p, r) for p, r in rows.items()
