@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,26 @@ def test_index_stays_in_the_root_unless_asked(tmp_path, follow):
             assert os.path.realpath(os.fsdecode(path)).startswith(str(root) + os.sep) or (
                 row["error_reason"] == "outside-root" and row["content_hash"] is None)
     assert not any(os.fsdecode(p).startswith(str(root / "proc_dir") + os.sep) for p in rows)
+
+
+def test_a_pseudo_filesystem_mounted_inside_a_root_is_found_by_its_device(tmp_path):
+    """Not by its path: proc mounted at root/mnt (as /proc is inside a root of "/")."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a proc filesystem")
+    root = tmp_path / "root"
+    draw_photos(root, per_pair=1)
+    (root / "mnt").mkdir()
+    mounted = subprocess.run(["mount", "-t", "proc", "proc", str(root / "mnt")],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t proc not allowed here: {mounted.stderr.strip()}")
+    try:
+        for follow in (False, True):
+            items = _crawl(root, follow_links=follow)
+            skipped = [(os.path.basename(i.path), i.reason) for i in items
+                       if isinstance(i, CrawlSkip)]
+            assert skipped == [("mnt", "pseudo-filesystem")]
+            assert not any(str(root / "mnt") in i.path for i in items
+                           if isinstance(i, Candidate))
+    finally:
+        subprocess.run(["umount", str(root / "mnt")], check=True)
