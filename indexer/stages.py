@@ -36,6 +36,15 @@ class Loaded:
     pixels: np.ndarray | None = None  # set when the image needs encoding
 
 
+# No photo file is near this (a 180 MP 16-bit RGBA TIFF is 1.4 GB); a sparse `truncate -s 1T
+# x.png` would otherwise be read into memory and stop every run with a MemoryError.
+MAX_FILE_BYTES = 2 << 30
+
+
+class FileTooLargeError(OSError):
+    """A file larger than MAX_FILE_BYTES: refused before it is read."""
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -47,6 +56,10 @@ def read_file(path: str, attempts: int = 3) -> tuple[bytes, os.stat_result]:
     with open_regular(path) as handle:  # never blocks on a FIFO; fstat-checked type
         for _ in range(attempts):
             before = os.fstat(handle.fileno())
+            if before.st_size > MAX_FILE_BYTES:
+                raise FileTooLargeError(
+                    f"file is {before.st_size / 1e9:.1f} GB, over the "
+                    f"{MAX_FILE_BYTES / 1e9:.1f} GB limit for an image file (not read)")
             handle.seek(0)
             data = handle.read()
             after = os.fstat(handle.fileno())
@@ -67,6 +80,8 @@ def load_one(
         return Loaded(cand, None)  # gone since the crawl: the sweep forgets it
     except NotRegularFileError as exc:  # swapped for a FIFO, device or folder since the crawl
         return Loaded(cand, _error(cand, None, "not-a-file", str(exc.strerror)))
+    except FileTooLargeError as exc:
+        return Loaded(cand, _error(cand, None, "too-large", str(exc)))
     except PermissionError:
         return Loaded(cand, _error(cand, None, "unreadable", "permission denied"))
     except OSError as exc:

@@ -123,3 +123,16 @@ def test_an_index_run_with_a_one_pixel_high_png_completes(tmp_path):
     with Library(library) as lib, pytest.raises(DecodeError) as info:
         lib.classify(photos / "tall.png", ["a red circle", "a blue star"])
     assert info.value.reason == "extreme-aspect-ratio" and "tall.png" in str(info.value)
+
+
+def test_a_sparse_terabyte_file_is_refused_unread(tmp_path):
+    # `truncate -s 1T`: costs no disk, but reading it would stop every run (MemoryError).
+    photos, library = tmp_path / "photos", tmp_path / "lib"
+    good = draw_photos(photos, per_pair=1)
+    with open(photos / "huge.png", "wb") as f:
+        f.truncate(1 << 40)
+    report = cli_json("index", str(photos), "--model", MODEL, "-q", library=library)
+    assert not report["interrupted"] and report["indexed"] == len(good)
+    [skip] = report["skipped"]
+    assert Path(skip["path"]).name == "huge.png" and skip["reason"] == "too-large"
+    assert "1099.5 GB, over the 2.1 GB limit" in skip["message"]
