@@ -35,7 +35,8 @@ lint: install
 	$(BIN)/ruff check .
 
 fuzz: install
-	CLIPSEARCH_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q tests/test_decode_fuzz.py
+	CLIPSEARCH_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q tests/test_decode_fuzz.py \
+		tests/test_crawl_fuzz.py
 
 bench: install
 	$(BIN)/python -m bench

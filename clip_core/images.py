@@ -9,6 +9,7 @@ global state (plugin registration) is set up once under a lock.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -29,11 +30,25 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 
 # 12000 x 15000: bigger than any phone or DSLR photo; larger headers are refused unread.
 DEFAULT_MAX_PIXELS = 180_000_000
+# Long side / short side. Preprocessing scales the short side to the model's input (224 px),
+# so the long side's allocation grows with the ratio: 1000000 x 1 would ask for 224,000,000 x
+# 224 pixels. 400 keeps 20000 x 200 panoramas and long screenshots (1080 x 100000).
+MAX_ASPECT_RATIO = 400
+# Peak bytes per pixel while decoding + converting to upright RGB, by header mode (mode ->
+# what `_to_rgb` and the EXIF transpose allocate). Budget: max_pixels x 7, so 8-bit RGB, L
+# and P images keep the plain pixel limit and heavier modes get proportionally fewer pixels.
+_BUDGET_BYTES_PER_PIXEL = 7
+_PEAK_BYTES = {"1": 7, "L": 7, "P": 7, "RGB": 6, "YCbCr": 9, "LAB": 9, "HSV": 9, "CMYK": 10,
+               "RGBX": 10}
+_PEAK_ALPHA = 15  # decoded + RGBA copy + white background + mask + transposed RGB
+_PEAK_16BIT = 15  # I;16: decoded + array + uint32 working copy + L + RGB + transposed
+_PEAK_WIDE = 27  # I / F (32-bit): decoded + array + float32 copies + L + RGB + transposed
 
 # Every reason DecodeError can carry (stored in the index, so keep them stable).
 REASONS = frozenset({
     "empty-file", "not-an-image", "truncated", "corrupt", "decompression-bomb", "unreadable",
     "heif-extra-missing", "unsupported-mode", "not-a-file", "vanished",
+    "extreme-aspect-ratio",
 })
 
 # Only photo formats: also keeps Pillow away from EPS (Ghostscript) and other exotic parsers.
@@ -163,21 +178,42 @@ def _parse_exif_date(value: object) -> str | None:
 
 # --- opening -------------------------------------------------------------------------------
 
+class NotRegularFileError(OSError):
+    """The path is a FIFO, socket, device or directory (found on the open handle)."""
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a file for reading only if it is a regular file, without ever blocking.
+
+    O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever (a file
+    swapped for a FIFO after it was listed). The handle is then checked with fstat, so the
+    type seen is the type read: no window between a stat and the open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise NotRegularFileError(errno.EISDIR, "is a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(
+                errno.EINVAL, "is not a regular file (FIFO, socket or device)")
+        os.set_blocking(fd, True)  # no effect on regular files; plain reads from here on
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _open_path(path: str) -> BinaryIO:
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise DecodeError("not-a-file", "is a directory, not an image file")
-        if not stat.S_ISREG(st.st_mode):
-            # Checked before open(): opening a FIFO for reading blocks until a writer comes.
-            raise DecodeError("not-a-file", "is not a regular file (FIFO, socket or device)")
-        if st.st_size == 0:
+        fp = open_regular(path)
+        if os.fstat(fp.fileno()).st_size == 0:
+            fp.close()
             raise DecodeError("empty-file", "file is empty (0 bytes)")
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it with `with`
+        return fp
+    except NotRegularFileError as exc:
+        raise DecodeError("not-a-file", exc.strerror) from exc
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise DecodeError("vanished", "file no longer exists") from exc
-    except IsADirectoryError as exc:
-        raise DecodeError("not-a-file", "is a directory, not an image file") from exc
     except PermissionError as exc:
         raise DecodeError("unreadable", "permission denied") from exc
     except OSError as exc:
@@ -249,7 +285,42 @@ def _open(fp: BinaryIO, head: bytes, formats: list[str], max_pixels: int) -> Ima
         )
     if width <= 0 or height <= 0:
         raise DecodeError("corrupt", f"header claims an empty {width} x {height} image")
+    check_aspect_ratio(width, height)
     return im
+
+
+def check_aspect_ratio(width: int, height: int) -> None:
+    """Refuse sides so unequal that scaling the short one to a model's input would allocate
+    a huge long one (a 1000000 x 1 PNG); before any pixel is decoded or resized."""
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise DecodeError(
+            "extreme-aspect-ratio",
+            f"{width} x {height} is {max(width, height) // min(width, height)}:1, over the "
+            f"{MAX_ASPECT_RATIO}:1 limit (refused before decoding)",
+        )
+
+
+def _check_memory(im: Image.Image, max_pixels: int) -> None:
+    """Refuse modes whose decoding and conversion to RGB would take more memory than an
+    8-bit image of max_pixels (16-bit, float, alpha), before any pixel is decoded."""
+    mode = im.mode
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        peak = _PEAK_ALPHA
+    elif mode.startswith("I;16"):
+        peak = _PEAK_16BIT
+    elif mode.startswith(("I", "F")):
+        peak = _PEAK_WIDE
+    else:
+        peak = _PEAK_BYTES.get(mode, _PEAK_WIDE)
+    pixels = im.size[0] * im.size[1]
+    if pixels * peak > max_pixels * _BUDGET_BYTES_PER_PIXEL:
+        limit = max_pixels * _BUDGET_BYTES_PER_PIXEL // peak
+        raise DecodeError(
+            "decompression-bomb",
+            f"{mode} image of {im.size[0]} x {im.size[1]} = {_mp(pixels)} MP needs about "
+            f"{pixels * peak / 1e9:.1f} GB to decode; {mode} images are limited to "
+            f"{_mp(limit)} MP (refused before decoding)",
+        )
 
 
 def _open_unchecked(fp: BinaryIO, formats: list[str]) -> Image.Image:
@@ -297,6 +368,7 @@ def _decode_stream(fp: BinaryIO, min_side: int | None, max_pixels: int) -> Decod
         raise DecodeError("empty-file", "file is empty (0 bytes)")
     try:
         im = _open(fp, head, _formats(), max_pixels)
+        _check_memory(im, max_pixels)
         width, height = im.size
         if min_side and im.format in ("JPEG", "MPO"):  # MPO: JPEGs with extra pictures
             # Scale factor s keeps min(w, h) / s >= min_side; EXIF rotation only swaps
@@ -378,7 +450,10 @@ def _gray_to_8bit(im: Image.Image) -> Image.Image:
     """16/32-bit and float grayscale -> L. Pillow's own convert clips them to white."""
     a = np.asarray(im)
     if a.dtype.kind == "u" and a.dtype.itemsize == 2:  # I;16, I;16B, ...: known 16-bit range
-        return Image.fromarray(((a.astype(np.uint32) + 128) // 257).astype(np.uint8))
+        wide = a.astype(np.uint32)  # in place from here: one working copy (_PEAK_16BIT)
+        wide += 128
+        wide //= 257
+        return Image.fromarray(wide.astype(np.uint8))
     a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if im.mode == "F" and lo >= 0 and hi <= 1:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from .images import MAX_ASPECT_RATIO, DecodeError
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _RESIZE_MODES = ("shortest", "longest", "squash")
@@ -153,6 +155,11 @@ def _keep_ratio(image: Image.Image, height: int, width: int, longest: float) -> 
 def _resize(image: Image.Image, hw: tuple[int, int], resample: Image.Resampling) -> Image.Image:
     if (image.height, image.width) == hw:
         return image  # torchvision skips the resize, so no resampling blur
+    if max(hw) > MAX_ASPECT_RATIO * min(hw):  # PIL images given directly: decode_image
+        raise DecodeError(  # refuses these from the header; the resize would allocate GBs
+            "extreme-aspect-ratio",
+            f"{image.width} x {image.height} is too elongated to preprocess (resizing it "
+            f"would make {hw[1]} x {hw[0]} pixels; limit {MAX_ASPECT_RATIO}:1)")
     return image.resize((hw[1], hw[0]), resample)
 
 

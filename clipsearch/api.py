@@ -27,6 +27,7 @@ from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
 from search.text_embedder import tower_path
 from store import Catalog, StorageError, WriterLock, sweep_temp_files
+from store.private import make_private_dir, tighten
 from store.vector_index import index_path
 
 CATALOG_NAME = "catalog.db"
@@ -100,6 +101,8 @@ class Library:
         if (readonly or not create) and not catalog_path.exists():
             raise FileNotFoundError(f"no clipsearch library at {self.path} (`clipsearch index "
                                     f"FOLDER --library {self.path}` makes one)")
+        if not readonly and create:
+            make_private_dir(self.path)  # 0700 from the start: paths of someone's photos
         self.catalog = Catalog(catalog_path, readonly=readonly)
         self.readonly = readonly
         self.device = device
@@ -296,9 +299,11 @@ class Library:
         """Hold the library's writer lock: changes never interleave with an index run."""
         lock = WriterLock(self.path / LOCK_NAME)
         lock.acquire(wait=wait)
+        tighten(self.path)  # libraries made before they were private become private
         try:
             yield
         finally:
+            tighten(self.path)  # and what this writer added (text towers linked in)
             lock.release()
 
     # -- indexing ------------------------------------------------------------------------

@@ -99,11 +99,14 @@ def _warn_random(ref) -> None:
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower).")
 @click.option("--include-hidden", is_flag=True,
               help="Also index dot-files and -folders (.thumbnails, .Trash) and @eaDir.")
+@click.option("--follow-links", is_flag=True,
+              help="Also follow symlinks that lead outside the root (never into /proc, "
+                   "/sys, /dev).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def index(paths, library, model, pretrained, device, precision, batch_size, workers, wait,
-          no_draft, include_hidden, as_json, quiet):
+          no_draft, include_hidden, as_json, quiet, follow_links=False):
     """Index PATHS (added as library roots), or re-index every root."""
     from indexer import IndexSettings
 
@@ -115,6 +118,7 @@ def index(paths, library, model, pretrained, device, precision, batch_size, work
                              include_hidden=include_hidden)
     if workers:
         settings.workers = workers
+    settings.follow_links = follow_links
     try:
         with lib, ProgressBar(disable=quiet) as bar:
             report = lib.index(list(paths) or None, model=model, pretrained=pretrained,

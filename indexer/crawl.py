@@ -6,6 +6,12 @@ hiding it. A folder it could not list is marked `folder=True`: the pipeline keep
 rows under it, since "cannot read now" must not mean "deleted". Hidden entries (a name starting
 with a dot: .thumbnails, .Trash-1000, editors' backups) and NAS thumbnail folders (@eaDir) are
 not photos the user filed, unless asked for.
+
+Symlinks stay inside the root: a link whose target resolves outside it (`proc_dir -> /proc`,
+`shadow.png -> /etc/shadow`) is reported as `outside-root` and not followed, unless
+`follow_links`. Pseudo filesystems (/proc, /sys, /dev, or any folder on proc, sysfs,
+devtmpfs...) are never walked, whatever the settings: they hold no photos and lead back into
+the whole machine.
 """
 
 from __future__ import annotations
@@ -17,6 +23,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 NAS_DIRS = frozenset({"@eaDir"})  # Synology's per-folder thumbnail caches
+PSEUDO_FS_TYPES = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
+    "securityfs", "configfs", "fusectl", "bpf", "pstore", "mqueue", "hugetlbfs",
+    "binfmt_misc", "efivarfs", "selinuxfs", "rpc_pipefs", "nsfs", "autofs",
+})
+# Also refused by path: in containers /dev is often a plain tmpfs.
+PSEUDO_PATHS = ("/proc", "/sys", "/dev")
 
 
 @dataclass(frozen=True)
@@ -43,9 +56,11 @@ def crawl(
     extensions: frozenset[str],
     skip_dirs: frozenset[str] = frozenset(),
     include_hidden: bool = False,
+    follow_links: bool = False,
 ) -> Iterator[Candidate | CrawlSkip]:
     """Depth-first walk of `root`, sorted for a stable order. `skip_dirs` are other roots
-    nested inside this one: they are crawled as their own roots."""
+    nested inside this one: they are crawled as their own roots. `follow_links`: also
+    follow symlinks whose target is outside the root (never into pseudo filesystems)."""
     seen_dirs: set[tuple[int, int]] = set()
     try:
         st = os.stat(root)
@@ -54,6 +69,12 @@ def crawl(
         yield CrawlSkip(root, reason, f"cannot open root folder: {exc.strerror} (its files "
                         "stay in the library until it can be read again)", folder=True)
         return
+    pseudo_devs = _pseudo_devices()
+    real_root = os.path.realpath(root)
+    if _is_pseudo(real_root, st, pseudo_devs):
+        yield CrawlSkip(root, "pseudo-filesystem", _PSEUDO_MESSAGE, folder=True)
+        return
+    inside = os.path.join(real_root, "")  # a target under this prefix stays in the root
     seen_dirs.add((st.st_dev, st.st_ino))
     stack = [root]
     while stack:
@@ -81,7 +102,20 @@ def crawl(
                     yield CrawlSkip(entry.path, reason, f"cannot stat: {exc.strerror}",
                                     *_lstat(entry.path))
                 continue
-            if stat.S_ISDIR(st.st_mode):
+            is_dir, link = stat.S_ISDIR(st.st_mode), entry.is_symlink()
+            if is_dir or (link and ext in extensions):
+                target = os.path.realpath(entry.path)
+                reason, message = None, _PSEUDO_MESSAGE
+                if link and not follow_links and not (target + os.sep).startswith(inside):
+                    reason = "outside-root"
+                    message = (f"symlink to {target}, outside the root: not followed "
+                               "(--follow-links follows it)")
+                elif _is_pseudo(target, st, pseudo_devs):
+                    reason = "pseudo-filesystem"
+                if reason:
+                    yield CrawlSkip(entry.path, reason, message, *_lstat(entry.path))
+                    continue
+            if is_dir:
                 key = (st.st_dev, st.st_ino)
                 if key in seen_dirs or entry.path in skip_dirs:
                     continue  # symlink loop, a folder reached twice, or a nested root
@@ -95,6 +129,32 @@ def crawl(
                                     "not a regular file (FIFO, socket or device)",
                                     st.st_size, st.st_mtime_ns)
         stack.extend(reversed(subdirs))
+
+
+_PSEUDO_MESSAGE = "on a pseudo filesystem (/proc, /sys, /dev...): never walked"
+
+
+def _pseudo_devices() -> frozenset[int]:
+    """st_dev of every mounted pseudo filesystem (Linux mountinfo; empty elsewhere)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return frozenset()
+    devs = set()
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) > 2 and rest.split()[:1] and rest.split()[0] in PSEUDO_FS_TYPES:
+            major, _, minor = parts[2].partition(":")
+            if major.isdigit() and minor.isdigit():
+                devs.add(os.makedev(int(major), int(minor)))
+    return frozenset(devs)
+
+
+def _is_pseudo(real_path: str, st: os.stat_result, pseudo_devs: frozenset[int]) -> bool:
+    return st.st_dev in pseudo_devs or any(
+        real_path == p or real_path.startswith(p + os.sep) for p in PSEUDO_PATHS)
 
 
 def _lstat(path: str) -> tuple[int, int]:

@@ -77,6 +77,7 @@ class IndexSettings:
     prefetch: int = 192  # files decoded ahead of the encoder (and while the model loads)
     draft: bool = True  # reduced-size JPEG decoding (clip_core.images)
     include_hidden: bool = False  # dot-files and -folders, @eaDir (indexer.crawl)
+    follow_links: bool = False  # symlinks leading out of the root (indexer.crawl)
     cancel: object | None = None  # a threading.Event: set() it to stop like Ctrl-C
 
     def check(self) -> None:
@@ -147,7 +148,8 @@ def _run(job: _Job, root_ids: list[int]) -> None:
         candidates: list[Candidate] = []
         skips: list[CrawlSkip] = []
         for item in crawl(roots[root_id], root_id, IMAGE_EXTENSIONS, skip_dirs=others,
-                          include_hidden=job.settings.include_hidden):
+                          include_hidden=job.settings.include_hidden,
+                          follow_links=job.settings.follow_links):
             (skips if isinstance(item, CrawlSkip) else candidates).append(item)
         rows = catalog.files_in_root(root_id)
         retried.update((p, r) for p, r in rows.items()
@@ -248,7 +250,9 @@ def _load_encode_write(
                     inflight.append(submit(cand))
                 if not inflight:
                     break
-                loaded = inflight[0][1].result()
+                loaded = _result(inflight[0][1], stop)
+                if loaded is None:
+                    break  # stop requested while a file was still loading
                 if encoder is None:
                     encoder = wait_for_encoder()
                     writer.chunk = getattr(encoder, "micro_batch", writer.chunk)
@@ -273,9 +277,22 @@ def _load_encode_write(
             # Drop queued work at once (Ctrl-C, error, or done); committed batches stay.
             for _, future in inflight:
                 future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # After a stop, a read that does not progress (a hung network disk) must not
+            # hold the run: its thread is left behind and its result ignored.
+            pool.shutdown(wait=not (stop.requested or inflight), cancel_futures=True)
         report.interrupted = stop.requested
     return vanished
+
+
+def _result(future: Future[Loaded], stop: StopRequest) -> Loaded | None:
+    """The future's result, or None once a stop is requested: polled, since a signal handler
+    that only sets a flag would not end a wait on a load that never finishes."""
+    while True:
+        try:
+            return future.result(timeout=0.1)
+        except FutureTimeout:
+            if stop.requested:
+                return None
 
 
 def _min_side(spec: PreprocessSpec, settings: IndexSettings) -> int | None:

@@ -1,4 +1,5 @@
-"""Stages 3-5 of an index run: load (read + hash + decode + preprocess), encode, write.
+"""Stages 3-5 of an index run: load (read + header check + hash + decode + preprocess),
+encode, write.
 
 Each stage is a plain function or small class so it can be tested alone; `pipeline.py` wires
 them together with a thread pool so decoding overlaps encoding.
@@ -15,7 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clip_core.images import DecodeError, decode_image, read_header
+from clip_core.images import (
+    DecodeError,
+    NotRegularFileError,
+    decode_image,
+    open_regular,
+    read_header,
+)
 from clip_core.preprocess import PreprocessSpec, preprocess
 from store import Catalog, FileRecord
 
@@ -29,6 +36,15 @@ class Loaded:
     pixels: np.ndarray | None = None  # set when the image needs encoding
 
 
+# No photo file is near this (a 180 MP 16-bit RGBA TIFF is 1.4 GB); a sparse `truncate -s 1T
+# x.png` would otherwise be read into memory and stop every run with a MemoryError.
+MAX_FILE_BYTES = 2 << 30
+
+
+class FileTooLargeError(OSError):
+    """A file larger than MAX_FILE_BYTES: refused before it is read."""
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -37,9 +53,13 @@ def read_file(path: str, attempts: int = 3) -> tuple[bytes, os.stat_result]:
     """Read once and stat the open handle, so the recorded size/mtime belong to the bytes
     that were hashed. A file rewritten while being read is read again; if it keeps changing,
     the stat from before the read is kept, so the next run sees a change and redoes it."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:  # never blocks on a FIFO; fstat-checked type
         for _ in range(attempts):
             before = os.fstat(handle.fileno())
+            if before.st_size > MAX_FILE_BYTES:
+                raise FileTooLargeError(
+                    f"file is {before.st_size / 1e9:.1f} GB, over the "
+                    f"{MAX_FILE_BYTES / 1e9:.1f} GB limit for an image file (not read)")
             handle.seek(0)
             data = handle.read()
             after = os.fstat(handle.fileno())
@@ -58,19 +78,28 @@ def load_one(
         data, st = read_file(cand.path)
     except (FileNotFoundError, NotADirectoryError):
         return Loaded(cand, None)  # gone since the crawl: the sweep forgets it
-    except IsADirectoryError:
-        return Loaded(cand, _error(cand, None, "not-a-file", "is a directory"))
+    except NotRegularFileError as exc:  # swapped for a FIFO, device or folder since the crawl
+        return Loaded(cand, _error(cand, None, "not-a-file", str(exc.strerror)))
+    except FileTooLargeError as exc:
+        return Loaded(cand, _error(cand, None, "too-large", str(exc)))
     except PermissionError:
         return Loaded(cand, _error(cand, None, "unreadable", "permission denied"))
     except OSError as exc:
         reason = "symlink-loop" if exc.errno == errno.ELOOP else "unreadable"
         return Loaded(cand, _error(cand, None, reason, f"cannot read: {exc.strerror or exc}"))
+    try:
+        # Only an image is hashed: a link to /etc/shadow followed by --follow-links must not
+        # leave its SHA-256 in the catalog. Image.open on the header costs ~1 ms.
+        header = read_header(data)
+    except DecodeError as exc:
+        return Loaded(cand, _error(cand, st, exc.reason, str(exc)))
     digest = content_hash(data)
     record = FileRecord(cand.path, cand.root_id, st.st_size, st.st_mtime_ns, digest, "ok")
     if has_vector(digest):
         # A moved, renamed or duplicated file: its vector is already stored, skip decoding.
         # Dimensions come from the header only (cheap) so the row stays complete.
-        _fill_header_info(record, data)
+        record.width, record.height, record.taken_at = (
+            header.width, header.height, header.taken_at)
         return Loaded(cand, record)
     try:
         decoded = decode_image(io.BytesIO(data), min_side=min_side)
@@ -84,15 +113,6 @@ def load_one(
                                    f"{type(exc).__name__}: {exc}", digest))
     record.width, record.height, record.taken_at = decoded.width, decoded.height, decoded.taken_at
     return Loaded(cand, record, pixels)
-
-
-def _fill_header_info(record: FileRecord, data: bytes) -> None:
-    try:
-        header = read_header(data)
-        record.width, record.height, record.taken_at = (
-            header.width, header.height, header.taken_at)
-    except DecodeError:
-        pass
 
 
 def _error(

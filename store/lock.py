@@ -26,7 +26,7 @@ class WriterLock:
     def acquire(self, wait: float = 0.0) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot write to the library {self.path.parent} "
                                f"({exc.strerror}); indexing needs a writable folder") from exc

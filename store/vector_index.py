@@ -123,13 +123,11 @@ class VectorIndex:
             except RuntimeError as exc:  # FAISS reports a failed fwrite (ENOSPC) this way
                 raise OSError(f"cannot write {tmp}: {exc}") from exc
             _fsync(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' queries may read it
             st = tmp.stat()
             meta = {**meta, "faiss_ino": st.st_ino, "faiss_size": st.st_size}
             tmp_meta = _temp_file(path.with_suffix(".json"))
             tmp_meta.write_text(json.dumps(meta))
             _fsync(tmp_meta)
-            os.chmod(tmp_meta, 0o644)
             os.replace(tmp, path)
             os.replace(tmp_meta, path.with_suffix(".json"))
         finally:
@@ -164,7 +162,7 @@ def open_vector_index(catalog: Catalog, model_id: str, folder: Path, dim: int) -
     index = VectorIndex.build(ids, vectors, dim)
     if not catalog.readonly:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private (store/private.py)
             index.save(path, {"generation": generation, "model_id": model_id, "count": len(ids),
                               "kind": INDEX_KIND})
         except OSError:

@@ -232,7 +232,7 @@ def test_file_system_problems(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(images, "open", denied, raising=False)  # what chmod 000 does to a user
+    monkeypatch.setattr(images, "open_regular", denied)  # what chmod 000 does to a user
     with pytest.raises(DecodeError) as info:
         decode_image(plain)
     assert info.value.reason == "unreadable"
