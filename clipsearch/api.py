@@ -317,6 +317,14 @@ class Library:
         if self.readonly:
             raise StorageError(f"the library at {self.path} is on a read-only disk or folder: "
                                "it can be queried but not indexed")
+        # Whatever can fail cheaply fails before any change: a failed run changes nothing.
+        ensure_local(ref, self.models_dir)  # an unknown or missing model, even with no files
+        for folder in roots or ():
+            if not os.path.isdir(_abspath(folder)):
+                raise NotADirectoryError(f"not a folder: {_abspath(folder)}")
+        if not roots and not self.roots:
+            raise ValueError(f"the library at {self.path} has no folders to index: give one "
+                             "(`lib.index([FOLDER])`, `clipsearch index FOLDER`)")
         # The lock comes before any write: a refused run changes nothing.
         with self._writer(wait):
             sweep_temp_files(self.path / VECTORS_DIR)  # left by killed runs
@@ -471,6 +479,19 @@ def classify(
                                precision=precision,
                                models_dir=Path(models_dir) if models_dir else None)
     return _classify(encoder, image, labels)
+
+
+def check_model(model: str | None = None, pretrained: str | None = None, *,
+                models_dir: str | os.PathLike | None = None) -> ModelRef:
+    """The model `model`/`pretrained` names, if open_clip knows it and its files are on this
+    machine; else MissingModelError or ModelLoadError. Touches nothing and imports no torch:
+    a command checks its model with it before it creates a library.
+
+        check_model("shapes-tiny")  # -> ModelRef; check_model("ViT-B-23") raises
+    """
+    ref = parse_model(model, pretrained)
+    ensure_local(ref, Path(models_dir).expanduser() if models_dir else None)
+    return ref
 
 
 def _check_texts(texts: Sequence[str], what: str) -> None:

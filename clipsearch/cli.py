@@ -107,7 +107,12 @@ def index(paths, library, model, pretrained, device, precision, batch_size, work
 
     from .progress import ProgressBar
 
+    _check_new_library(library, paths, model, pretrained)
     lib = open_library(library, model, pretrained, device, precision)
+    if not paths and not lib.roots:
+        lib.close()
+        raise click.UsageError(f"the library at {human(str(lib.path))} has no folders yet: "
+                               "`clipsearch index FOLDER` adds one and indexes it")
     _warn_random(lib.model_ref(model, pretrained) if model else lib.default_model)
     settings = IndexSettings(batch_size=batch_size, draft=not no_draft,
                              include_hidden=include_hidden)
@@ -127,6 +132,21 @@ def index(paths, library, model, pretrained, device, precision, batch_size, work
         _print_report(report)
     if report.interrupted:
         _exit_promptly(EXIT_INTERRUPTED)
+
+
+def _check_new_library(library: str | None, paths: tuple[str, ...], model: str | None,
+                       pretrained: str | None) -> None:
+    """A library is created only for a run that can work: folders given, a known model on
+    this machine. (An existing library checks its own model in Library.index.)"""
+    from .api import CATALOG_NAME, check_model, default_library_dir
+
+    lib_dir = Path(library).expanduser() if library else default_library_dir()
+    if (lib_dir / CATALOG_NAME).exists():
+        return
+    if not paths:
+        raise click.UsageError(f"there is no library at {human(str(lib_dir))} yet: "
+                               "`clipsearch index FOLDER` makes one and indexes FOLDER")
+    check_model(model or ("ViT-B-32" if pretrained else None), pretrained)
 
 
 def _exit_promptly(code: int) -> None:
