@@ -350,7 +350,21 @@ class Library:
             if not report.interrupted and ref.model_id in models:
                 dim = models[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
+            if not report.interrupted:
+                report.empty_roots = self._survey_empty(root_ids, settings)
             return report
+
+    def _survey_empty(self, root_ids: list[int | None],
+                      settings: IndexSettings | None) -> list[dict]:
+        """What each indexed root that holds no file here after the run contains: the
+        report says why nothing was found instead of only "0 indexed"."""
+        from clip_core.images import IMAGE_EXTENSIONS
+        from indexer.survey import survey_root
+
+        hidden = bool(settings and settings.include_hidden)
+        roots = self.catalog.roots()
+        return [survey_root(roots[i], IMAGE_EXTENSIONS, hidden) for i in root_ids
+                if i is not None and not self.catalog.root_has_files(i)]
 
     # -- search --------------------------------------------------------------------------
     def embed_text(

@@ -175,6 +175,24 @@ def _print_report(report) -> None:
     if len(report.skipped) > 50:
         click.echo(f"  ... and {len(report.skipped) - 50} more (clipsearch status --errors)",
                    err=True)
+    for found in report.empty_roots:
+        click.echo(_nothing_found(found), err=True)
+
+
+def _nothing_found(survey: dict) -> str:
+    """Why a root gave nothing to index (indexer.survey): empty, no image files, hidden."""
+    parts = []
+    if survey["files"]:
+        kinds = ", ".join(f"{ext or '(no extension)'} {n}"
+                          for ext, n in list(survey["unsupported"].items())[:6])
+        more = "+" if survey["truncated"] else ""
+        parts.append(f"{survey['files']}{more} files, none of them an image clipsearch reads "
+                     f"({kinds})")
+    if survey["hidden"]:
+        parts.append(f"{survey['hidden']} hidden entries left out (dot-files, .thumbnails, "
+                     "@eaDir; --include-hidden indexes them)")
+    why = "; ".join(parts) or "the folder is empty"
+    return f"Nothing to index in {human(survey['root'])}: {why}."
 
 
 @main.command()

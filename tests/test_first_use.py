@@ -43,3 +43,39 @@ def test_the_api_checks_model_and_folders_before_adding_roots(tmp_path):
         with pytest.raises(RuntimeError, match="ViT-B-23"):  # ModelLoadError
             lib.index([tmp_path / "p"], model="ViT-B-23")
         assert lib.roots == []
+
+
+def test_index_with_no_folders_is_a_usage_error_and_creates_nothing(tmp_path):
+    result = cli("index", library=tmp_path / "lib", ok=False)
+    assert result.exit_code == 2 and "clipsearch index FOLDER" in result.stderr
+    assert not (tmp_path / "lib").exists()
+    draw_photos(tmp_path / "p", per_pair=1, seed=5)
+    cli("index", str(tmp_path / "p"), "--model", "shapes-tiny", "-q", library=tmp_path / "lib")
+    cli("remove-root", str(tmp_path / "p"), library=tmp_path / "lib")
+    result = cli("index", library=tmp_path / "lib", ok=False)
+    assert result.exit_code == 2 and "has no folders yet" in result.stderr
+    with Library(tmp_path / "lib") as lib, pytest.raises(ValueError, match="no folders"):
+        lib.index()
+
+
+def test_a_folder_without_photos_says_what_it_saw(tmp_path):
+    """Used to print "Done in 0.0s: 0 indexed ..." and nothing else."""
+    (tmp_path / "empty").mkdir()
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / ".thumbnails").mkdir()
+    for name in ("a.txt", "sub/b.txt", "README", ".hidden.jpg", "@eaDir"):
+        (notes / name).write_text("x")
+    draw_photos(tmp_path / "photos", per_pair=1, seed=5)
+    folders = [str(tmp_path / f) for f in ("empty", "notes", "photos")]
+    result = cli("index", *folders, "--model", "shapes-tiny", "-q", library=tmp_path / "lib")
+    assert f"Nothing to index in {tmp_path / 'empty'}: the folder is empty." in result.stderr
+    assert (f"Nothing to index in {notes}: 3 files, none of them an image clipsearch reads "
+            "(.txt 2, (no extension) 1); 3 hidden entries left out") in result.stderr
+    assert "--include-hidden" in result.stderr and "photos:" not in result.stderr
+    report = cli_json("index", "-q", library=tmp_path / "lib")
+    assert [s["root"] for s in report["empty_roots"]] == folders[:2]
+    assert report["empty_roots"][1]["unsupported"] == {".txt": 2, "": 1}
+    hidden = cli_json("index", str(notes), "--include-hidden", "-q", library=tmp_path / "lib")
+    assert hidden["indexed"] == 0 and hidden["skipped"][0]["path"].endswith(".hidden.jpg")
+    assert hidden["empty_roots"] == []  # the broken .hidden.jpg is a file of that root now
