@@ -196,7 +196,7 @@ def _nothing_found(survey: dict) -> str:
 
 
 @main.command()
-@click.argument("text", required=False)
+@click.argument("words", nargs=-1)
 @click.option("--image", type=click.Path(exists=True, dir_okay=False),
               help="Find images similar to this one instead of a text.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True)
@@ -208,9 +208,11 @@ def _nothing_found(survey: dict) -> str:
 @library_options
 @model_options
 @friendly_errors
-def query(text, image, limit, within, as_json, paths_only, null, library, model, pretrained,
+def query(words, image, limit, within, as_json, paths_only, null, library, model, pretrained,
           device, precision):
-    """Search the library by TEXT (or --image)."""
+    """Search the library by TEXT (or --image). TEXT may be several words, unquoted:
+    `clipsearch query a dog on a beach`."""
+    text = " ".join(words)  # as rclip does: no quotes needed
     if bool(text and text.strip()) == bool(image):
         raise click.UsageError("give a TEXT or --image PATH (one of them; TEXT not blank)")
     if as_json and paths_only:

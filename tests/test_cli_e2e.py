@@ -55,6 +55,16 @@ def test_query_outputs_table_json_paths_and_scope(indexed):
     assert all(r["path"].startswith(str(photos / "set b") + os.sep) for r in scoped)
 
 
+def test_query_words_need_no_quotes(indexed):
+    """`clipsearch query a dog` failed with "unexpected extra argument (dog)" (issue 19.12)."""
+    photos, library = indexed
+    quoted = cli_json("query", "a red circle", "-n", "5", library=library)
+    assert cli_json("query", "a", "red", "-n", "5", "circle", library=library) == quoted
+    for args in (["a", "cat", "--image", quoted[0]["path"]], [], [" ", " "]):
+        result = cli("query", *args, library=library, ok=False)
+        assert result.exit_code == 2 and "TEXT or --image" in result.stderr, result.stderr
+
+
 def test_query_by_image_finds_same_pair(indexed):
     photos, library = indexed
     probe = photos / "probe.png"
