@@ -62,7 +62,36 @@ class LibraryStatus:
 
 
 class ModelNotIndexedError(LookupError):
-    """The library holds no vectors made by the model a query asked for."""
+    """The library holds no vectors made by the model a query asked for. `available`: the
+    model ids it holds; `suggestions`: those close to what was asked (a typo's fix)."""
+
+    def __init__(self, message: str, *, asked: str | None = None,
+                 available: Sequence[str] = (), suggestions: Sequence[str] = ()):
+        super().__init__(message)
+        self.asked = asked
+        self.available = list(available)
+        self.suggestions = list(suggestions)
+
+
+def _not_indexed(asked: str, model_id: str, known: dict[str, dict],
+                 consequence: str) -> ModelNotIndexedError:
+    """The error for a model without vectors here, with "did you mean" among the library's
+    models, compared by id and by name (`shapes-tny` -> shapes-tiny@1a2b3c)."""
+    import difflib
+
+    by_name: dict[str, str] = {}
+    for known_id, info in known.items():
+        spec_model = str(info["spec"].get("model"))  # ViT-B-32, local-dir:/models/shapes-tiny
+        for name in (known_id, known_id.split("@")[0], spec_model, Path(spec_model).name):
+            by_name.setdefault(name, known_id)
+    close = difflib.get_close_matches(asked, list(by_name), n=3, cutoff=0.6)
+    close += difflib.get_close_matches(model_id, list(by_name), n=3, cutoff=0.6)
+    suggestions = list(dict.fromkeys(by_name[c] for c in close))
+    hint = f" Did you mean {' or '.join(suggestions)}?" if suggestions else ""
+    return ModelNotIndexedError(
+        f"this library has no vectors made by {model_id}.{hint} It holds: "
+        f"{', '.join(known) or 'none'}. {consequence}",
+        asked=asked, available=list(known), suggestions=suggestions)
 
 
 class Library:
@@ -160,9 +189,8 @@ class Library:
         ref = self.model_ref(model, pretrained)
         known = self.catalog.models()
         if ref.model_id not in known:
-            raise ModelNotIndexedError(
-                f"this library has no vectors made by {ref.model_id}, so it cannot be the "
-                f"default; it holds: {', '.join(known) or 'none'} (index with it first)")
+            raise _not_indexed(model, ref.model_id, known,
+                               "It cannot be the default before it is indexed.")
         self.catalog.set_meta("default_model", json.dumps(ref.to_spec()))
         self._default = ref
         return ref
@@ -241,7 +269,7 @@ class Library:
         model_id = self.model_ref(model, pretrained).model_id
         known = self.catalog.models()
         if model_id not in known:
-            raise ModelNotIndexedError(f"no vectors of {model} here; models: {', '.join(known)}")
+            raise _not_indexed(model, model_id, known, "Nothing was removed.")
         with self._writer(wait):
             removed = self.catalog.remove_model(model_id)
             # Its derived files: the FAISS cache and the adopted text tower (~250 MB).
@@ -433,10 +461,9 @@ class Library:
             ensure_local(ref, self.models_dir)
             return None
         if ref.model_id not in known:
-            raise ModelNotIndexedError(
-                f"this library has no vectors made by {ref.model_id}; it holds: "
-                f"{', '.join(known)}. Index with `clipsearch index --model ...` first, or "
-                "query with --model set to one of those.")
+            raise _not_indexed(model or ref.model_id, ref.model_id, known,
+                               "Index with `clipsearch index --model ...` first, or query "
+                               "with --model set to one of those.")
         return ref
 
     def classify(

@@ -79,3 +79,28 @@ def test_a_folder_without_photos_says_what_it_saw(tmp_path):
     hidden = cli_json("index", str(notes), "--include-hidden", "-q", library=tmp_path / "lib")
     assert hidden["indexed"] == 0 and hidden["skipped"][0]["path"].endswith(".hidden.jpg")
     assert hidden["empty_roots"] == []  # the broken .hidden.jpg is a file of that root now
+
+
+def test_a_mistyped_model_gets_did_you_mean(tmp_path):
+    """`query --model shapes-tny` only said "no vectors made by shapes-tny/laion2b_s34b_b79k"."""
+    from clipsearch import ModelNotIndexedError
+
+    draw_photos(tmp_path / "p", per_pair=1, seed=5)
+    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+        lib.index([tmp_path / "p"])
+        model_id = lib.default_model.model_id
+        for call in (lambda: lib.query("a cat", model="shapes-tny"),
+                     lambda: lib.query_image(next((tmp_path / "p").iterdir()), model="shapes"),
+                     lambda: lib.set_default_model("shapes-tiniest"),
+                     lambda: lib.remove_model(model_id[:-2])):
+            with pytest.raises(ModelNotIndexedError) as err:
+                call()
+            assert err.value.suggestions == [model_id] == err.value.available
+            assert f"Did you mean {model_id}?" in str(err.value)
+        with pytest.raises(ModelNotIndexedError) as err:
+            lib.query("a cat", model="RN50", pretrained="openai")
+        assert err.value.suggestions == [] and "Did you mean" not in str(err.value)
+        assert f"It holds: {model_id}." in str(err.value)
+    result = cli("query", "a", "cat", "--model", "shapes-tny", library=tmp_path / "lib",
+                 ok=False)
+    assert result.exit_code == 1 and f"Did you mean {model_id}?" in result.stderr
