@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -440,6 +441,7 @@ class Library:
         include_self: bool = False,
     ) -> list[SearchResult]:
         """Images similar to `image` (a file inside or outside the library)."""
+        _image_file(image)
         ref = self._searchable(model, pretrained)
         if ref is None:
             return []
@@ -474,6 +476,7 @@ class Library:
         when the model's text tower is cached here with its temperature and its image tower
         is compiled (the state after indexing on a CPU); else the torch model."""
         _check_labels(labels)
+        _image_file(image)
         ref = self.model_ref(model, pretrained)
         scale = self._text_embedder(ref).logit_scale()
         if scale is None:
@@ -514,6 +517,7 @@ def classify(
 ) -> list[LabelScore]:
     """Zero-shot classification without a library (the classic CLIP demo)."""
     _check_labels(labels)
+    _image_file(image)
     from clip_core.encoder import ClipEncoder
 
     encoder = ClipEncoder.load(parse_model(model, pretrained), device=device,
@@ -563,8 +567,24 @@ def _image_vector(encoder, path: Path) -> np.ndarray:
     try:
         decoded = decode_image(path)
     except DecodeError as exc:  # the indexer names the file beside the reason; so do we
+        if exc.reason == "vanished":  # deleted since _image_file looked
+            raise _not_found(path) from exc
         raise DecodeError(exc.reason, f"{path}: {exc.message}") from exc
     return encoder.encode_pixels(preprocess(decoded.image, encoder.preprocess)[None])[0]
+
+
+def _image_file(image: str | os.PathLike) -> None:
+    """Before any model loads: a missing file is FileNotFoundError (errno and filename set,
+    as open() raises it), a folder IsADirectoryError; anything else the decoder judges."""
+    path = os.fspath(image)
+    if not os.path.exists(path):
+        raise _not_found(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not an image", path)
+
+
+def _not_found(path: str | os.PathLike) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path))
 
 
 def _close_encoder(enc: object) -> None:
