@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import threading
@@ -38,6 +39,11 @@ IMAGE_ONLY = frozenset({"image"})
 
 
 def default_library_dir() -> Path:
+    """Where a library lives when no path is given: CLIPSEARCH_LIBRARY, else the platform's
+    user data folder.
+
+        default_library_dir()  # -> PosixPath('/home/me/.local/share/clipsearch/library')
+    """
     env = os.environ.get("CLIPSEARCH_LIBRARY")
     if env:
         return Path(env).expanduser()
@@ -95,9 +101,29 @@ def _not_indexed(asked: str, model_id: str, known: dict[str, dict],
         asked=asked, available=list(known), suggestions=suggestions)
 
 
+def _serialized(method: Callable) -> Callable:
+    """One call at a time per Library: its catalog connection, encoder caches and FAISS cache
+    are shared state. Reentrant, so a method may call another."""
+    @functools.wraps(method)
+    def wrapper(self: Library, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Library:
-    """A photo library: roots, a catalog, vectors per model. Not thread-safe; open one per
-    thread (SQLite WAL lets readers work while an index run writes)."""
+    """A photo library: roots, a catalog, vectors per model.
+
+    Safe to share between threads (a web server's workers): calls run one at a time, so
+    each waits for the one in progress. An `index()` run holds the library until it ends;
+    to answer queries meanwhile, index through a second `Library` on the same folder (SQLite
+    WAL lets its readers see each committed batch).
+
+        with Library.open("/data/photo-index", model="shapes-tiny") as lib:
+            lib.index(["/data/photos"])
+            lib.query("a red circle", limit=5)
+    """
 
     def __init__(
         self,
@@ -120,6 +146,7 @@ class Library:
         `precision`: auto, fp32, bf16, fp16 (torch) or int8 (the compiled CPU image tower).
         `cache_dir`: where compiled models go (default: CLIPSEARCH_CACHE or the platform's
         user cache folder)."""
+        self._lock = threading.RLock()  # see _serialized
         self.low_memory = low_memory
         self.path = Path(path).expanduser().absolute() if path else default_library_dir()
         catalog_path = self.path / CATALOG_NAME
@@ -152,6 +179,12 @@ class Library:
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, **kwargs) -> Library:
+        """Open (or, unless `create=False`, make) the library at `path`; the keyword
+        arguments are the constructor's. Raises FileNotFoundError (`create=False` and no
+        library there), NotADirectoryError (a file at `path`), CatalogError.
+
+            lib = Library.open("~/photo-index", model="ViT-B-32", pretrained="openai")
+        """
         return cls(path, **kwargs)
 
     def __enter__(self) -> Library:
@@ -160,7 +193,12 @@ class Library:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @_serialized
     def close(self) -> None:
+        """Free the loaded models and close the catalog (`with Library(...)` does it).
+
+            lib.close()
+        """
         with self._encoders_lock:
             self._closed = True
             encoders = list(self._encoders.values())
@@ -181,12 +219,20 @@ class Library:
     # -- models --------------------------------------------------------------------------
     @property
     def default_model(self) -> ModelRef:
+        """The model used when a call gives none.
+
+            lib.default_model.model_id  # -> 'ViT-B-32/laion2b_s34b_b79k'
+        """
         return self._default
 
+    @_serialized
     def set_default_model(self, model: str, pretrained: str | None = None) -> ModelRef:
         """Make a model this library holds vectors of (a --model spec or a model id from
         status) the default. Raises ModelNotIndexedError for any other: as the default it
-        would only make every plain query fail."""
+        would only make every plain query fail.
+
+            lib.set_default_model("ViT-B-32", "openai")
+        """
         ref = self.model_ref(model, pretrained)
         known = self.catalog.models()
         if ref.model_id not in known:
@@ -196,9 +242,13 @@ class Library:
         self._default = ref
         return ref
 
+    @_serialized
     def model_ref(self, model: str | None = None, pretrained: str | None = None) -> ModelRef:
         """`model` as a ref: None is the default; a model id this library holds vectors of
-        (as `status` lists them) stands for the spec it was indexed with."""
+        (as `status` lists them) stands for the spec it was indexed with.
+
+            lib.model_ref("shapes-tiny").model_id  # -> 'shapes-tiny@95225ff984'
+        """
         if model is None:
             return self._default
         if pretrained is None:
@@ -208,7 +258,11 @@ class Library:
         return parse_model(model, pretrained)
 
     def encoder(self, ref: ModelRef, towers: frozenset[str] = frozenset({"image", "text"})):
-        """Load (once) the CLIP model for `ref`; raises MissingModelError when absent."""
+        """Load (once) the CLIP model for `ref` (torch). Raises MissingModelError when its
+        files are absent, ModelLoadError when they cannot be used.
+
+            lib.encoder(lib.default_model).encode_texts(["a dog"])
+        """
         loaded = self._loaded_encoder(ref, towers)
         if loaded is not None:
             return loaded
@@ -227,7 +281,10 @@ class Library:
 
         On the CPU that is the model compiled for onnxruntime (clip_core.compiled: compiled on
         first use, then loaded without torch) when it passed its agreement and speed checks,
-        else torch."""
+        else torch. Raises MissingModelError, ModelLoadError.
+
+            lib.image_encoder(lib.default_model).encode_pixels(pixels)
+        """
         enc = self._loaded_encoder(ref, IMAGE_ONLY)
         if enc is not None:
             return enc
@@ -263,10 +320,15 @@ class Library:
                 return enc
         return None
 
+    @_serialized
     def remove_model(self, model: str, pretrained: str | None = None, *,
                      wait: float = 0.0) -> int:
         """Delete every vector made by a model (a --model spec or a model id from status);
-        returns how many were removed."""
+        returns how many were removed. Raises ModelNotIndexedError (no such vectors here),
+        LibraryBusyError (an index run holds the library past `wait` seconds).
+
+            lib.remove_model("ViT-B-32", "openai")  # -> 150
+        """
         model_id = self.model_ref(model, pretrained).model_id
         known = self.catalog.models()
         if model_id not in known:
@@ -294,12 +356,22 @@ class Library:
 
     # -- roots ---------------------------------------------------------------------------
     @property
+    @_serialized
     def roots(self) -> list[str]:
+        """The folders this library indexes.
+
+            lib.roots  # -> ['/data/photos']
+        """
         return list(self.catalog.roots().values())
 
+    @_serialized
     def add_root(self, path: str | os.PathLike) -> str:
         """Add a folder to index; returns its root path. A folder already added under another
-        name (a symlink to it, or it behind a symlink) is that root: indexed once."""
+        name (a symlink to it, or it behind a symlink) is that root: indexed once. Raises
+        NotADirectoryError.
+
+            lib.add_root("~/Photos")  # -> '/home/me/Photos'
+        """
         folder = _abspath(path)
         if not os.path.isdir(folder):
             raise NotADirectoryError(f"not a folder: {folder}")
@@ -310,9 +382,14 @@ class Library:
         self.catalog.add_root(folder)
         return folder
 
+    @_serialized
     def remove_root(self, path: str | os.PathLike, *, wait: float = 0.0) -> int:
-        """Forget a root and its files (vectors no other file uses go too). Raises
-        LookupError for a folder that is not a root (a typo would otherwise pass silently)."""
+        """Forget a root and its files (vectors no other file uses go too); returns how many
+        files left. Raises LookupError for a folder that is not a root (a typo would
+        otherwise pass silently), LibraryBusyError.
+
+            lib.remove_root("~/Pictures/Phone")  # -> 212
+        """
         folder = _abspath(path)
         if self.catalog.root_id(folder) is None:
             roots = ", ".join(self.roots) or "none"
@@ -331,6 +408,7 @@ class Library:
             lock.release()
 
     # -- indexing ------------------------------------------------------------------------
+    @_serialized
     def index(
         self,
         roots: Sequence[str | os.PathLike] | None = None,
@@ -341,7 +419,15 @@ class Library:
         progress: Callable[[Progress], None] | None = None,
         wait: float = 0.0,
     ) -> IndexReport:
-        """Index the given roots (added first if new), or every root. Incremental."""
+        """Index the given roots (added first if new), or every root. Incremental: only new
+        and changed files are read. Raises ValueError (no folder to index),
+        NotADirectoryError, MissingModelError, ModelLoadError, LibraryBusyError (another
+        indexer past `wait` seconds), StorageError (read-only library, disk full). A file
+        that cannot be read is skipped and listed in the report, never raised.
+
+            report = lib.index(["~/Photos"], progress=lambda p: print(p.done, p.total))
+            report.indexed, report.skipped, report.empty_roots
+        """
         ref = self.model_ref(model, pretrained)
         if self.readonly:
             raise StorageError(f"the library at {self.path} is on a read-only disk or folder: "
@@ -396,23 +482,30 @@ class Library:
                 if i is not None and not self.catalog.root_has_files(i)]
 
     # -- search --------------------------------------------------------------------------
+    @_serialized
     def embed_text(
         self, texts: Sequence[str], model: str | None = None, pretrained: str | None = None
     ) -> np.ndarray:
-        """L2-normalised text vectors; torch-free once the model's text tower is cached."""
+        """L2-normalised text vectors; torch-free once the model's text tower is cached.
+        Raises TypeError (one string instead of a list), MissingModelError.
+
+            lib.embed_text(["a dog", "a cat"]).shape  # -> (2, 512)
+        """
         _check_texts(texts, "texts")
         return self._text_embedder(self.model_ref(model, pretrained)).embed(list(texts))
 
     def _text_embedder(self, ref: ModelRef) -> TextEmbedder:
-        embedder = self._text_embedders.get(ref.model_id)
-        if embedder is None:
-            embedder = TextEmbedder(
-                ref.model_id, self.path / TEXT_TOWERS_DIR,
-                lambda: self.encoder(ref, frozenset({"text"})), writable=not self.readonly,
-                low_memory=self.low_memory)
-            self._text_embedders[ref.model_id] = embedder
-        return embedder
+        with self._encoders_lock:  # also reached from an index run's model-loading thread
+            embedder = self._text_embedders.get(ref.model_id)
+            if embedder is None:
+                embedder = TextEmbedder(
+                    ref.model_id, self.path / TEXT_TOWERS_DIR,
+                    lambda: self.encoder(ref, frozenset({"text"})),
+                    writable=not self.readonly, low_memory=self.low_memory)
+                self._text_embedders[ref.model_id] = embedder
+            return embedder
 
+    @_serialized
     def query(
         self,
         text: str,
@@ -422,6 +515,14 @@ class Library:
         model: str | None = None,
         pretrained: str | None = None,
     ) -> list[SearchResult]:
+        """The `limit` pictures that best match `text`, best first, scored by cosine
+        similarity; `within`: only under this folder. An empty library gives []. Raises
+        ValueError (blank text, bad limit), ModelNotIndexedError (no vectors of `model`
+        here; it carries suggestions), MissingModelError.
+
+            for hit in lib.query("a dog on a beach", limit=5, within="~/Photos/2023"):
+                print(hit.rank, hit.score, hit.path)
+        """
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"the query text is empty: {text!r}")
         ref = self._searchable(model, pretrained)
@@ -430,6 +531,7 @@ class Library:
         vector = self.embed_text([text], model, pretrained)[0]
         return self.searcher.search(ref.model_id, vector, limit, within)
 
+    @_serialized
     def query_image(
         self,
         image: str | os.PathLike,
@@ -440,7 +542,13 @@ class Library:
         pretrained: str | None = None,
         include_self: bool = False,
     ) -> list[SearchResult]:
-        """Images similar to `image` (a file inside or outside the library)."""
+        """Images similar to `image` (a file inside or outside the library; itself left
+        out unless `include_self`). Raises FileNotFoundError (no such file),
+        IsADirectoryError, DecodeError (not a readable image), ModelNotIndexedError,
+        MissingModelError.
+
+            lib.query_image("~/Photos/IMG_0042.jpg", limit=5)
+        """
         _image_file(image)
         ref = self._searchable(model, pretrained)
         if ref is None:
@@ -468,13 +576,19 @@ class Library:
                                "with --model set to one of those.")
         return ref
 
+    @_serialized
     def classify(
         self, image: str | os.PathLike, labels: Sequence[str], *, model: str | None = None,
         pretrained: str | None = None,
     ) -> list[LabelScore]:
         """CLIP zero-shot: probability of each label for one image, best first. Torch-free
         when the model's text tower is cached here with its temperature and its image tower
-        is compiled (the state after indexing on a CPU); else the torch model."""
+        is compiled (the state after indexing on a CPU); else the torch model. Raises
+        ValueError (no label, a blank one), TypeError (one string for labels),
+        FileNotFoundError, IsADirectoryError, DecodeError, MissingModelError.
+
+            lib.classify("a.jpg", ["a dog", "a cat"])[0].label  # -> 'a dog'
+        """
         _check_labels(labels)
         _image_file(image)
         ref = self.model_ref(model, pretrained)
@@ -489,7 +603,14 @@ class Library:
         return _image_vector(self.image_encoder(ref), path)
 
     # -- status --------------------------------------------------------------------------
+    @_serialized
     def status(self, *, errors: bool = False) -> LibraryStatus:
+        """Roots, file counts, models with their vector counts, size on disk; with `errors`
+        also every file that failed (path, reason, message).
+
+            st = lib.status(errors=True)
+            st.indexed, st.models, [e["path"] for e in st.error_list]
+        """
         counts = self.catalog.counts()
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         return LibraryStatus(
@@ -515,7 +636,12 @@ def classify(
     precision: str = "auto",
     models_dir: str | os.PathLike | None = None,
 ) -> list[LabelScore]:
-    """Zero-shot classification without a library (the classic CLIP demo)."""
+    """Zero-shot classification without a library (the classic CLIP demo): probability of
+    each label, best first. Raises ValueError, TypeError, FileNotFoundError,
+    IsADirectoryError, DecodeError, MissingModelError, ModelLoadError.
+
+        classify("a.jpg", ["a dog", "a cat"], model="shapes-tiny")
+    """
     _check_labels(labels)
     _image_file(image)
     from clip_core.encoder import ClipEncoder

@@ -19,3 +19,14 @@ def test_pyproject_is_read_without_setuptools_warnings():
         dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
     assert not [str(w.message) for w in caught]
     assert dist.metadata.license_expression == "MIT"
+
+
+def test_every_package_ships_py_typed():
+    """An app type-checking its use of clipsearch saw only Any: no PEP 561 marker."""
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert "py.typed" in dist.package_data.get("", [])  # "*" in pyproject: every package
+    for package in ("clipsearch", "clip_core", "store", "indexer", "search"):
+        assert (ROOT / package / "py.typed").is_file(), package
