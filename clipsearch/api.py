@@ -14,6 +14,7 @@ import errno
 import functools
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -61,8 +62,10 @@ class LibraryStatus:
     errors: int
     default_model: dict
     models: dict[str, int]  # model id -> files with a vector
-    size_bytes: int
+    size_bytes: int  # data_bytes + shared_bytes: everything under the library folder
     error_list: list[dict] = field(default_factory=list)
+    data_bytes: int = 0  # the library's own files: catalog, vectors' caches
+    shared_bytes: int = 0  # model files hard-linked with the compile cache (st_nlink > 1)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -612,7 +615,7 @@ class Library:
             st.indexed, st.models, [e["path"] for e in st.error_list]
         """
         counts = self.catalog.counts()
-        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        data, shared = _disk_use(self.path)
         return LibraryStatus(
             path=str(self.path),
             roots=self.roots,
@@ -621,8 +624,10 @@ class Library:
             errors=counts.get("error", 0),
             default_model={"id": self._default.model_id, **self._default.to_spec()},
             models=self.catalog.model_counts(),
-            size_bytes=size,
+            size_bytes=data + shared,
             error_list=self.catalog.errors() if errors else [],
+            data_bytes=data,
+            shared_bytes=shared,
         )
 
 
@@ -711,6 +716,24 @@ def _image_file(image: str | os.PathLike) -> None:
 
 def _not_found(path: str | os.PathLike) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path))
+
+
+def _disk_use(folder: Path) -> tuple[int, int]:
+    """(own, shared) bytes of the files under `folder`. A file with more than one hard link
+    (a text tower linked from the compile cache, ~250 MB for ViT-B-32) is shared: removing
+    the library would not free it, so it is not the library's size."""
+    own = shared = 0
+    for path in folder.rglob("*"):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue  # removed meanwhile (a temp file of a query's cache write)
+        if stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                shared += st.st_size
+            else:
+                own += st.st_size
+    return own, shared
 
 
 def _close_encoder(enc: object) -> None:

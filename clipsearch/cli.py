@@ -285,7 +285,9 @@ def status(show_errors, as_json, library):
     if as_json:
         write_json(st.to_dict())
         return
-    click.echo(f"Library: {human(st.path)} ({format_size(st.size_bytes)})")
+    shared = (f", plus {format_size(st.shared_bytes)} of model files shared with the model "
+              "cache" if st.shared_bytes else "")  # hard links: not freed with the library
+    click.echo(f"Library: {human(st.path)} ({format_size(st.data_bytes)}{shared})")
     click.echo(f"Default model: {st.default_model['id']}")
     click.echo(f"Files: {st.files} ({st.indexed} indexed, {st.errors} errors)")
     click.echo("Roots:" if st.roots else "Roots: none (clipsearch index FOLDER)")
