@@ -437,6 +437,8 @@ class Library:
                                "it can be queried but not indexed")
         # Whatever can fail cheaply fails before any change: a failed run changes nothing.
         ensure_local(ref, self.models_dir)  # an unknown or missing model, even with no files
+        if settings is not None:
+            settings.check()
         for folder in roots or ():
             if not os.path.isdir(_abspath(folder)):
                 raise NotADirectoryError(f"not a folder: {_abspath(folder)}")

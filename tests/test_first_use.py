@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipsearch import Library
+from clipsearch import IndexSettings, Library
 from tests.helpers import cli, cli_json, draw_photos
 
 BAD_MODELS = [["--model", "ViT-B-23"],  # no such architecture
@@ -42,6 +42,8 @@ def test_the_api_checks_model_and_folders_before_adding_roots(tmp_path):
         assert lib.roots == []
         with pytest.raises(RuntimeError, match="ViT-B-23"):  # ModelLoadError
             lib.index([tmp_path / "p"], model="ViT-B-23")
+        with pytest.raises(ValueError, match="batch_size"):
+            lib.index([tmp_path / "p"], settings=IndexSettings(batch_size=0))
         assert lib.roots == []
 
 
