@@ -196,7 +196,7 @@ def _nothing_found(survey: dict) -> str:
 
 
 @main.command()
-@click.argument("words", nargs=-1)
+@click.argument("words", nargs=-1, metavar="[TEXT]...")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False),
               help="Find images similar to this one instead of a text.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True)
