@@ -1,14 +1,29 @@
-"""clipsearch: local, offline-first text-to-image search over photo folders."""
+"""clipsearch: local, offline-first text-to-image search over photo folders.
 
-from clip_core.model_files import MissingModelError
+Every exception a `Library` method documents can be caught by a name from here:
+
+    from clipsearch import Library, ModelNotIndexedError
+"""
+
+from clip_core.images import DecodeError
+from clip_core.model_files import MissingModelError, ModelLoadError
 from indexer import IndexReport, IndexSettings, Progress
 from search import LabelScore, SearchResult
+from store import CatalogError, LibraryBusyError, StorageError
 
-from .api import Library, LibraryStatus, ModelNotIndexedError, classify, default_library_dir
+from .api import (
+    Library,
+    LibraryStatus,
+    ModelNotIndexedError,
+    check_model,
+    classify,
+    default_library_dir,
+)
 
 __all__ = [
-    "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryStatus",
-    "MissingModelError", "ModelNotIndexedError", "Progress", "SearchResult", "classify",
-    "default_library_dir",
+    "CatalogError", "DecodeError", "IndexReport", "IndexSettings", "LabelScore", "Library",
+    "LibraryBusyError", "LibraryStatus", "MissingModelError", "ModelLoadError",
+    "ModelNotIndexedError", "Progress", "SearchResult", "StorageError", "check_model",
+    "classify", "default_library_dir",
 ]
 __version__ = "0.1.0"

@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +41,11 @@ IMAGE_ONLY = frozenset({"image"})
 
 
 def default_library_dir() -> Path:
+    """Where a library lives when no path is given: CLIPSEARCH_LIBRARY, else the platform's
+    user data folder.
+
+        default_library_dir()  # -> PosixPath('/home/me/.local/share/clipsearch/library')
+    """
     env = os.environ.get("CLIPSEARCH_LIBRARY")
     if env:
         return Path(env).expanduser()
@@ -55,20 +63,71 @@ class LibraryStatus:
     errors: int
     default_model: dict
     models: dict[str, int]  # model id -> files with a vector
-    size_bytes: int
+    size_bytes: int  # data_bytes + shared_bytes: everything under the library folder
     error_list: list[dict] = field(default_factory=list)
+    data_bytes: int = 0  # the library's own files: catalog, vectors' caches
+    shared_bytes: int = 0  # model files hard-linked with the compile cache (st_nlink > 1)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 class ModelNotIndexedError(LookupError):
-    """The library holds no vectors made by the model a query asked for."""
+    """The library holds no vectors made by the model a query asked for. `available`: the
+    model ids it holds; `suggestions`: those close to what was asked (a typo's fix)."""
+
+    def __init__(self, message: str, *, asked: str | None = None,
+                 available: Sequence[str] = (), suggestions: Sequence[str] = ()):
+        super().__init__(message)
+        self.asked = asked
+        self.available = list(available)
+        self.suggestions = list(suggestions)
+
+
+def _not_indexed(asked: str, model_id: str, known: dict[str, dict],
+                 consequence: str) -> ModelNotIndexedError:
+    """The error for a model without vectors here, with "did you mean" among the library's
+    models, compared by id and by name (`shapes-tny` -> shapes-tiny@1a2b3c)."""
+    import difflib
+
+    by_name: dict[str, str] = {}
+    for known_id, info in known.items():
+        spec_model = str(info["spec"].get("model"))  # ViT-B-32, local-dir:/models/shapes-tiny
+        for name in (known_id, known_id.split("@")[0], spec_model, Path(spec_model).name):
+            by_name.setdefault(name, known_id)
+    close = difflib.get_close_matches(asked, list(by_name), n=3, cutoff=0.6)
+    close += difflib.get_close_matches(model_id, list(by_name), n=3, cutoff=0.6)
+    suggestions = list(dict.fromkeys(by_name[c] for c in close))
+    hint = f" Did you mean {' or '.join(suggestions)}?" if suggestions else ""
+    return ModelNotIndexedError(
+        f"this library has no vectors made by {model_id}.{hint} It holds: "
+        f"{', '.join(known) or 'none'}. {consequence}",
+        asked=asked, available=list(known), suggestions=suggestions)
+
+
+def _serialized(method: Callable) -> Callable:
+    """One call at a time per Library: its catalog connection, encoder caches and FAISS cache
+    are shared state. Reentrant, so a method may call another."""
+    @functools.wraps(method)
+    def wrapper(self: Library, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Library:
-    """A photo library: roots, a catalog, vectors per model. Not thread-safe; open one per
-    thread (SQLite WAL lets readers work while an index run writes)."""
+    """A photo library: roots, a catalog, vectors per model.
+
+    Safe to share between threads (a web server's workers): calls run one at a time, so
+    each waits for the one in progress. An `index()` run holds the library until it ends;
+    to answer queries meanwhile, index through a second `Library` on the same folder (SQLite
+    WAL lets its readers see each committed batch).
+
+        with Library.open("/data/photo-index", model="shapes-tiny") as lib:
+            lib.index(["/data/photos"])
+            lib.query("a red circle", limit=5)
+    """
 
     def __init__(
         self,
@@ -91,6 +150,7 @@ class Library:
         `precision`: auto, fp32, bf16, fp16 (torch) or int8 (the compiled CPU image tower).
         `cache_dir`: where compiled models go (default: CLIPSEARCH_CACHE or the platform's
         user cache folder)."""
+        self._lock = threading.RLock()  # see _serialized
         self.low_memory = low_memory
         self.path = Path(path).expanduser().absolute() if path else default_library_dir()
         catalog_path = self.path / CATALOG_NAME
@@ -125,6 +185,12 @@ class Library:
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, **kwargs) -> Library:
+        """Open (or, unless `create=False`, make) the library at `path`; the keyword
+        arguments are the constructor's. Raises FileNotFoundError (`create=False` and no
+        library there), NotADirectoryError (a file at `path`), CatalogError.
+
+            lib = Library.open("~/photo-index", model="ViT-B-32", pretrained="openai")
+        """
         return cls(path, **kwargs)
 
     def __enter__(self) -> Library:
@@ -133,7 +199,12 @@ class Library:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @_serialized
     def close(self) -> None:
+        """Free the loaded models and close the catalog (`with Library(...)` does it).
+
+            lib.close()
+        """
         with self._encoders_lock:
             self._closed = True
             encoders = list(self._encoders.values())
@@ -154,25 +225,36 @@ class Library:
     # -- models --------------------------------------------------------------------------
     @property
     def default_model(self) -> ModelRef:
+        """The model used when a call gives none.
+
+            lib.default_model.model_id  # -> 'ViT-B-32/laion2b_s34b_b79k'
+        """
         return self._default
 
+    @_serialized
     def set_default_model(self, model: str, pretrained: str | None = None) -> ModelRef:
         """Make a model this library holds vectors of (a --model spec or a model id from
         status) the default. Raises ModelNotIndexedError for any other: as the default it
-        would only make every plain query fail."""
+        would only make every plain query fail.
+
+            lib.set_default_model("ViT-B-32", "openai")
+        """
         ref = self.model_ref(model, pretrained)
         known = self.catalog.models()
         if ref.model_id not in known:
-            raise ModelNotIndexedError(
-                f"this library has no vectors made by {ref.model_id}, so it cannot be the "
-                f"default; it holds: {', '.join(known) or 'none'} (index with it first)")
+            raise _not_indexed(model, ref.model_id, known,
+                               "It cannot be the default before it is indexed.")
         self.catalog.set_meta("default_model", json.dumps(ref.to_spec()))
         self._default = ref
         return ref
 
+    @_serialized
     def model_ref(self, model: str | None = None, pretrained: str | None = None) -> ModelRef:
         """`model` as a ref: None is the default; a model id this library holds vectors of
-        (as `status` lists them) stands for the spec it was indexed with."""
+        (as `status` lists them) stands for the spec it was indexed with.
+
+            lib.model_ref("shapes-tiny").model_id  # -> 'shapes-tiny@95225ff984'
+        """
         if model is None:
             return self._default
         if pretrained is None:
@@ -182,7 +264,11 @@ class Library:
         return parse_model(model, pretrained)
 
     def encoder(self, ref: ModelRef, towers: frozenset[str] = frozenset({"image", "text"})):
-        """Load (once) the CLIP model for `ref`; raises MissingModelError when absent."""
+        """Load (once) the CLIP model for `ref` (torch). Raises MissingModelError when its
+        files are absent, ModelLoadError when they cannot be used.
+
+            lib.encoder(lib.default_model).encode_texts(["a dog"])
+        """
         loaded = self._loaded_encoder(ref, towers)
         if loaded is not None:
             return loaded
@@ -201,7 +287,10 @@ class Library:
 
         On the CPU that is the model compiled for onnxruntime (clip_core.compiled: compiled on
         first use, then loaded without torch) when it passed its agreement and speed checks,
-        else torch."""
+        else torch. Raises MissingModelError, ModelLoadError.
+
+            lib.image_encoder(lib.default_model).encode_pixels(pixels)
+        """
         enc = self._loaded_encoder(ref, IMAGE_ONLY)
         if enc is not None:
             return enc
@@ -237,14 +326,19 @@ class Library:
                 return enc
         return None
 
+    @_serialized
     def remove_model(self, model: str, pretrained: str | None = None, *,
                      wait: float = 0.0) -> int:
         """Delete every vector made by a model (a --model spec or a model id from status);
-        returns how many were removed."""
+        returns how many were removed. Raises ModelNotIndexedError (no such vectors here),
+        LibraryBusyError (an index run holds the library past `wait` seconds).
+
+            lib.remove_model("ViT-B-32", "openai")  # -> 150
+        """
         model_id = self.model_ref(model, pretrained).model_id
         known = self.catalog.models()
         if model_id not in known:
-            raise ModelNotIndexedError(f"no vectors of {model} here; models: {', '.join(known)}")
+            raise _not_indexed(model, model_id, known, "Nothing was removed.")
         with self._writer(wait):
             removed = self.catalog.remove_model(model_id)
             # Its derived files: the FAISS cache and the adopted text tower (~250 MB).
@@ -268,12 +362,22 @@ class Library:
 
     # -- roots ---------------------------------------------------------------------------
     @property
+    @_serialized
     def roots(self) -> list[str]:
+        """The folders this library indexes.
+
+            lib.roots  # -> ['/data/photos']
+        """
         return list(self.catalog.roots().values())
 
+    @_serialized
     def add_root(self, path: str | os.PathLike) -> str:
         """Add a folder to index; returns its root path. A folder already added under another
-        name (a symlink to it, or it behind a symlink) is that root: indexed once."""
+        name (a symlink to it, or it behind a symlink) is that root: indexed once. Raises
+        NotADirectoryError.
+
+            lib.add_root("~/Photos")  # -> '/home/me/Photos'
+        """
         folder = _abspath(path)
         if not os.path.isdir(folder):
             raise NotADirectoryError(f"not a folder: {folder}")
@@ -284,9 +388,14 @@ class Library:
         self.catalog.add_root(folder)
         return folder
 
+    @_serialized
     def remove_root(self, path: str | os.PathLike, *, wait: float = 0.0) -> int:
-        """Forget a root and its files (vectors no other file uses go too). Raises
-        LookupError for a folder that is not a root (a typo would otherwise pass silently)."""
+        """Forget a root and its files (vectors no other file uses go too); returns how many
+        files left. Raises LookupError for a folder that is not a root (a typo would
+        otherwise pass silently), LibraryBusyError.
+
+            lib.remove_root("~/Pictures/Phone")  # -> 212
+        """
         folder = _abspath(path)
         if self.catalog.root_id(folder) is None:
             roots = ", ".join(self.roots) or "none"
@@ -307,6 +416,7 @@ class Library:
             lock.release()
 
     # -- indexing ------------------------------------------------------------------------
+    @_serialized
     def index(
         self,
         roots: Sequence[str | os.PathLike] | None = None,
@@ -317,11 +427,29 @@ class Library:
         progress: Callable[[Progress], None] | None = None,
         wait: float = 0.0,
     ) -> IndexReport:
-        """Index the given roots (added first if new), or every root. Incremental."""
+        """Index the given roots (added first if new), or every root. Incremental: only new
+        and changed files are read. Raises ValueError (no folder to index),
+        NotADirectoryError, MissingModelError, ModelLoadError, LibraryBusyError (another
+        indexer past `wait` seconds), StorageError (read-only library, disk full). A file
+        that cannot be read is skipped and listed in the report, never raised.
+
+            report = lib.index(["~/Photos"], progress=lambda p: print(p.done, p.total))
+            report.indexed, report.skipped, report.empty_roots
+        """
         ref = self.model_ref(model, pretrained)
         if self.readonly:
             raise StorageError(f"the library at {self.path} is on a read-only disk or folder: "
                                "it can be queried but not indexed")
+        # Whatever can fail cheaply fails before any change: a failed run changes nothing.
+        ensure_local(ref, self.models_dir)  # an unknown or missing model, even with no files
+        if settings is not None:
+            settings.check()
+        for folder in roots or ():
+            if not os.path.isdir(_abspath(folder)):
+                raise NotADirectoryError(f"not a folder: {_abspath(folder)}")
+        if not roots and not self.roots:
+            raise ValueError(f"the library at {self.path} has no folders to index: give one "
+                             "(`lib.index([FOLDER])`, `clipsearch index FOLDER`)")
         # The lock comes before any write: a refused run changes nothing.
         with self._writer(wait):
             sweep_temp_files(self.path / VECTORS_DIR)  # left by killed runs
@@ -347,26 +475,47 @@ class Library:
             if not report.interrupted and ref.model_id in models:
                 dim = models[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
+            if not report.interrupted:
+                report.empty_roots = self._survey_empty(root_ids, settings)
             return report
 
+    def _survey_empty(self, root_ids: list[int | None],
+                      settings: IndexSettings | None) -> list[dict]:
+        """What each indexed root that holds no file here after the run contains: the
+        report says why nothing was found instead of only "0 indexed"."""
+        from clip_core.images import IMAGE_EXTENSIONS
+        from indexer.survey import survey_root
+
+        hidden = bool(settings and settings.include_hidden)
+        roots = self.catalog.roots()
+        return [survey_root(roots[i], IMAGE_EXTENSIONS, hidden) for i in root_ids
+                if i is not None and not self.catalog.root_has_files(i)]
+
     # -- search --------------------------------------------------------------------------
+    @_serialized
     def embed_text(
         self, texts: Sequence[str], model: str | None = None, pretrained: str | None = None
     ) -> np.ndarray:
-        """L2-normalised text vectors; torch-free once the model's text tower is cached."""
+        """L2-normalised text vectors; torch-free once the model's text tower is cached.
+        Raises TypeError (one string instead of a list), MissingModelError.
+
+            lib.embed_text(["a dog", "a cat"]).shape  # -> (2, 512)
+        """
         _check_texts(texts, "texts")
         return self._text_embedder(self.model_ref(model, pretrained)).embed(list(texts))
 
     def _text_embedder(self, ref: ModelRef) -> TextEmbedder:
-        embedder = self._text_embedders.get(ref.model_id)
-        if embedder is None:
-            embedder = TextEmbedder(
-                ref.model_id, self.path / TEXT_TOWERS_DIR,
-                lambda: self.encoder(ref, frozenset({"text"})), writable=not self.readonly,
-                low_memory=self.low_memory)
-            self._text_embedders[ref.model_id] = embedder
-        return embedder
+        with self._encoders_lock:  # also reached from an index run's model-loading thread
+            embedder = self._text_embedders.get(ref.model_id)
+            if embedder is None:
+                embedder = TextEmbedder(
+                    ref.model_id, self.path / TEXT_TOWERS_DIR,
+                    lambda: self.encoder(ref, frozenset({"text"})),
+                    writable=not self.readonly, low_memory=self.low_memory)
+                self._text_embedders[ref.model_id] = embedder
+            return embedder
 
+    @_serialized
     def query(
         self,
         text: str,
@@ -376,6 +525,14 @@ class Library:
         model: str | None = None,
         pretrained: str | None = None,
     ) -> list[SearchResult]:
+        """The `limit` pictures that best match `text`, best first, scored by cosine
+        similarity; `within`: only under this folder. An empty library gives []. Raises
+        ValueError (blank text, bad limit), ModelNotIndexedError (no vectors of `model`
+        here; it carries suggestions), MissingModelError.
+
+            for hit in lib.query("a dog on a beach", limit=5, within="~/Photos/2023"):
+                print(hit.rank, hit.score, hit.path)
+        """
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"the query text is empty: {text!r}")
         ref = self._searchable(model, pretrained)
@@ -384,6 +541,7 @@ class Library:
         vector = self.embed_text([text], model, pretrained)[0]
         return self.searcher.search(ref.model_id, vector, limit, within)
 
+    @_serialized
     def query_image(
         self,
         image: str | os.PathLike,
@@ -394,7 +552,14 @@ class Library:
         pretrained: str | None = None,
         include_self: bool = False,
     ) -> list[SearchResult]:
-        """Images similar to `image` (a file inside or outside the library)."""
+        """Images similar to `image` (a file inside or outside the library; itself left
+        out unless `include_self`). Raises FileNotFoundError (no such file),
+        IsADirectoryError, DecodeError (not a readable image), ModelNotIndexedError,
+        MissingModelError.
+
+            lib.query_image("~/Photos/IMG_0042.jpg", limit=5)
+        """
+        _image_file(image)
         ref = self._searchable(model, pretrained)
         if ref is None:
             return []
@@ -416,20 +581,26 @@ class Library:
             ensure_local(ref, self.models_dir)
             return None
         if ref.model_id not in known:
-            raise ModelNotIndexedError(
-                f"this library has no vectors made by {ref.model_id}; it holds: "
-                f"{', '.join(known)}. Index with `clipsearch index --model ...` first, or "
-                "query with --model set to one of those.")
+            raise _not_indexed(model or ref.model_id, ref.model_id, known,
+                               "Index with `clipsearch index --model ...` first, or query "
+                               "with --model set to one of those.")
         return ref
 
+    @_serialized
     def classify(
         self, image: str | os.PathLike, labels: Sequence[str], *, model: str | None = None,
         pretrained: str | None = None,
     ) -> list[LabelScore]:
         """CLIP zero-shot: probability of each label for one image, best first. Torch-free
         when the model's text tower is cached here with its temperature and its image tower
-        is compiled (the state after indexing on a CPU); else the torch model."""
+        is compiled (the state after indexing on a CPU); else the torch model. Raises
+        ValueError (no label, a blank one), TypeError (one string for labels),
+        FileNotFoundError, IsADirectoryError, DecodeError, MissingModelError.
+
+            lib.classify("a.jpg", ["a dog", "a cat"])[0].label  # -> 'a dog'
+        """
         _check_labels(labels)
+        _image_file(image)
         ref = self.model_ref(model, pretrained)
         scale = self._text_embedder(ref).logit_scale()
         if scale is None:
@@ -442,9 +613,16 @@ class Library:
         return _image_vector(self.image_encoder(ref), path)
 
     # -- status --------------------------------------------------------------------------
+    @_serialized
     def status(self, *, errors: bool = False) -> LibraryStatus:
+        """Roots, file counts, models with their vector counts, size on disk; with `errors`
+        also every file that failed (path, reason, message).
+
+            st = lib.status(errors=True)
+            st.indexed, st.models, [e["path"] for e in st.error_list]
+        """
         counts = self.catalog.counts()
-        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        data, shared = _disk_use(self.path)
         return LibraryStatus(
             path=str(self.path),
             roots=self.roots,
@@ -453,8 +631,10 @@ class Library:
             errors=counts.get("error", 0),
             default_model={"id": self._default.model_id, **self._default.to_spec()},
             models=self.catalog.model_counts(),
-            size_bytes=size,
+            size_bytes=data + shared,
             error_list=self.catalog.errors() if errors else [],
+            data_bytes=data,
+            shared_bytes=shared,
         )
 
 
@@ -468,14 +648,33 @@ def classify(
     precision: str = "auto",
     models_dir: str | os.PathLike | None = None,
 ) -> list[LabelScore]:
-    """Zero-shot classification without a library (the classic CLIP demo)."""
+    """Zero-shot classification without a library (the classic CLIP demo): probability of
+    each label, best first. Raises ValueError, TypeError, FileNotFoundError,
+    IsADirectoryError, DecodeError, MissingModelError, ModelLoadError.
+
+        classify("a.jpg", ["a dog", "a cat"], model="shapes-tiny")
+    """
     _check_labels(labels)
+    _image_file(image)
     from clip_core.encoder import ClipEncoder
 
     encoder = ClipEncoder.load(parse_model(model, pretrained), device=device,
                                precision=precision,
                                models_dir=Path(models_dir) if models_dir else None)
     return _classify(encoder, image, labels)
+
+
+def check_model(model: str | None = None, pretrained: str | None = None, *,
+                models_dir: str | os.PathLike | None = None) -> ModelRef:
+    """The model `model`/`pretrained` names, if open_clip knows it and its files are on this
+    machine; else MissingModelError or ModelLoadError. Touches nothing and imports no torch:
+    a command checks its model with it before it creates a library.
+
+        check_model("shapes-tiny")  # -> ModelRef; check_model("ViT-B-23") raises
+    """
+    ref = parse_model(model, pretrained)
+    ensure_local(ref, Path(models_dir).expanduser() if models_dir else None)
+    return ref
 
 
 def _check_texts(texts: Sequence[str], what: str) -> None:
@@ -506,8 +705,42 @@ def _image_vector(encoder, path: Path) -> np.ndarray:
     try:
         decoded = decode_image(path)
     except DecodeError as exc:  # the indexer names the file beside the reason; so do we
+        if exc.reason == "vanished":  # deleted since _image_file looked
+            raise _not_found(path) from exc
         raise DecodeError(exc.reason, f"{path}: {exc.message}") from exc
     return encoder.encode_pixels(preprocess(decoded.image, encoder.preprocess)[None])[0]
+
+
+def _image_file(image: str | os.PathLike) -> None:
+    """Before any model loads: a missing file is FileNotFoundError (errno and filename set,
+    as open() raises it), a folder IsADirectoryError; anything else the decoder judges."""
+    path = os.fspath(image)
+    if not os.path.exists(path):
+        raise _not_found(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not an image", path)
+
+
+def _not_found(path: str | os.PathLike) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path))
+
+
+def _disk_use(folder: Path) -> tuple[int, int]:
+    """(own, shared) bytes of the files under `folder`. A file with more than one hard link
+    (a text tower linked from the compile cache, ~250 MB for ViT-B-32) is shared: removing
+    the library would not free it, so it is not the library's size."""
+    own = shared = 0
+    for path in folder.rglob("*"):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue  # removed meanwhile (a temp file of a query's cache write)
+        if stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                shared += st.st_size
+            else:
+                own += st.st_size
+    return own, shared
 
 
 def _close_encoder(enc: object) -> None:

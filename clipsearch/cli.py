@@ -112,7 +112,12 @@ def index(paths, library, model, pretrained, device, precision, batch_size, work
 
     from .progress import ProgressBar
 
+    _check_new_library(library, paths, model, pretrained)
     lib = open_library(library, model, pretrained, device, precision)
+    if not paths and not lib.roots:
+        lib.close()
+        raise click.UsageError(f"the library at {human(str(lib.path))} has no folders yet: "
+                               "`clipsearch index FOLDER` adds one and indexes it")
     _warn_random(lib.model_ref(model, pretrained) if model else lib.default_model)
     settings = IndexSettings(batch_size=batch_size, draft=not no_draft,
                              include_hidden=include_hidden)
@@ -133,6 +138,21 @@ def index(paths, library, model, pretrained, device, precision, batch_size, work
         _print_report(report)
     if report.interrupted:
         _exit_promptly(EXIT_INTERRUPTED)
+
+
+def _check_new_library(library: str | None, paths: tuple[str, ...], model: str | None,
+                       pretrained: str | None) -> None:
+    """A library is created only for a run that can work: folders given, a known model on
+    this machine. (An existing library checks its own model in Library.index.)"""
+    from .api import CATALOG_NAME, check_model, default_library_dir
+
+    lib_dir = Path(library).expanduser() if library else default_library_dir()
+    if (lib_dir / CATALOG_NAME).exists():
+        return
+    if not paths:
+        raise click.UsageError(f"there is no library at {human(str(lib_dir))} yet: "
+                               "`clipsearch index FOLDER` makes one and indexes FOLDER")
+    check_model(model or ("ViT-B-32" if pretrained else None), pretrained)
 
 
 def _exit_promptly(code: int) -> None:
@@ -161,10 +181,28 @@ def _print_report(report) -> None:
     if len(report.skipped) > 50:
         click.echo(f"  ... and {len(report.skipped) - 50} more (clipsearch status --errors)",
                    err=True)
+    for found in report.empty_roots:
+        click.echo(_nothing_found(found), err=True)
+
+
+def _nothing_found(survey: dict) -> str:
+    """Why a root gave nothing to index (indexer.survey): empty, no image files, hidden."""
+    parts = []
+    if survey["files"]:
+        kinds = ", ".join(f"{ext or '(no extension)'} {n}"
+                          for ext, n in list(survey["unsupported"].items())[:6])
+        more = "+" if survey["truncated"] else ""
+        parts.append(f"{survey['files']}{more} files, none of them an image clipsearch reads "
+                     f"({kinds})")
+    if survey["hidden"]:
+        parts.append(f"{survey['hidden']} hidden entries left out (dot-files, .thumbnails, "
+                     "@eaDir; --include-hidden indexes them)")
+    why = "; ".join(parts) or "the folder is empty"
+    return f"Nothing to index in {human(survey['root'])}: {why}."
 
 
 @main.command()
-@click.argument("text", required=False)
+@click.argument("words", nargs=-1, metavar="[TEXT]...")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False),
               help="Find images similar to this one instead of a text.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True,
@@ -177,9 +215,11 @@ def _print_report(report) -> None:
 @library_options
 @model_options
 @friendly_errors
-def query(text, image, limit, within, as_json, paths_only, null, library, model, pretrained,
+def query(words, image, limit, within, as_json, paths_only, null, library, model, pretrained,
           device, precision):
-    """Search the library by TEXT (or --image)."""
+    """Search the library by TEXT (or --image). TEXT may be several words, unquoted:
+    `clipsearch query a dog on a beach`."""
+    text = " ".join(words)  # as rclip does: no quotes needed
     if bool(text and text.strip()) == bool(image):
         raise click.UsageError("give a TEXT or --image PATH (one of them; TEXT not blank)")
     if as_json and paths_only:
@@ -252,7 +292,9 @@ def status(show_errors, as_json, library):
     if as_json:
         write_json(st.to_dict())
         return
-    click.echo(f"Library: {human(st.path)} ({format_size(st.size_bytes)})")
+    shared = (f", plus {format_size(st.shared_bytes)} of model files shared with the model "
+              "cache" if st.shared_bytes else "")  # hard links: not freed with the library
+    click.echo(f"Library: {human(st.path)} ({format_size(st.data_bytes)}{shared})")
     click.echo(f"Default model: {st.default_model['id']}")
     click.echo(f"Files: {st.files} ({st.indexed} indexed, {st.errors} errors)")
     click.echo("Roots:" if st.roots else "Roots: none (clipsearch index FOLDER)")

@@ -54,6 +54,8 @@ class IndexReport:
     seconds: float = 0.0
     todo: int = 0  # files this run had to read
     committed: int = 0  # file rows committed by this run (indexed + reused + failed)
+    # Roots with no file in the library after the run, and what they hold (indexer.survey).
+    empty_roots: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = {k: v for k, v in self.__dict__.items() if k != "skipped"}

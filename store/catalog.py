@@ -275,6 +275,11 @@ class Catalog:
         )
         return {r[1]: FileRow(*r) for r in rows}
 
+    def root_has_files(self, root_id: int) -> bool:
+        """Any file row (indexed or failed) under the root: one index lookup."""
+        return self.conn.execute("SELECT 1 FROM files WHERE root_id = ? LIMIT 1",
+                                 (root_id,)).fetchone() is not None
+
     def hashes_with_vectors(self, model_id: str) -> set[str]:
         return {
             h for (h,) in self.conn.execute(

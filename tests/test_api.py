@@ -52,7 +52,8 @@ def test_library_remembers_its_default_model_once_it_made_vectors(tmp_path):
         lib.index([tmp_path / "p"])
     with Library(tmp_path / "lib", model="shapes-tiny") as lib:
         model_id = lib.default_model.model_id
-        lib.index()
+        assert lib.roots == []  # the failed run added nothing (issue 19.4)
+        lib.index([tmp_path / "p"])
     with Library(tmp_path / "lib") as lib:
         assert lib.default_model.model_id == model_id
         assert "red-circle" in lib.query("a red circle", limit=1)[0].path

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from clipsearch.output import format_size
 from clipsearch.shapes import draw
 from tests.helpers import PAIRS, cli, cli_json, draw_photos, pair_of
 
@@ -55,6 +56,16 @@ def test_query_outputs_table_json_paths_and_scope(indexed):
     assert all(r["path"].startswith(str(photos / "set b") + os.sep) for r in scoped)
 
 
+def test_query_words_need_no_quotes(indexed):
+    """`clipsearch query a dog` failed with "unexpected extra argument (dog)" (issue 19.12)."""
+    photos, library = indexed
+    quoted = cli_json("query", "a red circle", "-n", "5", library=library)
+    assert cli_json("query", "a", "red", "-n", "5", "circle", library=library) == quoted
+    for args in (["a", "cat", "--image", quoted[0]["path"]], [], [" ", " "]):
+        result = cli("query", *args, library=library, ok=False)
+        assert result.exit_code == 2 and "TEXT or --image" in result.stderr, result.stderr
+
+
 def test_query_by_image_finds_same_pair(indexed):
     photos, library = indexed
     probe = photos / "probe.png"
@@ -86,6 +97,24 @@ def test_status_reports_library(indexed):
     assert st["default_model"]["model"].startswith("local-dir:")
     assert st["size_bytes"] > 0
     assert "Files: 48" in cli("status", library=library).stdout
+
+
+def test_status_counts_shared_model_files_apart(indexed):
+    """A 150-image library showed 242.9 MB, mostly the text tower hard-linked from the
+    compile cache, which deleting the library would not free (issue 19.17)."""
+    photos, library = indexed
+    linked = [p for p in library.rglob("*") if p.is_file() and p.stat().st_nlink > 1]
+    assert linked and all("text-towers" in p.parts for p in linked)  # same disk: hard links
+    st = cli_json("status", library=library)
+    assert st["shared_bytes"] == sum(p.stat().st_size for p in linked)
+    own = sum(p.stat().st_size for p in library.rglob("*")
+              if p.is_file() and p.stat().st_nlink == 1)
+    assert st["data_bytes"] >= own  # plus SQLite's -shm/-wal while status had it open
+    assert st["size_bytes"] == st["data_bytes"] + st["shared_bytes"]
+    first = cli("status", library=library).stdout.splitlines()[0]
+    assert first.endswith(f"({format_size(st['data_bytes'])}, plus "
+                          f"{format_size(st['shared_bytes'])} of model files shared with the "
+                          "model cache)"), first
 
 
 def test_incremental_reindex_change_move_delete(tmp_path):
