@@ -33,7 +33,9 @@ def cpu_has_fast_bf16() -> bool:
 
 def cpu_has_int8_dot_product() -> bool:
     """VNNI (AVX-512 or AVX) or AMX int8, which onnxruntime's int8 kernels use."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    from .int8_variants import CpuFeatures
+
+    return CpuFeatures.here().int8_dot_product
 
 
 def choose_device(requested: str = "auto") -> str:

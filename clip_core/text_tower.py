@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .int8_variants import GUARD_MIN_COS
+
 HEADER_KEY = "clipsearch.text_tower"
 FORMAT_VERSION = 1
 _CLIP_BPE_VOCAB = 49408
@@ -415,7 +417,7 @@ def _single_thread_blas() -> Iterator[None]:
         api[1](old)
 
 
-INT8_MIN_COS = 0.999  # the image tower's bar (clip_core.compiler.GUARD_MIN_COS)
+INT8_MIN_COS = GUARD_MIN_COS  # one bar for every reduced-precision tower
 
 
 def probe_tokens(context_length: int, vocab: int, count: int = 8,
