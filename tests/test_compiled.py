@@ -468,3 +468,45 @@ def test_each_int8_variant_keeps_the_tiny_models_rankings(tmp_path, variant):
             lib.index([photos])
             rankings[precision] = shape_rankings(lib)
     assert_only_near_ties_swap(rankings["fp32"], rankings["int8"])
+
+
+def test_query_image_and_classify_use_the_fp32_tower_without_torch_where_int8_fails(tmp_path):
+    """Where no int8 variant passes (ViT-B-32 on an AVX2-only CPU before reduce_range), the
+    image tower was torch: `classify` took 20-26 s a call, `query --image` ~13 s. Now the
+    onnxruntime fp32 tower serves indexing, `query --image` and `classify --library`, and
+    neither the CLI nor the library imports torch or open_clip for them."""
+    bundle = _bundle_copy(tmp_path)
+    model = f"local-dir:{bundle}"
+    cache = tmp_path / "cache"
+    compiled, _ = compile_model(parse_model(model), cache_dir=cache / "compiled", guard=1.01)
+    assert compiled.backend == ONNX_FP32
+    photos = tmp_path / "p"
+    draw_photos(photos, per_pair=1, seed=39)
+    lib = str(tmp_path / "lib")
+    env = {**subprocess_env(tmp_path), "CLIPSEARCH_CACHE": str(cache)}
+    script = """
+import json, sys
+from clipsearch.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    print(json.dumps({"torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules}))
+"""
+    circle = next(str(p) for p in sorted(photos.iterdir()) if "red-circle" in p.name)
+    runs = {}
+    for name, args in (
+            ("index", ["index", str(photos), "--library", lib, "--model", model, "-q"]),
+            ("query", ["query", "--image", circle, "--library", lib, "--json"]),
+            ("classify", ["classify", circle, "a red circle", "a blue star", "--library", lib,
+                          "--json"])):
+        out = subprocess.run([sys.executable, "-c", script, *args], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        runs[name] = (json.loads(lines[-1]), "\n".join(lines[:-1]))
+    for name, (modules, _) in runs.items():
+        assert modules == {"torch": False, "open_clip": False}, (name, runs)
+    hits = json.loads(runs["query"][1])
+    assert len(hits) == 10 and circle not in {h["path"] for h in hits}  # not itself
+    scores = json.loads(runs["classify"][1])
+    assert scores[0]["label"] == "a red circle", scores
