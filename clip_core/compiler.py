@@ -20,8 +20,7 @@ import re
 import shutil
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,7 @@ from .onnx_encoder import OnnxImageEncoder
 from .onnx_export import export_image_tower, quantise
 from .preprocess import PreprocessSpec, preprocess_batch
 from .probe_images import probe_images
+from .quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -270,42 +270,6 @@ def _say(message: str) -> None:
     """A step of the compile, on stderr where nothing configured logging (the CLI): Python's
     last-resort handler shows warnings; an app's own logging config decides otherwise."""
     log.warning(message)
-
-
-@contextlib.contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """Keep open_clip's, torch's and onnx's warnings (Python warnings, and root-logger
-    records such as "No pretrained weights loaded") out of a terminal: logged at DEBUG.
-
-    Only where nothing configured logging: `logging.warning()` would otherwise install a
-    "WARNING:root:" handler for the rest of the run. An app's own handlers are left alone."""
-    root = logging.getLogger()
-    if root.handlers:
-        yield
-        return
-    handler = _Quiet()
-    root.addHandler(handler)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda message, category, *rest: log.debug(
-            "%s: %s", category.__name__, message)
-        try:
-            yield
-        finally:
-            root.removeHandler(handler)
-
-
-class _Quiet(logging.Handler):
-    """Ours (clip_core, clipsearch, indexer...) shown as with no handler; others at DEBUG."""
-
-    OURS = ("clip_core", "clipsearch", "indexer", "search", "store")
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.split(".")[0] in self.OURS:
-            if record.levelno >= logging.WARNING and logging.lastResort is not None:
-                logging.lastResort.handle(record)
-        elif record.levelno >= logging.WARNING:
-            log.debug("%s: %s", record.name, record.getMessage())
 
 
 def _rounded(speed: dict[str, float]) -> dict[str, float]:
