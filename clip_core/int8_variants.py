@@ -76,3 +76,11 @@ def variant_named(name: str) -> Int8Variant:
         if variant.name == name:
             return variant
     raise KeyError(name)
+
+
+def text_int8_timed(cpu: CpuFeatures) -> bool:
+    """Whether the int8 text tower (onnxruntime MatMulNBits with int8 activations:
+    clip_core.text_tower_onnx) must also be measured faster than fp32 to be kept. Its
+    agreement with fp32 is checked on every CPU; its speed is only sure where int8 products
+    run on dot-product instructions (x86 VNNI/AMX, ARM's dot-product extension)."""
+    return not (cpu.int8_dot_product or (not cpu.x86 and "asimddp" in cpu.flags))
