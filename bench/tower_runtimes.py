@@ -40,9 +40,9 @@ def main() -> None:
         accuracy = {name: _min_cos(run, check, reference[8:])
                     for name, run in candidates.items()}
         speed = _best_ms(candidates, check, args.rounds)
-    print(f"{'runtime':52s} {'ms/image':>9s} {'min cos':>9s}")
+    print(f"{'runtime':62s} {'ms/image':>9s} {'min cos':>9s}")
     for name in sorted(speed, key=speed.get):
-        print(f"{name:52s} {speed[name]:9.1f} {accuracy[name]:9.5f}")
+        print(f"{name:62s} {speed[name]:9.1f} {accuracy[name]:9.5f}")
 
 
 def _export(model: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
