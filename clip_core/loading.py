@@ -30,6 +30,7 @@ from .model_files import (
 from .model_ref import WEIGHT_SUFFIXES, ModelRef
 from .open_clip_import import import_open_clip
 from .preprocess import PreprocessSpec
+from .quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,10 @@ def load_model(
     # The tokenizer first: a missing one is reported before seconds of model building.
     tokenizer = _tokenizer(open_clip, name, ref, models_dir) if "text" in towers else None
     try:
-        model = open_clip.create_model(
-            name, pretrained=pretrained, precision=precision, device=device, weights_only=True
-        )
+        with quiet_libraries():  # "No pretrained weights loaded" (--pretrained none)
+            model = open_clip.create_model(
+                name, pretrained=pretrained, precision=precision, device=device,
+                weights_only=True)
     except MissingModelError:
         raise
     except Exception as exc:  # open_clip raises many types; give one clear message

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .int8_variants import GUARD_MIN_COS
+
 HEADER_KEY = "clipsearch.text_tower"
 FORMAT_VERSION = 1
 _CLIP_BPE_VOCAB = 49408
@@ -415,7 +417,7 @@ def _single_thread_blas() -> Iterator[None]:
         api[1](old)
 
 
-INT8_MIN_COS = 0.999  # the image tower's bar (clip_core.compiler.GUARD_MIN_COS)
+INT8_MIN_COS = GUARD_MIN_COS  # one bar for every reduced-precision tower
 
 
 def probe_tokens(context_length: int, vocab: int, count: int = 8,
@@ -455,6 +457,7 @@ class NumpyTextTower:
         self.single_thread = True
         self._onnx: Any = None  # OnnxTextBlocks, set by use_onnxruntime()
         self.int8_agreement: float | None = None  # min cosine to fp32 on probe_tokens
+        self.int8_timing: tuple[float, float] | None = None  # (int8 s, fp32 s) when timed
         self.blocks = []
         for i in range(header["layers"]):
             p = f"resblocks.{i}."
@@ -497,19 +500,27 @@ class NumpyTextTower:
             tower._mapping = buf
         return tower
 
-    def use_onnxruntime(self, int8: bool = False) -> bool:
+    def use_onnxruntime(self, int8: bool = False, timed: bool = False) -> bool:
         """Run the blocks on onnxruntime from now on (same fp32 function, ~3x faster per
         query; clip_core.text_tower_onnx). For long-lived processes: it keeps every weight
         page resident. `int8`: int8 matrix products (~1.7x faster again), kept only if they
-        agree with fp32 within INT8_MIN_COS on probe texts. Returns False, changing nothing,
-        where onnxruntime is unavailable."""
+        agree with fp32 within INT8_MIN_COS on probe texts and, when `timed` (CPUs without
+        int8 dot products: clip_core.int8_variants.text_int8_timed), only if a query ran
+        faster than fp32's here. Returns False, changing nothing, where onnxruntime is
+        unavailable."""
         if self._onnx is None and self._mapping is None:
             try:
                 from .text_tower_onnx import OnnxTextBlocks
 
                 blocks = OnnxTextBlocks(self, int8=int8)
-                if int8 and not self._agrees(blocks):
-                    blocks = OnnxTextBlocks(self)
+                if int8:
+                    keep = self._agrees(blocks)
+                    fp32 = OnnxTextBlocks(self) if timed or not keep else None
+                    if keep and timed:
+                        self.int8_timing = (self._query_seconds(blocks),
+                                            self._query_seconds(fp32))
+                        keep = self.int8_timing[0] < self.int8_timing[1]
+                    blocks = blocks if keep else fp32
                 self._onnx = blocks
             except Exception as exc:  # missing package or an odd graph: numpy still works
                 logging.getLogger(__name__).info("text tower stays on numpy: %s", exc)
@@ -534,6 +545,23 @@ class NumpyTextTower:
             logging.getLogger(__name__).info("int8 text tower at cosine %.5f: fp32 kept",
                                              self.int8_agreement)
         return self.int8_agreement >= INT8_MIN_COS
+
+    def _query_seconds(self, blocks: Any, rounds: int = 5) -> float:
+        """Best time of one short query through `blocks` (after a warm-up run)."""
+        import time
+
+        tokens = probe_tokens(self.context_length, self.token_embedding.shape[0], count=1)
+        self._onnx = blocks
+        try:
+            self.encode_tokens(tokens)
+            best = float("inf")
+            for _ in range(rounds):
+                start = time.perf_counter()
+                self.encode_tokens(tokens)
+                best = min(best, time.perf_counter() - start)
+        finally:
+            self._onnx = None
+        return best
 
     def _release(self, blk: _Block) -> None:
         """Drop the pages under one block's weights from this process (not the cache)."""

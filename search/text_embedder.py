@@ -55,9 +55,9 @@ class TextEmbedder:
                 log.warning("ignoring text tower cache %s: %s", self.path, exc)
                 return None
             if not self.low_memory:
-                from clip_core.device import cpu_has_int8_dot_product
+                from clip_core.int8_variants import CpuFeatures, text_int8_timed
 
-                tower.use_onnxruntime(int8=cpu_has_int8_dot_product())
+                tower.use_onnxruntime(int8=True, timed=text_int8_timed(CpuFeatures.here()))
             self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
         return self._fast
 
