@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_core.file_check import sidecar
 from clip_core.model_files import ensure_local
 from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
@@ -212,6 +213,8 @@ class Library:
         compiled, enc = found
         if compiled.text_tower is not None:
             embedder.adopt(compiled.text_tower)
+            if embedder.writable and not embedder.cached:  # it was damaged: export anew
+                embedder.export_from(self.encoder(ref, frozenset({"text"})))
         self._keep((ref.model_id, IMAGE_ONLY), enc)
         return enc
 
@@ -246,8 +249,8 @@ class Library:
             removed = self.catalog.remove_model(model_id)
             # Its derived files: the FAISS cache and the adopted text tower (~250 MB).
             faiss_file = index_path(self.path / VECTORS_DIR, model_id)
-            for path in (faiss_file, faiss_file.with_suffix(".json"),
-                         tower_path(self.path / TEXT_TOWERS_DIR, model_id)):
+            tower = tower_path(self.path / TEXT_TOWERS_DIR, model_id)
+            for path in (faiss_file, faiss_file.with_suffix(".json"), tower, sidecar(tower)):
                 path.unlink(missing_ok=True)
             self._text_embedders.pop(model_id, None)
             if self._default.model_id == model_id:  # the oldest model left takes over
@@ -342,7 +345,15 @@ class Library:
             if not report.interrupted and ref.model_id in models:
                 dim = models[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
+                self._repair_text_tower(ref)
             return report
+
+    def _repair_text_tower(self, ref: ModelRef) -> None:
+        """A damaged text tower (found by its checksum: a stat when intact) is rebuilt by the
+        index run, also one with nothing else to do, so queries stay torch-free."""
+        embedder = self._text_embedder(ref)
+        if embedder.writable and embedder.path.is_file() and not embedder.cached:
+            embedder.export_from(self.encoder(ref, frozenset({"text"})))
 
     # -- search --------------------------------------------------------------------------
     def embed_text(
