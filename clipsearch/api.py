@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,8 +28,11 @@ from indexer import IndexReport, IndexSettings, Progress, run_index
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
 from search.text_embedder import tower_path
-from store import Catalog, StorageError, WriterLock, sweep_temp_files
+from store import Catalog, CatalogDamagedError, StorageError, WriterLock, sweep_temp_files
 from store.vector_index import index_path
+
+if TYPE_CHECKING:
+    from .doctor import DoctorReport
 
 CATALOG_NAME = "catalog.db"
 VECTORS_DIR = "vectors"
@@ -96,6 +100,7 @@ class Library:
         catalog_path = self.path / CATALOG_NAME
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"{self.path} is a file, not a library folder")
+        _refuse_lost_catalog(self.path, catalog_path)
         if readonly is None:
             readonly = catalog_path.exists() and not os.access(self.path, os.W_OK)
         if (readonly or not create) and not catalog_path.exists():
@@ -124,6 +129,21 @@ class Library:
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, **kwargs) -> Library:
         return cls(path, **kwargs)
+
+    @staticmethod
+    def doctor(path: str | os.PathLike | None = None, *, repair: bool = False,
+               wait: float = 0.0) -> DoctorReport:
+        """Check a library's files (its catalog may be too damaged to open one): SQLite's
+        integrity check and every text tower's checksum. `repair`: salvage a damaged catalog
+        (the damaged file is kept beside it as a backup), drop derived files made from it.
+
+            report = Library.doctor("~/lib", repair=True)
+            print(report.healthy, report.notes)
+        """
+        from .doctor import run_doctor
+
+        folder = Path(path).expanduser().absolute() if path else default_library_dir()
+        return run_doctor(folder, repair=repair, wait=wait)
 
     def __enter__(self) -> Library:
         return self
@@ -524,6 +544,20 @@ def _close_encoder(enc: object) -> None:
 def _ref_of(spec: dict | None) -> ModelRef:
     """A stored model spec as a ref; None: clipsearch's built-in default model."""
     return parse_model(spec["model"], spec.get("pretrained")) if spec else parse_model(None, None)
+
+
+def _refuse_lost_catalog(folder: Path, catalog: Path) -> None:
+    """A missing or 0-byte catalog beside this library's derived files is a lost catalog, not
+    a new library: a fresh one would forget every root and pass for a healthy empty library.
+    (A new catalog has its SQLite header on disk before any derived file exists.)"""
+    if catalog.is_file() and catalog.stat().st_size > 0:
+        return
+    held = [name for name in (VECTORS_DIR, TEXT_TOWERS_DIR)
+            if (folder / name).is_dir() and any((folder / name).iterdir())]
+    if held:
+        state = "an empty file" if catalog.exists() else "missing"
+        raise CatalogDamagedError(
+            catalog, f"it is {state}, but {' and '.join(held)} hold this library's files")
 
 
 def _abspath(path: str | os.PathLike) -> str:

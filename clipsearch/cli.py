@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_errors import EXIT_INTERRUPTED, friendly_errors
+from .cli_errors import EXIT_DAMAGED, EXIT_INTERRUPTED, friendly_errors
 from .output import format_size, human, write_json, write_paths
 
 
@@ -309,6 +309,35 @@ def remove_model(model, pretrained, library, wait, as_json):
         write_json({"model": model, "vectors_removed": n})
     else:
         click.echo(f"Removed {n} vectors")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Salvage a damaged catalog (kept as a backup "
+              "file) and drop the files derived from it; they are rebuilt.")
+@library_options
+@wait_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def doctor(repair, library, wait, as_json):
+    """Check the library's files (catalog integrity, text towers); exit 4 if damaged."""
+    from .api import Library
+
+    report = Library.doctor(library, repair=repair, wait=wait)
+    if as_json:
+        write_json(report.to_dict())
+    else:
+        for problem in report.catalog_problems + report.damaged_towers:
+            click.echo(f"damaged: {problem}")
+        for note in report.notes:
+            click.echo(f"repaired: {note}")
+        if report.backup:
+            click.echo(f"The damaged catalog is kept as {human(report.backup)}")
+        if report.healthy:
+            click.echo("No problems found.")
+        elif not report.repaired:
+            click.echo("Run `clipsearch doctor --repair` to repair it.")
+    if not (report.healthy or report.repaired):
+        sys.exit(EXIT_DAMAGED)
 
 
 def _register_subgroups() -> None:

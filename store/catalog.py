@@ -65,6 +65,28 @@ class StorageError(CatalogError):
     """The disk refused a write (full, read-only, I/O error). Committed work is intact."""
 
 
+class CatalogDamagedError(CatalogError):
+    """The catalog file is not a sound SQLite database (flipped bytes, truncated, emptied).
+    `clipsearch doctor --repair` salvages what it can."""
+
+    def __init__(self, path: Path, detail: str):
+        self.path = Path(path)
+        super().__init__(
+            f"the library catalog {self.path} is damaged ({detail}). "
+            f"Run `clipsearch doctor --repair --library {self.path.parent}` to salvage what "
+            "it can (the damaged file is kept as a backup).")
+
+
+# SQLITE_CORRUPT and SQLITE_NOTADB: the file's bytes are wrong, not the SQL or the disk.
+_SQLITE_DAMAGE = {11, 26}
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a sqlite3 error means the database file itself is damaged."""
+    return (isinstance(exc, sqlite3.DatabaseError)
+            and getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_DAMAGE)
+
+
 # SQLite primary result codes that mean "the medium said no", not "the SQL is wrong".
 _SQLITE_STORAGE = {8: "is read-only", 10: "had an I/O error", 13: "is full",
                    14: "cannot be opened for writing"}
@@ -74,10 +96,15 @@ class Catalog:
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
-        self.conn = _connect(self.path, readonly)
-        self.db = sqlite_utils.Database(self.conn)
-        if not readonly:
-            self._migrate()
+        try:
+            self.conn = _connect(self.path, readonly)
+            self.db = sqlite_utils.Database(self.conn)
+            if not readonly:
+                self._migrate()
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise CatalogDamagedError(self.path, str(exc)) from None
+            raise
 
     # -- schema --------------------------------------------------------------------------
     def _migrate(self) -> None:

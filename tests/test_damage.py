@@ -13,8 +13,18 @@ import pytest
 
 from clip_core.file_check import sidecar
 from clipsearch import Library
+from clipsearch.cli_errors import EXIT_DAMAGED
 from clipsearch.shapes import write_corpus
-from tests.reliability_support import CLIPSEARCH, MODEL, QUERIES, subprocess_env, top_k
+from tests.helpers import cli, cli_json
+from tests.reliability_support import (
+    CLIPSEARCH,
+    MODEL,
+    QUERIES,
+    assert_library_exact,
+    default_model_id,
+    subprocess_env,
+    top_k,
+)
 
 
 def _run(env: dict, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -100,3 +110,62 @@ def test_damaged_shared_tower_does_not_spread(indexed, tmp_path):
         from clip_core.file_check import verify
 
         verify(lib._text_embedder(lib.default_model).path, full=True)
+
+
+def _damage(catalog: Path, kind: str) -> None:
+    data = bytearray(catalog.read_bytes())
+    page = 4096
+    if kind == "header":
+        data[0] ^= 0xFF  # "SQLite format 3" no more
+    elif kind == "pages":
+        for start in range(page, len(data), 3 * page):  # b-tree page type bytes
+            data[start] ^= 0xFF
+    elif kind == "truncated":
+        data = data[: len(data) // 2]
+    elif kind == "garbage":
+        data = bytearray(random.Random(4).randbytes(len(data)))
+    catalog.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["header", "pages", "truncated", "garbage"])
+def test_damaged_catalog_says_so_and_doctor_salvages_it(indexed, tmp_path, kind):
+    library, _env = indexed
+    model_id = default_model_id(library)
+    catalog = library / "catalog.db"
+    assert not Path(f"{catalog}-wal").exists()  # all of it in the file
+    _damage(catalog, kind)
+    damaged = catalog.read_bytes()
+    for args in (["status"], ["query", "a red circle"], ["index", "-q"], ["doctor"]):
+        result = cli(*args, library=library, ok=False)
+        assert result.exit_code == EXIT_DAMAGED, (args, result.output)
+        assert "damaged" in result.stderr + result.stdout and "doctor" in \
+            result.stderr + result.stdout, (args, result.output)
+    assert catalog.read_bytes() == damaged  # nothing was written to it
+    report = cli_json("doctor", "--repair", library=library)
+    assert report["repaired"] and Path(report["backup"]).read_bytes() == damaged
+    if kind in ("header", "pages"):  # the roots survive: a plain `index` finds the rest
+        assert report["kept"]["roots"] == 1 and report["kept"]["files"] > 0
+        cli("index", "-q", library=library)
+    else:  # a lost root page (or nothing readable): the folder has to be given again
+        cli("index", str(tmp_path / "photos"), "--model", MODEL, "-q", library=library)
+    assert_library_exact(library, tmp_path / "photos", model_id)
+    assert cli_json("doctor", library=library)["healthy"]
+
+
+def test_empty_catalog_is_not_a_new_library(indexed, tmp_path):
+    library, _env = indexed
+    catalog = library / "catalog.db"
+    catalog.write_bytes(b"")
+    for args in (["status"], ["index", "-q"], ["query", "a red circle"]):
+        result = cli(*args, library=library, ok=False)
+        assert result.exit_code == EXIT_DAMAGED and "doctor" in result.stderr, result.output
+    assert catalog.stat().st_size == 0  # no fresh catalog made over it
+    catalog.unlink()  # missing, with the derived files still there: the same
+    assert cli("status", library=library, ok=False).exit_code == EXIT_DAMAGED
+    assert not catalog.exists()
+    catalog.write_bytes(b"")
+    report = cli_json("doctor", "--repair", library=library)
+    assert report["repaired"] and "roots are lost" in " ".join(report["notes"])
+    assert cli_json("status", library=library)["roots"] == []
+    cli("index", str(tmp_path / "photos"), "--model", MODEL, "-q", library=library)
+    assert_library_exact(library, tmp_path / "photos", default_model_id(library))
