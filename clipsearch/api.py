@@ -57,10 +57,12 @@ class LibraryStatus:
     files: int
     indexed: int
     errors: int
-    default_model: dict
+    default_model: dict | None  # None: no model made vectors here yet
     models: dict[str, int]  # model id -> files with a vector
     size_bytes: int
     error_list: list[dict] = field(default_factory=list)
+    unindexed: int = 0  # read fine, but no vector of any model (all removed): to index
+    index_model: str = ""  # what `clipsearch index` without --model uses
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -119,6 +121,7 @@ class Library:
         self._closed = False
         self._text_embedders: dict[str, TextEmbedder] = {}
         stored = self.catalog.get_meta("default_model")
+        self._model_named = model is not None
         if model is not None:
             # Stored as the library's default only once it loads for an index run (index()):
             # a typo or a model that is not on this machine must not stick.
@@ -273,14 +276,31 @@ class Library:
             for path in (faiss_file, faiss_file.with_suffix(".json"), tower, sidecar(tower)):
                 path.unlink(missing_ok=True)
             self._text_embedders.pop(model_id, None)
-            if self._default.model_id == model_id:  # the oldest model left takes over
-                spec = self._oldest_model()
-                if spec is None:
-                    self.catalog.clear_meta("default_model")
-                else:
-                    self.catalog.set_meta("default_model", json.dumps(spec))
-                self._default = _ref_of(spec)
+            self._settle_default()
             return removed
+
+    def _settle_default(self) -> None:
+        """Keep the default a model with vectors here: when its vectors are gone (removed,
+        or their files left the library) the oldest model left takes over; with none left
+        the library has no default (`clipsearch index` then uses the built-in one)."""
+        stored = self.catalog.get_meta("default_model")
+        models = self.catalog.models()
+        if stored and _ref_of(json.loads(stored)).model_id in models:
+            spec = json.loads(stored)
+        else:
+            spec = self._oldest_model()
+            if spec is not None:
+                self.catalog.set_meta("default_model", json.dumps(spec))
+            elif stored:
+                self.catalog.clear_meta("default_model")
+        if self._default.model_id not in models:
+            self._default = _ref_of(spec)
+            self._model_named = False
+
+    @property
+    def indexed_models(self) -> list[str]:
+        """Ids of the models this library holds vectors of (oldest first)."""
+        return list(self.catalog.models())
 
     def _oldest_model(self) -> dict | None:
         """The spec of the first model that made vectors here, if any is left."""
@@ -312,7 +332,9 @@ class Library:
             roots = ", ".join(self.roots) or "none"
             raise LookupError(f"{folder} is not a root of this library (roots: {roots})")
         with self._writer(wait):
-            return self.catalog.remove_root(folder)
+            removed = self.catalog.remove_root(folder)
+            self._settle_default()  # its files may have held the default model's vectors
+            return removed
 
     @contextmanager
     def _writer(self, wait: float = 0.0) -> Iterator[None]:
@@ -358,10 +380,9 @@ class Library:
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
                                ref.model_id, get_encoder, settings, progress,
                                preprocess_hint=guess_preprocess(ref))
-            models = self.catalog.models()
-            stored = self.catalog.get_meta("default_model")
-            if stored and self._default.model_id not in models:  # the first model to load
-                self._default = _ref_of(json.loads(stored))  # became the stored default
+            if self._default.model_id not in self.catalog.models():  # the first model to load
+                self._settle_default()  # became the stored default; or vanished files took
+            models = self.catalog.models()  # the default's last vectors with them
             if not report.interrupted and ref.model_id in models:
                 dim = models[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
@@ -439,7 +460,8 @@ class Library:
         ref = self.model_ref(model, pretrained)
         known = self.catalog.models()
         if not known:
-            ensure_local(ref, self.models_dir)
+            if model is not None or self._model_named:  # a model the caller asked for
+                ensure_local(ref, self.models_dir)
             return None
         if ref.model_id not in known:
             raise ModelNotIndexedError(
@@ -471,16 +493,21 @@ class Library:
     def status(self, *, errors: bool = False) -> LibraryStatus:
         counts = self.catalog.counts()
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        unindexed = self.catalog.count_without_vectors()
+        # No stored default: no model made vectors here yet (or all were removed).
+        default = self._default if self.catalog.get_meta("default_model") else None
         return LibraryStatus(
             path=str(self.path),
             roots=self.roots,
             files=sum(counts.values()),
-            indexed=counts.get("ok", 0),
+            indexed=counts.get("ok", 0) - unindexed,
             errors=counts.get("error", 0),
-            default_model={"id": self._default.model_id, **self._default.to_spec()},
+            default_model=({"id": default.model_id, **default.to_spec()} if default else None),
             models=self.catalog.model_counts(),
             size_bytes=size,
             error_list=self.catalog.errors() if errors else [],
+            unindexed=unindexed,
+            index_model=self._default.model_id,
         )
 
 

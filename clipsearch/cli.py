@@ -188,10 +188,13 @@ def query(text, image, limit, within, as_json, paths_only, null, library, model,
         else:
             results = lib.query(text, limit=limit, within=within, model=model,
                                 pretrained=pretrained)
+        nothing_indexed = not results and not lib.indexed_models
     if as_json:
         write_json([r.to_dict() for r in results])
     elif paths_only:
         write_paths([r.path for r in results], null)
+    elif nothing_indexed:
+        click.echo("Nothing indexed yet: run `clipsearch index FOLDER`", err=True)
     elif not results:
         where = f" inside {within}" if within else ""
         click.echo(f"No results{where} (is it indexed? `clipsearch status`)", err=True)
@@ -246,19 +249,29 @@ def status(show_errors, as_json, library):
         write_json(st.to_dict())
         return
     click.echo(f"Library: {human(st.path)} ({format_size(st.size_bytes)})")
-    click.echo(f"Default model: {st.default_model['id']}")
-    click.echo(f"Files: {st.files} ({st.indexed} indexed, {st.errors} errors)")
+    if st.default_model:
+        click.echo(f"Default model: {st.default_model['id']}")
+    else:
+        click.echo(f"Default model: none yet (`clipsearch index` uses {st.index_model})")
+    todo = f", {st.unindexed} to index (clipsearch index)" if st.unindexed else ""
+    click.echo(f"Files: {st.files} ({st.indexed} indexed{todo}, {_count(st.errors, 'error')})")
     click.echo("Roots:" if st.roots else "Roots: none (clipsearch index FOLDER)")
     for root in st.roots:
         click.echo(f"  {human(root)}")
     if st.models:
         click.echo("Models:")
         for model_id, count in st.models.items():
-            click.echo(f"  {model_id}: {count} vectors")
+            click.echo(f"  {model_id}: {_count(count, 'vector')}")
+    if st.error_list:
+        click.echo("Errors:")
     for err in st.error_list:
         click.echo(f"  error {human(err['path'])}: {err['error_reason']}: {err['error_message']}")
     if st.errors and not show_errors:
         click.echo("(clipsearch status --errors lists them)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @main.command("remove-root")
@@ -288,8 +301,11 @@ def default_model(model, pretrained, library, as_json):
     spec or a model id from `status`, with vectors in this library)."""
     with open_library(library, create=False) as lib:
         ref = lib.set_default_model(model, pretrained) if model else lib.default_model
+        unset = lib.status().default_model is None
     if as_json:
-        write_json({"id": ref.model_id, **ref.to_spec()})
+        write_json(None if unset else {"id": ref.model_id, **ref.to_spec()})
+    elif unset:
+        click.echo(f"none yet (`clipsearch index` uses {ref.model_id})")
     else:
         click.echo(ref.model_id)
 

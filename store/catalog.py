@@ -431,6 +431,13 @@ class Catalog:
         rows = self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status")
         return {status: int(n) for status, n in rows}
 
+    def count_without_vectors(self) -> int:
+        """Files read fine but with no vector of any model (every model was removed): the
+        next index run embeds them again."""
+        return int(self.conn.execute(
+            "SELECT COUNT(*) FROM files f WHERE f.status = 'ok' AND NOT EXISTS"
+            " (SELECT 1 FROM embeddings e WHERE e.content_hash = f.content_hash)").fetchone()[0])
+
     def problems(self) -> list[str]:
         """Consistency check for tests and support: empty when the catalog is sound."""
         out = [r[0] for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
@@ -459,8 +466,12 @@ _ORPHANS = ("DELETE FROM embeddings WHERE content_hash NOT IN"
 
 
 def _gc_embeddings(conn: sqlite3.Connection) -> None:
-    """Drop vectors no file refers to any more (after deletes; moves keep theirs)."""
+    """Drop vectors no file refers to any more (after deletes; moves keep theirs), and the
+    models left without any vector: a library holds a model only while it has its vectors
+    (so a default model, a query and `status` never name one that has none)."""
     conn.execute(_ORPHANS)
+    conn.execute("DELETE FROM models WHERE NOT EXISTS"
+                 " (SELECT 1 FROM embeddings e WHERE e.model_id = models.model_id)")
 
 
 MMAP_BYTES = 1 << 30
