@@ -24,6 +24,11 @@ class DamagedFile(ValueError):
     """The file does not match the checksum recorded when it was written (or has none)."""
 
 
+class NoChecksum(DamagedFile):
+    """No (readable) checksum record: written before checksums existed, or by a run killed
+    between the file and its record. Not known to be damaged, but not vouched for either."""
+
+
 def sidecar(path: Path) -> Path:
     return path.with_name(path.name + SUFFIX)
 
@@ -66,7 +71,7 @@ def verify(path: Path, *, full: bool = False, remember: bool = True) -> None:
         info = json.loads(sidecar(path).read_text(encoding="utf-8"))
         digest, size = str(info["sha256"]), int(info["size"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DamagedFile(f"{path} has no valid checksum record ({exc})") from None
+        raise NoChecksum(f"{path} has no valid checksum record ({exc})") from None
     st = os.stat(path)
     if st.st_size != size:
         raise DamagedFile(f"{path} is {st.st_size} bytes, {size} were written")

@@ -89,11 +89,14 @@ class TextEmbedder:
     def _discard(self, why: Exception) -> None:
         """A damaged tower: say so in one line and remove it (this library's link only, never
         the file it was linked from), so the next index run or query rebuilds it."""
-        from clip_core.file_check import remove
+        from clip_core.file_check import NoChecksum, remove
 
         if self.writable:
             remove(self.path)
-        log.warning("text tower of %s damaged (%s); rebuilding it", self.model_id, why)
+        if isinstance(why, NoChecksum):  # older than checksums: quietly made anew
+            log.info("text tower of %s has no checksum (%s); rebuilding it", self.model_id, why)
+        else:
+            log.warning("text tower of %s damaged (%s); rebuilding it", self.model_id, why)
 
     def export_from(self, encoder: Any) -> None:
         """Cache the text tower of an already loaded encoder (the index run loads the whole
@@ -110,6 +113,9 @@ class TextEmbedder:
 
         try:  # one damaged shared copy must not spread into every library linked to it
             file_check.verify(exported)
+        except file_check.NoChecksum as exc:  # compiled before checksums: not linked, kept
+            log.info("compiled text tower of %s not used: %s", self.model_id, exc)
+            return
         except (file_check.DamagedFile, OSError) as exc:
             log.warning("compiled text tower of %s damaged (%s); rebuilding it", self.model_id,
                         exc)

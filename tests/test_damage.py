@@ -169,3 +169,16 @@ def test_empty_catalog_is_not_a_new_library(indexed, tmp_path):
     assert cli_json("status", library=library)["roots"] == []
     cli("index", str(tmp_path / "photos"), "--model", MODEL, "-q", library=library)
     assert_library_exact(library, tmp_path / "photos", default_model_id(library))
+
+
+def test_tower_without_checksum_is_quietly_remade(indexed):
+    """A tower made before checksums existed (or by a run killed before its record) is not
+    vouched for: re-made without a 'damaged' warning, and then recorded."""
+    library, env = indexed
+    before = top_k(library, k=5)
+    tower = _tower(library)
+    sidecar(tower).unlink()
+    proc = _run(env, "query", QUERIES[0], "-n", "5", "--json", "--library", str(library))
+    assert "damaged" not in proc.stderr, proc.stderr
+    _same([[(r["path"], r["score"]) for r in json.loads(proc.stdout)]], before[:1])
+    assert sidecar(_tower(library)).is_file()
