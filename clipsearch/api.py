@@ -380,9 +380,10 @@ class Library:
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
                                ref.model_id, get_encoder, settings, progress,
                                preprocess_hint=guess_preprocess(ref))
-            if self._default.model_id not in self.catalog.models():  # the first model to load
-                self._settle_default()  # became the stored default; or vanished files took
-            models = self.catalog.models()  # the default's last vectors with them
+            # The first model to load became the stored default; or vanished files took the
+            # default's last vectors with them.
+            self._settle_default()
+            models = self.catalog.models()
             if not report.interrupted and ref.model_id in models:
                 dim = models[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
