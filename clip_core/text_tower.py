@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from . import file_check
 from .int8_variants import GUARD_MIN_COS
 
 HEADER_KEY = "clipsearch.text_tower"
@@ -275,11 +276,15 @@ def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], meta: dict[str
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as raw:
+            f = file_check.HashingWriter(raw)  # the checksum, as the bytes go out
             f.write(struct.pack("<Q", len(blob)) + blob)
             for arr in arrays.values():
                 f.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).data)
         os.replace(tmp, path)  # atomic: a concurrent query never sees a half-written file
+        # Recorded after the file is in place: a crash in between leaves a file without its
+        # checksum, which counts as damaged and is rebuilt.
+        file_check.record(path, f.hash.hexdigest(), f.size)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -294,6 +299,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
         if len(head) != 8:
             raise ValueError(f"{path} is not a safetensors file")
         (n,) = struct.unpack("<Q", head)
+        if n > os.fstat(f.fileno()).st_size - 8:  # damaged: never allocate what it claims
+            raise ValueError(f"{path} is not a safetensors file (header size {n})")
         raw = json.loads(f.read(n))  # garbage -> JSONDecodeError, a ValueError
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     meta = raw.pop("__metadata__", None) or {}
@@ -480,14 +487,19 @@ class NumpyTextTower:
 
     @classmethod
     def load(
-        cls, path: Path, release_pages: bool = True, single_thread: bool | None = None
+        cls, path: Path, release_pages: bool = True, single_thread: bool | None = None,
+        check: bool = True,
     ) -> NumpyTextTower:
         """Map ``path``; with ``release_pages`` each block's pages are unmapped after use.
+        ``check``: first match it against the checksum recorded at export (raises
+        file_check.DamagedFile, a ValueError, on a mismatch; only a stat once it matched).
 
         Released pages stay in the page cache (a re-touch is a cheap minor fault), but
         leave this process's RSS: peak RSS is then ~one block (12 MB for ViT-B-32)
         instead of all of them (151 MB), leaving room for the vector index.
         """
+        if check:
+            file_check.verify(Path(path))
         tensors, meta, buf = _read_safetensors(Path(path))
         if HEADER_KEY not in meta:
             raise ValueError(f"{path} is not an exported clipsearch text tower")
