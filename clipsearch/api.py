@@ -396,7 +396,10 @@ class Library:
 
     @property
     def indexed_models(self) -> list[str]:
-        """Ids of the models this library holds vectors of (oldest first)."""
+        """Ids of the models this library holds vectors of (oldest first).
+
+            if "shapes-tiny" in lib.indexed_models: lib.query("a red circle")
+        """
         return list(self.catalog.models())
 
     def _oldest_model(self) -> dict | None:
