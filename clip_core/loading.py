@@ -87,6 +87,8 @@ def load_model(
         if located.bundle_dir is None:
             raise MissingModelError(ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)],
                                     located.searched, fix_steps(ref, models_dir))
+        if not (located.bundle_dir / CONFIG_NAME).is_file():  # a transformers repository
+            return _load_hf_folder(ref, located.bundle_dir, device, precision, towers)
         name, pretrained = f"local-dir:{located.bundle_dir}", None
     elif ref.kind == "random":
         torch.manual_seed(0)  # same random weights in every process, so indexes stay usable
@@ -142,9 +144,12 @@ def _load_hf_folder(ref: ModelRef, folder: Path, device: str, precision: str,
     except Exception as exc:
         raise ModelLoadError(f"Could not convert transformers CLIP folder {folder}: "
                              f"{_short(exc)}") from exc
+    try:  # a missing or foreign tokenizer is one message too, never a traceback
+        tokenizer = hf_clip.make_tokenizer(converted) if "text" in towers else None
+    except ValueError as exc:
+        raise ModelLoadError(f"Cannot use the tokenizer of {folder}: {_short(exc)}") from exc
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model = model.to(device=device, dtype=dtype).eval()
-    tokenizer = hf_clip.make_tokenizer(converted) if "text" in towers else None
     spec = PreprocessSpec.from_open_clip(converted.preprocess_cfg)
     drop_unused_towers(model, towers)
     return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model))
