@@ -45,6 +45,10 @@ def _features(out) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> dict:
+    return build_source(tmp_path_factory)
+
+
+def build_source(tmp_path_factory) -> dict:
     """One random CLIPModel saved every way a download may hold it: safetensors, shards, .bin;
     plus the tokenizer files and the transformers model and tokenizer to compare with."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
