@@ -206,7 +206,7 @@ def test_seed_scenario_through_the_cli(source, hf_home, tmp_path, caplog):
     assert notes and "bundled with open_clip" in notes[0]
     lib = tmp_path / "lib"
     out = cli("index", str(tmp_path / "photos"), "--model", HF_NAME, library=lib)
-    assert "Traceback" not in out.output and "with torch" not in out.output
+    assert "Traceback" not in out.output and not _fell_back_to_torch(caplog)
     hits = json.loads(cli("query", "a red circle", "--json", library=lib).stdout)
     assert len(hits) > 0
     with Library(lib, low_memory=True) as opened:  # the numpy text tower, bundled tokenizer
@@ -249,7 +249,7 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("kind", list(BROKEN))
-def test_partial_download_is_one_clear_message(source, hf_home, tmp_path, kind):
+def test_partial_download_is_one_clear_message(source, hf_home, tmp_path, kind, caplog):
     model = _broken(kind, source, hf_home, tmp_path)
     photos = tmp_path / "photos"
     draw_photos(photos, per_pair=1)
@@ -265,7 +265,7 @@ def test_partial_download_is_one_clear_message(source, hf_home, tmp_path, kind):
         assert err.startswith("Error: Model ") and "Traceback" not in result.output, err
         for needle in BROKEN[kind]:
             assert needle in err, (args, err)
-        assert "with torch" not in err
+        assert not _fell_back_to_torch(caplog), args
     with pytest.raises(MissingModelError, match="Found: "):
         classify_image(photo, ["a dog"], model=model)
     with Library(tmp_path / "lib2", model=model) as opened, pytest.raises(MissingModelError):
@@ -301,3 +301,38 @@ def test_refs_main_picks_the_snapshot_and_hf_hub_cache_is_honoured(source, tmp_p
     located = locate_hub_bundle(parse_model(HF_NAME), tmp_path / "models")
     assert located.bundle_dir == repo / "snapshots" / COMMIT
     ensure_local(parse_model(HF_NAME))
+
+
+def _fell_back_to_torch(caplog) -> bool:
+    # Warnings reach pytest's log capture, not the CliRunner's stderr.
+    return any("with torch" in r.getMessage() for r in caplog.records)
+
+
+def test_weights_that_do_not_fit_the_config_are_one_message(source, hf_home, tmp_path, caplog):
+    """Found only when the weights are read (after torch is imported): still one message and
+    exit 2, and index does not fall back to torch to fail again."""
+    files = _files(source, "safetensors", tokenizer=False)
+    cfg = json.loads(files["config.json"].read_text())
+    cfg["vision_config"]["num_hidden_layers"] = 1  # the weights have 2
+    wrong = tmp_path / "config.json"
+    wrong.write_text(json.dumps(cfg))
+    snapshot = hf_cache(hf_home, files)
+    photos = tmp_path / "photos"
+    draw_photos(photos, per_pair=1)
+    photo = str(sorted(photos.rglob("*.*"))[0])
+    # A library indexed while the download was whole, its text tower gone: query must load.
+    queried = tmp_path / "queried"
+    cli("index", str(photos), "--model", HF_NAME, "--precision", "fp32", library=queried)
+    shutil.rmtree(queried / "text-towers")
+    (snapshot / "config.json").unlink()
+    (snapshot / "config.json").symlink_to(wrong)
+    for args in (("classify", photo, "a dog", "a cat", "--library", str(tmp_path / "nolib")),
+                 ("index", str(photos), "--library", str(tmp_path / "lib")),
+                 ("query", "a dog", "--library", str(queried))):
+        result = cli(*args, "--model", HF_NAME, ok=False)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith("Error: Could not convert transformers CLIP folder")
+        assert "does not match" in result.stderr and "Traceback" not in result.output
+        assert not _fell_back_to_torch(caplog), args
+    with Library(tmp_path / "lib2", model=HF_NAME) as opened, pytest.raises(ModelLoadError):
+        opened.index([photos])
