@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model_ref import ModelRef
+from .model_ref import ModelRef, split_revision
 
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 CONFIG_NAME = "open_clip_config.json"
@@ -91,9 +91,10 @@ def hub_repo_dir(repo_id: str) -> Path:
     return hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
 
 
-def hub_snapshots(repo_id: str, revision: str = "main") -> list[Path]:
+def hub_snapshots(repo_id: str, revision: str | None = None) -> list[Path]:
     """Snapshot folders of a repo in the HF cache, best first: the one `refs/<revision>`
-    names (or the commit `revision` itself), then the others, newest first."""
+    names (or the commit `revision` itself), then, unless a revision was asked for, the
+    others, newest first."""
     repo_dir = hub_repo_dir(repo_id)
     snapshots = repo_dir / "snapshots"
     if not snapshots.is_dir():
@@ -101,11 +102,11 @@ def hub_snapshots(repo_id: str, revision: str = "main") -> list[Path]:
     found = sorted((p for p in snapshots.iterdir() if p.is_dir()),
                    key=lambda p: p.stat().st_mtime, reverse=True)
     try:
-        commit = (repo_dir / "refs" / revision).read_text(encoding="utf-8").strip()
+        commit = (repo_dir / "refs" / (revision or "main")).read_text(encoding="utf-8").strip()
     except (OSError, ValueError):
-        commit = revision  # no such ref: maybe a commit hash
+        commit = revision or ""  # no such ref: maybe a commit hash
     best = [p for p in found if p.name == commit]
-    return best + [p for p in found if p.name != commit]
+    return best if revision else best + [p for p in found if p.name != commit]
 
 
 def incomplete_blobs(snapshot: Path) -> list[Path]:
@@ -177,8 +178,9 @@ def locate_hub_bundle(ref: ModelRef, models_dir: Path) -> Located:
     from . import hf_layout
 
     located = Located()
-    folders = [store_dir_for(ref, models_dir), *hub_snapshots(ref.name)]
-    located.searched = [folders[0], hub_repo_dir(ref.name) / "snapshots"]
+    repo, revision = split_revision(ref.name)
+    folders = [store_dir_for(ref, models_dir), *hub_snapshots(repo, revision)]
+    located.searched = [folders[0], hub_repo_dir(repo) / "snapshots"]
     for folder in folders:
         if is_openclip_bundle(folder) or is_transformers_clip(folder):
             located.bundle_dir = folder

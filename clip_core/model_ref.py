@@ -18,7 +18,8 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 RANDOM_WEIGHTS = "none"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # any weights file a folder may hold
-_HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # ORG/REPO, as on the hub
+# ORG/REPO as on the hub, optionally @REVISION (a branch, tag or commit in the HF cache).
+_HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.-]+)?")
 
 # Models that ship inside this repository (data/models/NAME): usable by bare name.
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
@@ -101,6 +102,12 @@ def parse_model(model: str | None = None, pretrained: str | None = None) -> Mode
     if os.sep in tag or Path(tag).suffix in WEIGHT_SUFFIXES:
         return ModelRef("file", model, _abs(tag))
     return ModelRef("openclip", model, tag)
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """"ORG/REPO@REV" -> ("ORG/REPO", "REV"); no "@": (name, None)."""
+    repo, _, revision = name.partition("@")
+    return repo, revision or None
 
 
 def _abs(path: str) -> str:

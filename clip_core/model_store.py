@@ -59,7 +59,7 @@ from .model_files import (
     pretrained_cfg,
     pretrained_table,
 )
-from .model_ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef
+from .model_ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef, split_revision
 
 META_DIR = ".clipsearch"
 MANIFEST = "manifest.json"
@@ -516,7 +516,8 @@ def _plan(ref: ModelRef) -> list[_Plan]:
     if ref.kind == "hf-hub":
         # An open_clip bundle, else a transformers CLIP repository; the rest of the plan is
         # known once the config has arrived (_more_plans).
-        return [_Plan((CONFIG_NAME, hf_layout.CONFIG_FILE), None, ref.name, keep_name=True)]
+        repo = split_revision(ref.name)[0]
+        return [_Plan((CONFIG_NAME, hf_layout.CONFIG_FILE), None, repo, keep_name=True)]
     raise StoreError(f"Nothing to download for {ref.display}: it names local files.")
 
 
@@ -534,6 +535,8 @@ def download(ref: ModelRef, models_dir: Path | None = None, *, offline: bool = F
     from .model_files import store_dir_for
 
     plans = _plan(ref)
+    if ref.kind == "hf-hub":  # hf-hub:ORG/REPO@REV names its revision itself
+        revision = split_revision(ref.name)[1] or revision
     folder = store_dir_for(ref, models_dir)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
@@ -590,7 +593,7 @@ def _download_into(folder: Path, ref: ModelRef, plans: list, endpoint: str, revi
         write_manifest(folder, manifest)  # after every file: finished work is never lost
         result.downloaded_bytes += fetched
         if ref.kind == "hf-hub":
-            plans += _more_plans(folder, name, plan.repo or ref.name)
+            plans += _more_plans(folder, name, plan.repo or split_revision(ref.name)[0])
     shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
     result.files = manifest["files"]
     return result

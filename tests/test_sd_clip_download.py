@@ -336,3 +336,20 @@ def test_weights_that_do_not_fit_the_config_are_one_message(source, hf_home, tmp
         assert not _fell_back_to_torch(caplog), args
     with Library(tmp_path / "lib2", model=HF_NAME) as opened, pytest.raises(ModelLoadError):
         opened.index([photos])
+
+
+def test_a_revision_picks_its_own_snapshot(source, hf_home):
+    """ORG/REPO@REV uses refs/REV (or the commit REV) only: never another snapshot."""
+    good = hf_cache(hf_home, _files(source, "safetensors", tokenizer=False))
+    repo = good.parent.parent
+    other = repo / "snapshots" / ("b" * 40)
+    other.mkdir()
+    (other / "config.json").symlink_to(good / "config.json")  # cut before the weights
+    (repo / "refs" / "v2").write_text("b" * 40)
+    for name in (HF_NAME, f"{HF_NAME}@main", f"hf-hub:{HF_NAME}@{COMMIT}"):
+        ensure_local(parse_model(name))
+    with pytest.raises(MissingModelError, match="no weights file"):
+        ensure_local(parse_model(f"{HF_NAME}@v2"))
+    with pytest.raises(MissingModelError):
+        ensure_local(parse_model(f"{HF_NAME}@{'c' * 40}"))
+    assert parse_model(f"{HF_NAME}@v2").model_id == f"hf-hub:{HF_NAME}@v2"
