@@ -33,10 +33,12 @@ TOKENIZER_FILES = (
 )
 TOKENIZER_NEEDED = "merges.txt + vocab.json, or tokenizer.json"
 # OpenAI CLIP's text vocabulary: open_clip ships its BPE, so such a model needs no tokenizer
-# files. (0, 2) is transformers' legacy pair that OpenAI's own config.json still carries.
+# files. 0 and 2 are transformers' legacy start/end ids that OpenAI's own config.json still
+# carries (end id 2 means "pool at the largest id", which is 49407 in this vocabulary).
 OPENAI_VOCAB_SIZE = 49408
 OPENAI_CONTEXT = 77
-OPENAI_SPECIAL_IDS = ((49406, 49407), (0, 2))
+OPENAI_BOS_IDS = (49406, 0)
+OPENAI_EOS_IDS = (49407, 2)
 _TEXT_ID_DEFAULTS = {"vocab_size": OPENAI_VOCAB_SIZE, "max_position_embeddings": OPENAI_CONTEXT,
                      "bos_token_id": 49406, "eos_token_id": 49407}
 
@@ -122,10 +124,10 @@ def is_openai_vocab(cfg: dict) -> bool:
     """True when the text config is OpenAI CLIP's BPE layout (vocab 49408, start/end tokens
     49406/49407, context 77): open_clip's bundled vocabulary then tokenizes it exactly."""
     text = text_config(cfg)
-    ids = (text.get("bos_token_id"), text.get("eos_token_id"))
     return (text.get("vocab_size") == OPENAI_VOCAB_SIZE
             and text.get("max_position_embeddings") == OPENAI_CONTEXT
-            and ids in OPENAI_SPECIAL_IDS)
+            and text.get("bos_token_id") in OPENAI_BOS_IDS
+            and text.get("eos_token_id") in OPENAI_EOS_IDS)
 
 
 def looks_like_transformers(path: Path) -> bool:
