@@ -207,7 +207,13 @@ def check_transformers_folder(ref: ModelRef, folder: Path, models_dir: Path) -> 
     try:
         hf_layout.check_folder(folder)
     except hf_layout.MissingFiles as exc:
-        raise MissingModelError(ref, exc.expected, [folder], fix_steps(ref, models_dir),
+        fix = fix_steps(ref, models_dir)
+        # Finishing this very folder is a fix too: after a download (hf-hub), before the
+        # generic advice (local-dir).
+        fix.insert(1 if ref.kind == "hf-hub" else 0,
+                   f"copy the missing file(s) into {folder} from the model's Hugging Face "
+                   "repository (or another copy of it)")
+        raise MissingModelError(ref, exc.expected, [folder], fix,
                                 exc.detail + _cut_note(folder)) from None
     except ValueError as exc:
         raise ModelLoadError(f"Cannot use {ref.display}: {exc}") from None

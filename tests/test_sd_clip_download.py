@@ -263,6 +263,7 @@ def test_partial_download_is_one_clear_message(source, hf_home, tmp_path, kind, 
         assert result.exit_code == 2, (args, result.output)
         err = result.stderr
         assert err.startswith("Error: Model ") and "Traceback" not in result.output, err
+        assert "copy the missing file(s) into " in err
         for needle in BROKEN[kind]:
             assert needle in err, (args, err)
         assert not _fell_back_to_torch(caplog), args
