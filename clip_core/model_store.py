@@ -634,6 +634,7 @@ def _more_plans(folder: Path, name: str, repo: str) -> list[_Plan]:
         # goes into the bundle's own folder (open_clip's local-dir reads it there)
         return [_Plan(WEIGHT_NAMES, None, repo), *_hub_tokenizer_plans(folder / CONFIG_NAME)]
     if name == hf_layout.CONFIG_FILE:  # a transformers repository: the files it really has
+        _refuse_non_clip(folder, name, repo)
         weights = tuple(n for index, single in hf_layout.WEIGHT_LAYOUTS for n in (single, index))
         return [_Plan(weights, None, repo, keep_name=True),
                 *(_Plan((n,), None, repo, False, keep_name=True)
@@ -648,6 +649,26 @@ def _more_plans(folder: Path, name: str, repo: str) -> list[_Plan]:
             raise DownloadError(f"{name} of {repo} names unsafe shard files: {bad[:3]}")
         return [_Plan((n,), None, repo, keep_name=True) for n in shards]
     return []
+
+
+def _refuse_non_clip(folder: Path, name: str, repo: str) -> None:
+    """Before fetching gigabytes: a repository whose config.json is not a full CLIPModel
+    (a text encoder alone, another model type, a typo that names some other repo) is not
+    downloaded, and its config does not stay behind looking like a model."""
+    try:
+        cfg = hf_layout.read_json(folder / name)
+        if hf_layout.is_clip_config(cfg):
+            return
+        what = f"model_type {cfg.get('model_type')!r}"
+    except ValueError as exc:
+        what = str(exc)
+    (folder / name).unlink(missing_ok=True)
+    manifest = read_manifest(folder)
+    if manifest and {f["name"] for f in manifest["files"]} <= {name}:
+        shutil.rmtree(folder / META_DIR, ignore_errors=True)
+    raise StoreError(f"{repo} has neither {CONFIG_NAME} (open_clip) nor a CLIPModel "
+                     f"config.json ({what}); nothing was downloaded. clipsearch needs a full "
+                     "CLIP model with text and image towers.")
 
 
 def _hub_tokenizer_plans(config: Path) -> list[_Plan]:

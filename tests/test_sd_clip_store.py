@@ -142,3 +142,16 @@ def _member(bundle: Path, name: str) -> bytes:
         handle = tar.extractfile(name)
         assert handle is not None
         return handle.read()
+
+
+def test_download_refuses_a_repository_that_is_not_clip(env, hub):
+    """A Stable Diffusion text encoder (or a typo naming another model): config.json says
+    so, no weights are fetched and nothing stays in the store."""
+    config = {"model_type": "clip_text_model", "architectures": ["CLIPTextModel"]}
+    hub.add("sd/text-encoder", "config.json", json.dumps(config).encode())
+    hub.add("sd/text-encoder", "model.safetensors", b"x" * 1000)
+    result = cli("models", "download", "hf-hub:sd/text-encoder", "--quiet", ok=False)
+    assert result.exit_code == 1
+    assert "nothing was downloaded" in result.stderr and "clip_text_model" in result.stderr
+    assert not any(p.endswith("model.safetensors") for m, p, _ in hub.log if m == "GET")
+    assert not (env["models"] / "hf-hub" / "sd").exists()
