@@ -22,6 +22,7 @@ from .model_files import (
     default_models_dir,
     ensure_local,
     fix_steps,
+    hub_expected,
     locate_hub_bundle,
     locate_pretrained,
     pretrained_files,
@@ -84,9 +85,9 @@ def load_model(
         name, pretrained = f"local-dir:{folder}", None
     elif ref.kind == "hf-hub":
         located = locate_hub_bundle(ref, models_dir)
-        if located.bundle_dir is None:
-            raise MissingModelError(ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)],
-                                    located.searched, fix_steps(ref, models_dir))
+        if located.bundle_dir is None:  # ensure_local said what is missing; this is a race
+            raise MissingModelError(ref, hub_expected(), located.searched,
+                                    fix_steps(ref, models_dir))
         if not (located.bundle_dir / CONFIG_NAME).is_file():  # a transformers repository
             return _load_hf_folder(ref, located.bundle_dir, device, precision, towers)
         name, pretrained = f"local-dir:{located.bundle_dir}", None

@@ -45,11 +45,12 @@ from .model_files import (
     MissingModelError,
     architecture_configs,
     check_known,
-    check_transformers_folder,
     clip_url_cache_dir,
     default_models_dir,
+    ensure_local,
     fix_steps,
     hf_cache_dir,
+    hub_expected,
     hub_snapshot_files,
     hub_snapshots,
     is_openclip_bundle,
@@ -729,13 +730,13 @@ def _source_files(ref: ModelRef, models_dir: Path
             files.update({f"tokenizer/{p.name}": p.resolve() for p in found})
         return files, None
     if ref.kind == "hf-hub":
+        ensure_local(ref, models_dir)  # what is missing, as every command says it
         located = locate_hub_bundle(ref, models_dir)
-        if located.bundle_dir is None:
-            raise MissingModelError(ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)],
-                                    located.searched, fix_steps(ref, models_dir))
         folder = located.bundle_dir
+        if folder is None:  # a race with whoever is changing the folder
+            raise MissingModelError(ref, hub_expected(), located.searched,
+                                    fix_steps(ref, models_dir))
         if not is_openclip_bundle(folder):  # a transformers repository: the files it has
-            check_transformers_folder(ref, folder, models_dir)
             return {p.name: p.resolve() for p in hf_layout.folder_files(folder)}, None
         weights = next(folder / n for n in WEIGHT_NAMES if (folder / n).is_file())
         names = [CONFIG_NAME, weights.name, *TOKENIZER_FILES]

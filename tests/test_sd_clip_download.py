@@ -354,3 +354,20 @@ def test_a_revision_picks_its_own_snapshot(source, hf_home):
     with pytest.raises(MissingModelError):
         ensure_local(parse_model(f"{HF_NAME}@{'c' * 40}"))
     assert parse_model(f"{HF_NAME}@v2").model_id == f"hf-hub:{HF_NAME}@v2"
+
+
+def test_a_transformers_repository_loads_without_importing_transformers(source, hf_home):
+    """The conversion needs only torch and open_clip: importing transformers (seconds) for an
+    hf-hub name would be wasted on this path."""
+    import subprocess
+    import sys
+
+    hf_cache(hf_home, _files(source, "safetensors", tokenizer=False))
+    code = ("import sys; from clip_core.loading import load_model; "
+            "from clip_core.model_ref import parse_model; "
+            f"load_model(parse_model({HF_NAME!r})); print('transformers' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

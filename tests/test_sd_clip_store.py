@@ -155,3 +155,14 @@ def test_download_refuses_a_repository_that_is_not_clip(env, hub):
     assert "nothing was downloaded" in result.stderr and "clip_text_model" in result.stderr
     assert not any(p.endswith("model.safetensors") for m, p, _ in hub.log if m == "GET")
     assert not (env["models"] / "hf-hub" / "sd").exists()
+
+
+def test_export_of_a_partial_download_says_what_is_missing(source, env):
+    files = _files(source, "safetensors", tokenizer=True)
+    del files["model.safetensors"]
+    hf_cache(env["hf_home"], files)
+    result = cli("models", "export", HF_NAME, "-o", str(env["models"].parent / "b.tar"),
+                 ok=False)
+    assert result.exit_code == 2
+    assert "has config.json but no weights file" in result.stderr
+    assert not (env["models"].parent / "b.tar").exists()
