@@ -39,6 +39,8 @@ from pathlib import Path
 
 from .model_files import (
     CONFIG_NAME,
+    MissingModelError,
+    ModelLoadError,
     default_models_dir,
     ensure_local,
     locate_hub_bundle,
@@ -162,6 +164,8 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
             if compiled is None:
                 compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
                                                         cache_dir=cache_dir, force=force)
+        except (MissingModelError, ModelLoadError):
+            raise  # the model itself is unusable: torch would fail the same way
         except Exception as exc:  # no writable cache, full disk, no memory, a failed check
             if precision == "int8":  # (a failure that is the model's fate is recorded in
                 raise  # compiled.json by compile_model, not raised)
