@@ -202,11 +202,15 @@ def _nothing_found(survey: dict) -> str:
 
 
 @main.command()
-@click.argument("words", nargs=-1, metavar="[TEXT]...")
+@click.argument("words", nargs=-1, metavar="[QUERY]...")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False),
               help="Find images similar to this one instead of a text.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True,
               help="How many results.")
+@click.option("--min-score", type=click.FloatRange(-1, 1), default=None,
+              help="Only results with at least this cosine score.")
+@click.option("--strong-only", is_flag=True,
+              help="Only results graded strong (text queries; see docs/search.md).")
 @click.option("--in", "within", type=click.Path(file_okay=False),
               help="Only results inside this folder.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array of results.")
@@ -216,12 +220,32 @@ def _nothing_found(survey: dict) -> str:
 @model_options
 @friendly_errors
 def query(words, image, limit, within, as_json, paths_only, null, library, model, pretrained,
-          device, precision):
-    """Search the library by TEXT (or --image). TEXT may be several words, unquoted:
-    `clipsearch query a dog on a beach`."""
+          device, precision, min_score=None, strong_only=False):
+    """Search the library by QUERY (or --image). Words need no quotes:
+    `clipsearch query a dog on a beach`.
+
+    \b
+    A QUERY may add and subtract terms (CLIP arithmetic); + and - are signs only as words
+    of their own, and a term is the words up to the next sign:
+      clipsearch query "a dog" + "in the snow" - "a leash"
+      clipsearch query 2:"golden retriever" + ~/Photos/pool.jpg - id:42
+    N:TERM weights a term (2:, 0.5:). A term that is one word naming a path (with a /,
+    a leading ~ or an image extension), or image:PATH, is an image; id:N is an indexed
+    file (ids: --json). Results of text queries are graded strong / weak / none; when
+    none is strong a line says so before the closest photos (docs/search.md)."""
+    from .api import Query, QuerySyntaxError
+
     text = " ".join(words)  # as rclip does: no quotes needed
     if bool(text and text.strip()) == bool(image):
         raise click.UsageError("give a TEXT or --image PATH (one of them; TEXT not blank)")
+    if image and (min_score is not None or strong_only):
+        raise click.UsageError("--min-score and --strong-only go with a QUERY, not --image")
+    parsed = None
+    if not image:
+        try:
+            parsed = Query.from_words(words)
+        except QuerySyntaxError as exc:
+            raise click.UsageError(str(exc)) from None
     if as_json and paths_only:
         raise click.UsageError("--json and --paths are two output formats: pick one")
     if null and not paths_only:
@@ -233,18 +257,28 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
             results = lib.query_image(image, limit=limit, within=within, model=model,
                                       pretrained=pretrained)
         else:
-            results = lib.query(text, limit=limit, within=within, model=model,
-                                pretrained=pretrained)
+            try:
+                results = lib.query(parsed, limit=limit, within=within, model=model,
+                                    pretrained=pretrained, min_score=min_score,
+                                    strong_only=strong_only)
+            except ValueError as exc:  # only negative terms, terms that cancel out
+                raise click.UsageError(str(exc)) from None
     if as_json:
         write_json([r.to_dict() for r in results])
     elif paths_only:
         write_paths([r.path for r in results], null)
     elif not results:
         where = f" inside {within}" if within else ""
-        click.echo(f"No results{where} (is it indexed? `clipsearch status`)", err=True)
+        why = getattr(results, "reason", None)
+        click.echo(f"No results{where}" + (f": {why}" if why else
+                   " (is it indexed? `clipsearch status`)"), err=True)
     else:
+        if getattr(results, "good_match", None) is False:
+            click.echo("No good match: nothing here is graded strong; the closest photos "
+                       "follow.", err=True)
         for r in results:
-            click.echo(f"{r.rank:>3}  {r.score:.3f}  {human(r.path)}")
+            grade = f"  {r.grade:<6}" if r.grade else ""
+            click.echo(f"{r.rank:>3}  {r.score:.3f}{grade}  {human(r.path)}")
 
 
 @main.command()

@@ -15,6 +15,7 @@ class SearchResult:
     width: int | None = None
     height: int | None = None
     taken_at: str | None = None
+    grade: str | None = None  # strong / weak / none (search/grading.py); None: not graded
 
     def to_dict(self) -> dict:
         return asdict(self)

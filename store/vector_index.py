@@ -113,6 +113,18 @@ class VectorIndex:
         best = np.argsort(-scores, kind="stable")[:k]
         return Hits(self._id_map[rows[best]], scores[best])
 
+    def sample(self, n: int) -> np.ndarray:
+        """Up to `n` stored vectors (the fp16 copies, decoded), evenly spread over the rows:
+        enough to measure a score distribution without reading every vector."""
+        total = len(self)
+        if total == 0:
+            return np.empty((0, self.dim), np.float32)
+        inner = faiss.downcast_index(self.index.index)
+        if total <= n:
+            return inner.reconstruct_n(0, total)
+        rows = np.unique(np.linspace(0, total - 1, n).astype(np.int64))
+        return np.vstack([inner.reconstruct(int(r)) for r in rows])
+
     def save(self, path: Path, meta: dict) -> None:
         """Write atomically; raises OSError (disk full, read-only) leaving no temp behind."""
         tmp = _temp_file(path)
