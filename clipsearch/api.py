@@ -28,6 +28,7 @@ from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
+from search.duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
 from search.grading import NEUTRAL_PROMPTS, SAMPLE_SIZE, Calibration, QueryResults, calibrate
 from search.query import Query, QuerySyntaxError  # noqa: F401  (the CLI imports them here)
 from search.text_embedder import tower_path
@@ -561,6 +562,27 @@ class Library:
         vector, exclude = self._query_vector(parsed, ref)
         found = self.searcher.search(ref.model_id, vector, limit, within, exclude or None)
         return self._graded(found, ref, parsed.text_only, min_score, strong_only)
+
+    @_serialized
+    def duplicates(self, *, threshold: float | None = None, model: str | None = None,
+                   pretrained: str | None = None) -> list[DuplicateGroup]:
+        """Groups of near-duplicate photos (bursts, resized or re-encoded copies, small
+        crops) and exact copies, largest group first, each with its best-quality member
+        first (most pixels, then newest). `threshold`: the vector cosine above which two
+        photos are candidates (default search.duplicates.DEFAULT_THRESHOLD); candidates are
+        confirmed on an 8x8 thumbnail of each (docs/search.md). An empty library gives [].
+        Raises ValueError (threshold outside [-1, 1]), ModelNotIndexedError.
+
+            for group in lib.duplicates():
+                keep, *extra = group.members
+        """
+        ref = self._searchable(model, pretrained)
+        if ref is None:
+            return []
+        ids, vectors = self.catalog.vectors(ref.model_id)
+        return find_duplicates(ids, vectors, self.catalog.file_rows,
+                               DEFAULT_THRESHOLD if threshold is None else threshold,
+                               self.catalog.files_sharing_content(ref.model_id))
 
     def _query_vector(self, query: Query, ref: ModelRef) -> tuple[np.ndarray, set[int]]:
         """The normalised weighted sum of the terms' unit vectors, and the indexed files

@@ -394,6 +394,34 @@ def remove_model(model, pretrained, library, wait, as_json):
         click.echo(f"Removed {n} vectors")
 
 
+@main.command()
+@click.option("--threshold", type=click.FloatRange(-1, 1), default=None,
+              help="Vector cosine above which two photos are candidates (default 0.95); "
+              "candidates are confirmed on their pixels (docs/search.md).")
+@click.option("--json", "as_json", is_flag=True, help="The groups as JSON.")
+@library_options
+@click.option("--model", help="Whose vectors to compare (default: the library's default).")
+@click.option("--pretrained", help="Pretrained tag or weights file for --model.")
+@friendly_errors
+def duplicates(threshold, as_json, library, model, pretrained):
+    """Group near-duplicate photos (bursts, resized or re-encoded copies, small crops) and
+    exact copies: largest group first, each with its best photo first (most pixels, then
+    newest)."""
+    with open_library(library, create=False, low_memory=True) as lib:
+        groups = lib.duplicates(threshold=threshold, model=model, pretrained=pretrained)
+    if as_json:
+        write_json([g.to_dict() for g in groups])
+        return
+    if not groups:
+        click.echo("No duplicates found.", err=True)
+    for n, group in enumerate(groups, 1):
+        kind = "exact copies" if group.exact else "near-duplicates"
+        click.echo(f"Group {n}: {len(group.members)} photos, {kind}")
+        for i, m in enumerate(group.members):
+            mark = "best " if i == 0 else f"{m.score:.3f}"
+            click.echo(f"  {mark}  {m.width}x{m.height}  {human(m.path)}")
+
+
 def _register_subgroups() -> None:
     from .cli_models import models
 

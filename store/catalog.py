@@ -280,6 +280,20 @@ class Catalog:
         return self.conn.execute("SELECT 1 FROM files WHERE root_id = ? LIMIT 1",
                                  (root_id,)).fetchone() is not None
 
+    def files_sharing_content(self, model_id: str) -> list[list[int]]:
+        """Ids of indexed files with identical bytes (one content hash, a vector of
+        `model_id`), a list per hash: exact copies, for duplicate finding."""
+        groups: dict[str, list[int]] = {}
+        for content_hash, file_id in self.conn.execute(
+            "SELECT f.content_hash, f.id FROM files f JOIN embeddings e"
+            " ON e.content_hash = f.content_hash AND e.model_id = ?"
+            " WHERE f.status = 'ok' AND f.content_hash IN (SELECT content_hash FROM files"
+            " WHERE status = 'ok' GROUP BY content_hash HAVING COUNT(*) > 1)"
+            " ORDER BY f.content_hash, f.id", (model_id,),
+        ):
+            groups.setdefault(content_hash, []).append(int(file_id))
+        return list(groups.values())
+
     def hashes_with_vectors(self, model_id: str) -> set[str]:
         return {
             h for (h,) in self.conn.execute(
