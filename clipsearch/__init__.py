@@ -8,7 +8,15 @@ Every exception a `Library` method documents can be caught by a name from here:
 from clip_core.images import DecodeError
 from clip_core.model_files import MissingModelError, ModelLoadError
 from indexer import IndexReport, IndexSettings, Progress
-from search import DuplicateGroup, LabelScore, Query, QueryResults, QuerySyntaxError, SearchResult
+from search import (
+    DuplicateGroup,
+    Filters,
+    LabelScore,
+    Query,
+    QueryResults,
+    QuerySyntaxError,
+    SearchResult,
+)
 from store import CatalogError, LibraryBusyError, StorageError
 
 from .api import (
@@ -26,5 +34,5 @@ __all__ = [
     "ModelNotIndexedError", "Progress", "SearchResult", "StorageError", "check_model",
     "classify", "default_library_dir",
 ]
-__all__ += ["DuplicateGroup", "Query", "QueryResults", "QuerySyntaxError"]
+__all__ += ["DuplicateGroup", "Filters", "Query", "QueryResults", "QuerySyntaxError"]
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import json
@@ -29,6 +30,7 @@ from indexer import IndexReport, IndexSettings, Progress, run_index
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
 from search.duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
+from search.filters import Filters
 from search.grading import NEUTRAL_PROMPTS, SAMPLE_SIZE, Calibration, QueryResults, calibrate
 from search.query import Query, QuerySyntaxError  # noqa: F401  (the CLI imports them here)
 from search.text_embedder import tower_path
@@ -522,7 +524,7 @@ class Library:
     @_serialized
     def query(
         self,
-        text: str | Query,
+        text: str | Query | None,
         *,
         limit: int = 10,
         within: str | os.PathLike | None = None,
@@ -530,6 +532,8 @@ class Library:
         pretrained: str | None = None,
         min_score: float | None = None,
         strong_only: bool = False,
+        filters: Filters | None = None,
+        offset: int = 0,
     ) -> QueryResults:
         """The `limit` pictures that best match `text`, best first, scored by cosine
         similarity; `within`: only under this folder. `text` is a plain text, a combined
@@ -537,7 +541,10 @@ class Library:
         or a `Query` (`Query.text("a dog") - Query.text("a leash") + Query.image(path)`).
         Text-only queries are graded: each result's `grade` is strong / weak / none and the
         list's `good_match` is False when nothing is a good match (docs/search.md);
-        `min_score` (cosine) and `strong_only` cut the list. An empty library gives [].
+        `min_score` (cosine) and `strong_only` cut the list. `filters` (date, orientation,
+        size, type: search.filters.Filters) select inside the search, exactly; with `text`
+        None they list the matching photos newest first. `offset` skips that many results
+        (paging; ties are ordered by file id). An empty library gives [].
         Raises ValueError (blank text, bad limit; QuerySyntaxError for a malformed query
         string), ModelNotIndexedError (no vectors of `model` here; it carries suggestions),
         MissingModelError, FileNotFoundError / DecodeError (an image term), LookupError (an
@@ -546,6 +553,12 @@ class Library:
             for hit in lib.query("a dog on a beach", limit=5, within="~/Photos/2023"):
                 print(hit.rank, hit.score, hit.grade, hit.path)
         """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a whole number >= 0, not {offset!r}")
+        if text is None and filters is not None and not filters.empty:
+            return self._listing(filters, within, limit, offset)
         if isinstance(text, Query):
             parsed = text
         elif isinstance(text, str) and text.strip():
@@ -559,9 +572,28 @@ class Library:
         ref = self._searchable(model, pretrained)
         if ref is None:
             return QueryResults()
+        allowed = None
+        if filters is not None and not filters.empty:
+            allowed = self.catalog.filtered_ids(*filters.where(), _folder(within))
+            if not len(allowed):
+                return _empty("no photo matches the filters")
         vector, exclude = self._query_vector(parsed, ref)
-        found = self.searcher.search(ref.model_id, vector, limit, within, exclude or None)
-        return self._graded(found, ref, parsed.text_only, min_score, strong_only)
+        found = self.searcher.search(ref.model_id, vector, limit + offset, within,
+                                     exclude or None, allowed)
+        return self._graded(found[offset:], ref, parsed.text_only, min_score, strong_only)
+
+    def _listing(self, filters: Filters, within: str | os.PathLike | None, limit: int,
+                 offset: int) -> QueryResults:
+        """Filters without a text: the matching photos, newest first (EXIF date, else
+        mtime)."""
+        from search.filters import DATE_SQL
+
+        ids = self.catalog.filtered_ids(*filters.where(), _folder(within), by_date=DATE_SQL,
+                                        limit=limit, offset=offset)
+        if not len(ids):
+            return _empty("no photo matches the filters" + (" at this offset" if offset
+                                                             else ""))
+        return QueryResults(self.searcher.results([(None, int(i)) for i in ids], offset + 1))
 
     @_serialized
     def duplicates(self, *, threshold: float | None = None, model: str | None = None,
@@ -617,8 +649,6 @@ class Library:
     def _graded(self, found: list[SearchResult], ref: ModelRef, text_only: bool,
                 min_score: float | None, strong_only: bool) -> QueryResults:
         """Grade text queries against the model's neutral-prompt bars, then cut."""
-        import dataclasses
-
         out = QueryResults(found)
         if text_only and found:
             cal = self.calibration(ref.model_id)
@@ -631,7 +661,9 @@ class Library:
         kept = [r for r in out if (min_score is None or r.score >= min_score)
                 and (not strong_only or r.grade == "strong")]
         if len(kept) < len(out):
-            cut = QueryResults(dataclasses.replace(r, rank=i + 1) for i, r in enumerate(kept))
+            first = out[0].rank  # > 1 on a later page (offset)
+            cut = QueryResults(dataclasses.replace(r, rank=first + i)
+                               for i, r in enumerate(kept))
             cut.calibration, cut.good_match = out.calibration, out.good_match
             if not kept:
                 cut.reason = ("no result is graded strong" if strong_only else
@@ -835,6 +867,16 @@ def _image_file(image: str | os.PathLike) -> None:
         raise _not_found(path)
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, "is a folder, not an image", path)
+
+
+def _folder(within: str | os.PathLike | None) -> str | None:
+    return None if within is None else os.path.abspath(os.fspath(within))
+
+
+def _empty(reason: str) -> QueryResults:
+    out = QueryResults()
+    out.reason = reason
+    return out
 
 
 def _not_found(path: str | os.PathLike) -> FileNotFoundError:

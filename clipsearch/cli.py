@@ -211,6 +211,15 @@ def _nothing_found(survey: dict) -> str:
               help="Only results with at least this cosine score.")
 @click.option("--strong-only", is_flag=True,
               help="Only results graded strong (text queries; see docs/search.md).")
+@click.option("--after", metavar="DATE", help="Photos taken from DATE on (2023, 2023-06, "
+              "2023-06-14; EXIF date, else the file's mtime).")
+@click.option("--before", metavar="DATE", help="Photos taken before DATE.")
+@click.option("--orientation", type=click.Choice(["landscape", "portrait", "square"]))
+@click.option("--min-size", metavar="WxH", help="At least this wide and high (1920x1080).")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="File type: jpeg, png, heic, webp, gif, tiff, bmp, avif (repeatable).")
+@click.option("--offset", type=click.IntRange(min=0), default=0,
+              help="Skip this many results (paging).")
 @click.option("--in", "within", type=click.Path(file_okay=False),
               help="Only results inside this folder.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array of results.")
@@ -220,7 +229,8 @@ def _nothing_found(survey: dict) -> str:
 @model_options
 @friendly_errors
 def query(words, image, limit, within, as_json, paths_only, null, library, model, pretrained,
-          device, precision, min_score=None, strong_only=False):
+          device, precision, min_score=None, strong_only=False, after=None, before=None,
+          orientation=None, min_size=None, types=(), offset=0):
     """Search the library by QUERY (or --image). Words need no quotes:
     `clipsearch query a dog on a beach`.
 
@@ -232,16 +242,26 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
     N:TERM weights a term (2:, 0.5:). A term that is one word naming a path (with a /,
     a leading ~ or an image extension), or image:PATH, is an image; id:N is an indexed
     file (ids: --json). Results of text queries are graded strong / weak / none; when
-    none is strong a line says so before the closest photos (docs/search.md)."""
-    from .api import Query, QuerySyntaxError
+    none is strong a line says so before the closest photos (docs/search.md).
+    Filters (--after, --before, --orientation, --min-size, --type) apply inside the
+    search; without a QUERY they list the matching photos, newest first."""
+    from .api import Filters, Query, QuerySyntaxError
 
     text = " ".join(words)  # as rclip does: no quotes needed
-    if bool(text and text.strip()) == bool(image):
+    try:
+        filters = Filters(after=after, before=before, orientation=orientation,
+                          min_size=min_size, types=tuple(types))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    listing = not words and not image and not filters.empty
+    if bool(text and text.strip()) == bool(image) and not listing:
         raise click.UsageError("give a TEXT or --image PATH (one of them; TEXT not blank)")
     if image and (min_score is not None or strong_only):
         raise click.UsageError("--min-score and --strong-only go with a QUERY, not --image")
     parsed = None
-    if not image:
+    if image and not filters.empty:
+        raise click.UsageError("filters go with a QUERY (or alone), not with --image")
+    if not image and not listing:
         try:
             parsed = Query.from_words(words)
         except QuerySyntaxError as exc:
@@ -260,16 +280,18 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
             try:
                 results = lib.query(parsed, limit=limit, within=within, model=model,
                                     pretrained=pretrained, min_score=min_score,
-                                    strong_only=strong_only)
+                                    strong_only=strong_only, filters=filters, offset=offset)
             except ValueError as exc:  # only negative terms, terms that cancel out
                 raise click.UsageError(str(exc)) from None
+    why = getattr(results, "reason", None)
+    if why and (as_json or paths_only):  # the formats stay lists: the reason goes to stderr
+        click.echo(f"No results: {why}", err=True)
     if as_json:
         write_json([r.to_dict() for r in results])
     elif paths_only:
         write_paths([r.path for r in results], null)
     elif not results:
         where = f" inside {within}" if within else ""
-        why = getattr(results, "reason", None)
         click.echo(f"No results{where}" + (f": {why}" if why else
                    " (is it indexed? `clipsearch status`)"), err=True)
     else:
@@ -278,7 +300,8 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
                        "follow.", err=True)
         for r in results:
             grade = f"  {r.grade:<6}" if r.grade else ""
-            click.echo(f"{r.rank:>3}  {r.score:.3f}{grade}  {human(r.path)}")
+            score = f"{r.score:.3f}" if r.score is not None else f"{r.width}x{r.height}"
+            click.echo(f"{r.rank:>3}  {score}{grade}  {human(r.path)}")
 
 
 @main.command()

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True)
 class SearchResult:
     rank: int
-    score: float  # cosine similarity in [-1, 1]
+    score: float | None  # cosine similarity in [-1, 1]; None in a listing by date (filters only)
     path: str
     file_id: int
     root: str | None = None

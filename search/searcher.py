@@ -33,13 +33,15 @@ class Searcher:
         limit: int = 10,
         within: str | os.PathLike | None = None,
         exclude: set[int] | None = None,
+        allowed: np.ndarray | None = None,
     ) -> list[SearchResult]:
+        """Exact top `limit` by cosine; `within` (a folder) or `allowed` (file ids, from
+        filters: already scoped to `within` when both apply) select inside the scan."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
         query = np.asarray(query, np.float32).reshape(1, -1)
         index = self.index_for(model_id, query.shape[1])
-        allowed = None
-        if within is not None:
+        if allowed is None and within is not None:
             allowed = self.catalog.ids_in_folder(os.path.abspath(os.fspath(within)))
         extra = len(exclude) if exclude else 0
         # The FAISS cache holds fp16 copies (half the memory and time): fetch a margin of
@@ -60,7 +62,12 @@ class Searcher:
                              and ranked[limit - 1][0] > float(hits.scores[-1]) + bound):
                 break
             want *= 4
-        scored = ranked[:limit]
+        return self.results(ranked[:limit])
+
+    def results(self, scored: list[tuple[float | None, int]],
+                first_rank: int = 1) -> list[SearchResult]:
+        """(score, file id) pairs, best first, as results with their catalog rows (a score
+        of None: a listing without a query)."""
         rows = self.catalog.file_rows([file_id for _, file_id in scored])
         results: list[SearchResult] = []
         for score, file_id in scored:
@@ -68,7 +75,8 @@ class Searcher:
             if row is None:
                 continue  # deleted since the index snapshot
             results.append(SearchResult(
-                rank=len(results) + 1, score=round(score, 6), path=row["path"],
+                rank=len(results) + first_rank,
+                score=None if score is None else round(score, 6), path=row["path"],
                 file_id=file_id, root=row["root"], width=row["width"], height=row["height"],
                 taken_at=row["taken_at"],
             ))

@@ -378,6 +378,23 @@ class Catalog:
         ).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
+    def filtered_ids(self, clauses: list[str], params: list, folder: str | None = None, *,
+                     by_date: str | None = None, limit: int = -1,
+                     offset: int = 0) -> np.ndarray:
+        """Ids of indexed files meeting every SQL condition in `clauses` (on `files`) and
+        inside `folder`; with `by_date` (an SQL date expression) newest first, then by id,
+        paged by `limit` / `offset`: the id selector of a filtered search, or a listing."""
+        where, args = ["status = 'ok'", *clauses], list(params)
+        if folder is not None:
+            lo, hi = folder_range(folder)
+            where.append("path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)")
+            args += [lo, hi]
+        order = f" ORDER BY {by_date} DESC, id" if by_date else ""
+        rows = self.conn.execute(
+            f"SELECT id FROM files WHERE {' AND '.join(where)}{order} LIMIT ? OFFSET ?",
+            [*args, limit, offset]).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
     def vectors(self, model_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(file ids, vectors) of every indexed file for one model, ordered by file id."""
         cur = self.conn.execute(
