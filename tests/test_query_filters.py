@@ -15,6 +15,7 @@ from PIL import Image
 
 from clipsearch import Filters, Library
 from clipsearch.shapes import COLOURS, SHAPES, draw
+from search import searcher
 from tests.helpers import cli, cli_json
 
 SIZES = ((96, 96), (140, 100), (100, 140), (200, 150))
@@ -90,8 +91,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "faiss-selector"])
 @pytest.mark.parametrize("filters", CASES, ids=lambda f: repr(f))
-def test_filtered_results_equal_brute_force(library, filters):
+def test_filtered_results_equal_brute_force(library, filters, direct, monkeypatch):
+    """Both ways a filter is searched: a selective one's rows scored directly, a broad one
+    through FAISS's id selector (forced here by lowering the cut-over)."""
+    if not direct:
+        monkeypatch.setattr(searcher, "DIRECT_MAX", 0)
     lib_path, facts = library
     with Library(lib_path) as lib:
         ids, vectors = lib.catalog.vectors(lib.default_model.model_id)
