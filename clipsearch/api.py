@@ -31,7 +31,15 @@ from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
 from search.duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
 from search.filters import Filters
-from search.grading import NEUTRAL_PROMPTS, SAMPLE_SIZE, Calibration, QueryResults, calibrate
+from search.grading import (
+    NEUTRAL_PROMPTS,
+    SAMPLE_SIZE,
+    Calibration,
+    QueryResults,
+    calibrate,
+    load_bars,
+    save_bars,
+)
 from search.query import Query, QuerySyntaxError  # noqa: F401  (the CLI imports them here)
 from search.text_embedder import tower_path
 from store import Catalog, StorageError, WriterLock, sweep_temp_files
@@ -350,6 +358,7 @@ class Library:
             # Its derived files: the FAISS cache and the adopted text tower (~250 MB).
             faiss_file = index_path(self.path / VECTORS_DIR, model_id)
             for path in (faiss_file, faiss_file.with_suffix(".json"),
+                         faiss_file.with_suffix(".grades.json"),  # search/grading.py
                          tower_path(self.path / TEXT_TOWERS_DIR, model_id)):
                 path.unlink(missing_ok=True)
             self._text_embedders.pop(model_id, None)
@@ -683,10 +692,17 @@ class Library:
             raise LookupError("the library is empty: nothing to calibrate on")
         key = (ref.model_id, self.catalog.generation)
         if key not in self._calibrations:
-            dim = self.catalog.models()[ref.model_id]["embed_dim"]
-            sample = self.searcher.index_for(ref.model_id, dim).sample(SAMPLE_SIZE)
-            neutral = self.embed_text(list(NEUTRAL_PROMPTS), ref.model_id)
-            self._calibrations = {key: calibrate(neutral, sample)}
+            cached = index_path(self.path / VECTORS_DIR, ref.model_id).with_suffix(
+                ".grades.json")
+            cal = load_bars(cached, *key)
+            if cal is None:
+                dim = self.catalog.models()[ref.model_id]["embed_dim"]
+                sample = self.searcher.index_for(ref.model_id, dim).sample(SAMPLE_SIZE)
+                neutral = self.embed_text(list(NEUTRAL_PROMPTS), ref.model_id)
+                cal = calibrate(neutral, sample)
+                if not self.readonly and cached.parent.is_dir():
+                    save_bars(cached, *key, cal)
+            self._calibrations = {key: cal}
         return self._calibrations[key]
 
     @_serialized

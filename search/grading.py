@@ -16,7 +16,11 @@ figures and the limits.
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -49,6 +53,38 @@ def calibrate(neutral: np.ndarray, library: np.ndarray) -> Calibration:
     strong = float(np.quantile(scores, STRONG_QUANTILE, axis=1).max())
     weak = float(np.median(scores, axis=1).max())
     return Calibration(weak=weak, strong=max(strong, weak))
+
+
+METHOD = 1  # bump when the prompts or the bars change: cached bars are then measured again
+
+
+def load_bars(path: Path, model_id: str, generation: int) -> Calibration | None:
+    """Bars cached beside the FAISS file by an earlier process, if still for this catalog
+    generation: a one-shot CLI query then skips embedding the ten neutral prompts."""
+    try:
+        data = json.loads(path.read_text())
+        if (data.get("method"), data.get("model_id"), data.get("generation")) == \
+                (METHOD, model_id, generation):
+            return Calibration(weak=float(data["weak"]), strong=float(data["strong"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def save_bars(path: Path, model_id: str, generation: int, cal: Calibration) -> None:
+    """Best effort (a read-only or full disk just measures again next time); written to a
+    private temp file (swept by store.sweep_temp_files if killed) and renamed."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.pid{os.getpid()}.",
+                                   suffix=".tmp")
+        with os.fdopen(fd, "w") as out:
+            json.dump({"method": METHOD, "model_id": model_id, "generation": generation,
+                       "weak": cal.weak, "strong": cal.strong}, out)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 class QueryResults(list):

@@ -102,3 +102,34 @@ def test_api_flags_and_reasons(libraries):
         star = lib.query("a green star", limit=1)[0]
         with pytest.raises(ValueError, match="strong-only needs a graded query"):
             lib.query(Query.file_id(star.file_id), strong_only=True)
+
+
+def test_bars_are_cached_per_generation_beside_the_vectors(libraries, tmp_path):
+    """A one-shot CLI query reuses the bars an earlier process measured, as long as the
+    catalog has not changed; a damaged cache file is measured again."""
+    import json
+    import shutil
+
+    library = tmp_path / "lib"
+    shutil.copytree(libraries[1], library)
+    with Library(library) as lib:
+        measured = lib.calibration()
+        generation = lib.catalog.generation
+    (cached,) = (library / "vectors").glob("*.grades.json")
+    data = json.loads(cached.read_text())
+    assert data["generation"] == generation and (cached.stat().st_mode & 0o777) == 0o600
+    data["strong"] = 0.123  # a stand-in only this file can have produced
+    cached.write_text(json.dumps(data))
+    with Library(library) as lib:
+        assert lib.calibration().strong == 0.123
+    cached.write_text("{not json")
+    with Library(library) as lib:
+        assert lib.calibration() == measured
+    cached.write_text(json.dumps(data))  # the stand-in again
+    more = tmp_path / "more"
+    more.mkdir()
+    draw("green", "star", size=96, rng=random.Random(3)).save(more / "green-star-x.png")
+    with Library(library) as lib:
+        lib.index([more])  # a new generation: the stand-in no longer applies
+        assert lib.calibration().strong != 0.123
+    assert json.loads(cached.read_text())["generation"] > generation
