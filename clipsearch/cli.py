@@ -239,8 +239,8 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
     of their own, and a term is the words up to the next sign:
       clipsearch query "a dog" + "in the snow" - "a leash"
       clipsearch query 2:"golden retriever" + ~/Photos/pool.jpg - id:42
-    N:TERM weights a term (2:, 0.5:). A term that is one word naming a path (with a /,
-    a leading ~ or an image extension), or image:PATH, is an image; id:N is an indexed
+    N:TERM weights a term (2:, 0.5:). A term of one word starting with /, ~, ./ or ../
+    or ending in an image extension, or image:PATH, is an image; id:N is an indexed
     file (ids: --json). Results of text queries are graded strong / weak / none; when
     none is strong a line says so before the closest photos (docs/search.md).
     Filters (--after, --before, --orientation, --min-size, --type) apply inside the

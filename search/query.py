@@ -6,8 +6,8 @@ One parser serves the CLI (shell words) and the API (a string): `"a dog" + "in t
     query  := [sign] term (sign term)*
     sign   := "+" | "-"                     only as a word of its own
     term   := [weight ":"] (text | image)   weight: a number, e.g. 2 or 0.5
-    image  := "image:"PATH | "id:"N | a single word that names a path (holds a "/", starts
-              with "~" or ends in an image extension)
+    image  := "image:"PATH | "id:"N | a single word that looks like a path (starts with
+              "/", "~", "./" or "../", or ends in an image extension); "AC/DC" is text
     text   := the words up to the next sign, joined by spaces
 
 The query vector is the weighted sum of the terms' unit vectors, normalised again.
@@ -211,7 +211,7 @@ def _term(words: list[str], sign: float, start: int, fail) -> Term:
 
 
 def _looks_like_path(word: str) -> bool:
-    return "/" in word or word.startswith("~") or word.lower().endswith(IMAGE_SUFFIXES)
+    return word.startswith(("/", "~", "./", "../")) or word.lower().endswith(IMAGE_SUFFIXES)
 
 
 def _unquote(word: str) -> str:

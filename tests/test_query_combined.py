@@ -35,6 +35,9 @@ def test_words_and_strings_parse_to_the_same_terms():
     assert Query.parse("10:30 clock") == Query.text("10:30 clock")
     assert Query.parse('"+" sign') == Query.text("+ sign")
     assert Query.from_words(["black+white", "-ish"]) == Query.text("black+white -ish")
+    assert Query.parse("AC/DC") == Query.text("AC/DC")  # a slash inside a word: text
+    assert Query.parse("./pool.png + holiday.jpg") == Query.image("./pool.png") + \
+        Query.image("holiday.jpg")
     assert Query.parse("+ a dog") == Query.text("a dog")
 
 
