@@ -214,7 +214,8 @@ def _nothing_found(survey: dict) -> str:
 @click.option("--after", metavar="DATE", help="Photos taken from DATE on (2023, 2023-06, "
               "2023-06-14; EXIF date, else the file's mtime).")
 @click.option("--before", metavar="DATE", help="Photos taken before DATE.")
-@click.option("--orientation", type=click.Choice(["landscape", "portrait", "square"]))
+@click.option("--orientation", type=click.Choice(["landscape", "portrait", "square"]),
+              help="Only photos of this shape (width and height after EXIF rotation).")
 @click.option("--min-size", metavar="WxH", help="At least this wide and high (1920x1080).")
 @click.option("--type", "types", multiple=True, metavar="TYPE",
               help="File type: jpeg, png, heic, webp, gif, tiff, bmp, avif (repeatable).")
@@ -231,7 +232,7 @@ def _nothing_found(survey: dict) -> str:
 def query(words, image, limit, within, as_json, paths_only, null, library, model, pretrained,
           device, precision, min_score=None, strong_only=False, after=None, before=None,
           orientation=None, min_size=None, types=(), offset=0):
-    """Search the library by QUERY (or --image). Words need no quotes:
+    """Search the library by [QUERY]... (or --image). Words need no quotes:
     `clipsearch query a dog on a beach`.
 
     \b
