@@ -8,7 +8,15 @@ Every exception a `Library` method documents can be caught by a name from here:
 from clip_core.images import DecodeError
 from clip_core.model_files import MissingModelError, ModelLoadError
 from indexer import IndexReport, IndexSettings, Progress
-from search import LabelScore, SearchResult
+from search import (
+    DuplicateGroup,
+    Filters,
+    LabelScore,
+    Query,
+    QueryResults,
+    QuerySyntaxError,
+    SearchResult,
+)
 from store import CatalogDamagedError, CatalogError, LibraryBusyError, StorageError
 
 from .api import (
@@ -21,10 +29,10 @@ from .api import (
 )
 
 __all__ = [
-    "CatalogDamagedError", "CatalogError", "DecodeError", "IndexReport", "IndexSettings",
-    "LabelScore", "Library",
-    "LibraryBusyError", "LibraryStatus", "MissingModelError", "ModelLoadError",
-    "ModelNotIndexedError", "Progress", "SearchResult", "StorageError", "check_model",
+    "CatalogDamagedError", "CatalogError", "DecodeError", "DuplicateGroup", "Filters",
+    "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryBusyError",
+    "LibraryStatus", "MissingModelError", "ModelLoadError", "ModelNotIndexedError", "Progress",
+    "Query", "QueryResults", "QuerySyntaxError", "SearchResult", "StorageError", "check_model",
     "classify", "default_library_dir",
 ]
 __version__ = "0.1.0"
