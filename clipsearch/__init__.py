@@ -8,6 +8,7 @@ Every exception a `Library` method documents can be caught by a name from here:
 from clip_core.images import DecodeError
 from clip_core.model_files import MissingModelError, ModelLoadError
 from indexer import IndexReport, IndexSettings, Progress
+from indexer.ray_executor import MissingExtraError
 from search import LabelScore, SearchResult
 from store import CatalogDamagedError, CatalogError, LibraryBusyError, StorageError
 
@@ -25,6 +26,6 @@ __all__ = [
     "LabelScore", "Library",
     "LibraryBusyError", "LibraryStatus", "MissingModelError", "ModelLoadError",
     "ModelNotIndexedError", "Progress", "SearchResult", "StorageError", "check_model",
-    "classify", "default_library_dir",
+    "classify", "default_library_dir", "MissingExtraError",
 ]
 __version__ = "0.1.0"

@@ -28,6 +28,7 @@ from clip_core.file_check import sidecar
 from clip_core.model_files import ensure_local
 from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
+from indexer.ray_executor import require_ray
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
 from search.text_embedder import tower_path
@@ -480,6 +481,9 @@ class Library:
         NotADirectoryError, MissingModelError, ModelLoadError, LibraryBusyError (another
         indexer past `wait` seconds), StorageError (read-only library, disk full). A file
         that cannot be read is skipped and listed in the report, never raised.
+        `settings=IndexSettings(ray="auto")` loads and encodes on a Ray cluster (also
+        "ray://host:10001", "local"): the same rows as a local run; MissingExtraError
+        without Ray installed, ConnectionError when there is no cluster at the address.
 
             report = lib.index(["~/Photos"], progress=lambda p: print(p.done, p.total))
             report.indexed, report.skipped, report.empty_roots
@@ -492,6 +496,8 @@ class Library:
         ensure_local(ref, self.models_dir)  # an unknown or missing model, even with no files
         if settings is not None:
             settings.check()
+            if settings.ray is not None:
+                require_ray()  # MissingExtraError says how to install it
         for folder in roots or ():
             if not os.path.isdir(_abspath(folder)):
                 raise NotADirectoryError(f"not a folder: {_abspath(folder)}")
@@ -515,7 +521,8 @@ class Library:
 
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
                                ref.model_id, get_encoder, settings, progress,
-                               preprocess_hint=guess_preprocess(ref))
+                               preprocess_hint=guess_preprocess(ref),
+                               worker_encoder=self._worker_encoder(ref, settings))
             # The first model to load became the stored default; or vanished files took the
             # default's last vectors with them.
             self._settle_default()
@@ -527,6 +534,13 @@ class Library:
             if not report.interrupted:
                 report.empty_roots = self._survey_empty(root_ids, settings)
             return report
+
+    def _worker_encoder(self, ref: ModelRef, settings: IndexSettings | None):
+        """For a Ray run: how each worker builds the encoder image_encoder would pick."""
+        if settings is None or settings.ray is None:
+            return None
+        return functools.partial(worker_image_encoder, ref, self.device, self.precision,
+                                 self.models_dir, self.cache_dir)
 
     def _repair_text_tower(self, ref: ModelRef) -> None:
         """A damaged text tower (found by its checksum: a stat when intact) is rebuilt by the
@@ -724,6 +738,22 @@ def classify(
                                precision=precision,
                                models_dir=Path(models_dir) if models_dir else None)
     return _classify(encoder, image, labels)
+
+
+def worker_image_encoder(ref: ModelRef, device: str, precision: str,
+                         models_dir: Path | None, cache_dir: Path | None):
+    """Library.image_encoder's choice on a machine without the library (a Ray worker): the
+    compiled CPU tower (compiled there once if needed), else torch's image tower."""
+    from clip_core.compiled import load_compiled
+
+    found = load_compiled(ref, device=device, precision=precision, models_dir=models_dir,
+                          cache_dir=cache_dir)
+    if found is not None:
+        return found[1]
+    from clip_core.encoder import ClipEncoder
+
+    return ClipEncoder.load(ref, device=device, towers=IMAGE_ONLY, models_dir=models_dir,
+                            precision="auto" if precision == "int8" else precision)
 
 
 def check_model(model: str | None = None, pretrained: str | None = None, *,
