@@ -19,6 +19,7 @@ from .api import (
     check_model,
     classify,
     default_library_dir,
+    embed_shards,
 )
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "LibraryBusyError", "LibraryStatus", "MissingModelError", "ModelLoadError",
     "ModelNotIndexedError", "Progress", "SearchResult", "StorageError", "check_model",
     "classify", "default_library_dir", "MissingExtraError",
+    "embed_shards",
 ]
 __version__ = "0.1.0"

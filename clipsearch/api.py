@@ -29,6 +29,7 @@ from clip_core.model_files import ensure_local
 from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
 from indexer.ray_executor import require_ray
+from indexer.shards import ShardImport
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
 from search.text_embedder import tower_path
@@ -561,6 +562,35 @@ class Library:
         return [survey_root(roots[i], IMAGE_EXTENSIONS, hidden) for i in root_ids
                 if i is not None and not self.catalog.root_has_files(i)]
 
+    @_serialized
+    def import_shards(self, folder: str | os.PathLike, *, wait: float = 0.0) -> ShardImport:
+        """Add the Parquet shards `embed_shards` wrote under `folder` (or a URI pyarrow
+        reads, s3://...). Idempotent: a row already stored unchanged is skipped; a shard cut
+        short is ignored and named; a file changed or gone since it was embedded is left for
+        the next index run. Raises MissingExtraError (no pyarrow), FileNotFoundError,
+        LibraryBusyError, StorageError.
+
+            report = lib.import_shards("/shared/shards")
+            report.imported, report.unchanged, report.stale, report.ignored
+        """
+        from indexer.shards import import_shards
+
+        require_ray()
+        text = os.fspath(folder)
+        if "://" not in text and not os.path.isdir(text):
+            raise FileNotFoundError(f"no shard folder at {_abspath(text)}")
+        if self.readonly:
+            raise StorageError(f"the library at {self.path} is on a read-only disk or folder")
+        with self._writer(wait):
+            report = import_shards(self.catalog, text)
+            models = self.catalog.models()
+            if report.model_id in models:
+                if self.catalog.get_meta("default_model") is None:
+                    self.catalog.set_meta("default_model",
+                                          json.dumps(models[report.model_id]["spec"]))
+                self.searcher.index_for(report.model_id, models[report.model_id]["embed_dim"])
+            return report
+
     # -- search --------------------------------------------------------------------------
     @_serialized
     def embed_text(
@@ -754,6 +784,35 @@ def worker_image_encoder(ref: ModelRef, device: str, precision: str,
 
     return ClipEncoder.load(ref, device=device, towers=IMAGE_ONLY, models_dir=models_dir,
                             precision="auto" if precision == "int8" else precision)
+
+
+def embed_shards(root: str | os.PathLike, out: str, *, ray: str, model: str | None = None,
+                 pretrained: str | None = None, device: str = "auto",
+                 precision: str = "auto", models_dir: str | os.PathLike | None = None,
+                 settings: IndexSettings | None = None) -> int:
+    """Embed every image under `root` on the Ray cluster at `ray` into Parquet shards under
+    `out` (a folder the workers can write, or s3://...), written by the workers; returns how
+    many files they describe. `Library.import_shards` adds them to a library. Raises
+    MissingExtraError, MissingModelError, NotADirectoryError, ConnectionError.
+
+        embed_shards("/shared/photos", "/shared/shards", ray="auto", model="shapes-tiny")
+    """
+    from indexer.shards import embed_shards as embed
+
+    require_ray()
+    folder = _abspath(root)
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"not a folder: {folder}")
+    ref = parse_model(model, pretrained) if model else _ref_of(None)
+    store = Path(models_dir).expanduser() if models_dir else None
+    ensure_local(ref, store)
+    settings = settings or IndexSettings()
+    settings.check()
+    make = functools.partial(worker_image_encoder, ref, device, precision, store, None)
+    encoder = make()  # here too: the true preprocessing, and a compile done once per machine
+    spec = encoder.preprocess
+    _close_encoder(encoder)
+    return embed(folder, out, ray, ref.model_id, ref.to_spec(), spec, make, settings)
 
 
 def check_model(model: str | None = None, pretrained: str | None = None, *,

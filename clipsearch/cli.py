@@ -411,8 +411,10 @@ def doctor(repair, library, wait, as_json):
 
 def _register_subgroups() -> None:
     from .cli_models import models
+    from .cli_shards import add_commands
 
     main.add_command(models)
+    add_commands(main, library_options, model_options, wait_option, open_library)
 
 
 _register_subgroups()

@@ -27,7 +27,7 @@ from store import FileRow
 
 from .crawl import Candidate
 from .interrupt import StopRequest
-from .pipeline import Encoder, Progress, _Job, _same_error, _tally
+from .pipeline import Encoder, IndexSettings, Progress, _Job, _same_error, _tally
 from .stages import BatchWriter, Loaded, load_one
 
 INSTALL_HINT = "pip install 'clipsearch[cluster]'"
@@ -77,31 +77,14 @@ def load_encode_write(
 
 def _stream(job: _Job, todo: list[Candidate], known: set[str],
             retried: dict[str, FileRow]) -> list[str]:
-    import ray
-    import ray.data
-
     settings, report, model_id = job.settings, job.report, job.model_id
     # The driver loads the model too: it registers it, exports the text tower, and gives the
     # true preprocessing (no guess to redo on the workers).
     encoder = job.get_encoder()
     if encoder.model_id != model_id:
         raise ValueError(f"encoder makes {encoder.model_id}, run expects {model_id}")
-    spec = encoder.preprocess
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver has its own
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines
-    workers, gpus = _pool_size()
-    blocks = max(workers, -(-len(todo) // settings.batch_size))
-    workers = min(workers, len(todo))  # an actor with no block would only load a model
-    known_ref = ray.put(frozenset(known))
-    ds = ray.data.from_items([{"cand": pickle.dumps(c)} for c in todo],
-                             override_num_blocks=min(blocks, len(todo)))
-    ds = ds.map_batches(_load_batch, batch_size=settings.batch_size, batch_format="numpy",
-                        fn_kwargs={"spec": spec, "known_ref": known_ref,
-                                   "min_side": spec.min_side if settings.draft else None})
-    ds = ds.map_batches(_EncodeWorker, fn_constructor_args=(job.worker_encoder, model_id),
-                        batch_size=settings.batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=workers),
-                        **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
+    ds, workers = embedded_dataset(todo, known, encoder.preprocess, job.worker_encoder,
+                                   model_id, settings)
     # The vectors arrive made: the writer's "encoder" hands them through unchanged.
     writer = BatchWriter(job.catalog, _already_encoded, model_id, settings.batch_size)
     vanished: list[str] = []
@@ -130,6 +113,32 @@ def _stream(job: _Job, todo: list[Candidate], known: set[str],
                 close()  # stops the cluster's work for this run
         report.interrupted = stop.requested
     return vanished
+
+
+def embedded_dataset(todo: list[Candidate], known: set[str], spec: PreprocessSpec,
+                     worker_encoder: Callable[[], Encoder], model_id: str,
+                     settings: IndexSettings) -> tuple[object, int]:
+    """(A Ray Dataset of pickled (Candidate, FileRecord | None, vector | None) rows, the
+    number of encoder actors): load_one as CPU tasks, then the encoder in an actor pool."""
+    import ray
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver has its own
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines
+    workers, gpus = _pool_size()
+    blocks = max(workers, -(-len(todo) // settings.batch_size))
+    workers = min(workers, len(todo))  # an actor with no block would only load a model
+    known_ref = ray.put(frozenset(known))
+    ds = ray.data.from_items([{"cand": pickle.dumps(c)} for c in todo],
+                             override_num_blocks=min(blocks, len(todo)))
+    ds = ds.map_batches(_load_batch, batch_size=settings.batch_size, batch_format="numpy",
+                        fn_kwargs={"spec": spec, "known_ref": known_ref,
+                                   "min_side": spec.min_side if settings.draft else None})
+    ds = ds.map_batches(_EncodeWorker, fn_constructor_args=(worker_encoder, model_id),
+                        batch_size=settings.batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=workers),
+                        **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
+    return ds, workers
 
 
 def _pool_size() -> tuple[int, int]:

@@ -8,6 +8,7 @@ the CLI driver killed in a subprocess joins it by its address.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch import IndexSettings, Library
+from clipsearch import IndexSettings, Library, embed_shards
 from tests.helpers import cli, draw_photos
 from tests.reliability_support import (
     MODEL,
@@ -198,6 +199,39 @@ def test_a_killed_driver_resumes_exactly(cluster, photos, local_library, tmp_pat
     assert report.todo == total - kept and not report.interrupted
     assert_library_exact(library, good, default_model_id(library))
     _assert_same_vectors(library, local_library)
+
+
+def _by_name(library: Path) -> dict[str, tuple]:
+    return {os.path.basename(p).decode(): row for p, row in _rows(library).items()}
+
+
+def test_shards_import_like_a_local_run_and_idempotently(cluster, photos, local_library,
+                                                         tmp_path):
+    folder, out, library = tmp_path / "photos", tmp_path / "shards", tmp_path / "library"
+    shutil.copytree(photos, folder)  # copy2: the same mtimes as the local run's files
+    total = len(list(folder.iterdir()))
+    assert embed_shards(folder, str(out), ray="auto", model=MODEL, settings=IndexSettings(
+        batch_size=16)) == total
+    changed = folder / "red-circle-0.png"
+    changed.write_bytes(b"no longer the embedded picture")  # stale: left for the next run
+    with Library(library) as lib:
+        first = lib.import_shards(out)
+        generation = lib.catalog.generation
+        again = lib.import_shards(out)
+        assert lib.catalog.generation == generation  # re-importing wrote nothing
+        shard = next(out.glob("*.parquet"))
+        (out / "cut-short.parquet").write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+        cut = lib.import_shards(out)
+        assert lib.catalog.generation == generation
+    assert (first.imported, first.stale, first.ignored) == (total - 1, 1, [])
+    assert (again.imported, again.unchanged, again.stale) == (0, total - 1, 1)
+    assert cut.ignored == [str(out / "cut-short.parquet")] and cut.imported == 0
+    mine, local = _by_name(library), _by_name(local_library)
+    assert mine == {name: row for name, row in local.items() if name != changed.name}
+    _assert_same_vectors(library, local_library)
+    with Library(library) as lib:
+        report = lib.index()
+    assert report.todo == 1 and [s.path for s in report.skipped] == [str(changed)]
 
 
 def test_without_ray_the_option_says_how_to_install_it(monkeypatch, tmp_path):
