@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from clipsearch import IndexSettings, Library, embed_shards
-from tests.helpers import cli, draw_photos
+from tests.helpers import draw_photos
 from tests.reliability_support import (
     MODEL,
     assert_library_exact,
@@ -232,14 +232,3 @@ def test_shards_import_like_a_local_run_and_idempotently(cluster, photos, local_
     with Library(library) as lib:
         report = lib.index()
     assert report.todo == 1 and [s.path for s in report.skipped] == [str(changed)]
-
-
-def test_without_ray_the_option_says_how_to_install_it(monkeypatch, tmp_path):
-    photos = tmp_path / "photos"
-    draw_photos(photos, per_pair=1)
-    monkeypatch.setitem(sys.modules, "ray", None)  # how Python marks a module not importable
-    result = cli("index", str(photos), "--model", MODEL, "--ray", "auto",
-                 library=tmp_path / "library", ok=False)
-    assert result.exit_code == 1
-    assert "pip install 'clipsearch[cluster]'" in result.stderr
-    assert _committed(tmp_path / "library") == 0  # a refused run indexes nothing
