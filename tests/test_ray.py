@@ -232,3 +232,25 @@ def test_shards_import_like_a_local_run_and_idempotently(cluster, photos, local_
     with Library(library) as lib:
         report = lib.index()
     assert report.todo == 1 and [s.path for s in report.skipped] == [str(changed)]
+
+
+def test_a_stopped_ray_run_commits_what_arrived_and_the_rerun_does_the_rest(
+        cluster, photos, local_library, tmp_path):
+    good = _good_photos(photos, tmp_path)
+    library = tmp_path / "library"
+    total = len(list(good.iterdir()))
+    cancel = threading.Event()
+
+    def progress(p) -> None:
+        if p.done >= 10:
+            cancel.set()  # as Ctrl-C does (indexer/interrupt.py)
+
+    with Library(library, model=MODEL) as lib:
+        stopped = lib.index([good], settings=IndexSettings(ray="auto", batch_size=4,
+                                                           cancel=cancel), progress=progress)
+        assert stopped.interrupted and 10 <= stopped.committed < total
+        assert _committed(library) == stopped.committed  # what it reports is what it kept
+        rest = lib.index(settings=IndexSettings(ray="auto"))
+    assert rest.todo == total - stopped.committed and not rest.interrupted
+    assert_library_exact(library, good, default_model_id(library))
+    _assert_same_vectors(library, local_library)
