@@ -8,6 +8,7 @@ Every exception a `Library` method documents can be caught by a name from here:
 from clip_core.images import DecodeError
 from clip_core.model_files import MissingModelError, ModelLoadError
 from indexer import IndexReport, IndexSettings, Progress
+from indexer.ray_executor import MissingExtraError
 from search import (
     DuplicateGroup,
     Filters,
@@ -26,13 +27,15 @@ from .api import (
     check_model,
     classify,
     default_library_dir,
+    embed_shards,
 )
 
 __all__ = [
     "CatalogDamagedError", "CatalogError", "DecodeError", "DuplicateGroup", "Filters",
     "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryBusyError",
-    "LibraryStatus", "MissingModelError", "ModelLoadError", "ModelNotIndexedError", "Progress",
-    "Query", "QueryResults", "QuerySyntaxError", "SearchResult", "StorageError", "check_model",
-    "classify", "default_library_dir",
+    "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",
+    "ModelNotIndexedError", "Progress", "Query", "QueryResults", "QuerySyntaxError",
+    "SearchResult", "StorageError", "check_model", "classify", "default_library_dir",
+    "embed_shards",
 ]
 __version__ = "0.1.0"

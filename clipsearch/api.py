@@ -29,6 +29,8 @@ from clip_core.file_check import sidecar
 from clip_core.model_files import ensure_local
 from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
+from indexer.ray_executor import require_ray
+from indexer.shards import ShardImport
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
 from search.duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
@@ -496,6 +498,9 @@ class Library:
         NotADirectoryError, MissingModelError, ModelLoadError, LibraryBusyError (another
         indexer past `wait` seconds), StorageError (read-only library, disk full). A file
         that cannot be read is skipped and listed in the report, never raised.
+        `settings=IndexSettings(ray="auto")` loads and encodes on a Ray cluster (also
+        "ray://host:10001", "local"): the same rows as a local run; MissingExtraError
+        without Ray installed, ConnectionError when there is no cluster at the address.
 
             report = lib.index(["~/Photos"], progress=lambda p: print(p.done, p.total))
             report.indexed, report.skipped, report.empty_roots
@@ -507,6 +512,8 @@ class Library:
         # Whatever can fail cheaply fails before any change: a failed run changes nothing.
         if settings is not None:
             settings.check()
+            if settings.ray is not None:
+                require_ray()  # MissingExtraError says how to install it
         for folder in roots or ():
             if not os.path.isdir(_abspath(folder)):
                 raise NotADirectoryError(f"not a folder: {_abspath(folder)}")
@@ -531,7 +538,8 @@ class Library:
 
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
                                ref.model_id, get_encoder, settings, progress,
-                               preprocess_hint=guess_preprocess(ref))
+                               preprocess_hint=guess_preprocess(ref),
+                               worker_encoder=self._worker_encoder(ref, settings))
             # The first model to load became the stored default; or vanished files took the
             # default's last vectors with them.
             self._settle_default()
@@ -543,6 +551,13 @@ class Library:
             if not report.interrupted:
                 report.empty_roots = self._survey_empty(root_ids, settings)
             return report
+
+    def _worker_encoder(self, ref: ModelRef, settings: IndexSettings | None):
+        """For a Ray run: how each worker builds the encoder image_encoder would pick."""
+        if settings is None or settings.ray is None:
+            return None
+        return functools.partial(worker_image_encoder, ref, self.device, self.precision,
+                                 self.models_dir, self.cache_dir)
 
     def _repair_text_tower(self, ref: ModelRef) -> None:
         """A damaged text tower (found by its checksum: a stat when intact) is rebuilt by the
@@ -562,6 +577,35 @@ class Library:
         roots = self.catalog.roots()
         return [survey_root(roots[i], IMAGE_EXTENSIONS, hidden) for i in root_ids
                 if i is not None and not self.catalog.root_has_files(i)]
+
+    @_serialized
+    def import_shards(self, folder: str | os.PathLike, *, wait: float = 0.0) -> ShardImport:
+        """Add the Parquet shards `embed_shards` wrote under `folder` (or a URI pyarrow
+        reads, s3://...). Idempotent: a row already stored unchanged is skipped; a shard cut
+        short is ignored and named; a file changed or gone since it was embedded is left for
+        the next index run. Raises MissingExtraError (no pyarrow), FileNotFoundError,
+        LibraryBusyError, StorageError.
+
+            report = lib.import_shards("/shared/shards")
+            report.imported, report.unchanged, report.stale, report.ignored
+        """
+        from indexer.shards import import_shards
+
+        require_ray()
+        text = os.fspath(folder)
+        if "://" not in text and not os.path.isdir(text):
+            raise FileNotFoundError(f"no shard folder at {_abspath(text)}")
+        if self.readonly:
+            raise StorageError(f"the library at {self.path} is on a read-only disk or folder")
+        with self._writer(wait):
+            report = import_shards(self.catalog, text)
+            models = self.catalog.models()
+            if report.model_id in models:
+                if self.catalog.get_meta("default_model") is None:
+                    self.catalog.set_meta("default_model",
+                                          json.dumps(models[report.model_id]["spec"]))
+                self.searcher.index_for(report.model_id, models[report.model_id]["embed_dim"])
+            return report
 
     # -- search --------------------------------------------------------------------------
     @_serialized
@@ -889,6 +933,51 @@ def classify(
                                precision=precision,
                                models_dir=Path(models_dir) if models_dir else None)
     return _classify(encoder, image, labels)
+
+
+def worker_image_encoder(ref: ModelRef, device: str, precision: str,
+                         models_dir: Path | None, cache_dir: Path | None):
+    """Library.image_encoder's choice on a machine without the library (a Ray worker): the
+    compiled CPU tower (compiled there once if needed), else torch's image tower."""
+    from clip_core.compiled import load_compiled
+
+    found = load_compiled(ref, device=device, precision=precision, models_dir=models_dir,
+                          cache_dir=cache_dir)
+    if found is not None:
+        return found[1]
+    from clip_core.encoder import ClipEncoder
+
+    return ClipEncoder.load(ref, device=device, towers=IMAGE_ONLY, models_dir=models_dir,
+                            precision="auto" if precision == "int8" else precision)
+
+
+def embed_shards(root: str | os.PathLike, out: str, *, ray: str, model: str | None = None,
+                 pretrained: str | None = None, device: str = "auto",
+                 precision: str = "auto", models_dir: str | os.PathLike | None = None,
+                 settings: IndexSettings | None = None) -> int:
+    """Embed every image under `root` on the Ray cluster at `ray` into Parquet shards under
+    `out` (a folder the workers can write, or s3://...), written by the workers; returns how
+    many files they describe. `Library.import_shards` adds them to a library. Raises
+    MissingExtraError, MissingModelError, NotADirectoryError, ConnectionError.
+
+        embed_shards("/shared/photos", "/shared/shards", ray="auto", model="shapes-tiny")
+    """
+    from indexer.shards import embed_shards as embed
+
+    require_ray()
+    folder = _abspath(root)
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"not a folder: {folder}")
+    ref = parse_model(model, pretrained) if model else _ref_of(None)
+    store = Path(models_dir).expanduser() if models_dir else None
+    ensure_local(ref, store)
+    settings = settings or IndexSettings()
+    settings.check()
+    make = functools.partial(worker_image_encoder, ref, device, precision, store, None)
+    encoder = make()  # here too: the true preprocessing, and a compile done once per machine
+    spec = encoder.preprocess
+    _close_encoder(encoder)
+    return embed(folder, out, ray, ref.model_id, ref.to_spec(), spec, make, settings)
 
 
 def check_model(model: str | None = None, pretrained: str | None = None, *,

@@ -104,9 +104,12 @@ def _warn_random(ref) -> None:
                    "/sys, /dev).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
+              help="Load and encode on a Ray cluster: auto, ray://host:10001, or local "
+                   "(needs pip install 'clipsearch[cluster]'; docs/scale.md).")
 @friendly_errors
 def index(paths, library, model, pretrained, device, precision, batch_size, workers, wait,
-          no_draft, include_hidden, as_json, quiet, follow_links=False):
+          no_draft, include_hidden, as_json, quiet, follow_links=False, ray_address=None):
     """Index PATHS (added as library roots), or re-index every root."""
     from indexer import IndexSettings
 
@@ -124,6 +127,7 @@ def index(paths, library, model, pretrained, device, precision, batch_size, work
     if workers:
         settings.workers = workers
     settings.follow_links = follow_links
+    settings.ray = ray_address
     try:
         with lib, ProgressBar(disable=quiet) as bar:
             report = lib.index(list(paths) or None, model=model, pretrained=pretrained,
@@ -490,8 +494,10 @@ def duplicates(threshold, as_json, library, model, pretrained):
 
 def _register_subgroups() -> None:
     from .cli_models import models
+    from .cli_shards import add_commands
 
     main.add_command(models)
+    add_commands(main, library_options, model_options, wait_option, open_library)
 
 
 _register_subgroups()
