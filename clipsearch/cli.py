@@ -465,6 +465,9 @@ def doctor(repair, library, wait, as_json):
             click.echo("Run `clipsearch doctor --repair` to repair it.")
     if not (report.healthy or report.repaired):
         sys.exit(EXIT_DAMAGED)
+
+
+@main.command()
 @click.option("--threshold", type=click.FloatRange(-1, 1), default=None,
               help="Vector cosine above which two photos are candidates (default 0.95); "
               "candidates are confirmed on their pixels (docs/search.md).")
