@@ -110,7 +110,8 @@ def bench_queries(opts: Options, results: list[dict]) -> None:
         # In a subprocess: the harness stays small (see bench.proc on inherited RSS).
         _say(f"{subject}: writing the synthetic library (once)")
         argv = ["-m", "bench.synthetic", "--count", str(count)]
-        proc.run(proc.python(*argv, *(["--fresh"] if opts.fresh_cache else []))).check()
+        proc.run(proc.python(*argv, *(["--fresh"] if opts.fresh_cache else [])),
+                 opts.env).check()  # opts.env: the bench's compiled-model cache
     library = synthetic.library_path(count)
     vectors = synthetic.vectors_path(count)
     _say(f"{subject}: warm library-API query x{opts.warm_queries}")
