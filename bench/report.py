@@ -47,6 +47,8 @@ def print_table(doc: dict) -> None:
             print(f"  {'':>11}image tower: {image['backend']} ({image.get('reason')}); "
                   f"int8 vs fp32 min cos {agree.get('min_cos')}; "
                   f"measured {image.get('images_per_second')}")
+        if result.get("resident_mb") is not None:
+            print(f"  {'':>11}resident after the queries: {result['resident_mb']:.0f} MB")
         if result.get("of_limit") is not None:
             print(f"  {'':>11}machine's limit (measured in this run): "
                   f"{result['limit_images_per_s']:.1f} img/s; clipsearch reaches "

@@ -27,6 +27,8 @@ TARGETS = [
            "caltech index >= 0.85 of the measured limit"),
     Target("reindex", "tiny-10k", "seconds", "<=", 3, "re-index 10k unchanged <= 3 s"),
     Target("warm-query", "synthetic-100k", "p50_ms", "<=", 15, "warm query p50 <= 15 ms (100k)"),
+    Target("warm-query", "synthetic-100k", "resident_mb", "<=", 600,
+           "warm process resident <= 600 MB (100k)"),
     Target("cold-query", "synthetic-100k", "seconds", "<=", 0.8, "cold CLI query p50 <= 0.8 s"),
     Target("cold-query", "synthetic-100k", "peak_rss_mb", "<=", 500,
            "cold CLI query peak RSS <= 0.5 GB"),

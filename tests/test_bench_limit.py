@@ -36,3 +36,11 @@ def test_the_fraction_of_the_limit_is_judged_per_set():
     rows = {r["target"]: r for r in evaluate(results, partial=False)}
     assert rows["phone index >= 0.85 of the measured limit"]["pass"] is True
     assert rows["caltech index >= 0.85 of the measured limit"]["pass"] is False
+
+
+def test_the_warm_process_is_judged_on_what_it_keeps_resident():
+    results = [{"job": "warm-query", "subject": "synthetic-100k", "tool": "clipsearch",
+                "p50_ms": 10.0, "resident_mb": 630.0}]
+    rows = {r["target"]: r for r in evaluate(results, partial=False)}
+    assert rows["warm process resident <= 600 MB (100k)"]["pass"] is False
+    assert rows["warm query p50 <= 15 ms (100k)"]["pass"] is True
