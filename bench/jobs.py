@@ -73,7 +73,9 @@ def clipsearch_index(image_set: ImageSet, library: Path, extra: list[str],
                      env: dict[str, str]) -> tuple[proc.ProcResult, proc.ProcResult]:
     """A fresh index, then the same command again over the unchanged tree."""
     shutil.rmtree(library, ignore_errors=True)
-    argv = index_argv(image_set.folder, library, MODEL_ARGS, extra)
+    # The set's folder holds links into bench/.cache (bench.images.make_set), which
+    # clipsearch follows only when told to (links out of a root are skipped by default).
+    argv = index_argv(image_set.folder, library, MODEL_ARGS, ["--follow-links", *extra])
     first = proc.run(argv, env)
     report = index_report(first)
     if report["indexed"] != image_set.count or report["skipped"]:

@@ -79,3 +79,9 @@ def machine_info() -> dict:
         "dirty": bool(status) if status is not None else None,
         "load_average_at_start": load_average(),
     }
+
+
+if __name__ == "__main__":  # `python -m bench.machine`: what a bench table's CPU kind is
+    import json
+
+    print(json.dumps(machine_info(), indent=2))

@@ -47,9 +47,17 @@ def print_table(doc: dict) -> None:
             print(f"  {'':>11}image tower: {image['backend']} ({image.get('reason')}); "
                   f"int8 vs fp32 min cos {agree.get('min_cos')}; "
                   f"measured {image.get('images_per_second')}")
+        if result.get("resident_mb") is not None:
+            print(f"  {'':>11}resident after the queries: {result['resident_mb']:.0f} MB")
+        if result.get("of_limit") is not None:
+            print(f"  {'':>11}machine's limit (measured in this run): "
+                  f"{result['limit_images_per_s']:.1f} img/s; clipsearch reaches "
+                  f"{result['of_limit']:.2f} of it")
         if result.get("first_run_seconds") is not None:
             print(f"  {'':>11}first query after indexing (not in the p50): "
                   f"{result['first_run_seconds']:.3f} s, {result['first_run_peak_rss_mb']:.0f} MB")
+    if doc.get("limit"):
+        _print_limit(doc["limit"])
     print("\nseconds and peak RSS: medians over runs. 'vs baseline': speed-up (throughput "
           "ratio, or baseline time / clipsearch time). MB = 1e6 bytes.")
     print("\nTargets")
@@ -62,3 +70,14 @@ def print_table(doc: dict) -> None:
         print(f"  [{mark}] {row['target']}: {row['value']:.4g} ({row['subject']}){note}")
     for note in doc["notes"]:
         print(f"note: {note}")
+
+
+def _print_limit(limit: dict) -> None:
+    tower = limit["tower"]
+    print(f"\nLimit = {limit['cores']} cores x 1000 / (decode + tower + other ms per image), "
+          f"one core each; tower: {tower['runtime']}, {tower['ms']} ms, min cos "
+          f"{tower['min_cos']} (guard {limit['guard_min_cos']}); load average "
+          f"{limit['load_average_at_start']} -> {limit['load_average_at_end']}")
+    for name, figures in limit["sets"].items():
+        print(f"  {name}: {figures['decode_ms']} ({figures['decoder']}) + {figures['tower_ms']}"
+              f" + {figures['other_ms']} ms -> {figures['limit_images_per_s']} img/s")

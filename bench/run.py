@@ -11,7 +11,7 @@ from pathlib import Path
 from bench import images, jobs, proc, synthetic
 from bench.machine import load_average, machine_info
 from bench.report import print_table
-from bench.targets import evaluate
+from bench.targets import evaluate, subject_key
 
 RESULTS = images.REPO / "bench" / "results"
 RUNS = images.CACHE / "runs"
@@ -110,7 +110,8 @@ def bench_queries(opts: Options, results: list[dict]) -> None:
         # In a subprocess: the harness stays small (see bench.proc on inherited RSS).
         _say(f"{subject}: writing the synthetic library (once)")
         argv = ["-m", "bench.synthetic", "--count", str(count)]
-        proc.run(proc.python(*argv, *(["--fresh"] if opts.fresh_cache else []))).check()
+        proc.run(proc.python(*argv, *(["--fresh"] if opts.fresh_cache else [])),
+                 opts.env).check()  # opts.env: the bench's compiled-model cache
     library = synthetic.library_path(count)
     vectors = synthetic.vectors_path(count)
     _say(f"{subject}: warm library-API query x{opts.warm_queries}")
@@ -151,11 +152,28 @@ def bench_reindex(opts: Options, results: list[dict]) -> None:
     results.append(jobs.summarise("reindex", subject, "clipsearch", runs, count))
 
 
+def machine_limit(sets: list[str], opts: Options, results: list[dict]) -> dict:
+    """bench.limit in a subprocess (it loads torch: the harness stays small), then each
+    set's clipsearch index throughput as a fraction of the limit measured in this run."""
+    _say("measuring this machine's limit: fastest decoder and guarded tower, one core")
+    run = proc.run(proc.python("-m", "bench.limit", "--sets", ",".join(sets), "--json"),
+                   opts.env).check()
+    limit = json.loads(run.stdout.strip().splitlines()[-1])
+    for result in results:
+        figures = limit["sets"].get(subject_key(result["subject"]))
+        if result["job"] == "index" and result["tool"] == "clipsearch" and figures:
+            result["limit_images_per_s"] = figures["limit_images_per_s"]
+            result["of_limit"] = round(result["images_per_s"] / figures["limit_images_per_s"],
+                                       3)
+    return limit
+
+
 def run(opts: Options) -> dict:
     started = time.time()
     info = machine_info()
     notes: list[str] = []
     results: list[dict] = []
+    limit: dict | None = None
     shutil.rmtree(RUNS, ignore_errors=True)
     RUNS.mkdir(parents=True)
     # clipsearch's compiled models live in the bench cache, not the user's.
@@ -163,8 +181,11 @@ def run(opts: Options) -> dict:
     if "index" in opts.jobs:
         _say("compiling the model for clipsearch (once per model and machine)")
         results.append(jobs.compile_model(opts.env))
-        for image_set in image_sets(opts, notes):
+        sets = image_sets(opts, notes)
+        for image_set in sets:
             bench_set(image_set, opts, results)
+        if sets:
+            limit = machine_limit([s.name for s in sets], opts, results)
     if "query" in opts.jobs:
         bench_queries(opts, results)
     if "reindex10k" in opts.jobs:
@@ -189,6 +210,7 @@ def run(opts: Options) -> dict:
         "provisional": busy or opts.limit is not None,
         "notes": notes,
         "results": results,
+        "limit": limit,
         "targets": targets,
     }
     opts.out.parent.mkdir(parents=True, exist_ok=True)

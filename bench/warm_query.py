@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             hits += len(lib.query(TEXTS[i % len(TEXTS)], limit=args.limit))
             times.append(time.perf_counter() - start)
+        resident = _resident_mb()  # what a long-lived app holds between queries
     times_ms = sorted(t * 1000 for t in times)
     print(json.dumps({
         "queries": args.queries,
@@ -51,8 +52,22 @@ def main(argv: list[str] | None = None) -> int:
         "min_ms": times_ms[0],
         "max_ms": times_ms[-1],
         "hits_per_query": hits / max(1, args.queries),
+        "resident_mb": resident,
     }))
     return 0
+
+
+def _resident_mb() -> float | None:
+    """VmRSS after the timed queries (MB = 1e6 bytes); the peak also counts the start-up's
+    passing use (the int8 text tower's agreement check pages the fp32 weights in)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":

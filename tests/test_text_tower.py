@@ -128,6 +128,36 @@ def test_vit_b32_int8_blocks_stay_within_cosine_0999_of_fp32(b32, b32_file, tok7
     np.testing.assert_allclose(guarded.encode_tokens(tokens), fp32, atol=1e-5)
 
 
+def _resident_mb(buf) -> float:
+    """Resident MB of the mapping that starts at `buf` (from /proc/self/smaps)."""
+    start = np.frombuffer(buf, np.uint8, count=1).ctypes.data
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            inside = int(head.split("-")[0], 16) == start
+        elif inside and head == "Rss:":
+            return int(line.split()[1]) / 1024
+    raise AssertionError("mapping not found")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux /proc only")
+def test_int8_tower_leaves_the_fp32_pages_out_of_the_process(b32_file, tok77, monkeypatch):
+    """A long-lived process with the int8 blocks keeps no fp32 matrices resident (the
+    agreement check pages all of them in: ~150 MB for ViT-B-32), and answers the same."""
+    file_mb = b32_file.stat().st_size / 2**20
+    tokens = tok77(TEXTS)
+    tower = NumpyTextTower.load(b32_file, release_pages=False)
+    assert tower.use_onnxruntime(int8=True) and tower.precision == "int8"
+    ours = tower.encode_tokens(tokens)
+    assert _resident_mb(tower._whole_mapping) < 0.1 * file_mb
+    monkeypatch.setattr(NumpyTextTower, "_release_fp32_pages", lambda self: None)
+    kept = NumpyTextTower.load(b32_file, release_pages=False)
+    assert kept.use_onnxruntime(int8=True)
+    assert _resident_mb(kept._whole_mapping) > 0.5 * file_mb  # what the release saves
+    assert np.array_equal(kept.encode_tokens(tokens), ours)
+
+
 def test_vit_b32_fp16_on_disk_is_close(b32, tmp_path, tok77):
     tower = _roundtrip(b32, tmp_path, dtype="float16")
     assert tower.token_embedding.dtype == np.float16

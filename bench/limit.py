@@ -1,0 +1,159 @@
+"""The machine's own limit for indexing a set, measured in the bench run that uses it.
+
+    python -m bench.limit [--sets phone,caltech] [--files 20] [--rounds 3] [--json]
+
+Per image, on one core: the fastest JPEG decoder at hand (bench.jpeg_decoders), the fastest
+image tower runtime that passes the guard (min cosine >= GUARD_MIN_COS to fp32 torch on
+probe images: bench.tower_runtimes), and the rest of clipsearch's per-image work (read,
+SHA-256, preprocess, catalog write: bench.breakdown's stage functions). With every core busy
+and nothing else to do, a machine cannot index faster than
+
+    limit = cores x 1000 / (decode ms + tower ms + other ms)   images per second,
+
+so `make bench` reports clipsearch's throughput as a fraction of it. Figures are best of
+`rounds` passes, so a noisy machine inflates them less; the load average is kept beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import images
+from bench.machine import load_average
+
+
+def limit_images_per_s(cores: int, decode_ms: float, tower_ms: float, other_ms: float) -> float:
+    """The most images per second `cores` cores can index at these per-image core costs."""
+    per_image = decode_ms + tower_ms + other_ms
+    if cores < 1 or per_image <= 0:
+        raise ValueError(f"need cores >= 1 and a positive cost, got {cores}, {per_image}")
+    return cores * 1000.0 / per_image
+
+
+def fastest_guarded(speed: dict[str, float], accuracy: dict[str, float],
+                    guard: float) -> tuple[str, float] | None:
+    """(runtime, ms) of the fastest runtime whose min cosine reaches `guard`, else None."""
+    passing = [name for name in speed if accuracy.get(name, -1.0) >= guard]
+    if not passing:
+        return None
+    name = min(passing, key=speed.__getitem__)
+    return name, speed[name]
+
+
+def fastest(speed: dict[str, float]) -> tuple[str, float]:
+    name = min(speed, key=speed.__getitem__)
+    return name, speed[name]
+
+
+def cores() -> int:
+    """The cores this process may run on (a taskset or container limit counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _best_ms(step: Callable[[bytes], object], datas: list[bytes], rounds: int) -> float:
+    step(datas[0])  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for data in datas:
+            step(data)
+        best = min(best, (time.perf_counter() - start) / len(datas) * 1000)
+    return best
+
+
+def other_work_ms(paths: list[Path], datas: list[bytes], rounds: int) -> dict[str, float]:
+    """clipsearch's per-image work besides decoding and the tower, on one core (files in
+    the page cache, as the bench warms it before each index job)."""
+    from bench.breakdown import _write_cost
+    from clip_core.images import decode_image
+    from clip_core.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec, preprocess
+    from indexer.stages import content_hash, read_file
+
+    spec = PreprocessSpec(224, OPENAI_MEAN, OPENAI_STD)  # ViT-B-32's, as the bench's model
+    decoded = {id(d): decode_image(d, min_side=spec.min_side).image for d in datas}
+    by_data = {id(d): str(p) for p, d in zip(paths, datas, strict=True)}
+    return {
+        "read_ms": _best_ms(lambda d: read_file(by_data[id(d)]), datas, rounds),
+        "sha256_ms": _best_ms(content_hash, datas, rounds),
+        "preprocess_ms": _best_ms(lambda d: preprocess(decoded[id(d)], spec), datas, rounds),
+        "catalog_write_ms": _write_cost(100, 512)["per_image_ms"],
+    }
+
+
+def measure(sets: list[str], files: int, rounds: int, model: str = "ViT-B-32") -> dict:
+    from bench import jpeg_decoders, tower_runtimes
+    from clip_core.int8_variants import GUARD_MIN_COS
+
+    load_start = load_average()
+    speed, accuracy = tower_runtimes.measure(model, rounds)
+    found = fastest_guarded(speed, accuracy, GUARD_MIN_COS)
+    if found is None:  # no runtime passed: not a limit this machine can reach guarded
+        raise SystemExit(f"no tower runtime passed the guard {GUARD_MIN_COS}: {accuracy}")
+    tower_name, tower_ms = found
+    n_cores = cores()
+    out: dict = {
+        "cores": n_cores, "guard_min_cos": GUARD_MIN_COS,
+        "tower": {"runtime": tower_name, "ms": round(tower_ms, 2),
+                  "min_cos": round(accuracy[tower_name], 6),
+                  "all": {name: {"ms": round(speed[name], 2), "min_cos": round(accuracy[name], 6)}
+                          for name in sorted(speed, key=speed.__getitem__)}},
+        "sets": {},
+    }
+    for name in sets:
+        paths = images.sample_files(name, files)
+        if not paths:
+            continue
+        datas = [path.read_bytes() for path in paths]
+        decoders = jpeg_decoders.measure(datas)
+        decoder, decode_ms = fastest(decoders)
+        other = other_work_ms(paths, datas, rounds)
+        other_ms = sum(other.values())
+        out["sets"][name] = {
+            "files": len(datas), "decoder": decoder, "decode_ms": round(decode_ms, 2),
+            "decoders": {k: round(v, 2) for k, v in decoders.items()},
+            "tower_ms": round(tower_ms, 2), "other_ms": round(other_ms, 2),
+            "other": {k: round(v, 3) for k, v in other.items()},
+            "limit_images_per_s": round(
+                limit_images_per_s(n_cores, decode_ms, tower_ms, other_ms), 2),
+        }
+    out["load_average_at_start"] = load_start
+    out["load_average_at_end"] = load_average()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.limit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="phone,caltech")
+    parser.add_argument("--files", type=int, default=20, help="images per set to decode")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--json", action="store_true", help="one JSON line on stdout")
+    args = parser.parse_args(argv)
+    result = measure([s for s in args.sets.split(",") if s], args.files, args.rounds,
+                     args.model)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    tower = result["tower"]
+    print(f"{result['cores']} cores; tower: {tower['runtime']} {tower['ms']} ms "
+          f"(min cos {tower['min_cos']})")
+    for name, figures in result["sets"].items():
+        print(f"{name}: decode {figures['decode_ms']} ms ({figures['decoder']}) + tower "
+              f"{figures['tower_ms']} + other {figures['other_ms']} ms per image -> limit "
+              f"{figures['limit_images_per_s']} img/s")
+    print(f"load average {result['load_average_at_start']} -> {result['load_average_at_end']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The benchmark's machine limit (bench.limit): the arithmetic and the choice of runtime."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.limit import fastest_guarded, limit_images_per_s
+from bench.targets import evaluate
+
+
+def test_limit_is_cores_times_1000_over_the_per_image_core_ms():
+    # 2 cores, 25 + 31 + 4 = 60 core-ms per image -> 33.3 images per second at most.
+    assert limit_images_per_s(2, 25.0, 31.0, 4.0) == pytest.approx(2000 / 60)
+    assert limit_images_per_s(16, 1.0, 30.0, 1.0) == pytest.approx(500.0)
+
+
+@pytest.mark.parametrize("cores, cost", [(0, (1.0, 1.0, 1.0)), (2, (0.0, 0.0, 0.0))])
+def test_limit_refuses_meaningless_inputs(cores, cost):
+    with pytest.raises(ValueError):
+        limit_images_per_s(cores, *cost)
+
+
+def test_the_fastest_runtime_that_fails_the_guard_does_not_set_the_limit():
+    speed = {"static int8": 26.0, "int8 u8s8": 31.0, "fp32": 99.0}
+    accuracy = {"static int8": 0.97, "int8 u8s8": 0.9998, "fp32": 1.0}
+    assert fastest_guarded(speed, accuracy, 0.999) == ("int8 u8s8", 31.0)
+    # On an AVX2-only CPU u8s8 saturates: the limit falls back to the next guarded runtime.
+    accuracy["int8 u8s8"] = 0.95
+    assert fastest_guarded(speed, accuracy, 0.999) == ("fp32", 99.0)
+    assert fastest_guarded(speed, {k: 0.5 for k in speed}, 0.999) is None
+
+
+def test_the_fraction_of_the_limit_is_judged_per_set():
+    results = [{"job": "index", "subject": "phone-40", "tool": "clipsearch", "of_limit": 0.9},
+               {"job": "index", "subject": "caltech", "tool": "clipsearch", "of_limit": 0.6}]
+    rows = {r["target"]: r for r in evaluate(results, partial=False)}
+    assert rows["phone index >= 0.85 of the measured limit"]["pass"] is True
+    assert rows["caltech index >= 0.85 of the measured limit"]["pass"] is False
+
+
+def test_the_warm_process_is_judged_on_what_it_keeps_resident():
+    results = [{"job": "warm-query", "subject": "synthetic-100k", "tool": "clipsearch",
+                "p50_ms": 10.0, "resident_mb": 630.0}]
+    rows = {r["target"]: r for r in evaluate(results, partial=False)}
+    assert rows["warm process resident <= 600 MB (100k)"]["pass"] is False
+    assert rows["warm query p50 <= 15 ms (100k)"]["pass"] is True
