@@ -362,8 +362,10 @@ def remove_model(model, pretrained, library, wait, as_json):
 
 def _register_subgroups() -> None:
     from .cli_models import models
+    from .cli_serve import make_serve
 
     main.add_command(models)
+    main.add_command(make_serve(library_options, model_options, open_library))
 
 
 _register_subgroups()

@@ -1,0 +1,71 @@
+"""Running the server: bind, print the URL, answer until Ctrl-C or SIGTERM, stop cleanly.
+
+On a stop signal the index run in flight is asked to stop (it commits the batch it holds),
+event streams end, and the warm library is closed after uvicorn has finished its requests.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+from clipsearch import Library
+
+from .app import create_app
+from .config import ServeConfig, check_binding
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+        # uvicorn raises the signal again once it has stopped, which would kill the process
+        # before the index run has committed its batch: the stop is handled, exit normally.
+        self._captured_signals.clear()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(config: ServeConfig, port: int) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    token = f"?token={config.token}" if config.token else ""
+    return f"http://{host}:{port}/{token}"
+
+
+def serve(lib: Library, config: ServeConfig,
+          announce: Callable[[str], None] = print) -> None:
+    """Serve `lib` until a stop signal. Raises ValueError (binding refused), OSError (the
+    port is taken)."""
+    check_binding(config)
+    guard = create_app(lib, config)
+    app = guard.app
+    sock = bind(config.host, config.port)
+    port = sock.getsockname()[1]
+
+    def stopping() -> None:
+        app.state.stopping = True
+        app.state.jobs.stop(timeout=0)  # only ask here; joined below
+
+    server = _Server(uvicorn.Config(guard, log_level="warning", lifespan="off",
+                                    timeout_graceful_shutdown=5), stopping)
+    announce(f"clipsearch serves {lib.path} at {url_of(config, port)}"
+             + ("  (read-only)" if app.state.read_only else ""))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        app.state.jobs.stop(timeout=120)  # the run commits its batch in flight
+        sock.close()
