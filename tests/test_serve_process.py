@@ -4,36 +4,17 @@ SIGTERM or Ctrl-C stops it cleanly, committing the index batch in flight."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from clipsearch import Library
 from tests.helpers import draw_photos
-from tests.serve_support import indexed_library
+from tests.serve_support import indexed_library, start_server
 
-REPO = Path(__file__).resolve().parent.parent
 N = 384  # photos the server's index run adds: more than a few batches
-
-
-def start_server(lib_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clipsearch.cli", "serve", "--library", str(lib_dir),
-         "--port", "0", *args], stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    line = proc.stderr.readline()  # "clipsearch serves LIB at http://127.0.0.1:PORT/"
-    match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
-    if not match:
-        proc.kill()
-        pytest.fail(f"no URL from the server: {line!r} {proc.stderr.read()}")
-    return proc, match.group(1)
 
 
 def get(url: str, method: str = "GET") -> tuple[int, dict]:
