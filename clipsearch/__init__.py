@@ -19,11 +19,12 @@ from .api import (
     classify,
     default_library_dir,
 )
+from .watch import watch, watch_roots
 
 __all__ = [
     "CatalogError", "DecodeError", "IndexReport", "IndexSettings", "LabelScore", "Library",
     "LibraryBusyError", "LibraryStatus", "MissingModelError", "ModelLoadError",
     "ModelNotIndexedError", "Progress", "SearchResult", "StorageError", "check_model",
-    "classify", "default_library_dir",
+    "classify", "default_library_dir", "watch", "watch_roots",
 ]
 __version__ = "0.1.0"

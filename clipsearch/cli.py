@@ -362,10 +362,11 @@ def remove_model(model, pretrained, library, wait, as_json):
 
 def _register_subgroups() -> None:
     from .cli_models import models
-    from .cli_serve import make_serve
+    from .cli_serve import make_serve, make_watch
 
     main.add_command(models)
     main.add_command(make_serve(library_options, model_options, open_library))
+    main.add_command(make_watch(library_options, open_library))
 
 
 _register_subgroups()

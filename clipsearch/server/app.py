@@ -206,7 +206,7 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
             raise ApiError(400, f"{root!r} is not a root of this library",
                            roots=lib.roots)
         try:
-            return JSON(jobs.start(root), 202)
+            return JSON(jobs.start([root] if root else None), 202)
         except RuntimeError as exc:
             raise ApiError(409, str(exc)) from exc
 
@@ -251,9 +251,12 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
         etag = f'"{row["content_hash"]}-{size}"'
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag})
+        # Changed since it was indexed: its hash is stale, so the thumbnail is not cached.
+        st = os.stat(row["path"])
+        fresh = (st.st_size, st.st_mtime_ns) == (row["size"], row["mtime_ns"])
         try:
-            data = cached_thumbnail(lib.path, row["path"], row["content_hash"], size,
-                                    writable=not lib.readonly)
+            data = cached_thumbnail(lib.path, row["path"], row["content_hash"] if fresh else None,
+                                    size, writable=not lib.readonly)
         except ThumbnailError as exc:
             raise ApiError(422, str(exc)) from exc
         return Response(data, media_type="image/jpeg",

@@ -15,6 +15,7 @@ class ServeConfig:
     port: int = 8765
     token: str | None = None
     read_only: bool = False
+    watch: bool = False  # index on every change under the roots (clipsearch.watch_roots)
     cors: list[str] = field(default_factory=list)
     max_upload_bytes: int = 50 * 1024 * 1024
     max_query_chars: int = 1000

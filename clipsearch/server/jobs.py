@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clipsearch import IndexSettings, Library, Progress
@@ -31,18 +31,24 @@ class IndexJobs:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, root: str | None = None) -> dict:
-        """Start a run of every root (or one); raises RuntimeError when one is going."""
+    def start(self, roots: Sequence[str] | None = None) -> dict:
+        """Start a run of every root (or of these); raises RuntimeError when one is going."""
         with self._lock:
             if self.running:
                 raise RuntimeError("an index run is already going")
             self._cancel.clear()
-            self._set({"state": "running", "root": root, "done": 0, "total": None,
+            roots = list(roots) if roots else None
+            self._set({"state": "running", "roots": roots, "done": 0, "total": None,
                        "rate": 0.0, "path": None, "started": time.time()})
-            self._thread = threading.Thread(target=self._run, args=(root,),
+            self._thread = threading.Thread(target=self._run, args=(roots,),
                                             name="clipsearch-index", daemon=True)
             self._thread.start()
             return dict(self.state)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the run in progress (if any) ends."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Ask the run to stop (it commits what is encoded) and wait for it."""
@@ -60,11 +66,11 @@ class IndexJobs:
         self._set({**self.state, "done": p.done, "total": p.total, "path": p.path,
                    "rate": round(rate, 2)})
 
-    def _run(self, root: str | None) -> None:
+    def _run(self, roots: list[str] | None) -> None:
         settings = IndexSettings(cancel=self._cancel)
         try:
             with Library(self.path, **self.library_options) as lib:
-                report = lib.index([root] if root else None, settings=settings,
+                report = lib.index(roots, settings=settings,
                                    progress=self._progress)
                 model_id = lib.default_model.model_id
         except Exception as exc:  # shown on the page and in the events, never lost

@@ -7,11 +7,12 @@ event streams end, and the warm library is closed after uvicorn has finished its
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 
 import uvicorn
 
-from clipsearch import Library
+from clipsearch import Library, watch_roots
 
 from .app import create_app
 from .config import ServeConfig, check_binding
@@ -56,16 +57,49 @@ def serve(lib: Library, config: ServeConfig,
     sock = bind(config.host, config.port)
     port = sock.getsockname()[1]
 
+    stop = threading.Event()
+
     def stopping() -> None:
+        stop.set()
         app.state.stopping = True
         app.state.jobs.stop(timeout=0)  # only ask here; joined below
+
+    if config.watch:
+        if app.state.read_only:
+            raise ValueError("--watch indexes, --read-only does not: pick one")
+        threading.Thread(target=keep_indexed, args=(lib, app.state.jobs, stop),
+                         name="clipsearch-watch", daemon=True).start()
 
     server = _Server(uvicorn.Config(guard, log_level="warning", lifespan="off",
                                     timeout_graceful_shutdown=5), stopping)
     announce(f"clipsearch serves {lib.path} at {url_of(config, port)}"
-             + ("  (read-only)" if app.state.read_only else ""))
+             + ("  (read-only)" if app.state.read_only else "")
+             + ("  (watching the roots)" if config.watch else ""))
     try:
         server.run(sockets=[sock])
     finally:
         app.state.jobs.stop(timeout=120)  # the run commits its batch in flight
         sock.close()
+
+
+def keep_indexed(lib: Library, jobs, stop: threading.Event) -> None:
+    """--watch: index every root now, then the roots under which something changed, through
+    the same runs as POST /api/index (the page shows their progress). Changes during a run
+    wait for its end; a run refused because another process indexes is tried again."""
+    pending = set(lib.roots)
+    last: list[str] = []
+    retried = -1  # the jobs.version of the busy failure already retried
+    for touched in watch_roots(lib.roots, ignore=[lib.path], stop=stop):
+        state = jobs.state
+        if (not jobs.running and jobs.version != retried and state.get("state") == "failed"
+                and state.get("error_type") == "LibraryBusyError"):
+            pending.update(last)
+            retried = jobs.version
+        pending.update(touched)
+        if pending and not jobs.running and not stop.is_set():
+            last = sorted(pending)
+            pending.clear()
+            try:
+                jobs.start(last)
+            except RuntimeError:  # a POST /api/index got there first
+                pending.update(last)
