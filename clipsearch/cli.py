@@ -226,15 +226,14 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
         raise click.UsageError("--json and --paths are two output formats: pick one")
     if null and not paths_only:
         raise click.UsageError("-0 goes with --paths (NUL after each path)")
-    with open_library(library, None, None, device, precision, low_memory=True,
-                      create=False) as lib:
-        _warn_random(lib.model_ref(model, pretrained))
-        if image:
-            results = lib.query_image(image, limit=limit, within=within, model=model,
-                                      pretrained=pretrained)
-        else:
-            results = lib.query(text, limit=limit, within=within, model=model,
-                                pretrained=pretrained)
+    results = None
+    if not image and pretrained is None:  # a running `clipsearch serve` of this library
+        from .remote import query_server
+
+        results = query_server(library, text, limit=limit, within=within, model=model)
+    if results is None:
+        results = _query_here(library, text, image, limit, within, model, pretrained, device,
+                              precision)
     if as_json:
         write_json([r.to_dict() for r in results])
     elif paths_only:
@@ -245,6 +244,16 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
     else:
         for r in results:
             click.echo(f"{r.rank:>3}  {r.score:.3f}  {human(r.path)}")
+
+
+def _query_here(library, text, image, limit, within, model, pretrained, device, precision):
+    with open_library(library, None, None, device, precision, low_memory=True,
+                      create=False) as lib:
+        _warn_random(lib.model_ref(model, pretrained))
+        if image:
+            return lib.query_image(image, limit=limit, within=within, model=model,
+                                   pretrained=pretrained)
+        return lib.query(text, limit=limit, within=within, model=model, pretrained=pretrained)
 
 
 @main.command()

@@ -30,6 +30,7 @@ from clipsearch import (
     SearchResult,
     __version__,
 )
+from clipsearch.remote import LIBRARY_HEADER, library_tag
 
 from .config import ServeConfig
 from .jobs import IndexJobs
@@ -61,6 +62,7 @@ class JSON(Response):
 def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
     config = config or ServeConfig()
     read_only = config.read_only or lib.readonly
+    library = library_tag(lib.path)
     app = FastAPI(title="clipsearch", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", default_response_class=JSON)
 
@@ -155,7 +157,8 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
         page(offset, limit)
         hits = searching(lib.query, q, limit=offset + limit + 1, within=within(folder),
                          model=model)
-        return JSON(answer(hits, offset, limit, query=q))
+        # Which library answered: `clipsearch query` checks it before trusting the answer.
+        return JSON(answer(hits, offset, limit, query=q), headers={LIBRARY_HEADER: library})
 
     @app.post("/api/search/image", summary="Search by an uploaded image (the request body)")
     async def search_image(request: Request, limit: int = 20, offset: int = 0,

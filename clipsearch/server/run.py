@@ -6,6 +6,7 @@ event streams end, and the warm library is closed after uvicorn has finished its
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -13,15 +14,23 @@ from collections.abc import Callable
 import uvicorn
 
 from clipsearch import Library, watch_roots
+from clipsearch.remote import remove_server_file, write_server_file
 
 from .app import create_app
 from .config import ServeConfig, check_binding
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None],
+                 on_ready: Callable[[], None]):
         super().__init__(config)
         self._on_exit = on_exit
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:  # serving, with the stop signals handled: say so
+            self._on_ready()
 
     def handle_exit(self, sig: int, frame: object) -> None:
         self._on_exit()
@@ -70,14 +79,19 @@ def serve(lib: Library, config: ServeConfig,
         threading.Thread(target=keep_indexed, args=(lib, app.state.jobs, stop),
                          name="clipsearch-watch", daemon=True).start()
 
+    def ready() -> None:
+        with contextlib.suppress(OSError):  # a read-only library: the CLI works in-process
+            write_server_file(lib.path, config.host, port, config.token)
+        announce(f"clipsearch serves {lib.path} at {url_of(config, port)}"
+                 + ("  (read-only)" if app.state.read_only else "")
+                 + ("  (watching the roots)" if config.watch else ""))
+
     server = _Server(uvicorn.Config(guard, log_level="warning", lifespan="off",
-                                    timeout_graceful_shutdown=5), stopping)
-    announce(f"clipsearch serves {lib.path} at {url_of(config, port)}"
-             + ("  (read-only)" if app.state.read_only else "")
-             + ("  (watching the roots)" if config.watch else ""))
+                                    timeout_graceful_shutdown=5), stopping, ready)
     try:
         server.run(sockets=[sock])
     finally:
+        remove_server_file(lib.path)
         app.state.jobs.stop(timeout=120)  # the run commits its batch in flight
         sock.close()
 
