@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve_support import REPO, indexed_library, start_server
+from tests.serve_support import REPO, indexed_library, png_bytes, start_server
 
 SCREENSHOTS = REPO / ".screenshots"  # git-ignored
+TOKEN = "browser-test-token-0123456789"
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     CHROMEDRIVER is None or shutil.which("chromium") is None,
@@ -48,10 +49,11 @@ def test_search_page_in_a_real_browser(tmp_path, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
     lib_dir = indexed_library(tmp_path)
-    proc, base = start_server(lib_dir)
+    proc, base = start_server(lib_dir, "--token", TOKEN)
     wait = WebDriverWait(browser, 30)
     try:
-        browser.get(base + "/")
+        browser.get(f"{base}/?token={TOKEN}")  # kept in a cookie, dropped from the URL
+        wait.until(lambda d: d.current_url == base + "/")
         box = wait.until(ec.element_to_be_clickable((By.ID, "q")))
         wait.until(lambda d: "24 photos" in d.find_element(By.ID, "status-text").text)
         box.send_keys("a red circle", Keys.ENTER)
@@ -78,7 +80,7 @@ def test_search_page_in_a_real_browser(tmp_path, browser):
         wait.until(lambda d: loaded_thumbnails(d) and loaded_thumbnails(d)[0]["width"] > 0)
         similar = [t["alt"] for t in loaded_thumbnails(browser)]
         assert similar and not any(a.startswith("red-circle") for a in similar[:1])
-        assert "photos like the one you picked" in browser.find_element(By.ID, "summary").text
+        assert "photos like red-circle" in browser.find_element(By.ID, "summary").text
         browser.save_screenshot(str(SCREENSHOTS / "similar.png"))
 
         browser.back()  # the query comes back from the URL
@@ -86,6 +88,14 @@ def test_search_page_in_a_real_browser(tmp_path, browser):
         wait.until(lambda d: loaded_thumbnails(d)
                    and loaded_thumbnails(d)[0]["alt"].startswith("red-circle"))
         assert browser.find_element(By.ID, "q").get_attribute("value") == "a red circle"
+
+        # search by an image (the file picker; drop and paste send the same request)
+        probe = tmp_path / "probe.png"
+        probe.write_bytes(png_bytes("yellow", 96))
+        browser.find_element(By.ID, "image").send_keys(str(probe))
+        wait.until(lambda d: "like your image" in d.find_element(By.ID, "summary").text)
+        wait.until(lambda d: loaded_thumbnails(d) and loaded_thumbnails(d)[0]["width"] > 0)
+        assert loaded_thumbnails(browser)[0]["alt"].startswith("yellow")
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -57,7 +57,8 @@ async function loadMore() {
       p.set("q", s.value); label = `“${s.value}”`;
       body = await api(`/api/search?${p}`);
     } else if (s.kind === "similar") {
-      label = "photos like the one you picked";
+      if (!s.name) s.name = baseName((await api(`/api/file/${s.value}/info`)).path);
+      label = `photos like ${s.name}`;
       body = await api(`/api/similar/${s.value}?${p}`);
     } else {
       label = "photos like your image";
@@ -240,7 +241,7 @@ function moreLikeThis() {
   const r = results[current];
   if (!r) return;
   viewer.close();
-  go({ kind: "similar", value: String(r.file_id), folder: $("in").value });
+  go({ kind: "similar", value: String(r.file_id), name: baseName(r.path), folder: $("in").value });
   window.scrollTo(0, 0);
 }
 
