@@ -3,13 +3,14 @@
     python -m bench.tower_runtimes [--model ViT-B-32] [--rounds 6]
     (optional runtimes: pip install openvino nncf)
 
-Exports the tower as clipsearch's compiler does (fp32 ONNX with batch 1, then dynamic int8)
-and times one image per single-threaded call, which is how the indexer runs it (a call per
-core). Rounds are interleaved and the best kept, so a noisy machine hurts every candidate
-alike. Accuracy is the minimum cosine to fp32 torch on probe images; static int8 is
-calibrated on the other half of them, so it is not graded on its own calibration images.
-Random weights cost the same compute as real ones but say little about static int8's
-accuracy on real CLIP weights, whose activations have large outlier channels.
+Exports the tower as clipsearch's compiler does (fp32 ONNX with batch 1, then dynamic int8
+in every variant clip_core.int8_variants knows, marking the one this CPU tries first) and
+times one image per single-threaded call, which is how the indexer runs it (a call per core).
+Rounds are interleaved and the best kept, so a noisy machine hurts every candidate alike.
+Accuracy is the minimum cosine to fp32 torch on probe images; static int8 is calibrated on
+the other half of them, so it is not graded on its own calibration images. Random weights
+cost the same compute as real ones but say little about static int8's accuracy on real CLIP
+weights, whose activations have large outlier channels.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ def main() -> None:
         accuracy = {name: _min_cos(run, check, reference[8:])
                     for name, run in candidates.items()}
         speed = _best_ms(candidates, check, args.rounds)
-    print(f"{'runtime':52s} {'ms/image':>9s} {'min cos':>9s}")
+    print(f"{'runtime':62s} {'ms/image':>9s} {'min cos':>9s}")
     for name in sorted(speed, key=speed.get):
-        print(f"{name:52s} {speed[name]:9.1f} {accuracy[name]:9.5f}")
+        print(f"{name:62s} {speed[name]:9.1f} {accuracy[name]:9.5f}")
 
 
 def _export(model: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
     from clip_core.encoder import ClipEncoder
+    from clip_core.int8_variants import VARIANTS
     from clip_core.model_ref import parse_model
     from clip_core.onnx_export import export_image_tower, quantise
     from clip_core.preprocess import preprocess_batch
@@ -56,7 +58,8 @@ def _export(model: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
     probes = preprocess_batch(probe_images(), full.preprocess)
     reference = full.encode_pixels(probes)
     export_image_tower(full.loaded.model.visual, full.preprocess.hw, work / "fp32.onnx")
-    quantise(work / "fp32.onnx", work / "int8.onnx")
+    for variant in VARIANTS:
+        quantise(work / "fp32.onnx", work / f"int8-{variant.name}.onnx", variant)
     _quantise_attention_too(work / "fp32.onnx", work / "int8-attention.onnx")
     return probes, reference
 
@@ -70,9 +73,13 @@ def _quantise_attention_too(source: Path, target: Path) -> None:
 
 
 def _onnxruntime(work: Path):
+    from clip_core.int8_variants import VARIANTS, CpuFeatures, variant_order
     from clip_core.onnx_encoder import new_session
 
-    for name, label in (("fp32", "fp32"), ("int8", "int8 dynamic (clipsearch)"),
+    first = variant_order(CpuFeatures.here())[0]
+    variants = [(f"int8-{v.name}", f"int8 dynamic {v.name}"
+                 + (" (clipsearch tries first here)" if v == first else "")) for v in VARIANTS]
+    for name, label in (("fp32", "fp32"), *variants,
                         ("int8-attention", "int8 dynamic, attention products too")):
         session = new_session(work / f"{name}.onnx", threads=1)
         yield f"onnxruntime {label}", _runner(lambda x, s=session: s.run(None, {"pixels": x})[0])
@@ -87,7 +94,7 @@ def _openvino(work: Path, calibration: np.ndarray):
     core = ov.Core()
     fp32 = core.read_model(str(work / "fp32.onnx"))
     models = {"fp32": (fp32, {}), "bf16 hint": (fp32, {"INFERENCE_PRECISION_HINT": "bf16"}),
-              "the int8 ONNX": (core.read_model(str(work / "int8.onnx")), {})}
+              "the int8 ONNX": (core.read_model(str(work / "int8-u8s8.onnx")), {})}
     try:
         import nncf
     except ImportError:

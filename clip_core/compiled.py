@@ -8,13 +8,17 @@ writes, into `CLIPSEARCH_CACHE/compiled/<model>/` (default: the platform's user 
   onnxruntime), used by default only when it passes two checks made here, on this machine
   (`--precision int8` uses it regardless):
   1. agreement: on 16 photo-like probe images (clip_core.probe_images) every int8 vector is
-     within cosine 0.999 of the fp32 torch model's (int8 is rejected for a model whose
-     activations quantise badly); the fp32 export itself must match within 1e-5;
+     within cosine GUARD_MIN_COS (0.999) of the fp32 torch model's. The int8 variants
+     (clip_core.int8_variants: 7-bit weights on x86 without VNNI, whose kernels saturate
+     otherwise) are tried in an order chosen for this CPU until one passes; the best is kept;
   2. speed: measured alone, it is at least half as fast as torch at the precision clipsearch
      would pick (whole runs favour it far more than such a micro-benchmark shows: see
      clip_core.compiler._choose).
-- `compiled.json`: what was measured and chosen, and the key (model id, weights file stamp,
-  library versions, format) that must match for the cache to be used.
+- `fp32/image.onnx`: kept only when no int8 variant passes: the fp32 export (checked within
+  cosine 0.99999 of torch), run by onnxruntime the same way; still torch-free.
+- `compiled.json`: what was measured (every variant's figures) and chosen, and the key
+  (model id, weights file stamp, library versions, format) that must match for the cache
+  to be used.
 
 Later runs find the cache and index without importing torch or open_clip at all: seconds
 less start-up and ~1 GB less memory. A model whose export fails keeps using torch; the
@@ -35,6 +39,8 @@ from pathlib import Path
 
 from .model_files import (
     CONFIG_NAME,
+    MissingModelError,
+    ModelLoadError,
     default_models_dir,
     ensure_local,
     locate_hub_bundle,
@@ -47,11 +53,13 @@ from .preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when compiled files change shape: caches then recompile
+FORMAT = 4  # bump when compiled files change shape: caches then recompile
 META_NAME = "compiled.json"
 IMAGE_INT8 = "image.int8.onnx"
+IMAGE_FP32 = "fp32/image.onnx"  # with any external-data files (towers > 2 GB) beside it
 TEXT_TOWER = "text.safetensors"
 ONNX = "onnx-int8"
+ONNX_FP32 = "onnx-fp32"  # no int8 variant passed the guard: still torch-free
 TORCH = "torch"
 
 
@@ -110,10 +118,15 @@ class CompiledModel:
     def has_int8(self) -> bool:
         return (self.folder / IMAGE_INT8).is_file()
 
-    def image_encoder(self, threads: int | None = None) -> OnnxImageEncoder:
-        """The int8 tower (also when torch was recommended: `--precision int8` asks for it)."""
-        return OnnxImageEncoder(self.folder / IMAGE_INT8, self.meta["model_id"], self.preprocess,
-                                int(self.meta["embed_dim"]), threads)
+    def image_encoder(self, threads: int | None = None, *,
+                      int8: bool = False) -> OnnxImageEncoder:
+        """The chosen onnxruntime tower; the int8 one when `int8` (`--precision int8` asks
+        for it even where it failed its checks)."""
+        fp32 = self.backend == ONNX_FP32 and not int8
+        return OnnxImageEncoder(self.folder / (IMAGE_FP32 if fp32 else IMAGE_INT8),
+                                self.meta["model_id"], self.preprocess,
+                                int(self.meta["embed_dim"]), threads,
+                                precision="fp32" if fp32 else "int8")
 
 
 def compiled_applies(device: str, precision: str) -> bool:
@@ -134,7 +147,8 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
     request is for torch (a GPU, an explicit torch precision, or no onnxruntime).
 
     The encoder is the onnxruntime int8 tower when it passed its checks (or int8 was asked
-    for), else torch's image tower at the precision clipsearch picks."""
+    for), else the onnxruntime fp32 tower, else (export failed, or torch measured over
+    twice as fast) torch's image tower at the precision clipsearch picks."""
     if not compiled_applies(device, precision):
         if precision == "int8":
             raise ValueError("precision int8 runs on the CPU with onnxruntime and onnx "
@@ -150,19 +164,21 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
             if compiled is None:
                 compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
                                                         cache_dir=cache_dir, force=force)
+        except (MissingModelError, ModelLoadError):
+            raise  # the model itself is unusable: torch would fail the same way
         except Exception as exc:  # no writable cache, full disk, no memory, a failed check
             if precision == "int8":  # (a failure that is the model's fate is recorded in
                 raise  # compiled.json by compile_model, not raised)
             log.warning("cannot compile %s into %s (%s); indexing with torch this time",
                         ref.display, folder_for(ref.model_id, cache_dir).parent, exc)
             return None
-        if precision != "int8" and compiled.backend != ONNX:
+        if precision != "int8" and compiled.backend == TORCH:
             break
         if not compiled.meta["image"].get("agreement_int8_vs_fp32"):
             raise ValueError(f"int8 is unavailable for {ref.display}: "
                              f"{compiled.meta['image']['reason']}")
         try:
-            return compiled, compiled.image_encoder()
+            return compiled, compiled.image_encoder(int8=precision == "int8")
         except Exception as exc:  # damaged or half-replaced file: onnxruntime's own errors
             if force and precision == "int8":
                 raise
@@ -189,7 +205,8 @@ def find_compiled(ref: ModelRef, models_dir: Path | None = None,
     if meta.get("key") != cache_key(ref, models_dir):
         return None
     compiled = CompiledModel(folder, meta)
-    if compiled.backend == ONNX and not (folder / IMAGE_INT8).is_file():
+    needed = {ONNX: IMAGE_INT8, ONNX_FP32: IMAGE_FP32}.get(compiled.backend)
+    if needed and not (folder / needed).is_file():
         return None
     return compiled
 

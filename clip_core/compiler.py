@@ -1,10 +1,11 @@
 """Compiling a model for the CPU (see clip_core.compiled for what is made and why).
 
 Steps, freeing memory as they go: load the model in fp32; write its text tower; vectors of
-16 probe images as the reference; export the image tower to ONNX and drop the model; quantise
-to int8; check the fp32 export (must match) and the int8 one (GUARD_MIN_COS) against the
-reference; time int8 against torch where the CPU lacks int8 dot products; write
-compiled.json; rename the folder into place.
+16 probe images as the reference; export the image tower to ONNX and drop the model; check
+the fp32 export (must match); quantise to int8 with each variant in this CPU's order
+(clip_core.int8_variants) until one is within GUARD_MIN_COS of the reference, else keep the
+fp32 export; time the choice against torch unless int8 runs on dot-product instructions;
+write compiled.json; rename the folder into place. Each step is said on stderr.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .compiled import (
+    IMAGE_FP32,
     IMAGE_INT8,
     META_NAME,
     ONNX,
+    ONNX_FP32,
     TEXT_TOWER,
     TORCH,
     CompiledModel,
@@ -35,26 +38,31 @@ from .compiled import (
     find_compiled,
     folder_for,
 )
-from .device import cpu_has_int8_dot_product
+from .int8_variants import GUARD_MIN_COS, CpuFeatures, Int8Variant, variant_order
 from .model_files import ensure_local
 from .model_ref import ModelRef
 from .onnx_encoder import OnnxImageEncoder
 from .onnx_export import export_image_tower, quantise
 from .preprocess import PreprocessSpec, preprocess_batch
 from .probe_images import probe_images
+from .quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
-GUARD_MIN_COS = 0.999  # the bar bf16 must meet too (docs/benchmarks.md)
 TORCH_MUST_BE_FASTER = 0.5  # int8 kept unless its isolated speed is under half of torch's
 EXPORT_MIN_COS = 0.99999  # fp32 ONNX vs fp32 torch: only summation order may differ
-FP32_DIR = "fp32"  # the intermediate export, with any external-data files (towers > 2 GB)
-FP32_ONNX = f"{FP32_DIR}/image.onnx"
+FP32_DIR = "fp32"  # the fp32 export, with any external-data files (towers > 2 GB)
+FP32_ONNX = IMAGE_FP32  # kept as the tower when no int8 variant passes
 
 
 def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
-                  cache_dir: Path | None = None, force: bool = False):
+                  cache_dir: Path | None = None, force: bool = False,
+                  guard: float | None = None, cpu: CpuFeatures | None = None):
     """Compile `ref` into the cache; returns (CompiledModel, torch encoder or None).
+
+    `guard` (default GUARD_MIN_COS) is the min cosine an int8 variant must reach; `cpu`
+    (default: this machine's) orders the variants. Both are parameters so that tests can
+    walk the whole fallback chain on any CPU.
 
     One compile per model at a time on this machine (a lock file beside the folder): a second
     process waits, then uses the first one's result unless `force`. The torch encoder (image
@@ -70,41 +78,25 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
         found = None if force else find_compiled(ref, models_dir, cache_dir)
         if found is not None:
             return found, None
-        return _compile_locked(ref, models_dir, target)
+        return _compile_locked(ref, models_dir, target,
+                               GUARD_MIN_COS if guard is None else guard,
+                               cpu or CpuFeatures.here())
 
 
-def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path):
-    from .encoder import ClipEncoder
-
+def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path,
+                    guard: float, cpu: CpuFeatures):
     started = time.monotonic()
-    # Said once, where people see it (stderr): the first run otherwise looks stuck.
-    log.warning("Preparing %s for this CPU: int8 image tower checked against fp32, text "
-                "tower for torch-free queries (once per model and machine; ViT-B-32 ~15 s).",
-                ref.display)
+    # Said where people see it (stderr), step by step: the first run otherwise looks stuck.
+    _say(f"Preparing {ref.display} for this CPU, once per model and machine (ViT-B-32: "
+         f"~30 s): an image tower checked against fp32, a text tower for torch-free queries")
     key = cache_key(ref, models_dir)
     _sweep_stale(target)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     work.chmod(0o755)
     try:
-        meta, probes, reference, failure = _export(ref, models_dir, work)
+        with quiet_libraries():
+            meta, torch_encoder = _compile_into(ref, models_dir, work, guard, cpu)
         meta["key"] = key
-        gc.collect()  # the fp32 model is gone: quantising and checking need the room
-        agreement = None
-        if failure is None:
-            try:
-                agreement = _quantise_and_check(work, probes, reference, meta)
-            except ExportFailure as exc:  # any other error propagates, unrecorded
-                failure = str(exc)
-        shutil.rmtree(work / FP32_DIR, ignore_errors=True)
-        if failure is not None:
-            log.warning("could not compile %s for onnxruntime: %s", ref.display, failure)
-            meta["image"] = {"backend": TORCH, "reason": failure[:500]}
-        torch_encoder = None
-        if agreement is not None:
-            meta["image"], torch_encoder = _choose(
-                work, probes, agreement, meta,
-                lambda: ClipEncoder.load(ref, device="cpu", precision="auto",
-                                         towers=frozenset({"image"}), models_dir=models_dir))
         meta["compile_seconds"] = round(time.monotonic() - started, 2)
         (work / META_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         _install(work, target, key)
@@ -115,6 +107,36 @@ def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path):
     return compiled, (torch_encoder if compiled.backend == TORCH else None)
 
 
+def _compile_into(ref: ModelRef, models_dir: Path | None, work: Path, guard: float,
+                  cpu: CpuFeatures) -> tuple[dict, object | None]:
+    """Write the compiled files into `work`; returns (meta less its key, torch encoder when
+    torch won and was loaded to be timed)."""
+    from .encoder import ClipEncoder
+
+    meta, probes, reference, failure = _export(ref, models_dir, work)
+    gc.collect()  # the fp32 model is gone: quantising and checking need the room
+    checked = None
+    if failure is None:
+        try:
+            checked = _quantise_and_check(work, probes, reference, meta,
+                                          variant_order(cpu), guard)
+        except ExportFailure as exc:  # any other error propagates, unrecorded
+            failure = str(exc)
+    if failure is not None:
+        meta["image"] = {"backend": TORCH, "reason": f"could not compile for onnxruntime, "
+                         f"using torch (slower): {failure}"[:500]}
+    torch_encoder = None
+    if checked is not None:
+        meta["image"], torch_encoder = _choose(
+            work, probes, checked, meta, guard, cpu,
+            lambda: ClipEncoder.load(ref, device="cpu", precision="auto",
+                                     towers=frozenset({"image"}), models_dir=models_dir))
+    if meta["image"]["backend"] != ONNX_FP32:
+        shutil.rmtree(work / FP32_DIR, ignore_errors=True)
+    _say(f"  image tower: {meta['image']['reason']}")
+    return meta, torch_encoder
+
+
 def _export(ref: ModelRef, models_dir: Path | None, work: Path):
     """Load the model in fp32, write its text tower and its fp32 image tower ONNX into
     `work`; returns (meta, probe pixels, reference vectors, image export failure or None).
@@ -123,6 +145,7 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
     from .loading import drop_unused_towers
     from .text_tower import UnsupportedTextTower, export_text_tower
 
+    _say("  [1/4] loading the model in fp32; writing its text tower")
     full = ClipEncoder.load(ref, device="cpu", precision="fp32", models_dir=models_dir)
     meta: dict = {"model_id": ref.model_id, "embed_dim": full.embed_dim,
                   "preprocess": full.preprocess.to_dict()}
@@ -134,6 +157,7 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
     probes = preprocess_batch(probe_images(), full.preprocess)
     reference = full.encode_pixels(probes)  # fp32 torch: what both exports must match
     (work / FP32_DIR).mkdir()
+    _say("  [2/4] exporting the image tower to ONNX")
     try:
         export_image_tower(full.loaded.model.visual, full.preprocess.hw, work / FP32_ONNX)
     except (OSError, MemoryError):
@@ -150,38 +174,84 @@ class ExportFailure(Exception):
     the checks run) is not recorded, and the next run compiles again."""
 
 
-def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray,
-                        meta: dict) -> dict:
+def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, meta: dict,
+                        variants: Sequence[Int8Variant], guard: float) -> dict:
+    """Check the fp32 export, then quantise with each variant in turn until one is within
+    `guard` of fp32 on every probe. The best int8 tower tried becomes IMAGE_INT8 (for
+    `--precision int8`). Returns {"tried": [figures per variant], "best": figures or None}."""
     spec = PreprocessSpec.from_open_clip(meta["preprocess"])
-    with _recorded("quantisation failed"):
-        quantise(work / FP32_ONNX, work / IMAGE_INT8)
     exported = _cosines(work / FP32_ONNX, spec, probes, reference)
     if exported.min() < EXPORT_MIN_COS:  # a rewrite or exporter bug, not rounding
         raise ExportFailure(f"the exported fp32 graph differs from the model "
                             f"(cosine {exported.min():.6f})")
-    cos = _cosines(work / IMAGE_INT8, spec, probes, reference)
-    return {"min_cos": round(float(cos.min()), 6), "mean_cos": round(float(cos.mean()), 6),
-            "probes": len(probes)}
+    tried: list[dict] = []
+    best: tuple[dict, Path] | None = None
+    for i, variant in enumerate(variants):
+        _say(f"  [3/4] int8 ({variant.name}): quantising, checking {len(probes)} probe images")
+        folder = work / f"int8-{i}"  # its own folder: external-data files keep their names
+        folder.mkdir()
+        figures: dict = {"variant": variant.name}
+        started = time.monotonic()
+        try:
+            with _recorded(f"quantisation ({variant.name}) failed"):
+                quantise(work / FP32_ONNX, folder / IMAGE_INT8, variant)
+            cos = _cosines(folder / IMAGE_INT8, spec, probes, reference)
+        except ExportFailure as exc:  # this variant's fate: the next may work
+            tried.append({**figures, "error": str(exc)[:300]})
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        figures.update(min_cos=round(float(cos.min()), 6), mean_cos=round(float(cos.mean()), 6),
+                       probes=len(probes), seconds=round(time.monotonic() - started, 2))
+        tried.append(figures)
+        if best is None or figures["min_cos"] > best[0]["min_cos"]:
+            if best is not None:
+                shutil.rmtree(best[1], ignore_errors=True)
+            best = (figures, folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        if figures["min_cos"] >= guard:
+            break
+    if best is not None:
+        for file in best[1].iterdir():
+            file.rename(work / file.name)
+        best[1].rmdir()
+    return {"tried": tried, "best": best[0] if best else None}
 
 
-def _choose(work: Path, probes: np.ndarray, agreement: dict, meta: dict,
-            load_torch: Callable) -> tuple[dict, object | None]:
-    """(compiled.json's "image" entry, the torch encoder when it was loaded and won)."""
+def _choose(work: Path, probes: np.ndarray, checked: dict, meta: dict, guard: float,
+            cpu: CpuFeatures, load_torch: Callable) -> tuple[dict, object | None]:
+    """(compiled.json's "image" entry, the torch encoder when it was loaded and won).
+
+    The int8 tower that passed the guard, else the onnxruntime fp32 export (checked within
+    EXPORT_MIN_COS), unless torch is measured over twice as fast."""
     spec = PreprocessSpec.from_open_clip(meta["preprocess"])
-    int8 = OnnxImageEncoder(work / IMAGE_INT8, meta["model_id"], spec, meta["embed_dim"])
+    best = checked["best"]
+    choice: dict = {"variants": checked["tried"]}
+    if best is not None:
+        choice["agreement_int8_vs_fp32"] = {k: best[k] for k in ("min_cos", "mean_cos", "probes")}
+    if best is not None and best["min_cos"] >= guard:
+        backend, path = ONNX, work / IMAGE_INT8
+        choice["variant"] = best["variant"]
+        why = (f"int8 ({best['variant']}) kept: min cosine {best['min_cos']:.5f} >= {guard} "
+               f"on {best['probes']} probe images")
+    else:
+        backend, path = ONNX_FP32, work / FP32_ONNX
+        why = ("int8 rejected on this CPU " + (
+            f"(best min cosine {best['min_cos']:.5f} < {guard})" if best else
+            "(quantisation failed)") + ", using onnxruntime fp32")
+    _say("  [4/4] timing the chosen tower" + ("" if cpu.int8_dot_product and backend == ONNX
+                                             else " against torch"))
+    encoder = OnnxImageEncoder(path, meta["model_id"], spec, meta["embed_dim"],
+                               precision="int8" if backend == ONNX else "fp32")
     try:
-        speed = {ONNX: _images_per_second(int8.encode_pixels, probes)}
+        speed = {backend: _images_per_second(encoder.encode_pixels, probes)}
     finally:
-        int8.close()
-    choice = {"agreement_int8_vs_fp32": agreement}
-    if agreement["min_cos"] < GUARD_MIN_COS:
-        return {"backend": TORCH, "reason": f"int8 min cosine {agreement['min_cos']:.5f} < "
-                f"{GUARD_MIN_COS}", **choice, "images_per_second": _rounded(speed)}, None
-    if int8_dot_product_cpu():
+        encoder.close()
+    if backend == ONNX and cpu.int8_dot_product:
         # int8 products run on dot-product instructions here, which no torch precision on a
         # CPU beats twice over; timing torch would add ~3 s to a first run for nothing.
-        return {"backend": ONNX, "reason": "passed the agreement check; this CPU has int8 "
-                "dot-product instructions", **choice, "images_per_second": _rounded(speed)}, None
+        return {"backend": ONNX, "reason": why + "; this CPU has int8 dot-product "
+                "instructions", **choice, "images_per_second": _rounded(speed)}, None
     torch_encoder = load_torch()
     torch_name = f"torch-{torch_encoder.loaded.precision}"
     speed[torch_name] = _images_per_second(torch_encoder.encode_pixels, probes)
@@ -190,14 +260,16 @@ def _choose(work: Path, probes: np.ndarray, agreement: dict, meta: dict,
     # torch bf16 timed 89.9 img/s against int8's 64.4 here, then indexed caltech at 31 img/s
     # (start-up, thread-pool contention with the decoders) where int8 did 85 at a third of
     # the memory. So only a torch that is more than twice as fast wins (int8 kernels missing).
-    if speed[ONNX] < TORCH_MUST_BE_FASTER * speed[torch_name]:
-        return {"backend": TORCH, "reason": "torch measured over twice as fast",
-                **choice}, torch_encoder
-    return {"backend": ONNX, "reason": "passed agreement and speed checks", **choice}, None
+    if speed[backend] < TORCH_MUST_BE_FASTER * speed[torch_name]:
+        return {"backend": TORCH, "reason": f"{why}; but torch measured over twice as fast: "
+                f"using {torch_name} (slower start, ~1 GB more memory)", **choice}, torch_encoder
+    return {"backend": backend, "reason": f"{why}; passed the speed check", **choice}, None
 
 
-def int8_dot_product_cpu() -> bool:
-    return cpu_has_int8_dot_product()  # a name of this module's, for tests to replace
+def _say(message: str) -> None:
+    """A step of the compile, on stderr where nothing configured logging (the CLI): Python's
+    last-resort handler shows warnings; an app's own logging config decides otherwise."""
+    log.warning(message)
 
 
 def _rounded(speed: dict[str, float]) -> dict[str, float]:

@@ -18,7 +18,7 @@ def cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):  # x86, ARM
                     return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
@@ -29,11 +29,6 @@ def cpu_has_fast_bf16() -> bool:
     if os.environ.get("CLIPSEARCH_NO_BF16"):
         return False
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
-
-
-def cpu_has_int8_dot_product() -> bool:
-    """VNNI (AVX-512 or AVX) or AMX int8, which onnxruntime's int8 kernels use."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def choose_device(requested: str = "auto") -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,19 +19,22 @@ from pathlib import Path
 
 import torch
 
-CONFIG_FILE = "config.json"
-PREPROCESSOR_FILE = "preprocessor_config.json"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-BIN_FILE = "pytorch_model.bin"
-BIN_INDEX = "pytorch_model.bin.index.json"
-TOKENIZER_FILES = (
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
+from .hf_layout import (  # noqa: F401  (re-exported: the names callers know)
+    BIN_FILE,
+    BIN_INDEX,
+    CONFIG_FILE,
+    PREPROCESSOR_FILE,
+    SAFETENSORS_FILE,
+    SAFETENSORS_INDEX,
+    TOKENIZER_FILES,
+    TOKENIZER_NEEDED,
+    is_openai_vocab,
 )
+from .hf_layout import is_clip_config as _is_clip_config
+from .hf_layout import read_json as _read_json
+from .hf_layout import weight_files as _weight_files
+
+log = logging.getLogger(__name__)
 
 # open_clip's own layer norm eps; anything else is passed through norm_kwargs.
 _DEFAULT_EPS = 1e-5
@@ -74,9 +77,10 @@ def expected_files() -> str:
     return (
         "a transformers-format CLIP folder (e.g. openai/clip-vit-large-patch14) must contain:\n"
         f"  {CONFIG_FILE} (model_type 'clip' / architectures ['CLIPModel'])\n"
-        f"  weights: {SAFETENSORS_FILE} (preferred), {BIN_FILE}, or a sharded "
-        f"{SAFETENSORS_INDEX} / {BIN_INDEX} with its shards\n"
-        "  tokenizer: merges.txt (+ vocab.json) or tokenizer.json\n"
+        f"  weights: {SAFETENSORS_FILE} (preferred), {BIN_FILE}, their fp16 variants, or a "
+        f"sharded {SAFETENSORS_INDEX} / {BIN_INDEX} with its shards\n"
+        "  tokenizer: merges.txt (+ vocab.json) or tokenizer.json (optional when the text "
+        "config is OpenAI CLIP's vocabulary)\n"
         f"  optional: {PREPROCESSOR_FILE}, tokenizer_config.json, special_tokens_map.json"
     )
 
@@ -90,46 +94,12 @@ class ConvertedClip:
     context_length: int
     source: Path | None = None  # the folder, so the tokenizer can read tokenizer.json
     weight_files: list[Path] = field(default_factory=list)
+    # The text config is OpenAI CLIP's vocabulary: open_clip's BPE can stand in for missing
+    # tokenizer files.
+    openai_vocab: bool = False
 
 
 # --- folder inspection -------------------------------------------------------------------------
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{file}: cannot read JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{file}: expected a JSON object")
-    return data
-
-
-def _is_clip_config(cfg: dict) -> bool:
-    archs = cfg.get("architectures") or []
-    return cfg.get("model_type") == "clip" or "CLIPModel" in archs
-
-
-def _weight_files(path: Path) -> list[Path]:
-    """Weight files of the first format present, safetensors first (no pickle involved)."""
-    for index_name, single in ((SAFETENSORS_INDEX, SAFETENSORS_FILE), (BIN_INDEX, BIN_FILE)):
-        if (path / single).is_file():
-            return [path / single]
-        index = path / index_name
-        if index.is_file():
-            weight_map = _read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise ValueError(f"{index}: no 'weight_map'")
-            names = sorted(set(weight_map.values()))
-            # Shard names come from the file: keep them inside the folder.
-            bad = [n for n in names if not isinstance(n, str) or Path(n).name != n]
-            if bad:
-                raise ValueError(f"{index}: shard names must be plain file names, got {bad[:3]}")
-            missing = [n for n in names if not (path / n).is_file()]
-            if missing:
-                raise ValueError(f"{index}: shard files missing: {missing[:3]}")
-            return [path / n for n in names]
-    return []
 
 
 def is_hf_clip_dir(path: Path) -> bool:
@@ -415,6 +385,7 @@ def load_hf_clip(path: Path) -> ConvertedClip:
         context_length=model_cfg["text_cfg"]["context_length"],
         source=path,
         weight_files=files,
+        openai_vocab=is_openai_vocab(cfg),
     )
 
 
@@ -495,8 +466,16 @@ def make_tokenizer(conv: ConvertedClip) -> Callable[[str | list[str]], torch.Ten
     if conv.source is None:
         raise ValueError("ConvertedClip has no source folder to read tokenizer files from")
     found = _read_merges(conv.source)
+    if found is None and conv.openai_vocab:
+        # The Stable Diffusion case: a download that stopped before the tokenizer files.
+        # OpenAI's vocabulary ships with open_clip (proven token-for-token equal to it).
+        log.warning("note: %s has no tokenizer files; its text config is OpenAI CLIP's, so "
+                    "the identical BPE vocabulary bundled with open_clip is used", conv.source)
+        return SimpleTokenizer(context_length=conv.context_length)
     if found is None:
-        raise ValueError(f"{conv.source}: no tokenizer files\n{expected_files()}")
+        raise ValueError(f"{conv.source}: no tokenizer files ({TOKENIZER_NEEDED}) and the "
+                         "text config is not OpenAI CLIP's vocabulary (vocab_size 49408, "
+                         f"start/end tokens 49406/49407, context 77)\n{expected_files()}")
     merges, merges_file = found
     if is_standard_clip_bpe(merges):
         tok = SimpleTokenizer(context_length=conv.context_length)

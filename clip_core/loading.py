@@ -22,6 +22,7 @@ from .model_files import (
     default_models_dir,
     ensure_local,
     fix_steps,
+    hub_expected,
     locate_hub_bundle,
     locate_pretrained,
     pretrained_files,
@@ -30,6 +31,7 @@ from .model_files import (
 from .model_ref import WEIGHT_SUFFIXES, ModelRef
 from .open_clip_import import import_open_clip
 from .preprocess import PreprocessSpec
+from .quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +86,11 @@ def load_model(
         name, pretrained = f"local-dir:{folder}", None
     elif ref.kind == "hf-hub":
         located = locate_hub_bundle(ref, models_dir)
-        if located.bundle_dir is None:
-            raise MissingModelError(ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)],
-                                    located.searched, fix_steps(ref, models_dir))
+        if located.bundle_dir is None:  # ensure_local said what is missing; this is a race
+            raise MissingModelError(ref, hub_expected(), located.searched,
+                                    fix_steps(ref, models_dir))
+        if not (located.bundle_dir / CONFIG_NAME).is_file():  # a transformers repository
+            return _load_hf_folder(ref, located.bundle_dir, device, precision, towers)
         name, pretrained = f"local-dir:{located.bundle_dir}", None
     elif ref.kind == "random":
         torch.manual_seed(0)  # same random weights in every process, so indexes stay usable
@@ -109,9 +113,10 @@ def load_model(
     # The tokenizer first: a missing one is reported before seconds of model building.
     tokenizer = _tokenizer(open_clip, name, ref, models_dir) if "text" in towers else None
     try:
-        model = open_clip.create_model(
-            name, pretrained=pretrained, precision=precision, device=device, weights_only=True
-        )
+        with quiet_libraries():  # "No pretrained weights loaded" (--pretrained none)
+            model = open_clip.create_model(
+                name, pretrained=pretrained, precision=precision, device=device,
+                weights_only=True)
     except MissingModelError:
         raise
     except Exception as exc:  # open_clip raises many types; give one clear message
@@ -142,9 +147,12 @@ def _load_hf_folder(ref: ModelRef, folder: Path, device: str, precision: str,
     except Exception as exc:
         raise ModelLoadError(f"Could not convert transformers CLIP folder {folder}: "
                              f"{_short(exc)}") from exc
+    try:  # a missing or foreign tokenizer is one message too, never a traceback
+        tokenizer = hf_clip.make_tokenizer(converted) if "text" in towers else None
+    except ValueError as exc:
+        raise ModelLoadError(f"Cannot use the tokenizer of {folder}: {_short(exc)}") from exc
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model = model.to(device=device, dtype=dtype).eval()
-    tokenizer = hf_clip.make_tokenizer(converted) if "text" in towers else None
     spec = PreprocessSpec.from_open_clip(converted.preprocess_cfg)
     drop_unused_towers(model, towers)
     return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model))

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model_ref import ModelRef
+from .model_ref import ModelRef, split_revision
 
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 CONFIG_NAME = "open_clip_config.json"
@@ -29,14 +29,17 @@ class ModelLoadError(RuntimeError):
 class MissingModelError(RuntimeError):
     """Raised, within milliseconds, when a model's files are not on this machine."""
 
-    def __init__(self, ref: ModelRef, expected: list[str], looked_in: list[Path], fix: list[str]):
+    def __init__(self, ref: ModelRef, expected: list[str], looked_in: list[Path], fix: list[str],
+                 detail: str | None = None):
         self.ref = ref
         self.expected = expected
         self.looked_in = looked_in
         self.fix = fix
+        self.detail = detail  # what was found instead (a partial download), when known
         lines = [
             f"Model {ref.display} is not available on this machine "
             "(clipsearch never downloads unless asked).",
+            *([f"Found: {detail}"] if detail else []),
             "Expected file(s): " + ", ".join(expected),
             "Looked in:",
             *(f"  - {place}" for place in looked_in),
@@ -81,19 +84,48 @@ class Located:
     weights: Path | None = None
     bundle_dir: Path | None = None
     searched: list[Path] = field(default_factory=list)
+    partial: Path | None = None  # a folder holding part of the model (for the message)
+
+
+def hub_repo_dir(repo_id: str) -> Path:
+    return hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def hub_snapshots(repo_id: str, revision: str | None = None) -> list[Path]:
+    """Snapshot folders of a repo in the HF cache, best first: the one `refs/<revision>`
+    names (or the commit `revision` itself), then, unless a revision was asked for, the
+    others, newest first."""
+    repo_dir = hub_repo_dir(repo_id)
+    snapshots = repo_dir / "snapshots"
+    if not snapshots.is_dir():
+        return []
+    found = sorted((p for p in snapshots.iterdir() if p.is_dir()),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    try:
+        commit = (repo_dir / "refs" / (revision or "main")).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
+        commit = revision or ""  # no such ref: maybe a commit hash
+    best = [p for p in found if p.name == commit]
+    return best if revision else best + [p for p in found if p.name != commit]
+
+
+def incomplete_blobs(snapshot: Path) -> list[Path]:
+    """huggingface_hub's `.incomplete` files beside a snapshot: a download that was cut."""
+    blobs = snapshot.parent.parent / "blobs"
+    if snapshot.parent.name != "snapshots" or not blobs.is_dir():
+        return []
+    return sorted(blobs.glob("*.incomplete"))
 
 
 def hub_snapshot_files(repo_id: str, filenames: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
-    """Files of a hub repo already in the HF cache (any snapshot), and the folders looked in."""
-    repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
-    snapshots = repo_dir / "snapshots"
+    """Files of a hub repo already in the HF cache (the first snapshot that has any, refs/main
+    first), and the folders looked in."""
     found: list[Path] = []
-    if snapshots.is_dir():
-        for snap in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-            found.extend(snap / name for name in filenames if (snap / name).is_file())
-            if found:
-                break
-    return found, [snapshots]
+    for snap in hub_snapshots(repo_id):
+        found.extend(snap / name for name in filenames if (snap / name).is_file())
+        if found:
+            break
+    return found, [hub_repo_dir(repo_id) / "snapshots"]
 
 
 def locate_pretrained(ref: ModelRef, pretrained_cfg: dict, models_dir: Path) -> Located:
@@ -124,20 +156,76 @@ def locate_pretrained(ref: ModelRef, pretrained_cfg: dict, models_dir: Path) -> 
     return located
 
 
+def is_openclip_bundle(folder: Path) -> bool:
+    return (folder / CONFIG_NAME).is_file() and any((folder / n).is_file() for n in WEIGHT_NAMES)
+
+
+def is_transformers_clip(folder: Path) -> bool:
+    """config.json + weights in transformers' layout (completeness is ensure_local's check)."""
+    from . import hf_layout
+
+    try:
+        return ((folder / hf_layout.CONFIG_FILE).is_file() and bool(hf_layout.weight_files(folder))
+                and hf_layout.is_clip_config(hf_layout.read_json(folder / hf_layout.CONFIG_FILE)))
+    except ValueError:
+        return False
+
+
 def locate_hub_bundle(ref: ModelRef, models_dir: Path) -> Located:
-    """An `hf-hub:ORG/REPO` open_clip bundle: config + weights in one folder."""
+    """An `hf-hub:ORG/REPO` model: an open_clip bundle (config + weights in one folder) or a
+    transformers CLIP repository, in clipsearch's store or the HF cache. `partial` is the
+    folder that holds part of one, for the error message."""
+    from . import hf_layout
+
     located = Located()
-    own = store_dir_for(ref, models_dir)
-    located.searched.append(own)
-    if (own / CONFIG_NAME).is_file() and any((own / n).is_file() for n in WEIGHT_NAMES):
-        located.bundle_dir = own
-        return located
-    files, places = hub_snapshot_files(ref.name, (CONFIG_NAME, *WEIGHT_NAMES))
-    located.searched.extend(places)
-    names = {f.name for f in files}
-    if CONFIG_NAME in names and names & set(WEIGHT_NAMES):
-        located.bundle_dir = files[0].parent
+    repo, revision = split_revision(ref.name)
+    folders = [store_dir_for(ref, models_dir), *hub_snapshots(repo, revision)]
+    located.searched = [folders[0], hub_repo_dir(repo) / "snapshots"]
+    for folder in folders:
+        if is_openclip_bundle(folder) or is_transformers_clip(folder):
+            located.bundle_dir = folder
+            return located
+        if located.partial is None and folder.is_dir() and (
+                hf_layout.looks_like_transformers(folder) or (folder / CONFIG_NAME).is_file()):
+            located.partial = folder
+    if located.partial is None and len(folders) > 1:
+        located.partial = folders[1]  # a snapshot with nothing usable (cut blobs?)
     return located
+
+
+def hub_expected() -> list[str]:
+    return [f"{CONFIG_NAME} + {WEIGHT_NAMES[0]} (open_clip bundle)",
+            "or config.json + model.safetensors (transformers CLIP repository)"]
+
+
+def check_transformers_folder(ref: ModelRef, folder: Path, models_dir: Path) -> None:
+    """MissingModelError / ModelLoadError for a transformers CLIP folder that is incomplete
+    (config without weights, weights without config, no tokenizer where one is needed, a cut
+    `.incomplete` blob) or not a CLIPModel. Torch-free, milliseconds."""
+    from . import hf_layout
+
+    try:
+        hf_layout.check_folder(folder)
+    except hf_layout.MissingFiles as exc:
+        fix = fix_steps(ref, models_dir)
+        # Finishing this very folder is a fix too: after a download (hf-hub), before the
+        # generic advice (local-dir).
+        fix.insert(1 if ref.kind == "hf-hub" else 0,
+                   f"copy the missing file(s) into {folder} from the model's Hugging Face "
+                   "repository (or another copy of it)")
+        raise MissingModelError(ref, exc.expected, [folder], fix,
+                                exc.detail + _cut_note(folder)) from None
+    except ValueError as exc:
+        raise ModelLoadError(f"Cannot use {ref.display}: {exc}") from None
+
+
+def _cut_note(folder: Path) -> str:
+    cut = incomplete_blobs(folder)
+    if not cut:
+        return ""
+    sizes = ", ".join(f"{p.name[:12]}... {p.stat().st_size} bytes" for p in cut[:3])
+    return (f"; an interrupted download left {len(cut)} .incomplete file(s) in "
+            f"{cut[0].parent} ({sizes}): finish the download, the cut file is not usable")
 
 
 def pretrained_files(pretrained_cfg: dict) -> list[str]:
@@ -292,12 +380,22 @@ def ensure_local(ref: ModelRef, models_dir: Path | None = None) -> None:
                                     fix_steps(ref, models_dir))
     elif ref.kind == "hf-hub":
         located = locate_hub_bundle(ref, models_dir)
+        folder = located.bundle_dir or located.partial
+        if folder is not None and not is_openclip_bundle(folder) and (
+                located.bundle_dir is not None or not (folder / CONFIG_NAME).is_file()):
+            check_transformers_folder(ref, folder, models_dir)  # raises what is missing
         if located.bundle_dir is None:
-            raise MissingModelError(ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)],
-                                    located.searched, fix_steps(ref, models_dir))
+            raise MissingModelError(ref, hub_expected(), located.searched,
+                                    fix_steps(ref, models_dir),
+                                    _cut_note(folder).removeprefix("; ") if folder else None)
     elif ref.kind == "local-dir" and not Path(ref.name).is_dir():
         raise MissingModelError(ref, [CONFIG_NAME, WEIGHT_NAMES[0]], [Path(ref.name)],
                                 fix_steps(ref, models_dir))
+    elif ref.kind == "local-dir" and not (Path(ref.name) / CONFIG_NAME).is_file():
+        from .hf_layout import looks_like_transformers
+
+        if looks_like_transformers(Path(ref.name)):
+            check_transformers_folder(ref, Path(ref.name), models_dir)
     elif ref.kind == "file" and not Path(str(ref.pretrained)).is_file():
         raise MissingModelError(ref, [str(ref.pretrained)], [Path(str(ref.pretrained)).parent],
                                 fix_steps(ref, models_dir))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 RANDOM_WEIGHTS = "none"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # any weights file a folder may hold
+# ORG/REPO as on the hub, optionally @REVISION (a branch, tag or commit in the HF cache).
+_HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.-]+)?")
 
 # Models that ship inside this repository (data/models/NAME): usable by bare name.
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
@@ -84,6 +87,10 @@ def parse_model(model: str | None = None, pretrained: str | None = None) -> Mode
         path = Path(model).expanduser()
         if path.is_dir():
             return ModelRef("local-dir", _abs(model))
+    if pretrained is None and _HUB_REPO.fullmatch(model):
+        # "openai/clip-vit-large-patch14", as Stable Diffusion tools name it: a hub repo id
+        # (open_clip architecture names never hold a "/"); the same model as hf-hub:ORG/REPO.
+        return ModelRef("hf-hub", model)
     if pretrained is None:  # a sensible tag for this architecture (open_clip's table)
         from .model_files import default_pretrained
 
@@ -95,6 +102,12 @@ def parse_model(model: str | None = None, pretrained: str | None = None) -> Mode
     if os.sep in tag or Path(tag).suffix in WEIGHT_SUFFIXES:
         return ModelRef("file", model, _abs(tag))
     return ModelRef("openclip", model, tag)
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """"ORG/REPO@REV" -> ("ORG/REPO", "REV"); no "@": (name, None)."""
+    repo, _, revision = name.partition("@")
+    return repo, revision or None
 
 
 def _abs(path: str) -> str:

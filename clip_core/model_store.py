@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from . import hf_layout
 from .bundle_manifest import check_manifest
 from .model_files import (
     CONFIG_NAME,
@@ -46,15 +47,20 @@ from .model_files import (
     check_known,
     clip_url_cache_dir,
     default_models_dir,
+    ensure_local,
     fix_steps,
     hf_cache_dir,
+    hub_expected,
     hub_snapshot_files,
+    hub_snapshots,
+    is_openclip_bundle,
+    is_transformers_clip,
     locate_hub_bundle,
     locate_pretrained,
     pretrained_cfg,
     pretrained_table,
 )
-from .model_ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef
+from .model_ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef, split_revision
 
 META_DIR = ".clipsearch"
 MANIFEST = "manifest.json"
@@ -278,7 +284,7 @@ def _store_folders(models_dir: Path) -> list[ModelInfo]:
     infos = []
     hub = models_dir / "hf-hub"
     for folder in sorted(hub.glob("*/*")) if hub.is_dir() else []:
-        if (folder / CONFIG_NAME).is_file():
+        if (folder / CONFIG_NAME).is_file() or (folder / hf_layout.CONFIG_FILE).is_file():
             infos.append(_folder_info(f"hf-hub:{folder.parent.name}/{folder.name}", folder,
                                       "store"))
     local = models_dir / "local-dir"
@@ -289,17 +295,18 @@ def _store_folders(models_dir: Path) -> list[ModelInfo]:
 
 
 def _hf_cache_bundles(known_repos: set[str]) -> list[ModelInfo]:
-    """open_clip bundles in the HF cache that no pretrained tag already points at."""
+    """open_clip bundles and transformers CLIP repositories (a Stable Diffusion user's
+    openai/clip-vit-large-patch14) in the HF cache that no pretrained tag points at."""
     infos = []
     cache = hf_cache_dir()
     for repo_dir in sorted(cache.glob("models--*")) if cache.is_dir() else []:
         repo_id = repo_dir.name[len("models--"):].replace("--", "/")
         if repo_id in known_repos:
             continue
-        found, _ = hub_snapshot_files(repo_id, (CONFIG_NAME, *WEIGHT_NAMES))
-        names = {f.name for f in found}
-        if CONFIG_NAME in names and names & set(WEIGHT_NAMES):
-            infos.append(_folder_info(f"hf-hub:{repo_id}", found[0].parent, "hf-cache"))
+        for snap in hub_snapshots(repo_id):  # refs/main's first
+            if is_openclip_bundle(snap) or is_transformers_clip(snap):
+                infos.append(_folder_info(f"hf-hub:{repo_id}", snap, "hf-cache"))
+                break
     return infos
 
 
@@ -489,6 +496,7 @@ class _Plan:
     save_as: str | None = None  # store name, when it differs from the remote one
     repo: str | None = None  # None: candidates are full URLs
     required: bool = True
+    keep_name: bool = False  # transformers files keep the repository's own names
 
 
 def _plan(ref: ModelRef) -> list[_Plan]:
@@ -507,7 +515,10 @@ def _plan(ref: ModelRef) -> list[_Plan]:
                       for n in (*TOKENIZER_FILES, "config.json")]
         return plans
     if ref.kind == "hf-hub":
-        return [_Plan((CONFIG_NAME,), None, ref.name), _Plan(WEIGHT_NAMES, None, ref.name)]
+        # An open_clip bundle, else a transformers CLIP repository; the rest of the plan is
+        # known once the config has arrived (_more_plans).
+        repo = split_revision(ref.name)[0]
+        return [_Plan((CONFIG_NAME, hf_layout.CONFIG_FILE), None, repo, keep_name=True)]
     raise StoreError(f"Nothing to download for {ref.display}: it names local files.")
 
 
@@ -525,6 +536,8 @@ def download(ref: ModelRef, models_dir: Path | None = None, *, offline: bool = F
     from .model_files import store_dir_for
 
     plans = _plan(ref)
+    if ref.kind == "hf-hub":  # hf-hub:ORG/REPO@REV names its revision itself
+        revision = split_revision(ref.name)[1] or revision
     folder = store_dir_for(ref, models_dir)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
@@ -566,7 +579,7 @@ def _download_into(folder: Path, ref: ModelRef, plans: list, endpoint: str, revi
                                     f"{plan.repo or 'the URL'} at {web.endpoint}.")
             continue
         remote, remote_name = found
-        name = plan.save_as or _store_name(remote_name)
+        name = plan.save_as or (remote_name if plan.keep_name else _store_name(remote_name))
         recorded = {f["name"]: f for f in manifest["files"]}.get(name)
         if (recorded and remote.sha256 == recorded["sha256"] and (folder / name).is_file()
                 and (folder / name).stat().st_size == recorded["size"]):
@@ -580,10 +593,8 @@ def _download_into(folder: Path, ref: ModelRef, plans: list, endpoint: str, revi
             manifest["source"]["url"] = remote.url
         write_manifest(folder, manifest)  # after every file: finished work is never lost
         result.downloaded_bytes += fetched
-        if ref.kind == "hf-hub" and name == CONFIG_NAME:
-            # The tokenizer goes into the bundle's own folder (open_clip's local-dir reads it
-            # there); which one is known only once the config has arrived.
-            plans += _hub_tokenizer_plans(folder / CONFIG_NAME)
+        if ref.kind == "hf-hub":
+            plans += _more_plans(folder, name, plan.repo or split_revision(ref.name)[0])
     shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
     result.files = manifest["files"]
     return result
@@ -616,6 +627,49 @@ def _store_name(remote_name: str) -> str:
         return remote_name
     return ("open_clip_model.safetensors" if remote_name.endswith(".safetensors")
             else "open_clip_pytorch_model.bin")
+
+
+def _more_plans(folder: Path, name: str, repo: str) -> list[_Plan]:
+    """What an hf-hub download fetches next, once `name` has arrived."""
+    if name == CONFIG_NAME:  # an open_clip bundle: its weights, then its tokenizer, which
+        # goes into the bundle's own folder (open_clip's local-dir reads it there)
+        return [_Plan(WEIGHT_NAMES, None, repo), *_hub_tokenizer_plans(folder / CONFIG_NAME)]
+    if name == hf_layout.CONFIG_FILE:  # a transformers repository: the files it really has
+        _refuse_non_clip(folder, name, repo)
+        weights = tuple(n for index, single in hf_layout.WEIGHT_LAYOUTS for n in (single, index))
+        return [_Plan(weights, None, repo, keep_name=True),
+                *(_Plan((n,), None, repo, False, keep_name=True)
+                  for n in (hf_layout.PREPROCESSOR_FILE, *hf_layout.TOKENIZER_FILES))]
+    if any(name == index for index, _ in hf_layout.WEIGHT_LAYOUTS):  # sharded weights
+        try:
+            shards = sorted(set(json.loads((folder / name).read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise DownloadError(f"{name} of {repo} is not a usable shard index ({exc}).") from exc
+        bad = [n for n in shards if not isinstance(n, str) or not _SAFE_PART.match(n)]
+        if bad:
+            raise DownloadError(f"{name} of {repo} names unsafe shard files: {bad[:3]}")
+        return [_Plan((n,), None, repo, keep_name=True) for n in shards]
+    return []
+
+
+def _refuse_non_clip(folder: Path, name: str, repo: str) -> None:
+    """Before fetching gigabytes: a repository whose config.json is not a full CLIPModel
+    (a text encoder alone, another model type, a typo that names some other repo) is not
+    downloaded, and its config does not stay behind looking like a model."""
+    try:
+        cfg = hf_layout.read_json(folder / name)
+        if hf_layout.is_clip_config(cfg):
+            return
+        what = f"model_type {cfg.get('model_type')!r}"
+    except ValueError as exc:
+        what = str(exc)
+    (folder / name).unlink(missing_ok=True)
+    manifest = read_manifest(folder)
+    if manifest and {f["name"] for f in manifest["files"]} <= {name}:
+        shutil.rmtree(folder / META_DIR, ignore_errors=True)
+    raise StoreError(f"{repo} has neither {CONFIG_NAME} (open_clip) nor a CLIPModel "
+                     f"config.json ({what}); nothing was downloaded. clipsearch needs a full "
+                     "CLIP model with text and image towers.")
 
 
 def _hub_tokenizer_plans(config: Path) -> list[_Plan]:
@@ -676,11 +730,14 @@ def _source_files(ref: ModelRef, models_dir: Path
             files.update({f"tokenizer/{p.name}": p.resolve() for p in found})
         return files, None
     if ref.kind == "hf-hub":
+        ensure_local(ref, models_dir)  # what is missing, as every command says it
         located = locate_hub_bundle(ref, models_dir)
-        if located.bundle_dir is None:
-            raise MissingModelError(ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)],
-                                    located.searched, fix_steps(ref, models_dir))
         folder = located.bundle_dir
+        if folder is None:  # a race with whoever is changing the folder
+            raise MissingModelError(ref, hub_expected(), located.searched,
+                                    fix_steps(ref, models_dir))
+        if not is_openclip_bundle(folder):  # a transformers repository: the files it has
+            return {p.name: p.resolve() for p in hf_layout.folder_files(folder)}, None
         weights = next(folder / n for n in WEIGHT_NAMES if (folder / n).is_file())
         names = [CONFIG_NAME, weights.name, *TOKENIZER_FILES]
         return {n: (folder / n).resolve() for n in names if (folder / n).is_file()}, None

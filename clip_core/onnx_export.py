@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .int8_variants import DEFAULT, Int8Variant
+
 
 def export_image_tower(visual: Any, hw: tuple[int, int], path: Path) -> None:
     """Write `visual` (an fp32 open_clip image tower, modified in place) as ONNX."""
@@ -34,8 +36,10 @@ def export_image_tower(visual: Any, hw: tuple[int, int], path: Path) -> None:
                           output_names=["embedding"], opset_version=17, dynamo=False)
 
 
-def quantise(source: Path, target: Path) -> None:
-    """Dynamic int8: weights quantised once, activations per call (no calibration data)."""
+def quantise(source: Path, target: Path, variant: Int8Variant = DEFAULT) -> None:
+    """Dynamic int8: weights quantised once, activations per call (no calibration data).
+    `variant` (clip_core.int8_variants) picks 7-bit weights (reduce_range) and per-channel
+    scales for CPUs whose int8 kernels would otherwise saturate."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     def advice(record: logging.LogRecord) -> bool:  # a tip for authors, not for our users
@@ -50,6 +54,7 @@ def quantise(source: Path, target: Path) -> None:
         # Matrix products only: nearly all of a ViT's work; ConvInteger is slow.
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gemm"],
+                         per_channel=variant.per_channel, reduce_range=variant.reduce_range,
                          use_external_data_format=big)
     finally:
         root.removeFilter(advice)

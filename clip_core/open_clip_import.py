@@ -19,16 +19,23 @@ from .model_ref import ModelRef
 
 
 def needs_transformers(ref: ModelRef) -> bool:
-    if ref.kind == "local-dir":
-        config = Path(ref.name) / CONFIG_NAME
+    if ref.kind in ("local-dir", "hf-hub"):
+        folder = Path(ref.name) if ref.kind == "local-dir" else _hub_folder(ref)
+        if folder is None:
+            return True  # unknown until open_clip reads the bundle's config
+        config = folder / CONFIG_NAME
         if not config.is_file():
             return False  # a transformers CLIP folder is converted without transformers
         text_cfg = json.loads(config.read_text()).get("model_cfg", {}).get("text_cfg", {})
-    elif ref.kind == "hf-hub":
-        return True  # unknown until the bundle's config is read by open_clip
     else:
         text_cfg = architecture_configs().get(ref.name, {}).get("text_cfg", {})
     return bool(text_cfg.get("hf_model_name"))
+
+
+def _hub_folder(ref: ModelRef) -> Path | None:
+    from .model_files import default_models_dir, locate_hub_bundle
+
+    return locate_hub_bundle(ref, default_models_dir()).bundle_dir
 
 
 def import_open_clip(ref: ModelRef) -> ModuleType:

@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from . import file_check
+from .int8_variants import GUARD_MIN_COS
+
 HEADER_KEY = "clipsearch.text_tower"
 FORMAT_VERSION = 1
 _CLIP_BPE_VOCAB = 49408
@@ -273,11 +276,15 @@ def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], meta: dict[str
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as raw:
+            f = file_check.HashingWriter(raw)  # the checksum, as the bytes go out
             f.write(struct.pack("<Q", len(blob)) + blob)
             for arr in arrays.values():
                 f.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).data)
         os.replace(tmp, path)  # atomic: a concurrent query never sees a half-written file
+        # Recorded after the file is in place: a crash in between leaves a file without its
+        # checksum, which counts as damaged and is rebuilt.
+        file_check.record(path, f.hash.hexdigest(), f.size)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -292,6 +299,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
         if len(head) != 8:
             raise ValueError(f"{path} is not a safetensors file")
         (n,) = struct.unpack("<Q", head)
+        if n > os.fstat(f.fileno()).st_size - 8:  # damaged: never allocate what it claims
+            raise ValueError(f"{path} is not a safetensors file (header size {n})")
         raw = json.loads(f.read(n))  # garbage -> JSONDecodeError, a ValueError
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     meta = raw.pop("__metadata__", None) or {}
@@ -415,7 +424,7 @@ def _single_thread_blas() -> Iterator[None]:
         api[1](old)
 
 
-INT8_MIN_COS = 0.999  # the image tower's bar (clip_core.compiler.GUARD_MIN_COS)
+INT8_MIN_COS = GUARD_MIN_COS  # one bar for every reduced-precision tower
 
 
 def probe_tokens(context_length: int, vocab: int, count: int = 8,
@@ -455,6 +464,7 @@ class NumpyTextTower:
         self.single_thread = True
         self._onnx: Any = None  # OnnxTextBlocks, set by use_onnxruntime()
         self.int8_agreement: float | None = None  # min cosine to fp32 on probe_tokens
+        self.int8_timing: tuple[float, float] | None = None  # (int8 s, fp32 s) when timed
         self.blocks = []
         for i in range(header["layers"]):
             p = f"resblocks.{i}."
@@ -477,14 +487,19 @@ class NumpyTextTower:
 
     @classmethod
     def load(
-        cls, path: Path, release_pages: bool = True, single_thread: bool | None = None
+        cls, path: Path, release_pages: bool = True, single_thread: bool | None = None,
+        check: bool = True,
     ) -> NumpyTextTower:
         """Map ``path``; with ``release_pages`` each block's pages are unmapped after use.
+        ``check``: first match it against the checksum recorded at export (raises
+        file_check.DamagedFile, a ValueError, on a mismatch; only a stat once it matched).
 
         Released pages stay in the page cache (a re-touch is a cheap minor fault), but
         leave this process's RSS: peak RSS is then ~one block (12 MB for ViT-B-32)
         instead of all of them (151 MB), leaving room for the vector index.
         """
+        if check:
+            file_check.verify(Path(path))
         tensors, meta, buf = _read_safetensors(Path(path))
         if HEADER_KEY not in meta:
             raise ValueError(f"{path} is not an exported clipsearch text tower")
@@ -497,19 +512,27 @@ class NumpyTextTower:
             tower._mapping = buf
         return tower
 
-    def use_onnxruntime(self, int8: bool = False) -> bool:
+    def use_onnxruntime(self, int8: bool = False, timed: bool = False) -> bool:
         """Run the blocks on onnxruntime from now on (same fp32 function, ~3x faster per
         query; clip_core.text_tower_onnx). For long-lived processes: it keeps every weight
         page resident. `int8`: int8 matrix products (~1.7x faster again), kept only if they
-        agree with fp32 within INT8_MIN_COS on probe texts. Returns False, changing nothing,
-        where onnxruntime is unavailable."""
+        agree with fp32 within INT8_MIN_COS on probe texts and, when `timed` (CPUs without
+        int8 dot products: clip_core.int8_variants.text_int8_timed), only if a query ran
+        faster than fp32's here. Returns False, changing nothing, where onnxruntime is
+        unavailable."""
         if self._onnx is None and self._mapping is None:
             try:
                 from .text_tower_onnx import OnnxTextBlocks
 
                 blocks = OnnxTextBlocks(self, int8=int8)
-                if int8 and not self._agrees(blocks):
-                    blocks = OnnxTextBlocks(self)
+                if int8:
+                    keep = self._agrees(blocks)
+                    fp32 = OnnxTextBlocks(self) if timed or not keep else None
+                    if keep and timed:
+                        self.int8_timing = (self._query_seconds(blocks),
+                                            self._query_seconds(fp32))
+                        keep = self.int8_timing[0] < self.int8_timing[1]
+                    blocks = blocks if keep else fp32
                 self._onnx = blocks
             except Exception as exc:  # missing package or an odd graph: numpy still works
                 logging.getLogger(__name__).info("text tower stays on numpy: %s", exc)
@@ -534,6 +557,23 @@ class NumpyTextTower:
             logging.getLogger(__name__).info("int8 text tower at cosine %.5f: fp32 kept",
                                              self.int8_agreement)
         return self.int8_agreement >= INT8_MIN_COS
+
+    def _query_seconds(self, blocks: Any, rounds: int = 5) -> float:
+        """Best time of one short query through `blocks` (after a warm-up run)."""
+        import time
+
+        tokens = probe_tokens(self.context_length, self.token_embedding.shape[0], count=1)
+        self._onnx = blocks
+        try:
+            self.encode_tokens(tokens)
+            best = float("inf")
+            for _ in range(rounds):
+                start = time.perf_counter()
+                self.encode_tokens(tokens)
+                best = min(best, time.perf_counter() - start)
+        finally:
+            self._onnx = None
+        return best
 
     def _release(self, blk: _Block) -> None:
         """Drop the pages under one block's weights from this process (not the cache)."""

@@ -9,11 +9,13 @@ function in float32; tests hold them within 1e-5.
 Used by long-lived processes (a photo app's Library); one-shot CLI queries keep the numpy path,
 whose block-by-block page release keeps a cold query near 100 MB.
 
-`int8=True` (CPUs with int8 dot products): the blocks' matrix products become onnxruntime's
-MatMulNBits, weights in int8 with a scale per 32 values and activations quantised per row and
-32-value block as they come, so each text's vector depends on that text alone. A query
-streams 39 MB instead of 151 (ViT-B-32: 6.8 vs 11.9 ms in one run) at cosine ~0.9997 to
-fp32; NumpyTextTower.use_onnxruntime checks that on probe texts before keeping it.
+`int8=True` (tried on every CPU; where int8 lacks dot-product instructions it is kept only if
+measured faster: clip_core.int8_variants.text_int8_timed): the blocks' matrix products become
+onnxruntime's MatMulNBits, weights in int8 with a scale per 32 values and activations
+quantised per row and 32-value block as they come, so each text's vector depends on that
+text alone. A query streams 39 MB instead of 151 (ViT-B-32: 6.8 vs 11.9 ms in one run) at
+cosine ~0.9997 to fp32; NumpyTextTower.use_onnxruntime checks that on probe texts before
+keeping it.
 """
 
 from __future__ import annotations

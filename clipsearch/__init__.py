@@ -9,7 +9,7 @@ from clip_core.images import DecodeError
 from clip_core.model_files import MissingModelError, ModelLoadError
 from indexer import IndexReport, IndexSettings, Progress
 from search import LabelScore, SearchResult
-from store import CatalogError, LibraryBusyError, StorageError
+from store import CatalogDamagedError, CatalogError, LibraryBusyError, StorageError
 
 from .api import (
     Library,
@@ -22,7 +22,8 @@ from .api import (
 from .watch import watch, watch_roots
 
 __all__ = [
-    "CatalogError", "DecodeError", "IndexReport", "IndexSettings", "LabelScore", "Library",
+    "CatalogDamagedError", "CatalogError", "DecodeError", "IndexReport", "IndexSettings",
+    "LabelScore", "Library",
     "LibraryBusyError", "LibraryStatus", "MissingModelError", "ModelLoadError",
     "ModelNotIndexedError", "Progress", "SearchResult", "StorageError", "check_model",
     "classify", "default_library_dir", "watch", "watch_roots",

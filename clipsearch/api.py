@@ -20,18 +20,23 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clip_core.file_check import sidecar
 from clip_core.model_files import ensure_local
 from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
 from search.text_embedder import tower_path
-from store import Catalog, StorageError, WriterLock, sweep_temp_files
+from store import Catalog, CatalogDamagedError, StorageError, WriterLock, sweep_temp_files
 from store.private import make_private_dir, tighten
 from store.vector_index import index_path
+
+if TYPE_CHECKING:
+    from .doctor import DoctorReport
 
 CATALOG_NAME = "catalog.db"
 VECTORS_DIR = "vectors"
@@ -61,12 +66,14 @@ class LibraryStatus:
     files: int
     indexed: int
     errors: int
-    default_model: dict
+    default_model: dict | None  # None: no model made vectors here yet
     models: dict[str, int]  # model id -> files with a vector
     size_bytes: int  # data_bytes + shared_bytes: everything under the library folder
     error_list: list[dict] = field(default_factory=list)
     data_bytes: int = 0  # the library's own files: catalog, vectors' caches
     shared_bytes: int = 0  # model files hard-linked with the compile cache (st_nlink > 1)
+    unindexed: int = 0  # read fine, but no vector of any model (all removed): to index
+    index_model: str = ""  # what `clipsearch index` without --model uses
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -156,6 +163,7 @@ class Library:
         catalog_path = self.path / CATALOG_NAME
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"{self.path} is a file, not a library folder")
+        _refuse_lost_catalog(self.path, catalog_path)
         if readonly is None:
             readonly = catalog_path.exists() and not os.access(self.path, os.W_OK)
         if (readonly or not create) and not catalog_path.exists():
@@ -176,6 +184,7 @@ class Library:
         self._closed = False
         self._text_embedders: dict[str, TextEmbedder] = {}
         stored = self.catalog.get_meta("default_model")
+        self._model_named = model is not None
         if model is not None:
             # Stored as the library's default only once it loads for an index run (index()):
             # a typo or a model that is not on this machine must not stick.
@@ -192,6 +201,21 @@ class Library:
             lib = Library.open("~/photo-index", model="ViT-B-32", pretrained="openai")
         """
         return cls(path, **kwargs)
+
+    @staticmethod
+    def doctor(path: str | os.PathLike | None = None, *, repair: bool = False,
+               wait: float = 0.0) -> DoctorReport:
+        """Check a library's files (its catalog may be too damaged to open one): SQLite's
+        integrity check and every text tower's checksum. `repair`: salvage a damaged catalog
+        (the damaged file is kept beside it as a backup), drop derived files made from it.
+
+            report = Library.doctor("~/lib", repair=True)
+            print(report.healthy, report.notes)
+        """
+        from .doctor import run_doctor
+
+        folder = Path(path).expanduser().absolute() if path else default_library_dir()
+        return run_doctor(folder, repair=repair, wait=wait)
 
     def __enter__(self) -> Library:
         return self
@@ -304,6 +328,8 @@ class Library:
         compiled, enc = found
         if compiled.text_tower is not None:
             embedder.adopt(compiled.text_tower)
+            if embedder.writable and not embedder.cached:  # it was damaged: export anew
+                embedder.export_from(self.encoder(ref, frozenset({"text"})))
         self._keep((ref.model_id, IMAGE_ONLY), enc)
         return enc
 
@@ -343,18 +369,38 @@ class Library:
             removed = self.catalog.remove_model(model_id)
             # Its derived files: the FAISS cache and the adopted text tower (~250 MB).
             faiss_file = index_path(self.path / VECTORS_DIR, model_id)
-            for path in (faiss_file, faiss_file.with_suffix(".json"),
-                         tower_path(self.path / TEXT_TOWERS_DIR, model_id)):
+            tower = tower_path(self.path / TEXT_TOWERS_DIR, model_id)
+            for path in (faiss_file, faiss_file.with_suffix(".json"), tower, sidecar(tower)):
                 path.unlink(missing_ok=True)
             self._text_embedders.pop(model_id, None)
-            if self._default.model_id == model_id:  # the oldest model left takes over
-                spec = self._oldest_model()
-                if spec is None:
-                    self.catalog.clear_meta("default_model")
-                else:
-                    self.catalog.set_meta("default_model", json.dumps(spec))
-                self._default = _ref_of(spec)
+            self._settle_default()
             return removed
+
+    def _settle_default(self) -> None:
+        """Keep the default a model with vectors here: when its vectors are gone (removed,
+        or their files left the library) the oldest model left takes over; with none left
+        the library has no default (`clipsearch index` then uses the built-in one)."""
+        stored = self.catalog.get_meta("default_model")
+        models = self.catalog.models()
+        if stored and _ref_of(json.loads(stored)).model_id in models:
+            spec = json.loads(stored)
+        else:
+            spec = self._oldest_model()
+            if spec is not None:
+                self.catalog.set_meta("default_model", json.dumps(spec))
+            elif stored:
+                self.catalog.clear_meta("default_model")
+        if self._default.model_id not in models:
+            self._default = _ref_of(spec)
+            self._model_named = False
+
+    @property
+    def indexed_models(self) -> list[str]:
+        """Ids of the models this library holds vectors of (oldest first).
+
+            if "shapes-tiny" in lib.indexed_models: lib.query("a red circle")
+        """
+        return list(self.catalog.models())
 
     def _oldest_model(self) -> dict | None:
         """The spec of the first model that made vectors here, if any is left."""
@@ -401,7 +447,9 @@ class Library:
             roots = ", ".join(self.roots) or "none"
             raise LookupError(f"{folder} is not a root of this library (roots: {roots})")
         with self._writer(wait):
-            return self.catalog.remove_root(folder)
+            removed = self.catalog.remove_root(folder)
+            self._settle_default()  # its files may have held the default model's vectors
+            return removed
 
     @contextmanager
     def _writer(self, wait: float = 0.0) -> Iterator[None]:
@@ -468,16 +516,24 @@ class Library:
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
                                ref.model_id, get_encoder, settings, progress,
                                preprocess_hint=guess_preprocess(ref))
+            # The first model to load became the stored default; or vanished files took the
+            # default's last vectors with them.
+            self._settle_default()
             models = self.catalog.models()
-            stored = self.catalog.get_meta("default_model")
-            if stored and self._default.model_id not in models:  # the first model to load
-                self._default = _ref_of(json.loads(stored))  # became the stored default
             if not report.interrupted and ref.model_id in models:
                 dim = models[ref.model_id]["embed_dim"]
                 self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
+                self._repair_text_tower(ref)
             if not report.interrupted:
                 report.empty_roots = self._survey_empty(root_ids, settings)
             return report
+
+    def _repair_text_tower(self, ref: ModelRef) -> None:
+        """A damaged text tower (found by its checksum: a stat when intact) is rebuilt by the
+        index run, also one with nothing else to do, so queries stay torch-free."""
+        embedder = self._text_embedder(ref)
+        if embedder.writable and embedder.path.is_file() and not embedder.cached:
+            embedder.export_from(self.encoder(ref, frozenset({"text"})))
 
     def _survey_empty(self, root_ids: list[int | None],
                       settings: IndexSettings | None) -> list[dict]:
@@ -578,7 +634,8 @@ class Library:
         ref = self.model_ref(model, pretrained)
         known = self.catalog.models()
         if not known:
-            ensure_local(ref, self.models_dir)
+            if model is not None or self._model_named:  # a model the caller asked for
+                ensure_local(ref, self.models_dir)
             return None
         if ref.model_id not in known:
             raise _not_indexed(model or ref.model_id, ref.model_id, known,
@@ -673,18 +730,23 @@ class Library:
         """
         counts = self.catalog.counts()
         data, shared = _disk_use(self.path)
+        unindexed = self.catalog.count_without_vectors()
+        # No stored default: no model made vectors here yet (or all were removed).
+        default = self._default if self.catalog.get_meta("default_model") else None
         return LibraryStatus(
             path=str(self.path),
             roots=self.roots,
             files=sum(counts.values()),
-            indexed=counts.get("ok", 0),
+            indexed=counts.get("ok", 0) - unindexed,
             errors=counts.get("error", 0),
-            default_model={"id": self._default.model_id, **self._default.to_spec()},
+            default_model=({"id": default.model_id, **default.to_spec()} if default else None),
             models=self.catalog.model_counts(),
             size_bytes=data + shared,
             error_list=self.catalog.errors() if errors else [],
             data_bytes=data,
             shared_bytes=shared,
+            unindexed=unindexed,
+            index_model=self._default.model_id,
         )
 
 
@@ -801,6 +863,20 @@ def _close_encoder(enc: object) -> None:
 def _ref_of(spec: dict | None) -> ModelRef:
     """A stored model spec as a ref; None: clipsearch's built-in default model."""
     return parse_model(spec["model"], spec.get("pretrained")) if spec else parse_model(None, None)
+
+
+def _refuse_lost_catalog(folder: Path, catalog: Path) -> None:
+    """A missing or 0-byte catalog beside this library's derived files is a lost catalog, not
+    a new library: a fresh one would forget every root and pass for a healthy empty library.
+    (A new catalog has its SQLite header on disk before any derived file exists.)"""
+    if catalog.is_file() and catalog.stat().st_size > 0:
+        return
+    held = [name for name in (VECTORS_DIR, TEXT_TOWERS_DIR)
+            if (folder / name).is_dir() and any((folder / name).iterdir())]
+    if held:
+        state = "an empty file" if catalog.exists() else "missing"
+        raise CatalogDamagedError(
+            catalog, f"it is {state}, but {' and '.join(held)} hold this library's files")
 
 
 def _is_within(path: str, folder: str) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_errors import EXIT_INTERRUPTED, friendly_errors
+from .cli_errors import EXIT_DAMAGED, EXIT_INTERRUPTED, friendly_errors
 from .output import format_size, human, write_json, write_paths
 
 
@@ -226,34 +226,35 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
         raise click.UsageError("--json and --paths are two output formats: pick one")
     if null and not paths_only:
         raise click.UsageError("-0 goes with --paths (NUL after each path)")
-    results = None
+    results, nothing_indexed = None, False
     if not image and pretrained is None:  # a running `clipsearch serve` of this library
         from .remote import query_server
 
-        results = query_server(library, text, limit=limit, within=within, model=model)
+        # No results (an empty library?) are worked out here, to say why.
+        results = query_server(library, text, limit=limit, within=within, model=model) or None
     if results is None:
-        results = _query_here(library, text, image, limit, within, model, pretrained, device,
-                              precision)
+        with open_library(library, None, None, device, precision, low_memory=True,
+                          create=False) as lib:
+            _warn_random(lib.model_ref(model, pretrained))
+            if image:
+                results = lib.query_image(image, limit=limit, within=within, model=model,
+                                          pretrained=pretrained)
+            else:
+                results = lib.query(text, limit=limit, within=within, model=model,
+                                    pretrained=pretrained)
+            nothing_indexed = not results and not lib.indexed_models
     if as_json:
         write_json([r.to_dict() for r in results])
     elif paths_only:
         write_paths([r.path for r in results], null)
+    elif nothing_indexed:
+        click.echo("Nothing indexed yet: run `clipsearch index FOLDER`", err=True)
     elif not results:
         where = f" inside {within}" if within else ""
         click.echo(f"No results{where} (is it indexed? `clipsearch status`)", err=True)
     else:
         for r in results:
             click.echo(f"{r.rank:>3}  {r.score:.3f}  {human(r.path)}")
-
-
-def _query_here(library, text, image, limit, within, model, pretrained, device, precision):
-    with open_library(library, None, None, device, precision, low_memory=True,
-                      create=False) as lib:
-        _warn_random(lib.model_ref(model, pretrained))
-        if image:
-            return lib.query_image(image, limit=limit, within=within, model=model,
-                                   pretrained=pretrained)
-        return lib.query(text, limit=limit, within=within, model=model, pretrained=pretrained)
 
 
 @main.command()
@@ -304,19 +305,29 @@ def status(show_errors, as_json, library):
     shared = (f", plus {format_size(st.shared_bytes)} of model files shared with the model "
               "cache" if st.shared_bytes else "")  # hard links: not freed with the library
     click.echo(f"Library: {human(st.path)} ({format_size(st.data_bytes)}{shared})")
-    click.echo(f"Default model: {st.default_model['id']}")
-    click.echo(f"Files: {st.files} ({st.indexed} indexed, {st.errors} errors)")
+    if st.default_model:
+        click.echo(f"Default model: {st.default_model['id']}")
+    else:
+        click.echo(f"Default model: none yet (`clipsearch index` uses {st.index_model})")
+    todo = f", {st.unindexed} to index (clipsearch index)" if st.unindexed else ""
+    click.echo(f"Files: {st.files} ({st.indexed} indexed{todo}, {_count(st.errors, 'error')})")
     click.echo("Roots:" if st.roots else "Roots: none (clipsearch index FOLDER)")
     for root in st.roots:
         click.echo(f"  {human(root)}")
     if st.models:
         click.echo("Models:")
         for model_id, count in st.models.items():
-            click.echo(f"  {model_id}: {count} vectors")
+            click.echo(f"  {model_id}: {_count(count, 'vector')}")
+    if st.error_list:
+        click.echo("Errors:")
     for err in st.error_list:
         click.echo(f"  error {human(err['path'])}: {err['error_reason']}: {err['error_message']}")
     if st.errors and not show_errors:
         click.echo("(clipsearch status --errors lists them)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @main.command("remove-root")
@@ -346,8 +357,11 @@ def default_model(model, pretrained, library, as_json):
     spec or a model id from `status`, with vectors in this library)."""
     with open_library(library, create=False) as lib:
         ref = lib.set_default_model(model, pretrained) if model else lib.default_model
+        unset = lib.status().default_model is None
     if as_json:
-        write_json({"id": ref.model_id, **ref.to_spec()})
+        write_json(None if unset else {"id": ref.model_id, **ref.to_spec()})
+    elif unset:
+        click.echo(f"none yet (`clipsearch index` uses {ref.model_id})")
     else:
         click.echo(ref.model_id)
 
@@ -367,6 +381,35 @@ def remove_model(model, pretrained, library, wait, as_json):
         write_json({"model": model, "vectors_removed": n})
     else:
         click.echo(f"Removed {n} vectors")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Salvage a damaged catalog (kept as a backup "
+              "file) and drop the files derived from it; they are rebuilt.")
+@library_options
+@wait_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def doctor(repair, library, wait, as_json):
+    """Check the library's files (catalog integrity, text towers); exit 4 if damaged."""
+    from .api import Library
+
+    report = Library.doctor(library, repair=repair, wait=wait)
+    if as_json:
+        write_json(report.to_dict())
+    else:
+        for problem in report.catalog_problems + report.damaged_towers:
+            click.echo(f"damaged: {problem}")
+        for note in report.notes:
+            click.echo(f"repaired: {note}")
+        if report.backup:
+            click.echo(f"The damaged catalog is kept as {human(report.backup)}")
+        if report.healthy:
+            click.echo("No problems found.")
+        elif not report.repaired:
+            click.echo("Run `clipsearch doctor --repair` to repair it.")
+    if not (report.healthy or report.repaired):
+        sys.exit(EXIT_DAMAGED)
 
 
 def _register_subgroups() -> None:

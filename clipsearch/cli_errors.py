@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
 EXIT_PROBLEM = 1  # bad input, storage problem, unknown model in this library
 EXIT_MODEL = 2  # model files missing or unusable
 EXIT_BUSY = 3  # another process is writing this library
+EXIT_DAMAGED = 4  # the library's catalog is damaged: `clipsearch doctor --repair`
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
@@ -20,9 +23,10 @@ def _known_errors() -> list[tuple[tuple[type[BaseException], ...], int]]:
     from clip_core.loading import ModelLoadError
     from clip_core.model_files import MissingModelError
     from clip_core.model_store import StoreError
-    from store import CatalogError, LibraryBusyError
+    from store import CatalogDamagedError, CatalogError, LibraryBusyError
 
     return [
+        ((CatalogDamagedError,), EXIT_DAMAGED),
         ((MissingModelError, ModelLoadError), EXIT_MODEL),
         ((LibraryBusyError,), EXIT_BUSY),
         ((DecodeError, CatalogError, StoreError, LookupError, OSError), EXIT_PROBLEM),
@@ -52,6 +56,7 @@ def friendly_errors(func: Callable) -> Callable:
             _silence_stdout()
             sys.exit(141)  # 128 + SIGPIPE, as a command killed by it
         except Exception as exc:
+            exc = _as_damage(exc, kwargs.get("library"))
             for types, code in _known_errors():
                 if isinstance(exc, types):
                     click.echo(f"Error: {exc}", err=True)
@@ -61,10 +66,21 @@ def friendly_errors(func: Callable) -> Callable:
     return wrapper
 
 
+def _as_damage(exc: Exception, library: str | None) -> Exception:
+    """Damage found mid-command (not when the catalog opened) arrives as sqlite3's own
+    error: the same message and exit code as damage found at open."""
+    from store import CatalogDamagedError, is_damage
+
+    if not is_damage(exc):
+        return exc
+    from .api import CATALOG_NAME, default_library_dir
+
+    folder = Path(library).expanduser().absolute() if library else default_library_dir()
+    return CatalogDamagedError(folder / CATALOG_NAME, str(exc))
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
 

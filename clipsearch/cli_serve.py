@@ -66,6 +66,7 @@ def make_watch(library_options: Callable, open_library: Callable) -> click.Comma
     def watch(library, include_hidden, quiet):
         """Keep the library indexed: index every root now, then again on every change
         (new, changed, moved, deleted photos) until Ctrl-C. Same writer lock as `index`."""
+        import contextlib
         import time
 
         from . import IndexSettings
@@ -84,7 +85,11 @@ def make_watch(library_options: Callable, open_library: Callable) -> click.Comma
             if not quiet:
                 click.echo(f"Watching {', '.join(lib.roots) or 'no folder'} (Ctrl-C stops)",
                            err=True)
-            watch_library(lib, settings=IndexSettings(include_hidden=include_hidden),
-                          on_report=report, on_busy=busy)
+            # Ctrl-C is the way a watch ends; what was committed stays.
+            with contextlib.suppress(KeyboardInterrupt):
+                watch_library(lib, settings=IndexSettings(include_hidden=include_hidden),
+                              on_report=report, on_busy=busy)
+        if not quiet:
+            click.echo("Stopped watching; everything indexed so far is kept.", err=True)
 
     return watch

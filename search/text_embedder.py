@@ -8,6 +8,7 @@ Towers that numpy cannot reproduce exactly stay on torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -46,18 +47,22 @@ class TextEmbedder:
 
     def _numpy_tower(self) -> tuple[Any, Any] | None:
         if self._fast is None and self.path.is_file():
+            from clip_core.file_check import DamagedFile
             from clip_core.text_tower import NumpyTextTower
             from clip_core.tokenizer import ClipTokenizer
 
             try:
                 tower = NumpyTextTower.load(self.path, release_pages=self.low_memory)
+            except DamagedFile as exc:
+                self._discard(exc)
+                return None
             except (OSError, ValueError) as exc:  # corrupt or old cache: torch path rebuilds
                 log.warning("ignoring text tower cache %s: %s", self.path, exc)
                 return None
             if not self.low_memory:
-                from clip_core.device import cpu_has_int8_dot_product
+                from clip_core.int8_variants import CpuFeatures, text_int8_timed
 
-                tower.use_onnxruntime(int8=cpu_has_int8_dot_product())
+                tower.use_onnxruntime(int8=True, timed=text_int8_timed(CpuFeatures.here()))
             self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
         return self._fast
 
@@ -69,7 +74,29 @@ class TextEmbedder:
 
     @property
     def cached(self) -> bool:
-        return self.path.is_file()
+        """The tower is cached here and matches its checksum (a damaged one is removed)."""
+        if not self.path.is_file():
+            return False
+        from clip_core.file_check import DamagedFile, verify
+
+        try:
+            verify(self.path)
+            return True
+        except DamagedFile as exc:
+            self._discard(exc)
+            return False
+
+    def _discard(self, why: Exception) -> None:
+        """A damaged tower: say so in one line and remove it (this library's link only, never
+        the file it was linked from), so the next index run or query rebuilds it."""
+        from clip_core.file_check import NoChecksum, remove
+
+        if self.writable:
+            remove(self.path)
+        if isinstance(why, NoChecksum):  # older than checksums: quietly made anew
+            log.info("text tower of %s has no checksum (%s); rebuilding it", self.model_id, why)
+        else:
+            log.warning("text tower of %s damaged (%s); rebuilding it", self.model_id, why)
 
     def export_from(self, encoder: Any) -> None:
         """Cache the text tower of an already loaded encoder (the index run loads the whole
@@ -82,6 +109,19 @@ class TextEmbedder:
         same disk (the file is never rewritten in place), else copied; atomic either way."""
         if not self.writable or self.cached:
             return
+        from clip_core import file_check
+
+        try:  # one damaged shared copy must not spread into every library linked to it
+            file_check.verify(exported)
+        except file_check.NoChecksum as exc:  # compiled before checksums: not linked, kept
+            log.info("compiled text tower of %s not used: %s", self.model_id, exc)
+            return
+        except (file_check.DamagedFile, OSError) as exc:
+            log.warning("compiled text tower of %s damaged (%s); rebuilding it", self.model_id,
+                        exc)
+            with contextlib.suppress(OSError):  # its compiled model then has none
+                file_check.remove(exported)
+            return
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +131,7 @@ class TextEmbedder:
             except OSError:
                 shutil.copyfile(exported, temp)
             os.replace(temp, self.path)
+            file_check.copy_record(exported, self.path)
         except OSError as exc:  # read-only or full disk: queries fall back to torch
             temp.unlink(missing_ok=True)
             log.info("could not cache text tower: %s", exc)

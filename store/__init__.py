@@ -3,13 +3,21 @@
 Knows nothing of models: vectors arrive as numpy arrays tagged with an opaque model id.
 """
 
-from .catalog import Catalog, CatalogError, FileRecord, FileRow, StorageError
+from .catalog import (
+    Catalog,
+    CatalogDamagedError,
+    CatalogError,
+    FileRecord,
+    FileRow,
+    StorageError,
+    is_damage,
+)
 from .lock import LibraryBusyError, WriterLock
 from .paths import printable
 from .vector_index import Hits, VectorIndex, open_vector_index, sweep_temp_files
 
 __all__ = [
-    "Catalog", "CatalogError", "FileRecord", "FileRow", "Hits", "LibraryBusyError",
-    "StorageError", "VectorIndex", "WriterLock", "open_vector_index", "printable",
-    "sweep_temp_files",
+    "Catalog", "CatalogDamagedError", "CatalogError", "FileRecord", "FileRow", "Hits",
+    "LibraryBusyError", "StorageError", "VectorIndex", "WriterLock", "is_damage",
+    "open_vector_index", "printable", "sweep_temp_files",
 ]

@@ -65,6 +65,28 @@ class StorageError(CatalogError):
     """The disk refused a write (full, read-only, I/O error). Committed work is intact."""
 
 
+class CatalogDamagedError(CatalogError):
+    """The catalog file is not a sound SQLite database (flipped bytes, truncated, emptied).
+    `clipsearch doctor --repair` salvages what it can."""
+
+    def __init__(self, path: Path, detail: str):
+        self.path = Path(path)
+        super().__init__(
+            f"the library catalog {self.path} is damaged ({detail}). "
+            f"Run `clipsearch doctor --repair --library {self.path.parent}` to salvage what "
+            "it can (the damaged file is kept as a backup).")
+
+
+# SQLITE_CORRUPT and SQLITE_NOTADB: the file's bytes are wrong, not the SQL or the disk.
+_SQLITE_DAMAGE = {11, 26}
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a sqlite3 error means the database file itself is damaged."""
+    return (isinstance(exc, sqlite3.DatabaseError)
+            and getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_DAMAGE)
+
+
 # SQLite primary result codes that mean "the medium said no", not "the SQL is wrong".
 _SQLITE_STORAGE = {8: "is read-only", 10: "had an I/O error", 13: "is full",
                    14: "cannot be opened for writing"}
@@ -74,10 +96,15 @@ class Catalog:
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
-        self.conn = _connect(self.path, readonly)
-        self.db = sqlite_utils.Database(self.conn)
-        if not readonly:
-            self._migrate()
+        try:
+            self.conn = _connect(self.path, readonly)
+            self.db = sqlite_utils.Database(self.conn)
+            if not readonly:
+                self._migrate()
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise CatalogDamagedError(self.path, str(exc)) from None
+            raise
 
     # -- schema --------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -409,6 +436,13 @@ class Catalog:
         rows = self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status")
         return {status: int(n) for status, n in rows}
 
+    def count_without_vectors(self) -> int:
+        """Files read fine but with no vector of any model (every model was removed): the
+        next index run embeds them again."""
+        return int(self.conn.execute(
+            "SELECT COUNT(*) FROM files f WHERE f.status = 'ok' AND NOT EXISTS"
+            " (SELECT 1 FROM embeddings e WHERE e.content_hash = f.content_hash)").fetchone()[0])
+
     def problems(self) -> list[str]:
         """Consistency check for tests and support: empty when the catalog is sound."""
         out = [r[0] for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
@@ -437,8 +471,12 @@ _ORPHANS = ("DELETE FROM embeddings WHERE content_hash NOT IN"
 
 
 def _gc_embeddings(conn: sqlite3.Connection) -> None:
-    """Drop vectors no file refers to any more (after deletes; moves keep theirs)."""
+    """Drop vectors no file refers to any more (after deletes; moves keep theirs), and the
+    models left without any vector: a library holds a model only while it has its vectors
+    (so a default model, a query and `status` never name one that has none)."""
     conn.execute(_ORPHANS)
+    conn.execute("DELETE FROM models WHERE NOT EXISTS"
+                 " (SELECT 1 FROM embeddings e WHERE e.model_id = models.model_id)")
 
 
 MMAP_BYTES = 1 << 30

@@ -240,10 +240,10 @@ def test_every_library_command_speaks_json(tmp_path):
     cli("index", str(tmp_path / "p"), "--model", "shapes-tiny", "-q", library=library)
     shown = cli_json("default-model", library=library)
     assert shown["id"].startswith("shapes-tiny@") and "model" in shown
+    assert cli_json("remove-model", shown["id"], "--wait", "0", library=library) == \
+        {"model": shown["id"], "vectors_removed": len(PAIRS)}
     assert cli_json("remove-root", str(tmp_path / "p"), "--wait", "0.5", library=library) == \
         {"root": str(tmp_path / "p"), "files_removed": len(PAIRS)}
-    assert cli_json("remove-model", shown["id"], "--wait", "0", library=library) == \
-        {"model": shown["id"], "vectors_removed": 0}  # the files went with their root
 
 
 def test_blank_texts_are_usage_errors(tmp_path):

@@ -331,3 +331,55 @@ def test_safetensors_preferred_over_bin(hf1, tmp_path):
     folder = _copy(hf1["folder"], tmp_path / "m", set())
     (folder / "pytorch_model.bin").write_bytes(b"never read")
     assert all(f.suffix != ".bin" for f in hf_clip.load_hf_clip(folder).weight_files)
+
+
+# The text part of openai/clip-vit-large-patch14's own config.json: transformers' legacy
+# start/end ids 0/2 (the real tokens are 49406/49407), text_config_dict beside text_config.
+OPENAI_L14_CONFIG = {
+    "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": 768,
+    "text_config": {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+                    "vocab_size": 49408, "max_position_embeddings": 77,
+                    "hidden_act": "quick_gelu", "hidden_size": 768},
+    "text_config_dict": {"hidden_size": 768, "intermediate_size": 3072,
+                         "num_attention_heads": 12, "num_hidden_layers": 12,
+                         "projection_dim": 768},
+}
+
+
+@pytest.mark.parametrize(("change", "openai"), [
+    ({}, True),
+    ({"bos_token_id": 49406, "eos_token_id": 49407}, True),  # transformers' current defaults
+    ({"vocab_size": 32000}, False),
+    ({"max_position_embeddings": 64}, False),
+    ({"eos_token_id": 1}, False),
+])
+def test_openai_vocabulary_is_recognised_from_the_config(change, openai):
+    cfg = json.loads(json.dumps(OPENAI_L14_CONFIG))
+    cfg["text_config"].update(change)
+    assert hf_clip.is_openai_vocab(cfg) is openai
+    cfg["text_config_dict"].update(change)  # transformers lets text_config_dict win
+    assert hf_clip.is_openai_vocab(cfg) is openai
+
+
+def test_missing_tokenizer_files_fall_back_to_the_bundled_bpe(hf1, tmp_path, caplog):
+    """The seed's failure: a folder without any tokenizer file, OpenAI's vocabulary (here the
+    legacy end id 2). The ids equal those made from the folder's own files."""
+    folder = _copy(hf1["folder"], tmp_path / "m", set(hf_clip.TOKENIZER_FILES))
+    assert hf_clip.hf_tokenizer_files(folder) == {}
+    conv = hf_clip.load_hf_clip(folder)
+    assert conv.openai_vocab
+    assert torch.equal(hf_clip.make_tokenizer(conv)(TRICKY), hf1["our_tok"](TRICKY))
+    assert any("bundled with open_clip" in r.getMessage() for r in caplog.records)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["text_config"]["max_position_embeddings"] = 64  # not OpenAI's: nothing stands in
+    (folder / "config.json").write_text(json.dumps(cfg))
+    sd = {k: v.contiguous() for k, v in hf1["model"].state_dict().items()}
+    sd["text_model.embeddings.position_embedding.weight"] = sd[
+        "text_model.embeddings.position_embedding.weight"][:64].contiguous()
+    sd.pop("text_model.embeddings.position_ids", None)
+    save_file(sd, str(folder / "model.safetensors"))  # weights to match the 64 positions
+    conv = hf_clip.load_hf_clip(folder)
+    assert not conv.openai_vocab
+    with pytest.raises(ValueError, match=r"no tokenizer files \(merges\.txt \+ vocab\.json, or "
+                                         r"tokenizer\.json\)"):
+        hf_clip.make_tokenizer(conv)

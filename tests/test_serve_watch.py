@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -89,15 +90,19 @@ def test_clipsearch_watch_indexes_new_photos_until_ctrl_c(tmp_path):
         [sys.executable, "-m", "clipsearch.cli", "watch", "--library", str(lib_dir)],
         stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
+    reader.start()
     try:
-        assert proc.stderr.readline().startswith("Watching ")
         added = photos / "zz-added.png"
         picture(added, "green", "star", 3)
+        until(lambda: any("indexed 1," in line for line in lines), "a new photo")
         with Library(lib_dir) as lib:
-            until(lambda: lib.catalog.file_id(str(added)) is not None, "a new photo")
+            assert lib.catalog.file_id(str(added)) is not None
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-        assert "indexed 1" in proc.stderr.read()
+        reader.join(timeout=10)
+        assert lines[0].startswith("Watching ") and "Stopped watching" in lines[-1]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -193,7 +193,8 @@ def test_file_is_valid_safetensors(tmp_path):
         emb = f.get_tensor("token_embedding")
         assert f.get_tensor("resblocks.1.mlp.c_proj.bias").shape == (64,)
     np.testing.assert_array_equal(emb, model.token_embedding.weight.detach().half().numpy())
-    assert [p.name for p in tmp_path.iterdir()] == ["text.safetensors"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text.safetensors",  # no temp left
+                                                          "text.safetensors.sha256"]
 
 
 def test_load_rejects_other_files(tmp_path):
