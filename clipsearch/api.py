@@ -489,7 +489,6 @@ class Library:
             raise StorageError(f"the library at {self.path} is on a read-only disk or folder: "
                                "it can be queried but not indexed")
         # Whatever can fail cheaply fails before any change: a failed run changes nothing.
-        ensure_local(ref, self.models_dir)  # an unknown or missing model, even with no files
         if settings is not None:
             settings.check()
         for folder in roots or ():
@@ -498,6 +497,7 @@ class Library:
         if not roots and not self.roots:
             raise ValueError(f"the library at {self.path} has no folders to index: give one "
                              "(`lib.index([FOLDER])`, `clipsearch index FOLDER`)")
+        ensure_local(ref, self.models_dir)  # an unknown or missing model, even with no files
         # The lock comes before any write: a refused run changes nothing.
         with self._writer(wait):
             sweep_temp_files(self.path / VECTORS_DIR)  # left by killed runs

@@ -109,5 +109,6 @@ def test_every_option_and_argument_has_help(path, command):
         if isinstance(param, click.Option):
             assert param.help, f"{' '.join(path)} {'/'.join(param.opts)} has no help"
         else:
-            assert param.human_readable_name in (command.help or ""), \
-                f"{' '.join(path)}: argument {param.human_readable_name} not in its help"
+            name = param.human_readable_name.strip("[].")  # "[TEXT]..." is named as TEXT
+            assert name in (command.help or ""), \
+                f"{' '.join(path)}: argument {name} not in its help"

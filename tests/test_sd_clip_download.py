@@ -255,6 +255,7 @@ def test_partial_download_is_one_clear_message(source, hf_home, tmp_path, kind, 
     draw_photos(photos, per_pair=1)
     photo = str(sorted(photos.rglob("*.*"))[0])
     lib = tmp_path / "lib"
+    Library(lib).close()  # `query` on a folder holding no library stops before any model
     for args in (("classify", photo, "a dog", "a cat", "--model", model,
                   "--library", str(tmp_path / "nolib")),
                  ("index", str(photos), "--model", model, "--library", str(lib)),
