@@ -144,3 +144,22 @@ def test_empty_library_answers_no_results(tmp_path):
                 break
             time.sleep(0.05)
         assert state["state"] == "failed" and "no folders to index" in state["error"]
+
+
+def test_thumbnails_are_upright_and_drafted_from_large_jpegs(tmp_path):
+    """EXIF orientation 6 (a phone held upright): the stored pixels are landscape, the
+    thumbnail is portrait. A 4000 x 3000 JPEG still comes out at the asked size."""
+    import io
+
+    from PIL import Image
+
+    from clipsearch.server.thumbnails import make_thumbnail
+    from tests.hostile_corpus import exif_bytes
+
+    sideways = tmp_path / "sideways.jpg"
+    Image.new("RGB", (400, 200), "red").save(sideways, "JPEG", exif=exif_bytes(orientation=6))
+    thumb = Image.open(io.BytesIO(make_thumbnail(str(sideways), 128)))
+    assert thumb.size == (64, 128)
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), "blue").save(big, "JPEG")
+    assert Image.open(io.BytesIO(make_thumbnail(str(big), 256))).size == (256, 192)
