@@ -70,6 +70,7 @@ class Progress:
     done: int
     total: int
     path: str | None = None
+    errors: int = 0  # files that failed so far in this run (committed as error rows)
 
 
 @dataclass
@@ -273,7 +274,7 @@ def _load_encode_write(
                 else:
                     tally(writer.add(loaded))
                 if progress:
-                    progress(Progress(done, len(todo), loaded.cand.path))
+                    progress(Progress(done, len(todo), loaded.cand.path, len(report.skipped)))
             tally(writer.flush())  # after a stop request: only what is already encoded
         finally:
             # Drop queued work at once (Ctrl-C, error, or done); committed batches stay.

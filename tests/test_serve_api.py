@@ -112,6 +112,7 @@ def test_index_run_over_http_reports_progress_as_events(tmp_path):
     from tests.helpers import draw_photos
 
     draw_photos(lib_dir.parent / "photos" / "more", per_pair=1, seed=5)
+    (lib_dir.parent / "photos" / "more" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     with Library(lib_dir) as lib, client(lib) as c:
         r = c.post("/api/index")
         assert r.status_code == 202 and r.json()["state"] == "running"
@@ -124,7 +125,10 @@ def test_index_run_over_http_reports_progress_as_events(tmp_path):
                         break
         assert events[-1]["state"] == "done", events[-1]
         assert events[-1]["report"]["indexed"] == 24
-        assert events[-1]["done"] == events[-1]["total"] == 24
+        assert events[-1]["done"] == events[-1]["total"] == 25
+        errors = [e["errors"] for e in events]  # failed files so far, as the run goes
+        assert errors == sorted(errors) and errors[-1] == 1
+        assert events[-1]["report"]["skipped"][0]["path"].endswith("broken.png")
         assert c.get("/api/status").json()["indexed"] == 48
         hits = c.get("/api/search", params={"q": "a red circle", "limit": 2}).json()["results"]
         assert {h["path"].split("/")[-1][:10] for h in hits} == {"red-circle"}

@@ -38,7 +38,7 @@ class IndexJobs:
                 raise RuntimeError("an index run is already going")
             self._cancel.clear()
             roots = list(roots) if roots else None
-            self._set({"state": "running", "roots": roots, "done": 0, "total": None,
+            self._set({"state": "running", "roots": roots, "done": 0, "total": None, "errors": 0,
                        "rate": 0.0, "path": None, "started": time.time()})
             self._thread = threading.Thread(target=self._run, args=(roots,),
                                             name="clipsearch-index", daemon=True)
@@ -64,7 +64,7 @@ class IndexJobs:
         started = self.state.get("started") or time.time()
         rate = p.done / max(time.time() - started, 1e-6)
         self._set({**self.state, "done": p.done, "total": p.total, "path": p.path,
-                   "rate": round(rate, 2)})
+                   "errors": p.errors, "rate": round(rate, 2)})
 
     def _run(self, roots: list[str] | None) -> None:
         settings = IndexSettings(cancel=self._cancel)

@@ -174,7 +174,8 @@ function showProgress(state) {
     $("progress-bar").style.width = `${pct}%`;
     $("status-text").textContent = state.total
       ? `Indexing ${state.done.toLocaleString()} of ${state.total.toLocaleString()}` +
-        (state.rate ? ` · ${state.rate.toFixed(0)}/s` : "")
+        (state.rate ? ` · ${state.rate.toFixed(0)}/s` : "") +
+        (state.errors ? ` · ${state.errors} unreadable` : "")
       : "Indexing: looking for new photos…";
   }
 }
