@@ -137,7 +137,7 @@ def test_limits_answer_with_clear_4xx(lib):
         assert c.get("/api/search", params={"q": "a cat", "offset": -1}).status_code == 400
         assert c.get("/api/search").status_code == 400  # no q
         big = c.post("/api/search/image", content=b"\0" * 100_001)
-        assert big.status_code == 413 and "larger than" in big.json()["error"]
+        assert big.status_code == 413 and "limit of 100000 bytes" in big.json()["error"]
         empty = c.post("/api/search/image", content=b"")
         assert empty.status_code == 400 and "no image" in empty.json()["error"]
 

@@ -68,7 +68,7 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
 
     def default_is_indexed(model_id: str) -> None:
         # A library served before its first run had no default: take the one the run used.
-        if lib.default_model.model_id not in lib.status().models:
+        if lib.default_model.model_id not in lib.indexed_models:
             lib.set_default_model(model_id)
 
     # Runs use the warm library's model (its default, or the one `serve --model` named).
@@ -123,14 +123,16 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
     async def upload(request: Request) -> bytes:
         """The request body, refused past the limit before it is all read."""
         limit = config.max_upload_bytes
+        too_big = ApiError(413, "the upload is larger than the limit of " + (
+            f"{limit // 2**20} MB" if limit % 2**20 == 0 else f"{limit} bytes"))
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"the upload is larger than {limit // 2**20} MB")
+            raise too_big
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise ApiError(413, f"the upload is larger than {limit // 2**20} MB")
+                raise too_big
         if not body:
             raise ApiError(400, "no image in the request body: send the image's bytes")
         return bytes(body)
