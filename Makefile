@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[dev,heif]'
+	$(BIN)/pip install -q -e '.[dev,heif,cluster]'  # cluster: make test runs tests/test_ray.py
 	touch $@
 
 demo: install

@@ -110,6 +110,14 @@ def warm_query(library: Path, queries: int, env: dict[str, str]) -> tuple[
     return run, json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def query_features(library: Path, queries: int, env: dict[str, str]) -> tuple[
+        proc.ProcResult, dict]:
+    """Filtered queries against unfiltered ones, and duplicates over every vector."""
+    run = proc.run(proc.python("-m", "bench.query_features", str(library), "--queries",
+                               str(queries)), env).check()
+    return run, json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def baseline_warm_query(vectors: Path, queries: int) -> tuple[proc.ProcResult, dict]:
     run = proc.run(proc.python("-m", "bench.baseline", "warm-query", str(vectors),
                                "--queries", str(queries))).check()

@@ -130,6 +130,10 @@ def bench_queries(opts: Options, results: list[dict]) -> None:
         cold["rss_vs_baseline"] = round(cold["peak_rss_mb"] / base_cold["peak_rss_mb"], 2)
         results += [base, base_cold]
     results += [ours, cold]
+    _say(f"{subject}: filtered queries and duplicates (bench.query_features)")
+    run, features = jobs.query_features(library, opts.warm_queries, opts.env)
+    results.append(jobs.summarise("query-features", subject, "clipsearch", [run], count,
+                                  **features))
 
 
 def bench_serve(opts: Options, results: list[dict]) -> None:

@@ -8,7 +8,16 @@ Every exception a `Library` method documents can be caught by a name from here:
 from clip_core.images import DecodeError
 from clip_core.model_files import MissingModelError, ModelLoadError
 from indexer import IndexReport, IndexSettings, Progress
-from search import LabelScore, SearchResult
+from indexer.ray_executor import MissingExtraError
+from search import (
+    DuplicateGroup,
+    Filters,
+    LabelScore,
+    Query,
+    QueryResults,
+    QuerySyntaxError,
+    SearchResult,
+)
 from store import CatalogDamagedError, CatalogError, LibraryBusyError, StorageError
 
 from .api import (
@@ -18,14 +27,16 @@ from .api import (
     check_model,
     classify,
     default_library_dir,
+    embed_shards,
 )
 from .watch import watch, watch_roots
 
 __all__ = [
-    "CatalogDamagedError", "CatalogError", "DecodeError", "IndexReport", "IndexSettings",
-    "LabelScore", "Library",
-    "LibraryBusyError", "LibraryStatus", "MissingModelError", "ModelLoadError",
-    "ModelNotIndexedError", "Progress", "SearchResult", "StorageError", "check_model",
-    "classify", "default_library_dir", "watch", "watch_roots",
+    "CatalogDamagedError", "CatalogError", "DecodeError", "DuplicateGroup", "Filters",
+    "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryBusyError",
+    "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",
+    "ModelNotIndexedError", "Progress", "Query", "QueryResults", "QuerySyntaxError",
+    "SearchResult", "StorageError", "check_model", "classify", "default_library_dir",
+    "embed_shards", "watch", "watch_roots",
 ]
 __version__ = "0.1.0"

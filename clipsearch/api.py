@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import json
@@ -28,8 +29,22 @@ from clip_core.file_check import sidecar
 from clip_core.model_files import ensure_local
 from clip_core.model_ref import ModelRef, parse_model
 from indexer import IndexReport, IndexSettings, Progress, run_index
+from indexer.ray_executor import require_ray
+from indexer.shards import ShardImport
 from search import LabelScore, Searcher, SearchResult, TextEmbedder
 from search.classify import zero_shot
+from search.duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
+from search.filters import Filters
+from search.grading import (
+    NEUTRAL_PROMPTS,
+    SAMPLE_SIZE,
+    Calibration,
+    QueryResults,
+    calibrate,
+    load_bars,
+    save_bars,
+)
+from search.query import Query, QuerySyntaxError  # noqa: F401  (the CLI imports them here)
 from search.text_embedder import tower_path
 from store import Catalog, CatalogDamagedError, StorageError, WriterLock, sweep_temp_files
 from store.private import make_private_dir, tighten
@@ -183,6 +198,7 @@ class Library:
         self._encoders_lock = threading.Lock()
         self._closed = False
         self._text_embedders: dict[str, TextEmbedder] = {}
+        self._calibrations: dict[tuple[str, int], Calibration] = {}  # see calibration()
         stored = self.catalog.get_meta("default_model")
         self._model_named = model is not None
         if model is not None:
@@ -370,7 +386,9 @@ class Library:
             # Its derived files: the FAISS cache and the adopted text tower (~250 MB).
             faiss_file = index_path(self.path / VECTORS_DIR, model_id)
             tower = tower_path(self.path / TEXT_TOWERS_DIR, model_id)
-            for path in (faiss_file, faiss_file.with_suffix(".json"), tower, sidecar(tower)):
+            for path in (faiss_file, faiss_file.with_suffix(".json"),
+                         faiss_file.with_suffix(".grades.json"),  # search/grading.py
+                         tower, sidecar(tower)):
                 path.unlink(missing_ok=True)
             self._text_embedders.pop(model_id, None)
             self._settle_default()
@@ -480,6 +498,9 @@ class Library:
         NotADirectoryError, MissingModelError, ModelLoadError, LibraryBusyError (another
         indexer past `wait` seconds), StorageError (read-only library, disk full). A file
         that cannot be read is skipped and listed in the report, never raised.
+        `settings=IndexSettings(ray="auto")` loads and encodes on a Ray cluster (also
+        "ray://host:10001", "local"): the same rows as a local run; MissingExtraError
+        without Ray installed, ConnectionError when there is no cluster at the address.
 
             report = lib.index(["~/Photos"], progress=lambda p: print(p.done, p.total))
             report.indexed, report.skipped, report.empty_roots
@@ -491,6 +512,8 @@ class Library:
         # Whatever can fail cheaply fails before any change: a failed run changes nothing.
         if settings is not None:
             settings.check()
+            if settings.ray is not None:
+                require_ray()  # MissingExtraError says how to install it
         for folder in roots or ():
             if not os.path.isdir(_abspath(folder)):
                 raise NotADirectoryError(f"not a folder: {_abspath(folder)}")
@@ -515,7 +538,8 @@ class Library:
 
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
                                ref.model_id, get_encoder, settings, progress,
-                               preprocess_hint=guess_preprocess(ref))
+                               preprocess_hint=guess_preprocess(ref),
+                               worker_encoder=self._worker_encoder(ref, settings))
             # The first model to load became the stored default; or vanished files took the
             # default's last vectors with them.
             self._settle_default()
@@ -527,6 +551,13 @@ class Library:
             if not report.interrupted:
                 report.empty_roots = self._survey_empty(root_ids, settings)
             return report
+
+    def _worker_encoder(self, ref: ModelRef, settings: IndexSettings | None):
+        """For a Ray run: how each worker builds the encoder image_encoder would pick."""
+        if settings is None or settings.ray is None:
+            return None
+        return functools.partial(worker_image_encoder, ref, self.device, self.precision,
+                                 self.models_dir, self.cache_dir)
 
     def _repair_text_tower(self, ref: ModelRef) -> None:
         """A damaged text tower (found by its checksum: a stat when intact) is rebuilt by the
@@ -546,6 +577,35 @@ class Library:
         roots = self.catalog.roots()
         return [survey_root(roots[i], IMAGE_EXTENSIONS, hidden) for i in root_ids
                 if i is not None and not self.catalog.root_has_files(i)]
+
+    @_serialized
+    def import_shards(self, folder: str | os.PathLike, *, wait: float = 0.0) -> ShardImport:
+        """Add the Parquet shards `embed_shards` wrote under `folder` (or a URI pyarrow
+        reads, s3://...). Idempotent: a row already stored unchanged is skipped; a shard cut
+        short is ignored and named; a file changed or gone since it was embedded is left for
+        the next index run. Raises MissingExtraError (no pyarrow), FileNotFoundError,
+        LibraryBusyError, StorageError.
+
+            report = lib.import_shards("/shared/shards")
+            report.imported, report.unchanged, report.stale, report.ignored
+        """
+        from indexer.shards import import_shards
+
+        require_ray()
+        text = os.fspath(folder)
+        if "://" not in text and not os.path.isdir(text):
+            raise FileNotFoundError(f"no shard folder at {_abspath(text)}")
+        if self.readonly:
+            raise StorageError(f"the library at {self.path} is on a read-only disk or folder")
+        with self._writer(wait):
+            report = import_shards(self.catalog, text)
+            models = self.catalog.models()
+            if report.model_id in models:
+                if self.catalog.get_meta("default_model") is None:
+                    self.catalog.set_meta("default_model",
+                                          json.dumps(models[report.model_id]["spec"]))
+                self.searcher.index_for(report.model_id, models[report.model_id]["embed_dim"])
+            return report
 
     # -- search --------------------------------------------------------------------------
     @_serialized
@@ -574,28 +634,177 @@ class Library:
     @_serialized
     def query(
         self,
-        text: str,
+        text: str | Query | None,
         *,
         limit: int = 10,
         within: str | os.PathLike | None = None,
         model: str | None = None,
         pretrained: str | None = None,
-    ) -> list[SearchResult]:
+        min_score: float | None = None,
+        strong_only: bool = False,
+        filters: Filters | None = None,
+        offset: int = 0,
+    ) -> QueryResults:
         """The `limit` pictures that best match `text`, best first, scored by cosine
-        similarity; `within`: only under this folder. An empty library gives []. Raises
-        ValueError (blank text, bad limit), ModelNotIndexedError (no vectors of `model`
-        here; it carries suggestions), MissingModelError.
+        similarity; `within`: only under this folder. `text` is a plain text, a combined
+        query string (`'"a dog" + "in the snow" - "a leash"'`, grammar in search/query.py)
+        or a `Query` (`Query.text("a dog") - Query.text("a leash") + Query.image(path)`).
+        Text-only queries are graded: each result's `grade` is strong / weak / none and the
+        list's `good_match` is False when nothing is a good match (docs/search.md);
+        `min_score` (cosine) and `strong_only` cut the list. `filters` (date, orientation,
+        size, type: search.filters.Filters) select inside the search, exactly; with `text`
+        None they list the matching photos newest first. `offset` skips that many results
+        (paging; ties are ordered by file id). An empty library gives [].
+        Raises ValueError (blank text, bad limit; QuerySyntaxError for a malformed query
+        string), ModelNotIndexedError (no vectors of `model` here; it carries suggestions),
+        MissingModelError, FileNotFoundError / DecodeError (an image term), LookupError (an
+        id: term that is not an indexed file).
 
             for hit in lib.query("a dog on a beach", limit=5, within="~/Photos/2023"):
-                print(hit.rank, hit.score, hit.path)
+                print(hit.rank, hit.score, hit.grade, hit.path)
         """
-        if not isinstance(text, str) or not text.strip():
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a whole number >= 0, not {offset!r}")
+        if text is None and filters is not None and not filters.empty:
+            return self._listing(filters, within, limit, offset)
+        if isinstance(text, Query):
+            parsed = text
+        elif isinstance(text, str) and text.strip():
+            parsed = Query.parse(text)
+        else:
             raise ValueError(f"the query text is empty: {text!r}")
+        parsed.check()
+        for term in parsed.terms:
+            if term.kind == "image":
+                _image_file(term.value)
+        ref = self._searchable(model, pretrained)
+        if ref is None:
+            return QueryResults()
+        allowed = None
+        if filters is not None and not filters.empty:
+            allowed = self.catalog.filtered_ids(*filters.where(), _folder(within))
+            if not len(allowed):
+                return _empty("no photo matches the filters")
+        vector, exclude = self._query_vector(parsed, ref)
+        found = self.searcher.search(ref.model_id, vector, limit + offset, within,
+                                     exclude or None, allowed)
+        return self._graded(found[offset:], ref, parsed.text_only, min_score, strong_only)
+
+    def _listing(self, filters: Filters, within: str | os.PathLike | None, limit: int,
+                 offset: int) -> QueryResults:
+        """Filters without a text: the matching photos, newest first (EXIF date, else
+        mtime)."""
+        from search.filters import DATE_SQL
+
+        ids = self.catalog.filtered_ids(*filters.where(), _folder(within), by_date=DATE_SQL,
+                                        limit=limit, offset=offset)
+        if not len(ids):
+            return _empty("no photo matches the filters" + (" at this offset" if offset
+                                                             else ""))
+        return QueryResults(self.searcher.results([(None, int(i)) for i in ids], offset + 1))
+
+    @_serialized
+    def duplicates(self, *, threshold: float | None = None, model: str | None = None,
+                   pretrained: str | None = None) -> list[DuplicateGroup]:
+        """Groups of near-duplicate photos (bursts, resized or re-encoded copies, small
+        crops) and exact copies, largest group first, each with its best-quality member
+        first (most pixels, then newest). `threshold`: the vector cosine above which two
+        photos are candidates (default search.duplicates.DEFAULT_THRESHOLD); candidates are
+        confirmed on an 8x8 thumbnail of each (docs/search.md). An empty library gives [].
+        Raises ValueError (threshold outside [-1, 1]), ModelNotIndexedError.
+
+            for group in lib.duplicates():
+                keep, *extra = group.members
+        """
         ref = self._searchable(model, pretrained)
         if ref is None:
             return []
-        vector = self.embed_text([text], model, pretrained)[0]
-        return self.searcher.search(ref.model_id, vector, limit, within)
+        ids, vectors = self.catalog.vectors(ref.model_id)
+        return find_duplicates(ids, vectors, self.catalog.file_rows,
+                               DEFAULT_THRESHOLD if threshold is None else threshold,
+                               self.catalog.files_sharing_content(ref.model_id))
+
+    def _query_vector(self, query: Query, ref: ModelRef) -> tuple[np.ndarray, set[int]]:
+        """The normalised weighted sum of the terms' unit vectors, and the indexed files
+        given as image terms (left out of the results, as query_image leaves out its own)."""
+        texts = [t.value for t in query.terms if t.kind == "text"]
+        text_vectors = iter(self.embed_text(texts, ref.model_id) if texts else ())
+        total = np.zeros(0, np.float32)
+        exclude: set[int] = set()
+        for term in query.terms:
+            if term.kind == "text":
+                vec = next(text_vectors)
+            elif term.kind == "image":
+                vec = self._image_vector(Path(term.value), ref)
+                own = self.catalog.file_id(_abspath(term.value))
+                if own is not None:
+                    exclude.add(own)
+            else:
+                found = self.catalog.vectors_for_files(ref.model_id, [term.value])
+                if term.value not in found:
+                    raise LookupError(f"id:{term.value} is not an indexed file of this library"
+                                      " (ids are in `clipsearch query --json` output)")
+                vec = found[term.value]
+                exclude.add(term.value)
+            vec = np.asarray(vec, np.float32)
+            vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+            total = term.weight * vec if not total.size else total + term.weight * vec
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise ValueError(f"the terms of {query!r} cancel out: nothing is left to search for")
+        return total / norm, exclude
+
+    def _graded(self, found: list[SearchResult], ref: ModelRef, text_only: bool,
+                min_score: float | None, strong_only: bool) -> QueryResults:
+        """Grade text queries against the model's neutral-prompt bars, then cut."""
+        out = QueryResults(found)
+        if text_only and found:
+            cal = self.calibration(ref.model_id)
+            out = QueryResults(dataclasses.replace(r, grade=cal.grade(r.score)) for r in found)
+            out.calibration = cal
+            out.good_match = any(r.grade == "strong" for r in out)
+        elif strong_only:
+            raise ValueError("--strong-only needs a graded query: grades exist for text terms "
+                             "only (image terms have no neutral bank to compare with)")
+        kept = [r for r in out if (min_score is None or r.score >= min_score)
+                and (not strong_only or r.grade == "strong")]
+        if len(kept) < len(out):
+            first = out[0].rank  # > 1 on a later page (offset)
+            cut = QueryResults(dataclasses.replace(r, rank=first + i)
+                               for i, r in enumerate(kept))
+            cut.calibration, cut.good_match = out.calibration, out.good_match
+            if not kept:
+                cut.reason = ("no result is graded strong" if strong_only else
+                              f"no result scores {min_score} or more")
+            out = cut
+        return out
+
+    @_serialized
+    def calibration(self, model: str | None = None) -> Calibration:
+        """The bars that grade `model`'s text queries on this library (search/grading.py),
+        measured once per catalog generation. Raises ModelNotIndexedError.
+
+            lib.calibration().strong  # -> 0.73 (shapes-tiny; a cosine)
+        """
+        ref = self._searchable(model, None)
+        if ref is None:
+            raise LookupError("the library is empty: nothing to calibrate on")
+        key = (ref.model_id, self.catalog.generation)
+        if key not in self._calibrations:
+            cached = index_path(self.path / VECTORS_DIR, ref.model_id).with_suffix(
+                ".grades.json")
+            cal = load_bars(cached, *key)
+            if cal is None:
+                dim = self.catalog.models()[ref.model_id]["embed_dim"]
+                sample = self.searcher.index_for(ref.model_id, dim).sample(SAMPLE_SIZE)
+                neutral = self.embed_text(list(NEUTRAL_PROMPTS), ref.model_id)
+                cal = calibrate(neutral, sample)
+                if not self.readonly and cached.parent.is_dir():
+                    save_bars(cached, *key, cal)
+            self._calibrations = {key: cal}
+        return self._calibrations[key]
 
     @_serialized
     def query_image(
@@ -776,6 +985,51 @@ def classify(
     return _classify(encoder, image, labels)
 
 
+def worker_image_encoder(ref: ModelRef, device: str, precision: str,
+                         models_dir: Path | None, cache_dir: Path | None):
+    """Library.image_encoder's choice on a machine without the library (a Ray worker): the
+    compiled CPU tower (compiled there once if needed), else torch's image tower."""
+    from clip_core.compiled import load_compiled
+
+    found = load_compiled(ref, device=device, precision=precision, models_dir=models_dir,
+                          cache_dir=cache_dir)
+    if found is not None:
+        return found[1]
+    from clip_core.encoder import ClipEncoder
+
+    return ClipEncoder.load(ref, device=device, towers=IMAGE_ONLY, models_dir=models_dir,
+                            precision="auto" if precision == "int8" else precision)
+
+
+def embed_shards(root: str | os.PathLike, out: str, *, ray: str, model: str | None = None,
+                 pretrained: str | None = None, device: str = "auto",
+                 precision: str = "auto", models_dir: str | os.PathLike | None = None,
+                 settings: IndexSettings | None = None) -> int:
+    """Embed every image under `root` on the Ray cluster at `ray` into Parquet shards under
+    `out` (a folder the workers can write, or s3://...), written by the workers; returns how
+    many files they describe. `Library.import_shards` adds them to a library. Raises
+    MissingExtraError, MissingModelError, NotADirectoryError, ConnectionError.
+
+        embed_shards("/shared/photos", "/shared/shards", ray="auto", model="shapes-tiny")
+    """
+    from indexer.shards import embed_shards as embed
+
+    require_ray()
+    folder = _abspath(root)
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"not a folder: {folder}")
+    ref = parse_model(model, pretrained) if model else _ref_of(None)
+    store = Path(models_dir).expanduser() if models_dir else None
+    ensure_local(ref, store)
+    settings = settings or IndexSettings()
+    settings.check()
+    make = functools.partial(worker_image_encoder, ref, device, precision, store, None)
+    encoder = make()  # here too: the true preprocessing, and a compile done once per machine
+    spec = encoder.preprocess
+    _close_encoder(encoder)
+    return embed(folder, out, ray, ref.model_id, ref.to_spec(), spec, make, settings)
+
+
 def check_model(model: str | None = None, pretrained: str | None = None, *,
                 models_dir: str | os.PathLike | None = None) -> ModelRef:
     """The model `model`/`pretrained` names, if open_clip knows it and its files are on this
@@ -831,6 +1085,16 @@ def _image_file(image: str | os.PathLike) -> None:
         raise _not_found(path)
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, "is a folder, not an image", path)
+
+
+def _folder(within: str | os.PathLike | None) -> str | None:
+    return None if within is None else os.path.abspath(os.fspath(within))
+
+
+def _empty(reason: str) -> QueryResults:
+    out = QueryResults()
+    out.reason = reason
+    return out
 
 
 def _not_found(path: str | os.PathLike) -> FileNotFoundError:

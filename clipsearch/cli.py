@@ -104,9 +104,12 @@ def _warn_random(ref) -> None:
                    "/sys, /dev).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
+              help="Load and encode on a Ray cluster: auto, ray://host:10001, or local "
+                   "(needs pip install 'clipsearch[cluster]'; docs/scale.md).")
 @friendly_errors
 def index(paths, library, model, pretrained, device, precision, batch_size, workers, wait,
-          no_draft, include_hidden, as_json, quiet, follow_links=False):
+          no_draft, include_hidden, as_json, quiet, follow_links=False, ray_address=None):
     """Index PATHS (added as library roots), or re-index every root."""
     from indexer import IndexSettings
 
@@ -124,6 +127,7 @@ def index(paths, library, model, pretrained, device, precision, batch_size, work
     if workers:
         settings.workers = workers
     settings.follow_links = follow_links
+    settings.ray = ray_address
     try:
         with lib, ProgressBar(disable=quiet) as bar:
             report = lib.index(list(paths) or None, model=model, pretrained=pretrained,
@@ -202,11 +206,25 @@ def _nothing_found(survey: dict) -> str:
 
 
 @main.command()
-@click.argument("words", nargs=-1, metavar="[TEXT]...")
+@click.argument("words", nargs=-1, metavar="[QUERY]...")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False),
               help="Find images similar to this one instead of a text.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=10, show_default=True,
               help="How many results.")
+@click.option("--min-score", type=click.FloatRange(-1, 1), default=None,
+              help="Only results with at least this cosine score.")
+@click.option("--strong-only", is_flag=True,
+              help="Only results graded strong (text queries; see docs/search.md).")
+@click.option("--after", metavar="DATE", help="Photos taken from DATE on (2023, 2023-06, "
+              "2023-06-14; EXIF date, else the file's mtime).")
+@click.option("--before", metavar="DATE", help="Photos taken before DATE.")
+@click.option("--orientation", type=click.Choice(["landscape", "portrait", "square"]),
+              help="Only photos of this shape (width and height after EXIF rotation).")
+@click.option("--min-size", metavar="WxH", help="At least this wide and high (1920x1080).")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="File type: jpeg, png, heic, webp, gif, tiff, bmp, avif (repeatable).")
+@click.option("--offset", type=click.IntRange(min=0), default=0,
+              help="Skip this many results (paging).")
 @click.option("--in", "within", type=click.Path(file_okay=False),
               help="Only results inside this folder.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array of results.")
@@ -216,22 +234,57 @@ def _nothing_found(survey: dict) -> str:
 @model_options
 @friendly_errors
 def query(words, image, limit, within, as_json, paths_only, null, library, model, pretrained,
-          device, precision):
-    """Search the library by TEXT (or --image). TEXT may be several words, unquoted:
-    `clipsearch query a dog on a beach`."""
+          device, precision, min_score=None, strong_only=False, after=None, before=None,
+          orientation=None, min_size=None, types=(), offset=0):
+    """Search the library by [QUERY]... (or --image). Words need no quotes:
+    `clipsearch query a dog on a beach`.
+
+    \b
+    A QUERY may add and subtract terms (CLIP arithmetic); + and - are signs only as words
+    of their own, and a term is the words up to the next sign:
+      clipsearch query "a dog" + "in the snow" - "a leash"
+      clipsearch query 2:"golden retriever" + ~/Photos/pool.jpg - id:42
+    N:TERM weights a term (2:, 0.5:). A term of one word starting with /, ~, ./ or ../
+    or ending in an image extension, or image:PATH, is an image; id:N is an indexed
+    file (ids: --json). Results of text queries are graded strong / weak / none; when
+    none is strong a line says so before the closest photos (docs/search.md).
+    Filters (--after, --before, --orientation, --min-size, --type) apply inside the
+    search; without a QUERY they list the matching photos, newest first."""
+    from .api import Filters, Query, QuerySyntaxError
+
     text = " ".join(words)  # as rclip does: no quotes needed
-    if bool(text and text.strip()) == bool(image):
+    try:
+        filters = Filters(after=after, before=before, orientation=orientation,
+                          min_size=min_size, types=tuple(types))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    listing = not words and not image and not filters.empty
+    if bool(text and text.strip()) == bool(image) and not listing:
         raise click.UsageError("give a TEXT or --image PATH (one of them; TEXT not blank)")
+    if image and (min_score is not None or strong_only):
+        raise click.UsageError("--min-score and --strong-only go with a QUERY, not --image")
+    parsed = None
+    if image and not filters.empty:
+        raise click.UsageError("filters go with a QUERY (or alone), not with --image")
+    if not image and not listing:
+        try:
+            parsed = Query.from_words(words)
+        except QuerySyntaxError as exc:
+            raise click.UsageError(str(exc)) from None
     if as_json and paths_only:
         raise click.UsageError("--json and --paths are two output formats: pick one")
     if null and not paths_only:
         raise click.UsageError("-0 goes with --paths (NUL after each path)")
     results, nothing_indexed = None, False
-    if not image and pretrained is None:  # a running `clipsearch serve` of this library
+    plain = (parsed is not None and len(parsed.terms) == 1 and parsed.terms[0].kind == "text"
+             and parsed.terms[0].weight == 1 and pretrained is None and filters.empty
+             and min_score is None and not strong_only and offset == 0)
+    if plain:  # a running `clipsearch serve` of this library answers plain text queries
         from .remote import query_server
 
         # No results (an empty library?) are worked out here, to say why.
-        results = query_server(library, text, limit=limit, within=within, model=model) or None
+        results = query_server(library, str(parsed.terms[0].value), limit=limit,
+                               within=within, model=model) or None
     if results is None:
         with open_library(library, None, None, device, precision, low_memory=True,
                           create=False) as lib:
@@ -240,9 +293,16 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
                 results = lib.query_image(image, limit=limit, within=within, model=model,
                                           pretrained=pretrained)
             else:
-                results = lib.query(text, limit=limit, within=within, model=model,
-                                    pretrained=pretrained)
+                try:
+                    results = lib.query(parsed, limit=limit, within=within, model=model,
+                                        pretrained=pretrained, min_score=min_score,
+                                        strong_only=strong_only, filters=filters, offset=offset)
+                except ValueError as exc:  # only negative terms, terms that cancel out
+                    raise click.UsageError(str(exc)) from None
             nothing_indexed = not results and not lib.indexed_models
+    why = getattr(results, "reason", None)
+    if why and (as_json or paths_only):  # the formats stay lists: the reason goes to stderr
+        click.echo(f"No results: {why}", err=True)
     if as_json:
         write_json([r.to_dict() for r in results])
     elif paths_only:
@@ -251,10 +311,16 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
         click.echo("Nothing indexed yet: run `clipsearch index FOLDER`", err=True)
     elif not results:
         where = f" inside {within}" if within else ""
-        click.echo(f"No results{where} (is it indexed? `clipsearch status`)", err=True)
+        click.echo(f"No results{where}" + (f": {why}" if why else
+                   " (is it indexed? `clipsearch status`)"), err=True)
     else:
+        if getattr(results, "good_match", None) is False:
+            click.echo("No good match: nothing here is graded strong; the closest photos "
+                       "follow.", err=True)
         for r in results:
-            click.echo(f"{r.rank:>3}  {r.score:.3f}  {human(r.path)}")
+            grade = f"  {r.grade:<6}" if r.grade else ""
+            score = f"{r.score:.3f}" if r.score is not None else f"{r.width}x{r.height}"
+            click.echo(f"{r.rank:>3}  {score}{grade}  {human(r.path)}")
 
 
 @main.command()
@@ -410,13 +476,40 @@ def doctor(repair, library, wait, as_json):
             click.echo("Run `clipsearch doctor --repair` to repair it.")
     if not (report.healthy or report.repaired):
         sys.exit(EXIT_DAMAGED)
+@click.option("--threshold", type=click.FloatRange(-1, 1), default=None,
+              help="Vector cosine above which two photos are candidates (default 0.95); "
+              "candidates are confirmed on their pixels (docs/search.md).")
+@click.option("--json", "as_json", is_flag=True, help="The groups as JSON.")
+@library_options
+@click.option("--model", help="Whose vectors to compare (default: the library's default).")
+@click.option("--pretrained", help="Pretrained tag or weights file for --model.")
+@friendly_errors
+def duplicates(threshold, as_json, library, model, pretrained):
+    """Group near-duplicate photos (bursts, resized or re-encoded copies, small crops) and
+    exact copies: largest group first, each with its best photo first (most pixels, then
+    newest)."""
+    with open_library(library, create=False, low_memory=True) as lib:
+        groups = lib.duplicates(threshold=threshold, model=model, pretrained=pretrained)
+    if as_json:
+        write_json([g.to_dict() for g in groups])
+        return
+    if not groups:
+        click.echo("No duplicates found.", err=True)
+    for n, group in enumerate(groups, 1):
+        kind = "exact copies" if group.exact else "near-duplicates"
+        click.echo(f"Group {n}: {len(group.members)} photos, {kind}")
+        for i, m in enumerate(group.members):
+            mark = "best " if i == 0 else f"{m.score:.3f}"
+            click.echo(f"  {mark}  {m.width}x{m.height}  {human(m.path)}")
 
 
 def _register_subgroups() -> None:
     from .cli_models import models
     from .cli_serve import make_serve, make_watch
+    from .cli_shards import add_commands
 
     main.add_command(models)
+    add_commands(main, library_options, model_options, wait_option, open_library)
     main.add_command(make_serve(library_options, model_options, open_library))
     main.add_command(make_watch(library_options, open_library))
 

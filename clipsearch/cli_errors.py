@@ -23,6 +23,7 @@ def _known_errors() -> list[tuple[tuple[type[BaseException], ...], int]]:
     from clip_core.loading import ModelLoadError
     from clip_core.model_files import MissingModelError
     from clip_core.model_store import StoreError
+    from indexer.ray_executor import MissingExtraError
     from store import CatalogDamagedError, CatalogError, LibraryBusyError
 
     return [
@@ -30,6 +31,7 @@ def _known_errors() -> list[tuple[tuple[type[BaseException], ...], int]]:
         ((MissingModelError, ModelLoadError), EXIT_MODEL),
         ((LibraryBusyError,), EXIT_BUSY),
         ((DecodeError, CatalogError, StoreError, LookupError, OSError), EXIT_PROBLEM),
+        ((MissingExtraError,), EXIT_PROBLEM),  # --ray without the cluster extra
     ]
 
 

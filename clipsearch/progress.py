@@ -17,6 +17,8 @@ class ProgressBar:
             return
         if self.bar is None:
             self.bar = tqdm(total=progress.total, unit="img", desc="Indexing", dynamic_ncols=True)
+        if progress.workers is not None:  # a Ray run: the rate shown is the cluster's
+            self.bar.set_postfix_str(f"{progress.workers} workers", refresh=False)
         self.bar.update(progress.done - self.bar.n)
 
     def __enter__(self) -> ProgressBar:

@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from search import SearchResult
+from search.grading import QueryResults
 
 SERVER_FILE = "server.json"
 LIBRARY_HEADER = "X-Clipsearch-Library"
@@ -51,7 +52,7 @@ def remove_server_file(library: Path) -> None:
 
 def query_server(library: str | os.PathLike | None, text: str, *, limit: int = 10,
                  within: str | os.PathLike | None = None, model: str | None = None,
-                 timeout: float = 30.0) -> list[SearchResult] | None:
+                 timeout: float = 30.0) -> QueryResults | None:
     """The results of a text query from the library's running server, or None when there is
     no live server of this library or it did not answer with results.
 
@@ -83,7 +84,10 @@ def query_server(library: str | os.PathLike | None, text: str, *, limit: int = 1
     except (OSError, ValueError):  # refused, timed out, an error answer: work in-process
         return None
     names = {f.name for f in fields(SearchResult)}
-    return [SearchResult(**{k: v for k, v in r.items() if k in names}) for r in body["results"]]
+    results = QueryResults(SearchResult(**{k: v for k, v in r.items() if k in names})
+                           for r in body["results"])
+    results.good_match, results.reason = body.get("good_match"), body.get("reason")
+    return results
 
 
 def _opener() -> urllib.request.OpenerDirector:

@@ -70,6 +70,7 @@ class Progress:
     done: int
     total: int
     path: str | None = None
+    workers: int | None = None  # encoder workers of a Ray cluster run (None: this process)
     errors: int = 0  # files that failed so far in this run (committed as error rows)
 
 
@@ -82,6 +83,9 @@ class IndexSettings:
     include_hidden: bool = False  # dot-files and -folders, @eaDir (indexer.crawl)
     follow_links: bool = False  # symlinks leading out of the root (indexer.crawl)
     cancel: object | None = None  # a threading.Event: set() it to stop like Ctrl-C
+    # A Ray cluster to load and encode on (indexer.ray_executor): "auto", "ray://host:10001"
+    # or "local"; None runs in this process. Needs the `cluster` extra.
+    ray: str | None = None
 
     def check(self) -> None:
         for name in ("batch_size", "workers", "prefetch"):
@@ -89,6 +93,9 @@ class IndexSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"IndexSettings.{name} must be a whole number >= 1, "
                                  f"not {value!r}")
+        if self.ray is not None and (not isinstance(self.ray, str) or not self.ray.strip()):
+            raise ValueError(f"IndexSettings.ray must be a Ray address (auto, "
+                             f"ray://host:10001, local), not {self.ray!r}")
 
 
 class Encoder(Protocol):
@@ -114,6 +121,8 @@ class _Job:
     progress: Callable[[Progress], None] | None
     report: IndexReport
     preprocess_hint: PreprocessSpec | None
+    # Builds the image encoder on a Ray worker (picklable; settings.ray runs only).
+    worker_encoder: Callable[[], Encoder] | None = None
 
 
 def run_index(
@@ -124,16 +133,18 @@ def run_index(
     settings: IndexSettings | None = None,
     progress: Callable[[Progress], None] | None = None,
     preprocess_hint: PreprocessSpec | None = None,
+    worker_encoder: Callable[[], Encoder] | None = None,
 ) -> IndexReport:
     """Index `root_ids`. `preprocess_hint` (the model's preprocessing, read from its config)
-    lets decoding start while `get_encoder` is still loading the model."""
+    lets decoding start while `get_encoder` is still loading the model. `worker_encoder`
+    (picklable) makes the same encoder on each Ray worker when `settings.ray` is set."""
     settings = settings or IndexSettings()
     settings.check()
     started = time.monotonic()
     report = IndexReport(model_id)
     try:
-        _run(_Job(catalog, model_id, get_encoder, settings, progress, report, preprocess_hint),
-             root_ids)
+        _run(_Job(catalog, model_id, get_encoder, settings, progress, report, preprocess_hint,
+                  worker_encoder), root_ids)
     except KeyboardInterrupt:
         report.interrupted = True  # a second Ctrl-C, or one outside the batch loop
     report.seconds = time.monotonic() - started
@@ -166,7 +177,10 @@ def _run(job: _Job, root_ids: list[int]) -> None:
     gone = [file_id for plan in plans for file_id in plan.gone]
     report.todo = len(todo)
     if todo:
-        vanished = _load_encode_write(job, todo, known, retried)
+        load_encode_write = _load_encode_write
+        if job.settings.ray is not None:  # the same stages, scheduled by Ray (optional extra)
+            from .ray_executor import load_encode_write
+        vanished = load_encode_write(job, todo, known, retried)
         if report.interrupted:
             return  # the sweep waits for a complete run
         gone += [i for i in (catalog.file_id(p) for p in vanished) if i is not None]
@@ -226,15 +240,7 @@ def _load_encode_write(
             return digest in known or digest in writer.committed_hashes
 
         def tally(committed: list[tuple[FileRecord, bool]]) -> None:
-            for record, embedded in committed:
-                report.committed += 1
-                if record.status == "error":
-                    report.skipped.append(Skipped(record.path, str(record.error_reason),
-                                                  str(record.error_message)))
-                elif embedded:
-                    report.indexed += 1
-                else:
-                    report.reused += 1
+            _tally(report, committed)
 
         done = 0
         pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="clipsearch-load")
@@ -274,7 +280,8 @@ def _load_encode_write(
                 else:
                     tally(writer.add(loaded))
                 if progress:
-                    progress(Progress(done, len(todo), loaded.cand.path, len(report.skipped)))
+                    progress(Progress(done, len(todo), loaded.cand.path,
+                                      errors=len(report.skipped)))
             tally(writer.flush())  # after a stop request: only what is already encoded
         finally:
             # Drop queued work at once (Ctrl-C, error, or done); committed batches stay.
@@ -285,6 +292,19 @@ def _load_encode_write(
             pool.shutdown(wait=not (stop.requested or inflight), cancel_futures=True)
         report.interrupted = stop.requested
     return vanished
+
+
+def _tally(report: IndexReport, committed: list[tuple[FileRecord, bool]]) -> None:
+    """Count what a BatchWriter call committed into the report."""
+    for record, embedded in committed:
+        report.committed += 1
+        if record.status == "error":
+            report.skipped.append(Skipped(record.path, str(record.error_reason),
+                                          str(record.error_message)))
+        elif embedded:
+            report.indexed += 1
+        else:
+            report.reused += 1
 
 
 def _result(future: Future[Loaded], stop: StopRequest) -> Loaded | None:

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True)
 class SearchResult:
     rank: int
-    score: float  # cosine similarity in [-1, 1]
+    score: float | None  # cosine similarity in [-1, 1]; None in a listing by date (filters only)
     path: str
     file_id: int
     root: str | None = None
     width: int | None = None
     height: int | None = None
     taken_at: str | None = None
+    grade: str | None = None  # strong / weak / none (search/grading.py); None: not graded
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,6 +11,8 @@ from store import Catalog, VectorIndex, open_vector_index
 
 from .results import SearchResult
 
+DIRECT_MAX = 2000  # an id selector this small (or under 2% of the index) is scored directly
+
 
 class Searcher:
     def __init__(self, catalog: Catalog, index_folder: Path):
@@ -33,14 +35,18 @@ class Searcher:
         limit: int = 10,
         within: str | os.PathLike | None = None,
         exclude: set[int] | None = None,
+        allowed: np.ndarray | None = None,
     ) -> list[SearchResult]:
+        """Exact top `limit` by cosine; `within` (a folder) or `allowed` (file ids, from
+        filters: already scoped to `within` when both apply) select inside the scan."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
         query = np.asarray(query, np.float32).reshape(1, -1)
         index = self.index_for(model_id, query.shape[1])
-        allowed = None
-        if within is not None:
+        if allowed is None and within is not None:
             allowed = self.catalog.ids_in_folder(os.path.abspath(os.fspath(within)))
+        if allowed is not None and len(allowed) <= max(DIRECT_MAX, len(index) // 50):
+            return self._direct(model_id, index, query[0], limit, allowed, exclude)
         extra = len(exclude) if exclude else 0
         # The FAISS cache holds fp16 copies (half the memory and time): fetch a margin of
         # candidates, re-score them with the catalog's exact fp32 vectors, and widen the
@@ -60,7 +66,29 @@ class Searcher:
                              and ranked[limit - 1][0] > float(hits.scores[-1]) + bound):
                 break
             want *= 4
-        scored = ranked[:limit]
+        return self.results(ranked[:limit])
+
+    def _direct(self, model_id: str, index: VectorIndex, query: np.ndarray, limit: int,
+                allowed: np.ndarray, exclude: set[int] | None) -> list[SearchResult]:
+        """A selective filter: score only its files' fp16 rows, then re-score exactly every
+        file that could still be in the top `limit` (within 2 error bounds of the
+        limit-th). FAISS with an id selector still visits every row (20k vectors: 75 ms
+        against 9 for the unfiltered scan, busy machine); this reads 1% of them."""
+        if exclude:
+            allowed = np.setdiff1d(allowed, np.fromiter(exclude, np.int64))
+        ids, approx = index.approx_scores(allowed, query)
+        if len(ids) > limit:
+            kth = np.partition(-approx, limit - 1)[limit - 1]
+            ids = ids[-approx <= kth + 2 * index.error_bound(query)]
+        exact = self.catalog.vectors_for_files(model_id, ids.tolist())
+        ranked = sorted(((float(vec @ query), file_id) for file_id, vec in exact.items()),
+                        key=lambda item: (-item[0], item[1]))
+        return self.results(ranked[:limit])
+
+    def results(self, scored: list[tuple[float | None, int]],
+                first_rank: int = 1) -> list[SearchResult]:
+        """(score, file id) pairs, best first, as results with their catalog rows (a score
+        of None: a listing without a query)."""
         rows = self.catalog.file_rows([file_id for _, file_id in scored])
         results: list[SearchResult] = []
         for score, file_id in scored:
@@ -68,7 +96,8 @@ class Searcher:
             if row is None:
                 continue  # deleted since the index snapshot
             results.append(SearchResult(
-                rank=len(results) + 1, score=round(score, 6), path=row["path"],
+                rank=len(results) + first_rank,
+                score=None if score is None else round(score, 6), path=row["path"],
                 file_id=file_id, root=row["root"], width=row["width"], height=row["height"],
                 taken_at=row["taken_at"],
             ))

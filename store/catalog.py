@@ -307,6 +307,20 @@ class Catalog:
         return self.conn.execute("SELECT 1 FROM files WHERE root_id = ? LIMIT 1",
                                  (root_id,)).fetchone() is not None
 
+    def files_sharing_content(self, model_id: str) -> list[list[int]]:
+        """Ids of indexed files with identical bytes (one content hash, a vector of
+        `model_id`), a list per hash: exact copies, for duplicate finding."""
+        groups: dict[str, list[int]] = {}
+        for content_hash, file_id in self.conn.execute(
+            "SELECT f.content_hash, f.id FROM files f JOIN embeddings e"
+            " ON e.content_hash = f.content_hash AND e.model_id = ?"
+            " WHERE f.status = 'ok' AND f.content_hash IN (SELECT content_hash FROM files"
+            " WHERE status = 'ok' GROUP BY content_hash HAVING COUNT(*) > 1)"
+            " ORDER BY f.content_hash, f.id", (model_id,),
+        ):
+            groups.setdefault(content_hash, []).append(int(file_id))
+        return list(groups.values())
+
     def hashes_with_vectors(self, model_id: str) -> set[str]:
         return {
             h for (h,) in self.conn.execute(
@@ -389,6 +403,23 @@ class Catalog:
             "SELECT id FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)",
             (lo, hi),
         ).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def filtered_ids(self, clauses: list[str], params: list, folder: str | None = None, *,
+                     by_date: str | None = None, limit: int = -1,
+                     offset: int = 0) -> np.ndarray:
+        """Ids of indexed files meeting every SQL condition in `clauses` (on `files`) and
+        inside `folder`; with `by_date` (an SQL date expression) newest first, then by id,
+        paged by `limit` / `offset`: the id selector of a filtered search, or a listing."""
+        where, args = ["status = 'ok'", *clauses], list(params)
+        if folder is not None:
+            lo, hi = folder_range(folder)
+            where.append("path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)")
+            args += [lo, hi]
+        order = f" ORDER BY {by_date} DESC, id" if by_date else ""
+        rows = self.conn.execute(
+            f"SELECT id FROM files WHERE {' AND '.join(where)}{order} LIMIT ? OFFSET ?",
+            [*args, limit, offset]).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def vectors(self, model_id: str) -> tuple[np.ndarray, np.ndarray]:

@@ -180,3 +180,16 @@ def test_index_of_a_folder_that_is_not_a_root_is_refused(lib, tmp_path):
     with client(lib) as c:
         r = c.post("/api/index", params={"root": str(tmp_path)})
         assert r.status_code == 400 and r.json()["roots"] == lib.roots
+
+
+def test_a_search_text_never_names_a_file(lib, tmp_path):
+    """Query strings may name images by path (image:PATH, ~/x.jpg); over HTTP q is only ever
+    text, so a request cannot make the server read a file or tell whether one exists."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    with client(lib) as c:
+        for q in (f"image:{secret}", str(secret), f"image:{tmp_path}/missing.jpg",
+                  '"a cat" + /etc/passwd'):
+            r = c.get("/api/search", params={"q": q, "limit": 3})
+            assert r.status_code == 200, (q, r.text)
+            assert r.json()["query"] == q and len(r.json()["results"]) == 3

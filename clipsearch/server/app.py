@@ -30,6 +30,7 @@ from clipsearch import (
     SearchResult,
     __version__,
 )
+from clipsearch import Query as SearchQuery
 from clipsearch.remote import LIBRARY_HEADER, library_tag
 
 from .config import ServeConfig
@@ -102,7 +103,10 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
 
     def answer(results: list[SearchResult], offset: int, limit: int, **head: Any) -> dict:
         shown = results[offset: offset + limit]
+        # good_match / reason: the grading of text queries (docs/search.md), None otherwise
         return {**head, "offset": offset, "limit": limit, "more": len(results) > offset + limit,
+                "good_match": getattr(results, "good_match", None),
+                "reason": getattr(results, "reason", None),
                 "results": [_result(r) for r in shown]}
 
     def searching(call, *args: Any, **kwargs: Any) -> list[SearchResult]:
@@ -157,8 +161,10 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
         if len(q) > config.max_query_chars:
             raise ApiError(400, f"the query is longer than {config.max_query_chars} characters")
         page(offset, limit)
-        hits = searching(lib.query, q, limit=offset + limit + 1, within=within(folder),
-                         model=model)
+        # Always plain text: a query string could name image files by path (image:PATH),
+        # and a request never reaches a file by its path.
+        hits = searching(lib.query, SearchQuery.text(q), limit=offset + limit + 1,
+                         within=within(folder), model=model)
         # Which library answered: `clipsearch query` checks it before trusting the answer.
         return JSON(answer(hits, offset, limit, query=q), headers={LIBRARY_HEADER: library})
 

@@ -1,0 +1,172 @@
+"""Near-duplicate photos: bursts, resized or re-encoded copies, small crops.
+
+Two steps (docs/search.md has the measured distributions behind both thresholds):
+
+1. candidates from the stored vectors: a range search of every vector against all others
+   (exact fp32, blocked BLAS products) keeps the pairs whose cosine is above `threshold`;
+   files with the same content hash (exact copies) are grouped whatever the threshold;
+2. each candidate pair is confirmed on the pixels: an 8x8 colour thumbnail of each file
+   (mean removed) must correlate at least PIXEL_THRESHOLD. CLIP vectors say "the same kind
+   of picture"; a small model says so of every red circle on grey wherever the circle sits,
+   and the thumbnail tells a copy from another picture of the same scene. Only candidates
+   are read, each once.
+
+Pairs join into groups transitively (union-find). Groups come largest first, each with its
+best-quality member first: most pixels, then newest (file mtime), then path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.95  # vector cosine for candidates
+PIXEL_THRESHOLD = 0.7  # thumbnail correlation that confirms a candidate
+THUMB_SIDE = 8
+BLOCK_ELEMENTS = 16_000_000  # scores per block (64 MB): bounds the memory at any size
+
+
+@dataclass(frozen=True)
+class DuplicateMember:
+    file_id: int
+    path: str
+    width: int | None
+    height: int | None
+    size: int | None  # bytes
+    mtime_ns: int | None
+    score: float  # cosine with the group's first (best) member
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    members: tuple[DuplicateMember, ...]  # best quality first
+    exact: bool  # every member has the same bytes (one content hash)
+
+    def to_dict(self) -> dict:
+        return {"size": len(self.members), "exact": self.exact,
+                "members": [m.to_dict() for m in self.members]}
+
+
+def thumbnail_signature(path: str) -> np.ndarray | None:
+    """The pixel check's signature: an 8x8 RGB box thumbnail, mean removed, unit length;
+    None when the file is gone or no longer an image."""
+    from PIL import Image
+
+    from clip_core.images import DecodeError, decode_image
+
+    try:
+        image = decode_image(path, min_side=4 * THUMB_SIDE).image
+    except (DecodeError, OSError):
+        return None
+    thumb = np.asarray(image.resize((THUMB_SIDE, THUMB_SIDE), Image.BOX), np.float32).ravel()
+    thumb = thumb - thumb.mean()
+    return thumb / max(float(np.linalg.norm(thumb)), 1e-6)
+
+
+def candidate_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray,
+                                                                      np.ndarray]:
+    """(rows a, rows b, cosine) of every pair a < b with cosine above threshold (exact fp32).
+    Blocks of rows against the rows after them (the upper triangle), one BLAS product each:
+    on 20k vectors this took half the time of FAISS's range search, which computes both
+    triangles."""
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    n = len(vectors)
+    step = max(16, BLOCK_ELEMENTS // max(n, 1))
+    out_a, out_b, out_s = [], [], []
+    for start in range(0, n, step):
+        block = vectors[start:start + step] @ vectors[start:].T
+        rows, cols = np.nonzero(block > threshold)
+        keep = cols > rows  # each pair once, never a vector with itself
+        rows, cols = rows[keep], cols[keep]
+        out_a.append(rows + start)
+        out_b.append(cols + start)
+        out_s.append(block[rows, cols])
+    if not out_a:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return (np.concatenate(out_a).astype(np.int64), np.concatenate(out_b).astype(np.int64),
+            np.concatenate(out_s))
+
+
+def find_duplicates(
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    rows: Callable[[list[int]], dict[int, dict]],
+    threshold: float = DEFAULT_THRESHOLD,
+    same_content: list[list[int]] = (),
+    signature: Callable[[str], np.ndarray | None] = thumbnail_signature,
+) -> list[DuplicateGroup]:
+    """Groups of near-duplicates among files `ids` (their unit `vectors`, row for row).
+    `rows(file_ids)` gives catalog rows (path, width, height, size, mtime_ns,
+    content_hash); `same_content`: groups of file ids with one content hash (exact copies,
+    grouped whatever the threshold)."""
+    if isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold is a cosine between -1 and 1, not {threshold!r}")
+    if len(ids) < 2:
+        return []
+    a, b, _ = candidate_pairs(vectors, float(threshold))
+    known = set(ids.tolist())
+    copies = [[f for f in group if f in known] for group in same_content]
+    involved = {int(ids[i]) for i in np.concatenate([a, b])}
+    involved.update(f for group in copies for f in group)
+    info = rows(sorted(involved))
+    parent = {file_id: file_id for file_id in info}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    signatures: dict[int, np.ndarray | None] = {}
+
+    def sig(file_id: int) -> np.ndarray | None:
+        if file_id not in signatures:
+            signatures[file_id] = signature(info[file_id]["path"])
+        return signatures[file_id]
+
+    for group in copies:
+        for x, y in zip(group, group[1:], strict=False):
+            if x in info and y in info:
+                parent[find(x)] = find(y)
+    for i, j in zip(a.tolist(), b.tolist(), strict=True):
+        x, y = int(ids[i]), int(ids[j])
+        if x not in info or y not in info:
+            continue  # deleted since the vectors were read
+        if info[x]["content_hash"] != info[y]["content_hash"]:
+            sx, sy = sig(x), sig(y)
+            if sx is None or sy is None or float(sx @ sy) < PIXEL_THRESHOLD:
+                continue
+        parent[find(x)] = find(y)
+    by_root: dict[int, list[int]] = {}
+    for file_id in info:
+        by_root.setdefault(find(file_id), []).append(file_id)
+    row_of = {int(file_id): n for n, file_id in enumerate(ids.tolist())}
+    groups = [_group(members, info, vectors, row_of)
+              for members in by_root.values() if len(members) > 1]
+    groups.sort(key=lambda g: (-len(g.members), os.fsencode(g.members[0].path)))
+    return groups
+
+
+def _group(members: list[int], info: dict[int, dict], vectors: np.ndarray,
+           row_of: dict[int, int]) -> DuplicateGroup:
+    def quality(file_id: int) -> tuple:
+        row = info[file_id]
+        pixels = (row["width"] or 0) * (row["height"] or 0)
+        return (-pixels, -(row["mtime_ns"] or 0), os.fsencode(row["path"]))
+
+    ordered = sorted(members, key=quality)
+    best = vectors[row_of[ordered[0]]]
+    out = tuple(
+        DuplicateMember(file_id=f, path=info[f]["path"], width=info[f]["width"],
+                        height=info[f]["height"], size=info[f]["size"],
+                        mtime_ns=info[f]["mtime_ns"],
+                        score=round(float(vectors[row_of[f]] @ best), 6))
+        for f in ordered)
+    exact = len({info[f]["content_hash"] for f in ordered}) == 1
+    return DuplicateGroup(out, exact)

@@ -1,0 +1,112 @@
+"""Photo filters (date, orientation, size, file type) as one SQLite query over the catalog.
+
+The ids it returns become the vector search's id selector, so a filter applies inside the
+search (the exact top-k of the photos it keeps), never to a top-k found without it.
+A photo's date is its EXIF capture time when the file has one, else its file mtime (local
+time).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+
+ORIENTATIONS = ("landscape", "portrait", "square")
+# --type NAME -> file name extensions (lower case)
+TYPES: dict[str, tuple[str, ...]] = {
+    "jpeg": (".jpg", ".jpeg", ".jpe"), "png": (".png",), "heic": (".heic", ".heif"),
+    "webp": (".webp",), "gif": (".gif",), "tiff": (".tif", ".tiff"), "bmp": (".bmp",),
+    "avif": (".avif",),
+}
+TYPES["jpg"] = TYPES["jpeg"]
+TYPES["tif"] = TYPES["tiff"]
+TYPES["heif"] = TYPES["heic"]
+DATE_SQL = ("COALESCE(taken_at, strftime('%Y-%m-%dT%H:%M:%S', mtime_ns / 1000000000,"
+            " 'unixepoch', 'localtime'))")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What photos to keep. Dates: `2023`, `2023-06` or `2023-06-14`; `after` keeps photos
+    from the start of that period on, `before` those before its start.
+
+        Filters(after="2023-06", before="2024", orientation="portrait", min_size="1000x800",
+                types=("jpeg",))
+    """
+
+    after: str | None = None
+    before: str | None = None
+    orientation: str | None = None
+    min_size: str | None = None  # WxH
+    types: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        start, end = (_start_of(self.after, "after"), _start_of(self.before, "before"))
+        if start and end and start >= end:
+            raise ValueError(f"impossible date range: after {self.after} and before "
+                             f"{self.before} leave no day")
+        if self.orientation is not None and self.orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation is one of {', '.join(ORIENTATIONS)}, not "
+                             f"{self.orientation!r}")
+        if self.min_size is not None:
+            _size(self.min_size)
+        if isinstance(self.types, str):
+            raise TypeError("types is a list of names: ('jpeg',), not one string")
+        unknown = [t for t in self.types if t.lower() not in TYPES]
+        if unknown:
+            raise ValueError(f"unknown file type {unknown[0]!r}: one of "
+                             f"{', '.join(sorted(TYPES))}")
+
+    @property
+    def empty(self) -> bool:
+        return not (self.after or self.before or self.orientation or self.min_size
+                    or self.types)
+
+    def where(self) -> tuple[list[str], list]:
+        """SQL conditions on `files` (ANDed) and their parameters."""
+        clauses: list[str] = []
+        params: list = []
+        if self.after:
+            clauses.append(f"{DATE_SQL} >= ?")
+            params.append(_start_of(self.after, "after").isoformat())
+        if self.before:
+            clauses.append(f"{DATE_SQL} < ?")
+            params.append(_start_of(self.before, "before").isoformat())
+        if self.orientation == "landscape":
+            clauses.append("width > height")
+        elif self.orientation == "portrait":
+            clauses.append("height > width")
+        elif self.orientation == "square":
+            clauses.append("width = height")
+        if self.min_size:
+            w, h = _size(self.min_size)
+            clauses.append("width >= ? AND height >= ?")
+            params += [w, h]
+        if self.types:
+            suffixes = sorted({s for t in self.types for s in TYPES[t.lower()]})
+            clauses.append("(" + " OR ".join("lower(path) LIKE ?" for _ in suffixes) + ")")
+            params += [f"%{s}" for s in suffixes]
+        return clauses, params
+
+
+def _start_of(text: str | None, what: str) -> date | None:
+    """The first day of `2023`, `2023-06` or `2023-06-14`."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?", str(text).strip())
+    try:
+        if not match:
+            raise ValueError
+        year, month, day = (int(g) if g else 1 for g in match.groups())
+        return date(year, month, day)
+    except ValueError:
+        raise ValueError(f"--{what} takes a date like 2023, 2023-06 or 2023-06-14, not "
+                         f"{text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)[xX](\d+)", str(text).strip())
+    if not match:
+        raise ValueError(f"min size is WIDTHxHEIGHT, like 1920x1080, not {text!r}")
+    return int(match.group(1)), int(match.group(2))

@@ -1,0 +1,159 @@
+"""Photo filters inside the vector search (issue 14.2, the part without new metadata): date
+(EXIF, else mtime), orientation, size and file type select ids in SQLite that the exact scan
+is limited to, so a filter keeping a few photos still returns their exact top-k."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch import Filters, Library
+from clipsearch.shapes import COLOURS, SHAPES, draw
+from search import searcher
+from tests.helpers import cli, cli_json
+
+SIZES = ((96, 96), (140, 100), (100, 140), (200, 150))
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    """96 photos: sizes, PNG or JPEG, mtimes spread over 2019-2024, a third of the JPEGs
+    with an EXIF date that differs from their mtime. Returns the facts per path."""
+    root = tmp_path_factory.mktemp("filters")
+    photos = root / "photos"
+    photos.mkdir()
+    rng = random.Random(8080)
+    facts: dict[str, dict] = {}
+    n = 0
+    for colour in COLOURS:
+        for shape in SHAPES:
+            for _ in range(4):
+                w, h = SIZES[n % 4]
+                img = draw(colour, shape, size=(w, h), rng=rng)
+                jpeg = n % 5 in (0, 1, 3)  # every size in both types
+                path = photos / f"{colour}-{shape}-{n}.{'jpg' if jpeg else 'png'}"
+                taken = None
+                if jpeg and n % 3 == 0:
+                    taken = datetime(2018 + n % 7, 1 + n % 12, 1 + n % 28, 12, n % 60, n // 60)
+                    exif = Image.Exif()
+                    exif[0x0132] = taken.strftime("%Y:%m:%d %H:%M:%S")  # DateTime
+                    img.save(path, quality=90, exif=exif)
+                else:
+                    img.save(path, **({"quality": 90} if jpeg else {}))
+                mtime = datetime(2019 + n % 6, 1 + (n * 5) % 12, 1 + (n * 7) % 28, 8, n % 60,
+                                 n // 60)
+                os.utime(path, (mtime.timestamp(), mtime.timestamp()))
+                facts[str(path)] = {"w": w, "h": h, "jpeg": jpeg,
+                                    "date": (taken or mtime).isoformat()}
+                n += 1
+    with Library(root / "lib", model="shapes-tiny") as lib:
+        lib.index([photos])
+    return root / "lib", facts
+
+
+def _keeps(fact: dict, f: Filters) -> bool:
+    """The filters' meaning, written independently of their SQL."""
+    if f.after and fact["date"] < _start(f.after):
+        return False
+    if f.before and fact["date"] >= _start(f.before):
+        return False
+    w, h = fact["w"], fact["h"]
+    if f.orientation and f.orientation != ("landscape" if w > h else
+                                           "portrait" if h > w else "square"):
+        return False
+    if f.min_size:
+        mw, mh = (int(v) for v in f.min_size.split("x"))
+        if w < mw or h < mh:
+            return False
+    return not (f.types and (fact["jpeg"] != ("jpeg" in f.types)))
+
+
+def _start(text: str) -> str:
+    parts = [int(p) for p in text.split("-")] + [1, 1]
+    return datetime(parts[0], parts[1], parts[2]).isoformat()
+
+
+CASES = [
+    Filters(after="2021"),
+    Filters(before="2020-06"),
+    Filters(after="2020-03", before="2022-07-15"),
+    Filters(orientation="portrait"),
+    Filters(orientation="square", types=("png",)),
+    Filters(min_size="150x120"),
+    Filters(types=("jpeg",), after="2023"),
+    Filters(after="2024-03", orientation="landscape"),  # keeps very few
+]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "faiss-selector"])
+@pytest.mark.parametrize("filters", CASES, ids=lambda f: repr(f))
+def test_filtered_results_equal_brute_force(library, filters, direct, monkeypatch):
+    """Both ways a filter is searched: a selective one's rows scored directly, a broad one
+    through FAISS's id selector (forced here by lowering the cut-over)."""
+    if not direct:
+        monkeypatch.setattr(searcher, "DIRECT_MAX", 0)
+    lib_path, facts = library
+    with Library(lib_path) as lib:
+        ids, vectors = lib.catalog.vectors(lib.default_model.model_id)
+        rows = lib.catalog.file_rows(ids.tolist())
+        query = lib.embed_text(["a red star"])[0]
+        keep = np.array([_keeps(facts[rows[i]["path"]], filters) for i in ids.tolist()])
+        assert keep.any()
+        scores = vectors[keep] @ query
+        order = sorted(zip((-scores).tolist(), ids[keep].tolist(), strict=True))
+        expected = [file_id for _, file_id in order[:10]]
+        got = lib.query("a red star", limit=10, filters=filters)
+        assert [r.file_id for r in got] == expected
+        assert np.allclose([r.score for r in got], [-s for s, _ in order[:10]], atol=1e-5)
+
+
+def test_paging_and_listing_by_date(library):
+    lib_path, facts = library
+    with Library(lib_path) as lib:
+        whole = lib.query("a blue circle", limit=30)
+        pages = [lib.query("a blue circle", limit=10, offset=k) for k in (0, 10, 20)]
+        assert [r for page in pages for r in page] == list(whole)
+        listed = lib.query(None, filters=Filters(after="2022"), limit=200)
+        want = sorted((p for p, f in facts.items() if f["date"] >= "2022"),
+                      key=lambda p: facts[p]["date"], reverse=True)
+        assert [r.path for r in listed] == want  # dates are distinct: no ties
+        assert all(r.score is None for r in listed)
+        second = lib.query(None, filters=Filters(after="2022"), limit=5, offset=5)
+        assert [r.path for r in second] == want[5:10] and second[0].rank == 6
+
+
+def test_bad_filters_get_clear_messages(library):
+    lib_path, _ = library
+    with pytest.raises(ValueError, match="impossible date range"):
+        Filters(after="2023-06", before="2023-06")
+    with pytest.raises(ValueError, match="takes a date like"):
+        Filters(after="June")
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        Filters(min_size="big")
+    with Library(lib_path) as lib:
+        nothing = lib.query("a red star", filters=Filters(after="2031"))
+        assert nothing == [] and nothing.reason == "no photo matches the filters"
+    for args in (["--after", "2024", "--before", "2023"], ["--before", "13/2023"],
+                 ["--min-size", "10"], ["--type", "doc"]):
+        bad = cli("query", "a red star", *args, library=lib_path, ok=False)
+        assert bad.exit_code == 2 and "Traceback" not in bad.output, args
+    none = cli("query", "a red star", "--after", "2031", "--json", library=lib_path)
+    assert none.stdout.strip() == "[]" and "no photo matches the filters" in none.stderr
+
+
+def test_cli_filters_and_listing(library):
+    lib_path, facts = library
+    hits = cli_json("query", "a green square", "--orientation", "portrait", "--type", "png",
+                    "-n", "5", library=lib_path)
+    assert hits and all(h["height"] > h["width"] and h["path"].endswith(".png") for h in hits)
+    listed = cli_json("query", "--after", "2024", "-n", "3", library=lib_path)
+    newest = sorted(facts, key=lambda p: facts[p]["date"], reverse=True)[:3]
+    assert [h["path"] for h in listed] == newest
+    page = cli_json("query", "a green square", "-n", "3", "--offset", "3", library=lib_path)
+    assert [h["rank"] for h in page] == [4, 5, 6]
