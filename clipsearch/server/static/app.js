@@ -68,9 +68,11 @@ async function loadMore() {
     more = body.more;
     body.results.forEach((r) => addCard(r));
     results.push(...body.results);
+    const weak = body.good_match === false ? " · no good match: these are the closest" : "";
     summary.textContent = results.length
-      ? `${results.length}${more ? "+" : ""} results for ${label}`
-      : library && library.indexed === 0 ? "" : `Nothing found for ${label}`;
+      ? `${results.length}${more ? "+" : ""} results for ${label}${weak}`
+      : library && library.indexed === 0 ? "" : `Nothing found for ${label}` +
+        (body.reason ? `: ${body.reason}` : "");
     if (!results.length && library && library.indexed === 0) showIntro();
   } catch (err) {
     if (mine === generation) summary.textContent = `⚠ ${err.message}`;
