@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO := .demo
 
-.PHONY: install demo test lint fuzz bench fixture-model clean
+.PHONY: install demo test lint browser fuzz bench fixture-model clean
 
 install: $(VENV)/.installed
 
@@ -28,8 +28,14 @@ demo: install
 		"a green triangle" "a red circle" "a blue star" "a yellow square"
 	$(BIN)/clipsearch status --library $(DEMO)/library
 
-test: install lint
+test: install lint browser
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium for tests/test_serve_browser.py (Debian packages; quick once installed).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } || \
+		echo "chromium/chromium-driver not installed: the browser test will be skipped"
 
 lint: install
 	$(BIN)/ruff check .

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="image sets for the index jobs (default: phone,caltech)")
     parser.add_argument("--jobs", type=_names(ALL_JOBS), default=ALL_JOBS,
                         help="index (per set: index, re-index, cold query), query (100k "
-                        "synthetic: warm + cold), reindex10k (default: all)")
+                        "synthetic: warm + cold), reindex10k, serve (clipsearch serve, "
+                        "100k synthetic) (default: all)")
     parser.add_argument("--limit", type=int, help="use N images of each set (a fixed-seed sample)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="index runs per set (median)")

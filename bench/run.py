@@ -16,7 +16,7 @@ from bench.targets import evaluate, subject_key
 RESULTS = images.REPO / "bench" / "results"
 RUNS = images.CACHE / "runs"
 ALL_SETS = ("phone", "caltech")
-ALL_JOBS = ("index", "query", "reindex10k")
+ALL_JOBS = ("index", "query", "reindex10k", "serve")
 
 
 @dataclass
@@ -137,6 +137,21 @@ def bench_queries(opts: Options, results: list[dict]) -> None:
                                   **features))
 
 
+def bench_serve(opts: Options, results: list[dict]) -> None:
+    """`clipsearch serve` against the warm in-process query and the cold CLI (bench.serve_speed)."""
+    count = opts.synthetic_count
+    subject = f"synthetic-{count // 1000}k" if count % 1000 == 0 else f"synthetic-{count}"
+    if opts.fresh_cache or not synthetic.is_ready(count):
+        _say(f"{subject}: writing the synthetic library (once)")
+        proc.run(proc.python("-m", "bench.synthetic", "--count", str(count))).check()
+    _say(f"{subject}: clipsearch serve (HTTP vs warm, 8 clients while indexing, thumbnails)")
+    run = proc.run(proc.python("-m", "bench.serve_speed", str(synthetic.library_path(count)),
+                               "--cold-runs", str(opts.cold_runs)), opts.env).check()
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    results.append({"job": "serve", "subject": subject, "tool": "clipsearch", "count": count,
+                    "p50_ms": figures["http_p50_ms"], **figures})
+
+
 def bench_reindex(opts: Options, results: list[dict]) -> None:
     count = opts.tiny_count
     subject = f"tiny-{count // 1000}k" if count % 1000 == 0 else f"tiny-{count}"
@@ -190,6 +205,8 @@ def run(opts: Options) -> dict:
         bench_queries(opts, results)
     if "reindex10k" in opts.jobs:
         bench_reindex(opts, results)
+    if "serve" in opts.jobs:
+        bench_serve(opts, results)
     info["load_average_at_end"] = load_average()
     # Judged at the start only: by the end the run's own processes are in the load average.
     busy = (info["load_average_at_start"] or [0])[0] > 0.5 * (info["cores"] or 1) + 0.5

@@ -39,6 +39,21 @@ TARGETS = [
     Target("cold-query", "caltech", "seconds", "<=", 0.8, "cold CLI query p50 <= 0.8 s (caltech)"),
     Target("cold-query", "caltech", "peak_rss_mb", "<=", 500,
            "cold CLI query peak RSS <= 0.5 GB (caltech)"),
+    # clipsearch serve (issue 13), as ratios measured in the same run (bench/serve_speed.py)
+    Target("serve", "synthetic-100k", "http_over_warm_ms", "<=", 2,
+           "HTTP search p50 <= warm in-process + 2 ms (100k)"),
+    Target("serve", "synthetic-100k", "concurrent_errors", "<=", 0,
+           "8 clients x 200 queries while indexing: no error"),
+    Target("serve", "synthetic-100k", "concurrent_p99_over_p50", "<=", 10,
+           "8 clients while indexing: p99 <= 10x p50"),
+    Target("serve", "synthetic-100k", "concurrent_vs_single", ">=", 1.5,
+           "8 clients: throughput >= 1.5x one client's"),
+    Target("serve", "synthetic-100k", "thumb_cached_p50_ms", "<=", 5,
+           "cached thumbnail p50 <= 5 ms"),
+    Target("serve", "synthetic-100k", "thumb_first_12mp_p50_ms", "<=", 60,
+           "first thumbnail of a 12 MP JPEG <= 60 ms"),
+    Target("serve", "synthetic-100k", "cli_with_server_vs_cold", "<=", 0.5,
+           "clipsearch query with a server <= half the cold CLI query"),
 ]
 
 

@@ -29,6 +29,7 @@ from .api import (
     default_library_dir,
     embed_shards,
 )
+from .watch import watch, watch_roots
 
 __all__ = [
     "CatalogDamagedError", "CatalogError", "DecodeError", "DuplicateGroup", "Filters",
@@ -36,6 +37,6 @@ __all__ = [
     "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",
     "ModelNotIndexedError", "Progress", "Query", "QueryResults", "QuerySyntaxError",
     "SearchResult", "StorageError", "check_model", "classify", "default_library_dir",
-    "embed_shards",
+    "embed_shards", "watch", "watch_roots",
 ]
 __version__ = "0.1.0"

@@ -878,6 +878,56 @@ class Library:
     def _image_vector(self, path: Path, ref: ModelRef) -> np.ndarray:
         return _image_vector(self.image_encoder(ref), path)
 
+    # -- files by catalog id (apps and the web server never take a path from a request) --
+    @_serialized
+    def file_info(self, file_id: int) -> dict:
+        """The catalog row of one file: file_id, path, root, size, mtime_ns, content_hash,
+        width, height, taken_at. Raises LookupError when the id is unknown (never indexed, or
+        removed) or when the path no longer leads to that file inside its root: replaced by
+        a symlink leading out of the root, or by something that is not a regular file.
+
+            lib.file_info(42)["path"]  # -> '/data/photos/a.jpg'
+        """
+        row = self.catalog.file_rows([file_id]).get(int(file_id))
+        if row is None:
+            raise LookupError(f"no file with id {file_id} in this library")
+        path, root = row["path"], row["root"]
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise LookupError(f"file {file_id} is gone from its folder") from None
+        inside = root is not None and _is_within(os.path.realpath(path),
+                                                 os.path.realpath(root))
+        # A file indexed through --follow-links resolves outside its root; it still is the
+        # file that was indexed when its size and mtime are the catalog's.
+        same = st.st_size == row["size"] and st.st_mtime_ns == row["mtime_ns"]
+        if not stat.S_ISREG(st.st_mode) or not (inside or same):
+            raise LookupError(f"file {file_id} is no longer the indexed file inside its root")
+        return {"file_id": int(row.pop("id")), **row}
+
+    @_serialized
+    def query_similar(
+        self,
+        file_id: int,
+        *,
+        limit: int = 10,
+        within: str | os.PathLike | None = None,
+        model: str | None = None,
+        pretrained: str | None = None,
+    ) -> list[SearchResult]:
+        """Pictures similar to an indexed file, by its stored vector (nothing is decoded),
+        the file itself left out. Raises LookupError (unknown id, or no vector of `model`
+        for it), ModelNotIndexedError, MissingModelError.
+
+            lib.query_similar(hit.file_id, limit=5)  # "more like this"
+        """
+        ref = self._searchable(model, pretrained)
+        vector = None if ref is None else self.catalog.vectors_for_files(
+            ref.model_id, [int(file_id)]).get(int(file_id))
+        if vector is None:
+            raise LookupError(f"no indexed file with id {file_id} for this model")
+        return self.searcher.search(ref.model_id, vector, limit, within, {int(file_id)})
+
     # -- status --------------------------------------------------------------------------
     @_serialized
     def status(self, *, errors: bool = False) -> LibraryStatus:
@@ -1091,6 +1141,10 @@ def _refuse_lost_catalog(folder: Path, catalog: Path) -> None:
         state = "an empty file" if catalog.exists() else "missing"
         raise CatalogDamagedError(
             catalog, f"it is {state}, but {' and '.join(held)} hold this library's files")
+
+
+def _is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _abspath(path: str | os.PathLike) -> str:

@@ -275,20 +275,31 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
         raise click.UsageError("--json and --paths are two output formats: pick one")
     if null and not paths_only:
         raise click.UsageError("-0 goes with --paths (NUL after each path)")
-    with open_library(library, None, None, device, precision, low_memory=True,
-                      create=False) as lib:
-        _warn_random(lib.model_ref(model, pretrained))
-        if image:
-            results = lib.query_image(image, limit=limit, within=within, model=model,
-                                      pretrained=pretrained)
-        else:
-            try:
-                results = lib.query(parsed, limit=limit, within=within, model=model,
-                                    pretrained=pretrained, min_score=min_score,
-                                    strong_only=strong_only, filters=filters, offset=offset)
-            except ValueError as exc:  # only negative terms, terms that cancel out
-                raise click.UsageError(str(exc)) from None
-        nothing_indexed = not results and not lib.indexed_models
+    results, nothing_indexed = None, False
+    plain = (parsed is not None and len(parsed.terms) == 1 and parsed.terms[0].kind == "text"
+             and parsed.terms[0].weight == 1 and pretrained is None and filters.empty
+             and min_score is None and not strong_only and offset == 0)
+    if plain:  # a running `clipsearch serve` of this library answers plain text queries
+        from .remote import query_server
+
+        # No results (an empty library?) are worked out here, to say why.
+        results = query_server(library, str(parsed.terms[0].value), limit=limit,
+                               within=within, model=model) or None
+    if results is None:
+        with open_library(library, None, None, device, precision, low_memory=True,
+                          create=False) as lib:
+            _warn_random(lib.model_ref(model, pretrained))
+            if image:
+                results = lib.query_image(image, limit=limit, within=within, model=model,
+                                          pretrained=pretrained)
+            else:
+                try:
+                    results = lib.query(parsed, limit=limit, within=within, model=model,
+                                        pretrained=pretrained, min_score=min_score,
+                                        strong_only=strong_only, filters=filters, offset=offset)
+                except ValueError as exc:  # only negative terms, terms that cancel out
+                    raise click.UsageError(str(exc)) from None
+            nothing_indexed = not results and not lib.indexed_models
     why = getattr(results, "reason", None)
     if why and (as_json or paths_only):  # the formats stay lists: the reason goes to stderr
         click.echo(f"No results: {why}", err=True)
@@ -497,10 +508,13 @@ def duplicates(threshold, as_json, library, model, pretrained):
 
 def _register_subgroups() -> None:
     from .cli_models import models
+    from .cli_serve import make_serve, make_watch
     from .cli_shards import add_commands
 
     main.add_command(models)
     add_commands(main, library_options, model_options, wait_option, open_library)
+    main.add_command(make_serve(library_options, model_options, open_library))
+    main.add_command(make_watch(library_options, open_library))
 
 
 _register_subgroups()

@@ -71,6 +71,7 @@ class Progress:
     total: int
     path: str | None = None
     workers: int | None = None  # encoder workers of a Ray cluster run (None: this process)
+    errors: int = 0  # files that failed so far in this run (committed as error rows)
 
 
 @dataclass
@@ -279,7 +280,8 @@ def _load_encode_write(
                 else:
                     tally(writer.add(loaded))
                 if progress:
-                    progress(Progress(done, len(todo), loaded.cand.path))
+                    progress(Progress(done, len(todo), loaded.cand.path,
+                                      errors=len(report.skipped)))
             tally(writer.flush())  # after a stop request: only what is already encoded
         finally:
             # Drop queued work at once (Ctrl-C, error, or done); committed batches stay.

@@ -47,6 +47,24 @@ def test_cli_uses_only_the_public_api():
         assert "search" not in imported, "the CLI goes through clipsearch.api, not search/"
 
 
+def test_server_uses_only_the_public_api():
+    """clipsearch/server/ is a client of `clipsearch` like any app: the package's public
+    names, never its modules' insides or the engine's packages."""
+    engine = {"clip_core", "indexer", "search", "store"}
+    for module in (REPO / "clipsearch" / "server").rglob("*.py"):
+        tree = ast.parse(module.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert node.module.split(".")[0] not in engine, (module.name, node.module)
+                if node.module.startswith("clipsearch"):  # the package, and how a server is
+                    assert node.module in ("clipsearch", "clipsearch.remote"), node.module
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 1, (module.name, "reaches outside the server package")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] not in engine | {"clipsearch"}, alias.name
+
+
 def test_store_and_search_import_without_torch():
     code = ("import sys, store, search, clip_core.model_ref, clip_core.images, "
             "clip_core.preprocess; assert 'torch' not in sys.modules, 'torch imported'")

@@ -1,0 +1,119 @@
+"""Running the server: bind, print the URL, answer until Ctrl-C or SIGTERM, stop cleanly.
+
+On a stop signal the index run in flight is asked to stop (it commits the batch it holds),
+event streams end, and the warm library is closed after uvicorn has finished its requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
+
+import uvicorn
+
+from clipsearch import Library, watch_roots
+from clipsearch.remote import remove_server_file, write_server_file
+
+from .app import create_app
+from .config import ServeConfig, check_binding
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None],
+                 on_ready: Callable[[], None]):
+        super().__init__(config)
+        self._on_exit = on_exit
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:  # serving, with the stop signals handled: say so
+            self._on_ready()
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+        # uvicorn raises the signal again once it has stopped, which would kill the process
+        # before the index run has committed its batch: the stop is handled, exit normally.
+        self._captured_signals.clear()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(config: ServeConfig, port: int) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    token = f"?token={config.token}" if config.token else ""
+    return f"http://{host}:{port}/{token}"
+
+
+def serve(lib: Library, config: ServeConfig,
+          announce: Callable[[str], None] = print) -> None:
+    """Serve `lib` until a stop signal. Raises ValueError (binding refused), OSError (the
+    port is taken)."""
+    check_binding(config)
+    guard = create_app(lib, config)
+    app = guard.app
+    sock = bind(config.host, config.port)
+    port = sock.getsockname()[1]
+
+    stop = threading.Event()
+
+    def stopping() -> None:
+        stop.set()
+        app.state.stopping = True
+        app.state.jobs.stop(timeout=0)  # only ask here; joined below
+
+    if config.watch:
+        if app.state.read_only:
+            raise ValueError("--watch indexes, --read-only does not: pick one")
+        threading.Thread(target=keep_indexed, args=(lib, app.state.jobs, stop),
+                         name="clipsearch-watch", daemon=True).start()
+
+    def ready() -> None:
+        with contextlib.suppress(OSError):  # a read-only library: the CLI works in-process
+            write_server_file(lib.path, config.host, port, config.token)
+        announce(f"clipsearch serves {lib.path} at {url_of(config, port)}"
+                 + ("  (read-only)" if app.state.read_only else "")
+                 + ("  (watching the roots)" if config.watch else ""))
+
+    server = _Server(uvicorn.Config(guard, log_level="warning", lifespan="off",
+                                    timeout_graceful_shutdown=5), stopping, ready)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        remove_server_file(lib.path)
+        app.state.jobs.stop(timeout=120)  # the run commits its batch in flight
+        sock.close()
+
+
+def keep_indexed(lib: Library, jobs, stop: threading.Event) -> None:
+    """--watch: index every root now, then the roots under which something changed, through
+    the same runs as POST /api/index (the page shows their progress). Changes during a run
+    wait for its end; a run refused because another process indexes is tried again."""
+    pending = set(lib.roots)
+    last: list[str] = []
+    retried = -1  # the jobs.version of the busy failure already retried
+    for touched in watch_roots(lib.roots, ignore=[lib.path], stop=stop):
+        state = jobs.state
+        if (not jobs.running and jobs.version != retried and state.get("state") == "failed"
+                and state.get("error_type") == "LibraryBusyError"):
+            pending.update(last)
+            retried = jobs.version
+        pending.update(touched)
+        if pending and not jobs.running and not stop.is_set():
+            last = sorted(pending)
+            pending.clear()
+            try:
+                jobs.start(last)
+            except RuntimeError:  # a POST /api/index got there first
+                pending.update(last)
