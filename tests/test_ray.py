@@ -355,3 +355,11 @@ def test_photos_and_shards_on_s3(cluster, s3, photos, local_library, tmp_path):
     assert rerun.todo == 0 and rerun.skipped == [] and rerun.removed == 0
     assert _rows(library) == rows
 
+
+def test_cli_index_on_ray(cluster, photos, local_library, tmp_path):
+    library = tmp_path / "library"
+    done = _cli(tmp_path, cluster, "index", str(photos), "--library", str(library),
+                "--model", MODEL, "--ray", "auto", "--batch-size", "8", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _rows(library) == _rows(local_library)
+    _assert_same_vectors(library, local_library)
