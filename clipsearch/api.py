@@ -460,7 +460,8 @@ class Library:
 
             lib.remove_root("~/Pictures/Phone")  # -> 212
         """
-        folder = _abspath(path)
+        text = os.fspath(path)
+        folder = text if "://" in text else _abspath(path)  # an object-store root: its URI
         if self.catalog.root_id(folder) is None:
             roots = ", ".join(self.roots) or "none"
             raise LookupError(f"{folder} is not a root of this library (roots: {roots})")

@@ -354,6 +354,9 @@ def test_photos_and_shards_on_s3(cluster, s3, photos, local_library, tmp_path):
     assert (again.imported, again.unchanged, again.stale) == (0, total - 1, 1)
     assert rerun.todo == 0 and rerun.skipped == [] and rerun.removed == 0
     assert _rows(library) == rows
+    with Library(library) as lib:
+        assert lib.remove_root("s3://bucket/photos") == total - 1  # named by its URI
+        assert lib.roots == []
 
 
 def test_cli_index_on_ray(cluster, photos, local_library, tmp_path):
