@@ -28,7 +28,7 @@ from store import FileRow
 from .crawl import Candidate
 from .interrupt import StopRequest
 from .pipeline import Encoder, IndexSettings, Progress, _Job, _same_error, _tally
-from .stages import BatchWriter, Loaded, load_one, read_file
+from .stages import BatchWriter, Loaded, load_one
 
 INSTALL_HINT = "pip install 'clipsearch[cluster]'"
 
@@ -172,8 +172,7 @@ def _load_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, known_ref: o
     known = _KNOWN[key]
     out = []
     for blob in batch["cand"]:
-        loaded = load_one(pickle.loads(blob), spec, known.__contains__, min_side,
-                          read or read_file)
+        loaded = load_one(pickle.loads(blob), spec, known.__contains__, min_side, read)
         out.append(pickle.dumps((loaded.cand, loaded.record, loaded.pixels)))
     return {"loaded": _objects(out)}
 
