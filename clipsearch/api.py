@@ -460,7 +460,8 @@ class Library:
 
             lib.remove_root("~/Pictures/Phone")  # -> 212
         """
-        folder = _abspath(path)
+        text = os.fspath(path)
+        folder = text if "://" in text else _abspath(path)  # an object-store root: its URI
         if self.catalog.root_id(folder) is None:
             roots = ", ".join(self.roots) or "none"
             raise LookupError(f"{folder} is not a root of this library (roots: {roots})")
@@ -1005,9 +1006,10 @@ def embed_shards(root: str | os.PathLike, out: str, *, ray: str, model: str | No
                  pretrained: str | None = None, device: str = "auto",
                  precision: str = "auto", models_dir: str | os.PathLike | None = None,
                  settings: IndexSettings | None = None) -> int:
-    """Embed every image under `root` on the Ray cluster at `ray` into Parquet shards under
-    `out` (a folder the workers can write, or s3://...), written by the workers; returns how
-    many files they describe. `Library.import_shards` adds them to a library. Raises
+    """Embed every image under `root` (a folder, or s3://bucket/prefix read through pyarrow)
+    on the Ray cluster at `ray` into Parquet shards under `out` (a folder the workers can
+    write, or s3://...), written by the workers; returns how many files they describe.
+    `Library.import_shards` adds them to a library. Raises
     MissingExtraError, MissingModelError, NotADirectoryError, ConnectionError.
 
         embed_shards("/shared/photos", "/shared/shards", ray="auto", model="shapes-tiny")
@@ -1015,8 +1017,8 @@ def embed_shards(root: str | os.PathLike, out: str, *, ray: str, model: str | No
     from indexer.shards import embed_shards as embed
 
     require_ray()
-    folder = _abspath(root)
-    if not os.path.isdir(folder):
+    folder = os.fspath(root) if "://" in os.fspath(root) else _abspath(root)  # s3://...
+    if "://" not in folder and not os.path.isdir(folder):
         raise NotADirectoryError(f"not a folder: {folder}")
     ref = parse_model(model, pretrained) if model else _ref_of(None)
     store = Path(models_dir).expanduser() if models_dir else None

@@ -47,7 +47,7 @@ def _embed_options(model_options: Callable) -> Callable:
 
 
 _EMBED_OPTIONS = [
-    click.argument("root", type=click.Path(exists=True, file_okay=False)),
+    click.argument("root"),  # a folder or s3://bucket/prefix: embed_shards checks it
     click.option("--ray", "ray_address", metavar="ADDRESS", required=True,
                  help="The Ray cluster: auto, ray://host:10001, or local."),
     click.option("--out", required=True,
@@ -61,7 +61,8 @@ _EMBED_OPTIONS = [
 @friendly_errors
 def embed_shards(root, ray_address, out, model, pretrained, device, precision, batch_size,
                  as_json):
-    """Embed ROOT's images on a Ray cluster into Parquet shards (no library needed)."""
+    """Embed ROOT's images (a folder or s3://bucket/prefix) on a Ray cluster into Parquet
+    shards (no library needed)."""
     from indexer import IndexSettings
 
     from .api import embed_shards as embed

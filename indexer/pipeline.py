@@ -158,6 +158,8 @@ def _run(job: _Job, root_ids: list[int]) -> None:
     plans: list[Plan] = []
     retried: dict[str, FileRow] = {}
     for root_id in root_ids:
+        if "://" in roots[root_id]:
+            continue  # an object-store root (s3://...) is filled by import-shards only
         others = frozenset(p for i, p in roots.items() if i != root_id)
         candidates: list[Candidate] = []
         skips: list[CrawlSkip] = []

@@ -117,9 +117,12 @@ def _stream(job: _Job, todo: list[Candidate], known: set[str],
 
 def embedded_dataset(todo: list[Candidate], known: set[str], spec: PreprocessSpec,
                      worker_encoder: Callable[[], Encoder], model_id: str,
-                     settings: IndexSettings) -> tuple[object, int]:
+                     settings: IndexSettings,
+                     read: Callable[[str], tuple[bytes, object]] | None = None,
+                     ) -> tuple[object, int]:
     """(A Ray Dataset of pickled (Candidate, FileRecord | None, vector | None) rows, the
-    number of encoder actors): load_one as CPU tasks, then the encoder in an actor pool."""
+    number of encoder actors): load_one as CPU tasks, then the encoder in an actor pool.
+    `read`: how the tasks read a file (default stages.read_file; shards.read_object)."""
     import ray
     import ray.data
 
@@ -132,7 +135,7 @@ def embedded_dataset(todo: list[Candidate], known: set[str], spec: PreprocessSpe
     ds = ray.data.from_items([{"cand": pickle.dumps(c)} for c in todo],
                              override_num_blocks=min(blocks, len(todo)))
     ds = ds.map_batches(_load_batch, batch_size=settings.batch_size, batch_format="numpy",
-                        fn_kwargs={"spec": spec, "known_ref": known_ref,
+                        fn_kwargs={"spec": spec, "known_ref": known_ref, "read": read,
                                    "min_side": spec.min_side if settings.draft else None})
     ds = ds.map_batches(_EncodeWorker, fn_constructor_args=(worker_encoder, model_id),
                         batch_size=settings.batch_size, batch_format="numpy",
@@ -158,7 +161,7 @@ _KNOWN: dict[str, frozenset[str]] = {}  # per worker process: the hashes with ve
 
 
 def _load_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, known_ref: object,
-                min_side: int | None) -> dict[str, np.ndarray]:
+                min_side: int | None, read: Callable | None = None) -> dict[str, np.ndarray]:
     """A CPU task: stages.load_one on each candidate, exactly as a local run's thread pool."""
     import ray
 
@@ -169,7 +172,7 @@ def _load_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, known_ref: o
     known = _KNOWN[key]
     out = []
     for blob in batch["cand"]:
-        loaded = load_one(pickle.loads(blob), spec, known.__contains__, min_side)
+        loaded = load_one(pickle.loads(blob), spec, known.__contains__, min_side, read)
         out.append(pickle.dumps((loaded.cand, loaded.record, loaded.pixels)))
     return {"loaded": _objects(out)}
 

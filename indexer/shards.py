@@ -8,6 +8,11 @@ local run would record it, its vector or its error reason. `import_shards` adds 
 catalog idempotently: a row already there unchanged is skipped, a shard that cannot be read
 (half-written) is ignored and named, and a file whose size or mtime no longer matches the
 shard (or that is gone) is left for the next index run, which sees it as new or changed.
+
+Photos may also be on an object store (ROOT an s3://bucket/prefix URI, anything pyarrow's
+FileSystem.from_uri opens): the driver lists them and the tasks read them through pyarrow,
+with the credentials and endpoint of the usual environment variables. Their catalog path is
+the full URI; a local index run leaves such a root alone (import-shards fills it).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import pickle
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,19 +53,92 @@ def embed_shards(root: str, out: str, address: str, model_id: str, model_spec: d
     """Embed every image file under `root` into Parquet shards under `out`; returns how many
     files the shards describe. Hidden files and links follow `settings` as an index run."""
     require_ray()
-    candidates = [c for c in crawl(root, 0, IMAGE_EXTENSIONS,
-                                   include_hidden=settings.include_hidden,
-                                   follow_links=settings.follow_links)
-                  if isinstance(c, Candidate)]
+    if is_uri(root):
+        candidates, read = object_candidates(root, settings.include_hidden), read_object
+    else:
+        candidates, read = [c for c in crawl(root, 0, IMAGE_EXTENSIONS,
+                                             include_hidden=settings.include_hidden,
+                                             follow_links=settings.follow_links)
+                            if isinstance(c, Candidate)], None
     if not candidates:
         return 0
     with connected(address):
-        ds, _ = embedded_dataset(candidates, set(), spec, worker_encoder, model_id, settings)
+        ds, _ = embedded_dataset(candidates, set(), spec, worker_encoder, model_id, settings,
+                                 read)
         ds = ds.map_batches(_columns, batch_format="numpy",
                             fn_kwargs={"root": root, "model_id": model_id,
                                        "model_spec": json.dumps(model_spec)})
         ds.write_parquet(out)
     return len(candidates)
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+_FILESYSTEMS: dict[str, object] = {}  # per process: one client per scheme and bucket
+
+
+def _filesystem(uri: str) -> tuple[object, str]:
+    """(pyarrow filesystem, path in it) for a URI; the client is made once per process."""
+    from pyarrow import fs
+
+    scheme, rest = uri.split("://", 1)
+    key = f"{scheme}://{rest.split('/', 1)[0]}"
+    if key not in _FILESYSTEMS:
+        _FILESYSTEMS[key] = fs.FileSystem.from_uri(key)[0]
+    return _FILESYSTEMS[key], rest
+
+
+def object_candidates(root: str, include_hidden: bool = False) -> list[Candidate]:
+    """The image objects under a URI, sorted, each named by its full URI."""
+    from pyarrow import fs
+
+    filesystem, base = _filesystem(root.rstrip("/"))
+    scheme = root.split("://", 1)[0]
+    infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True))
+    out = []
+    for info in sorted(infos, key=lambda i: i.path):
+        inside = info.path[len(base):].split("/")
+        if (info.type != fs.FileType.File
+                or os.path.splitext(info.path)[1].lower() not in IMAGE_EXTENSIONS
+                or (not include_hidden and any(p.startswith(".") for p in inside))):
+            continue
+        out.append(Candidate(f"{scheme}://{info.path}", 0, info.size, info.mtime_ns))
+    return out
+
+
+class ObjectStat(NamedTuple):
+    """What stages.load_one reads of a stat result, for an object."""
+    st_size: int
+    st_mtime_ns: int
+
+
+def stat_object(uri: str) -> ObjectStat | None:
+    """The object's size and mtime, None when it is gone."""
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(uri)
+    info = filesystem.get_file_info(path)
+    if info.type != fs.FileType.File:
+        return None
+    return ObjectStat(info.size, info.mtime_ns)
+
+
+def read_object(uri: str) -> tuple[bytes, ObjectStat]:
+    """stages.read_file for an object: its bytes and the stat they belong to (an object is
+    replaced whole, never rewritten in place). FileNotFoundError when it is gone."""
+    from .stages import MAX_FILE_BYTES, FileTooLargeError
+
+    st = stat_object(uri)
+    if st is None:
+        raise FileNotFoundError(uri)
+    if st.st_size > MAX_FILE_BYTES:
+        raise FileTooLargeError(f"object is {st.st_size / 1e9:.1f} GB, over the "
+                                f"{MAX_FILE_BYTES / 1e9:.1f} GB limit for an image (not read)")
+    filesystem, path = _filesystem(uri)
+    with filesystem.open_input_file(path) as handle:
+        return handle.read(), st
 
 
 def _columns(batch: dict[str, np.ndarray], root: str, model_id: str,
@@ -93,7 +172,7 @@ def shard_files(folder: str) -> tuple[object, list[str]]:
     """(pyarrow filesystem, the shard paths in it, sorted) for a folder or a URI."""
     from pyarrow import fs
 
-    filesystem, base = fs.FileSystem.from_uri(folder) if "://" in folder else (
+    filesystem, base = fs.FileSystem.from_uri(folder) if is_uri(folder) else (
         fs.LocalFileSystem(), os.path.abspath(folder))
     infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True))
     return filesystem, sorted(i.path for i in infos
@@ -165,8 +244,10 @@ def _current_record(library: _Library, row: dict, report: ShardImport) -> FileRe
     """The row as a FileRecord if it still describes the file and is not already stored."""
     path, root = os.fsdecode(row["path"]), os.fsdecode(row["root"])
     try:
-        st = os.stat(path)
+        st = stat_object(path) if is_uri(path) else os.stat(path)
     except OSError:
+        st = None
+    if st is None:
         report.stale += 1
         return None
     if (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"]):

@@ -73,9 +73,12 @@ def load_one(
     spec: PreprocessSpec,
     has_vector: Callable[[str], bool],
     min_side: int | None,
+    read: Callable[[str], tuple[bytes, os.stat_result]] | None = None,
 ) -> Loaded:
+    """`read`: read_file (looked up per call), or shards.read_object for an object on S3 or
+    another store."""
     try:
-        data, st = read_file(cand.path)
+        data, st = (read or read_file)(cand.path)
     except (FileNotFoundError, NotADirectoryError):
         return Loaded(cand, None)  # gone since the crawl: the sweep forgets it
     except NotRegularFileError as exc:  # swapped for a FIFO, device or folder since the crawl

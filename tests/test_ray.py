@@ -7,9 +7,12 @@ the CLI driver killed in a subprocess joins it by its address.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,14 +41,61 @@ ROW_FIELDS = ("size", "mtime_ns", "content_hash", "width", "height", "taken_at",
               "error_reason", "error_message")
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def cluster() -> str:
+def s3_endpoint() -> str:
+    """The S3 endpoint (a local moto server, started by `s3`) for the driver and, set before
+    the cluster starts, for its workers: pyarrow reads AWS_ENDPOINT_URL. Dummy credentials;
+    no other address is ever used."""
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint) -> str:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint) -> object:
+    """A real S3-compatible server on 127.0.0.1 (moto, the dev extra); pyarrow's S3
+    filesystem for it, allowed to make buckets."""
+    server_module = pytest.importorskip("moto.server", reason="the dev extra: moto[server]")
+    from pyarrow import fs
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    port = int(s3_endpoint.rsplit(":", 1)[1])
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port,
+                                              verbose=False)
+    server.start()
+    try:
+        yield fs.S3FileSystem(endpoint_override=s3_endpoint, access_key="testing",
+                              secret_key="testing", region="us-east-1",
+                              allow_bucket_creation=True)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -253,4 +303,66 @@ def test_a_stopped_ray_run_commits_what_arrived_and_the_rerun_does_the_rest(
         rest = lib.index(settings=IndexSettings(ray="auto"))
     assert rest.todo == total - stopped.committed and not rest.interrupted
     assert_library_exact(library, good, default_model_id(library))
+    _assert_same_vectors(library, local_library)
+
+
+def _cli(tmp_path: Path, cluster: str, *args: str) -> subprocess.CompletedProcess:
+    """The real CLI in a child process, joining the module's cluster (RAY_ADDRESS) through
+    `--ray auto`: no second cluster is started."""
+    env = {**subprocess_env(tmp_path), "RAY_ADDRESS": cluster}
+    return subprocess.run([sys.executable, "-m", "clipsearch.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_photos_and_shards_on_s3(cluster, s3, photos, local_library, tmp_path):
+    """embed-shards s3://photos --out s3://shards, then import-shards s3://shards, through
+    the CLI: the library holds the photos by their URIs, with a local run's rows."""
+    s3.create_dir("bucket")
+    for path in sorted(photos.iterdir()):
+        with s3.open_output_stream(f"bucket/photos/{path.name}") as out:
+            out.write(path.read_bytes())
+    with s3.open_output_stream("bucket/photos/notes.txt") as out:
+        out.write(b"not an image name: not listed")
+    total = len(list(photos.iterdir()))
+    embedded = _cli(tmp_path, cluster, "embed-shards", "s3://bucket/photos", "--ray", "auto",
+                    "--out", "s3://bucket/shards", "--model", MODEL, "--batch-size", "16",
+                    "--json")
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    assert json.loads(embedded.stdout)["files"] == total
+    with s3.open_output_stream("bucket/photos/red-circle-0.png") as out:
+        out.write(b"replaced since it was embedded")  # stale: not imported
+    library = tmp_path / "library"
+    imported = _cli(tmp_path, cluster, "import-shards", "s3://bucket/shards", "--library",
+                    str(library), "--json")
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    report = json.loads(imported.stdout)
+    assert (report["imported"], report["stale"], report["ignored"]) == (total - 1, 1, [])
+    rows = _rows(library)
+    assert all(p.startswith(b"s3://bucket/photos/") for p in rows)
+    without_mtime = [f for f in ROW_FIELDS if f != "mtime_ns"]  # S3's LastModified differs
+
+    def comparable(library: Path) -> dict:
+        return {name: tuple(v for f, v in zip(ROW_FIELDS, row, strict=True)
+                            if f in without_mtime) for name, row in _by_name(library).items()}
+
+    assert comparable(library) == {n: r for n, r in comparable(local_library).items()
+                                   if n != "red-circle-0.png"}
+    _assert_same_vectors(library, local_library)
+    with Library(library) as lib:
+        again = lib.import_shards("s3://bucket/shards")
+        rerun = lib.index()  # a local run leaves the object-store root to import-shards
+    assert (again.imported, again.unchanged, again.stale) == (0, total - 1, 1)
+    assert rerun.todo == 0 and rerun.skipped == [] and rerun.removed == 0
+    assert _rows(library) == rows
+    with Library(library) as lib:
+        assert lib.remove_root("s3://bucket/photos") == total - 1  # named by its URI
+        assert lib.roots == []
+
+
+def test_cli_index_on_ray(cluster, photos, local_library, tmp_path):
+    library = tmp_path / "library"
+    done = _cli(tmp_path, cluster, "index", str(photos), "--library", str(library),
+                "--model", MODEL, "--ray", "auto", "--batch-size", "8", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _rows(library) == _rows(local_library)
     _assert_same_vectors(library, local_library)
