@@ -155,6 +155,8 @@ def part_b(clients: int, per_client: int) -> dict:
             for t in threads:
                 t.join()
             wall = time.perf_counter() - start
+            conn.close()  # idle past uvicorn's keep-alive (5 s) while the clients ran
+            conn = http.client.HTTPConnection("127.0.0.1", port)
             conn.request("GET", "/api/status")
             index_state = json.loads(conn.getresponse().read())["index"]["state"]
         finally:
