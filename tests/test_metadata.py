@@ -18,6 +18,7 @@ from PIL import Image
 from clip_core.images import decode_image, read_header
 from clipsearch import CatalogError, Filters, Library
 from clipsearch.shapes import draw
+from store.salvage import salvage
 from tests.helpers import cli_json
 
 SCHEMA1 = Path(__file__).parent / "data" / "catalog-schema1.sql"
@@ -166,6 +167,23 @@ def test_schema1_library_migrates_and_fills_metadata_without_embedding(tmp_path)
         assert (again.todo, again.unchanged, again.indexed) == (0, 5, 0)
         pixel = lib.query("a red circle", filters=Filters(camera="PIXEL"))
         assert [r.path for r in pixel] == [str(photos / "pixel.jpg")]
+
+
+def test_salvage_of_a_schema1_catalog_keeps_its_rows(tmp_path):
+    """doctor --repair copies a damaged schema-1 catalog into a fresh schema-2 one: the
+    columns it lacks must not make it drop every file row."""
+    photos = tmp_path / "photos"
+    _photos(photos)
+    lib_path = tmp_path / "lib"
+    with Library(lib_path, model="shapes-tiny") as lib:
+        lib.index([photos])
+    _downgrade(lib_path)
+    files, vectors = _old_state(lib_path / "catalog.db")
+    report = salvage(lib_path / "catalog.db")
+    assert report.kept["files"] == 6 and report.kept["embeddings"] == 5
+    assert _old_state(lib_path / "catalog.db") == (files, vectors)
+    with Library(lib_path) as lib:
+        assert lib.index([photos]).indexed == 0
 
 
 def test_results_say_where_their_date_comes_from(tmp_path):
