@@ -123,7 +123,9 @@ class Catalog:
             self._check_version()
             if not self.readonly and int(self.get_meta("schema_version") or 0) < 2:
                 self._add_meta_columns()
-            return  # opening an existing library writes nothing (readers stay readers)
+            # Beyond that one-time upgrade (writable opens only), opening an existing
+            # library writes nothing (readers stay readers).
+            return
         with self.transaction():
             if "meta" not in db.table_names():  # re-checked under the write lock
                 db["meta"].create({"key": str, "value": str}, pk="key")
@@ -319,21 +321,21 @@ class Catalog:
     def files_in_root(self, root_id: int) -> dict[str, FileRow]:
         rows = self.conn.execute(
             "SELECT id, path, root_id, size, mtime_ns, content_hash, status, error_reason, "
-            + ("status = 'ok' AND format IS NULL " if self._has("format") == "1" else "0 ") +
+            + ("status = 'ok' AND format IS NULL " if self._has("format") else "0 ") +
             "FROM files WHERE root_id = ?",
             (root_id,),
         )
         return {r[1]: FileRow(*r[:8], meta_missing=bool(r[8])) for r in rows}
 
-    def _has(self, column: str) -> str:
-        """`1` when files has the column, else `0`: a read-only open of a schema-1 library
-        is not migrated (readers write nothing), so its queries must do without them."""
+    def _has(self, column: str) -> bool:
+        """Whether `files` has the column: a read-only open of a schema-1 library is not
+        migrated (readers write nothing), so its queries must do without the new ones."""
         if not hasattr(self, "_file_columns"):
             self._file_columns = {r[1] for r in self.conn.execute("PRAGMA table_info(files)")}
-        return "1" if column in self._file_columns else "0"
+        return column in self._file_columns
 
     def _meta_select(self) -> str:
-        return ", ".join(f"f.{c}" if self._has(c) == "1" else f"NULL AS {c}"
+        return ", ".join(f"f.{c}" if self._has(c) else f"NULL AS {c}"
                          for c in META_COLUMNS)
 
     def root_has_files(self, root_id: int) -> bool:
