@@ -71,6 +71,8 @@ _TRANSPOSE = {
 }
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _EXIF_IFD, _DATETIME_ORIGINAL, _DATETIME, _ORIENTATION = 0x8769, 0x9003, 0x0132, 0x0112
+_OFFSET_TIME, _OFFSET_TIME_ORIGINAL, _MAKE, _MODEL = 0x9010, 0x9011, 0x010F, 0x0110
+_EXIF_OFFSET = re.compile(r"\s*([+-])(\d{2}):?(\d{2})\s*$")
 _EXIF_DATE = re.compile(r"\s*(\d{4})[:\-/.](\d{2})[:\-/.](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 
 
@@ -92,6 +94,56 @@ class DecodedImage:
     width: int  # full size, after EXIF orientation
     height: int
     taken_at: str | None = None  # EXIF capture time, 'YYYY-MM-DDTHH:MM:SS'
+    meta: PhotoMeta | None = None
+
+
+@dataclass
+class PhotoMeta:
+    """What the catalog stores about a photo besides its size, read from the same open
+    image as its pixels (never a second read of the file)."""
+
+    taken_at: str | None = None  # EXIF capture time, local clock: 'YYYY-MM-DDTHH:MM:SS'
+    taken_offset: str | None = None  # its EXIF UTC offset ('+02:00') when the camera wrote one
+    camera_make: str | None = None
+    camera_model: str | None = None
+    orientation: int = 1  # the EXIF tag (1-8); 1 when absent
+    format: str | None = None  # from the content (Pillow's format): JPEG, PNG, HEIF, WEBP...
+
+
+def read_photo_meta(img: Image.Image) -> PhotoMeta:
+    """EXIF date (with offset), camera and orientation, and the content's format; damaged
+    or absent EXIF leaves those fields empty and costs nothing else."""
+    meta = PhotoMeta(format=img.format, orientation=_orientation(img))
+    try:
+        exif = img.getexif()
+        sub = exif.get_ifd(_EXIF_IFD)
+    except Exception:  # damaged EXIF must not cost us the picture
+        return meta
+    for value, offset in ((sub.get(_DATETIME_ORIGINAL), sub.get(_OFFSET_TIME_ORIGINAL)),
+                          (exif.get(_DATETIME), sub.get(_OFFSET_TIME))):
+        meta.taken_at = _parse_exif_date(value)
+        if meta.taken_at:
+            meta.taken_offset = _parse_offset(offset)
+            break
+    meta.camera_make, meta.camera_model = _text(exif.get(_MAKE)), _text(exif.get(_MODEL))
+    return meta
+
+
+def _parse_offset(value: object) -> str | None:
+    match = _EXIF_OFFSET.match(_text(value) or "")
+    if not match or int(match.group(2)) > 14 or int(match.group(3)) > 59:
+        return None
+    return f"{match.group(1)}{match.group(2)}:{match.group(3)}"
+
+
+def _text(value: object) -> str | None:
+    """An EXIF ASCII field as clean text (cameras pad with NULs and spaces), or None."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    value = value.replace("\x00", " ").strip()
+    return value[:100] or None
 
 
 def decode_image(
@@ -121,6 +173,7 @@ class ImageHeader:
     width: int  # full size, after EXIF orientation (as DecodedImage)
     height: int
     taken_at: str | None = None
+    meta: PhotoMeta | None = None
 
 
 def read_header(data: bytes) -> ImageHeader:
@@ -136,7 +189,8 @@ def read_header(data: bytes) -> ImageHeader:
         width, height = im.size
         if _orientation(im) in _TRANSPOSE and _orientation(im) >= 5:
             width, height = height, width
-        return ImageHeader(width, height, read_taken_at(im))
+        meta = read_photo_meta(im)
+        return ImageHeader(width, height, meta.taken_at, meta)
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -376,7 +430,7 @@ def _decode_stream(fp: BinaryIO, min_side: int | None, max_pixels: int) -> Decod
             im.draft("RGB", (min_side, min_side))
         im.load()
         orientation = _orientation(im)
-        taken_at = read_taken_at(im)
+        meta = read_photo_meta(im)
         rgb = _to_rgb(im)
         if min_side:
             rgb = _shrink(rgb, min_side)
@@ -396,7 +450,7 @@ def _decode_stream(fp: BinaryIO, min_side: int | None, max_pixels: int) -> Decod
         raise _damaged(exc) from exc
     except Exception as exc:  # Pillow's parsers raise many types on hostile data
         raise _damaged(exc) from exc
-    return DecodedImage(rgb, width, height, taken_at)
+    return DecodedImage(rgb, width, height, meta.taken_at, meta)
 
 
 def _damaged(exc: Exception) -> DecodeError:

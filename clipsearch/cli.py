@@ -222,7 +222,10 @@ def _nothing_found(survey: dict) -> str:
               help="Only photos of this shape (width and height after EXIF rotation).")
 @click.option("--min-size", metavar="WxH", help="At least this wide and high (1920x1080).")
 @click.option("--type", "types", multiple=True, metavar="TYPE",
-              help="File type: jpeg, png, heic, webp, gif, tiff, bmp, avif (repeatable).")
+              help="File type: jpeg, png, heic, webp, gif, tiff, bmp, avif (repeatable; "
+              "by content, not name).")
+@click.option("--camera", metavar="TEXT",
+              help="Camera make or model contains TEXT (any case): Pixel, 'canon eos'.")
 @click.option("--offset", type=click.IntRange(min=0), default=0,
               help="Skip this many results (paging).")
 @click.option("--in", "within", type=click.Path(file_okay=False),
@@ -235,7 +238,7 @@ def _nothing_found(survey: dict) -> str:
 @friendly_errors
 def query(words, image, limit, within, as_json, paths_only, null, library, model, pretrained,
           device, precision, min_score=None, strong_only=False, after=None, before=None,
-          orientation=None, min_size=None, types=(), offset=0):
+          orientation=None, min_size=None, types=(), offset=0, camera=None):
     """Search the library by [QUERY]... (or --image). Words need no quotes:
     `clipsearch query a dog on a beach`.
 
@@ -248,14 +251,14 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
     or ending in an image extension, or image:PATH, is an image; id:N is an indexed
     file (ids: --json). Results of text queries are graded strong / weak / none; when
     none is strong a line says so before the closest photos (docs/search.md).
-    Filters (--after, --before, --orientation, --min-size, --type) apply inside the
+    Filters (--after, --before, --orientation, --min-size, --type, --camera) apply inside the
     search; without a QUERY they list the matching photos, newest first."""
     from .api import Filters, Query, QuerySyntaxError
 
     text = " ".join(words)  # as rclip does: no quotes needed
     try:
         filters = Filters(after=after, before=before, orientation=orientation,
-                          min_size=min_size, types=tuple(types))
+                          min_size=min_size, types=tuple(types), camera=camera)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     listing = not words and not image and not filters.empty

@@ -50,7 +50,9 @@ def plan_root(
         same_stat = row is not None and row.size == cand.size and row.mtime_ns == cand.mtime_ns
         if same_stat and row.status == "error" and row.error_reason not in retry:
             plan.known_errors += 1
-        elif same_stat and row.content_hash in hashes_with_vectors:
+        # meta_missing: indexed before photo metadata was stored; redoing it finds the
+        # vector by hash and reads only the header, so it costs a read, never an embedding.
+        elif same_stat and row.content_hash in hashes_with_vectors and not row.meta_missing:
             plan.unchanged += 1
         else:
             plan.todo.append(cand)

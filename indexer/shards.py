@@ -28,6 +28,7 @@ import numpy as np
 from clip_core.images import IMAGE_EXTENSIONS
 from clip_core.preprocess import PreprocessSpec
 from store import Catalog, FileRecord
+from store.catalog import META_COLUMNS
 
 from .crawl import Candidate, crawl
 from .pipeline import IndexSettings
@@ -162,6 +163,10 @@ def _columns(batch: dict[str, np.ndarray], root: str, model_id: str,
         "taken_at": pa.array([r.taken_at for r in records], pa.string()),
         "error_reason": pa.array([r.error_reason for r in records], pa.string()),
         "error_message": pa.array([r.error_message for r in records], pa.string()),
+        # photo metadata (catalog schema 2); shards written before it lack these columns
+        **{name: pa.array([getattr(r, name) for r in records],
+                          pa.int64() if kind is int else pa.string())
+           for name, kind in META_COLUMNS.items()},
         "model_id": pa.array([model_id] * len(rows), pa.string()),
         "model_spec": pa.array([model_spec] * len(rows), pa.string()),
         "vector": pa.array(vectors, pa.list_(pa.float32())),
@@ -260,9 +265,11 @@ def _current_record(library: _Library, row: dict, report: ShardImport) -> FileRe
             == (row["size"], row["mtime_ns"], row["content_hash"], row["status"],
                 row["error_reason"])
             and (row["status"] == "error"
-                 or library.has_vector(row["model_id"], row["content_hash"]))):
+                 or library.has_vector(row["model_id"], row["content_hash"]))
+            and not (known.meta_missing and row.get("format"))):
         report.unchanged += 1
         return None
     return FileRecord(path, root_id, row["size"], row["mtime_ns"], row["content_hash"],
                       row["status"], row["width"], row["height"], row["taken_at"],
-                      row["error_reason"], row["error_message"])
+                      row["error_reason"], row["error_message"],
+                      **{name: row.get(name) for name in META_COLUMNS})

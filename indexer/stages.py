@@ -19,6 +19,7 @@ import numpy as np
 from clip_core.images import (
     DecodeError,
     NotRegularFileError,
+    PhotoMeta,
     decode_image,
     open_regular,
     read_header,
@@ -101,8 +102,7 @@ def load_one(
     if has_vector(digest):
         # A moved, renamed or duplicated file: its vector is already stored, skip decoding.
         # Dimensions come from the header only (cheap) so the row stays complete.
-        record.width, record.height, record.taken_at = (
-            header.width, header.height, header.taken_at)
+        _describe(record, header.width, header.height, header.meta)
         return Loaded(cand, record)
     try:
         decoded = decode_image(io.BytesIO(data), min_side=min_side)
@@ -114,8 +114,17 @@ def load_one(
     except Exception as exc:  # a bug must cost one file (listed in status), not the run
         return Loaded(cand, _error(cand, st, "internal-error",
                                    f"{type(exc).__name__}: {exc}", digest))
-    record.width, record.height, record.taken_at = decoded.width, decoded.height, decoded.taken_at
+    _describe(record, decoded.width, decoded.height, decoded.meta)
     return Loaded(cand, record, pixels)
+
+
+def _describe(record: FileRecord, width: int, height: int, meta: PhotoMeta | None) -> None:
+    """Size and photo metadata onto the file's row, from the one read of the file."""
+    record.width, record.height = width, height
+    if meta is not None:
+        record.taken_at, record.taken_offset = meta.taken_at, meta.taken_offset
+        record.camera_make, record.camera_model = meta.camera_make, meta.camera_model
+        record.exif_orientation, record.format = meta.orientation, meta.format
 
 
 def _error(

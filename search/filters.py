@@ -1,9 +1,11 @@
-"""Photo filters (date, orientation, size, file type) as one SQLite query over the catalog.
+"""Photo filters (date, orientation, size, camera, file type) as one SQLite query over the
+catalog.
 
 The ids it returns become the vector search's id selector, so a filter applies inside the
 search (the exact top-k of the photos it keeps), never to a top-k found without it.
 A photo's date is its EXIF capture time when the file has one, else its file mtime (local
-time).
+time). A file's type is its content's (Pillow's format, stored at index time); a row indexed
+before that was stored (until the next index run fills it) falls back to its extension.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ TYPES: dict[str, tuple[str, ...]] = {
 TYPES["jpg"] = TYPES["jpeg"]
 TYPES["tif"] = TYPES["tiff"]
 TYPES["heif"] = TYPES["heic"]
+# --type NAME -> the content formats (Pillow's names) it means; MPO: a JPEG with extra frames
+FORMATS: dict[str, tuple[str, ...]] = {
+    "jpeg": ("JPEG", "MPO"), "png": ("PNG",), "heic": ("HEIF",), "webp": ("WEBP",),
+    "gif": ("GIF",), "tiff": ("TIFF",), "bmp": ("BMP",), "avif": ("AVIF",),
+}
+FORMATS.update(jpg=FORMATS["jpeg"], tif=FORMATS["tiff"], heif=FORMATS["heic"])
 DATE_SQL = ("COALESCE(taken_at, strftime('%Y-%m-%dT%H:%M:%S', mtime_ns / 1000000000,"
             " 'unixepoch', 'localtime'))")
 
@@ -32,7 +40,10 @@ class Filters:
     from the start of that period on, `before` those before its start.
 
         Filters(after="2023-06", before="2024", orientation="portrait", min_size="1000x800",
-                types=("jpeg",))
+                types=("jpeg",), camera="pixel")
+
+    camera: a case-insensitive substring of the camera's make, its model, or both as
+    "make model" (so "google pixel" finds make Google, model Pixel 7).
     """
 
     after: str | None = None
@@ -40,6 +51,7 @@ class Filters:
     orientation: str | None = None
     min_size: str | None = None  # WxH
     types: tuple[str, ...] = field(default_factory=tuple)
+    camera: str | None = None
 
     def __post_init__(self) -> None:
         start, end = (_start_of(self.after, "after"), _start_of(self.before, "before"))
@@ -53,6 +65,8 @@ class Filters:
             _size(self.min_size)
         if isinstance(self.types, str):
             raise TypeError("types is a list of names: ('jpeg',), not one string")
+        if self.camera is not None and not str(self.camera).strip():
+            raise ValueError("camera takes some text of the make or model, like 'pixel'")
         unknown = [t for t in self.types if t.lower() not in TYPES]
         if unknown:
             raise ValueError(f"unknown file type {unknown[0]!r}: one of "
@@ -61,7 +75,7 @@ class Filters:
     @property
     def empty(self) -> bool:
         return not (self.after or self.before or self.orientation or self.min_size
-                    or self.types)
+                    or self.types or self.camera)
 
     def where(self) -> tuple[list[str], list]:
         """SQL conditions on `files` (ANDed) and their parameters."""
@@ -84,9 +98,18 @@ class Filters:
             clauses.append("width >= ? AND height >= ?")
             params += [w, h]
         if self.types:
+            formats = sorted({f for t in self.types for f in FORMATS[t.lower()]})
             suffixes = sorted({s for t in self.types for s in TYPES[t.lower()]})
-            clauses.append("(" + " OR ".join("lower(path) LIKE ?" for _ in suffixes) + ")")
-            params += [f"%{s}" for s in suffixes]
+            clauses.append(f"(format IN ({','.join('?' * len(formats))}) OR (format IS NULL AND ("
+                           + " OR ".join("lower(path) LIKE ?" for _ in suffixes) + ")))")
+            params += formats + [f"%{s}" for s in suffixes]
+        if self.camera:
+            # LIKE is case-insensitive (ASCII); the text's own % and _ are escaped.
+            text = str(self.camera).strip()
+            like = "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+            clauses.append("(camera_make LIKE ? ESCAPE '\\' OR camera_model LIKE ? ESCAPE '\\'"
+                           " OR camera_make || ' ' || camera_model LIKE ? ESCAPE '\\')")
+            params += [like] * 3
         return clauses, params
 
 

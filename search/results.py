@@ -16,6 +16,13 @@ class SearchResult:
     height: int | None = None
     taken_at: str | None = None
     grade: str | None = None  # strong / weak / none (search/grading.py); None: not graded
+    # taken_at: the EXIF capture time (local clock), else the file's mtime (local time);
+    # taken_at_source says which ('exif' or 'mtime'), taken_offset is EXIF's UTC offset.
+    taken_at_source: str | None = None
+    taken_offset: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    format: str | None = None  # the content's type (JPEG, PNG, HEIF...), None if not read yet
 
     def to_dict(self) -> dict:
         return asdict(self)

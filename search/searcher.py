@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,21 @@ class Searcher:
                 rank=len(results) + first_rank,
                 score=None if score is None else round(score, 6), path=row["path"],
                 file_id=file_id, root=row["root"], width=row["width"], height=row["height"],
-                taken_at=row["taken_at"],
+                **_photo_facts(row),
             ))
         return results
+
+
+def _photo_facts(row: dict) -> dict:
+    """A row's date (EXIF, else mtime in local time: the date filters use) and metadata."""
+    exif = row["taken_at"] is not None
+    taken = row["taken_at"] if exif else _local_time(row["mtime_ns"])
+    return {"taken_at": taken, "taken_at_source": "exif" if exif else "mtime",
+            "taken_offset": row.get("taken_offset"), "camera_make": row.get("camera_make"),
+            "camera_model": row.get("camera_model"), "format": row.get("format")}
+
+
+def _local_time(mtime_ns: int | None) -> str | None:
+    if mtime_ns is None:
+        return None
+    return datetime.fromtimestamp(mtime_ns // 1_000_000_000).isoformat()

@@ -25,7 +25,11 @@ import sqlite_utils
 
 from .paths import folder_range, text_factory, to_db
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 2 (issue 14.2): photo metadata. A row of schema 1 has them NULL, `format` included
+# (every decoded image has one), which marks it for a header-only refresh (FileRow.meta_missing).
+META_COLUMNS = {"taken_offset": str, "camera_make": str, "camera_model": str,
+                "exif_orientation": int, "format": str}
 
 
 @dataclass
@@ -38,6 +42,7 @@ class FileRow:
     content_hash: str | None
     status: str
     error_reason: str | None = None
+    meta_missing: bool = False  # indexed before schema 2 stored photo metadata
 
 
 @dataclass
@@ -55,6 +60,11 @@ class FileRecord:
     taken_at: str | None = None
     error_reason: str | None = None
     error_message: str | None = None
+    taken_offset: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    exif_orientation: int | None = None
+    format: str | None = None
 
 
 class CatalogError(RuntimeError):
@@ -111,7 +121,11 @@ class Catalog:
         db = self.db
         if "meta" in db.table_names():
             self._check_version()
-            return  # opening an existing library writes nothing (readers stay readers)
+            if not self.readonly and int(self.get_meta("schema_version") or 0) < 2:
+                self._add_meta_columns()
+            # Beyond that one-time upgrade (writable opens only), opening an existing
+            # library writes nothing (readers stay readers).
+            return
         with self.transaction():
             if "meta" not in db.table_names():  # re-checked under the write lock
                 db["meta"].create({"key": str, "value": str}, pk="key")
@@ -122,7 +136,7 @@ class Catalog:
                         "id": int, "path": str, "root_id": int, "size": int, "mtime_ns": int,
                         "content_hash": str, "width": int, "height": int, "taken_at": str,
                         "status": str, "error_reason": str, "error_message": str,
-                        "indexed_at": str,
+                        "indexed_at": str, **META_COLUMNS,
                     },
                     pk="id", not_null={"path", "status"},
                     foreign_keys=[("root_id", "roots", "id")],
@@ -141,6 +155,16 @@ class Catalog:
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
                 self._set_meta("generation", "0")
         self._check_version()
+
+    def _add_meta_columns(self) -> None:
+        """Schema 1 -> 2: ALTER TABLE ADD COLUMN rewrites no row, so every file row and
+        vector stays; the next index run fills the new columns (header-only, no embedding)."""
+        with self.transaction():
+            have = {c.name for c in self.db["files"].columns}
+            for name, kind in META_COLUMNS.items():
+                if name not in have:  # re-checked under the write lock
+                    self.db["files"].add_column(name, kind)
+            self._set_meta("schema_version", str(SCHEMA_VERSION))
 
     def _check_version(self) -> None:
         version = int(self.get_meta("schema_version") or 0)
@@ -296,11 +320,23 @@ class Catalog:
     # -- files ---------------------------------------------------------------------------
     def files_in_root(self, root_id: int) -> dict[str, FileRow]:
         rows = self.conn.execute(
-            "SELECT id, path, root_id, size, mtime_ns, content_hash, status, error_reason "
+            "SELECT id, path, root_id, size, mtime_ns, content_hash, status, error_reason, "
+            + ("status = 'ok' AND format IS NULL " if self._has("format") else "0 ") +
             "FROM files WHERE root_id = ?",
             (root_id,),
         )
-        return {r[1]: FileRow(*r) for r in rows}
+        return {r[1]: FileRow(*r[:8], meta_missing=bool(r[8])) for r in rows}
+
+    def _has(self, column: str) -> bool:
+        """Whether `files` has the column: a read-only open of a schema-1 library is not
+        migrated (readers write nothing), so its queries must do without the new ones."""
+        if not hasattr(self, "_file_columns"):
+            self._file_columns = {r[1] for r in self.conn.execute("PRAGMA table_info(files)")}
+        return column in self._file_columns
+
+    def _meta_select(self) -> str:
+        return ", ".join(f"f.{c}" if self._has(c) else f"NULL AS {c}"
+                         for c in META_COLUMNS)
 
     def root_has_files(self, root_id: int) -> bool:
         """Any file row (indexed or failed) under the root: one index lookup."""
@@ -344,17 +380,23 @@ class Catalog:
             )
             conn.executemany(
                 "INSERT INTO files(path, root_id, size, mtime_ns, content_hash, width, height,"
-                " taken_at, status, error_reason, error_message, indexed_at) "
-                "VALUES (CAST(? AS TEXT), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                " taken_at, status, error_reason, error_message, indexed_at, taken_offset,"
+                " camera_make, camera_model, exif_orientation, format) "
+                "VALUES (CAST(? AS TEXT), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET root_id = excluded.root_id,"
                 " size = excluded.size, mtime_ns = excluded.mtime_ns,"
                 " content_hash = excluded.content_hash, width = excluded.width,"
                 " height = excluded.height, taken_at = excluded.taken_at,"
                 " status = excluded.status, error_reason = excluded.error_reason,"
-                " error_message = excluded.error_message, indexed_at = excluded.indexed_at",
+                " error_message = excluded.error_message, indexed_at = excluded.indexed_at,"
+                " taken_offset = excluded.taken_offset, camera_make = excluded.camera_make,"
+                " camera_model = excluded.camera_model, format = excluded.format,"
+                " exif_orientation = excluded.exif_orientation",
                 [
                     (to_db(r.path), r.root_id, r.size, r.mtime_ns, r.content_hash, r.width,
-                     r.height, r.taken_at, r.status, r.error_reason, r.error_message, now)
+                     r.height, r.taken_at, r.status, r.error_reason, r.error_message, now,
+                     r.taken_offset, r.camera_make, r.camera_model, r.exif_orientation,
+                     r.format)
                     for r in records
                 ],
             )
@@ -382,7 +424,8 @@ class Catalog:
             marks = ",".join("?" * len(chunk))
             cur = self.conn.execute(
                 "SELECT f.id, f.path, r.path AS root, f.size, f.mtime_ns, f.content_hash,"
-                " f.width, f.height, f.taken_at FROM files f LEFT JOIN roots r"
+                f" f.width, f.height, f.taken_at, {self._meta_select()} FROM files f"
+                " LEFT JOIN roots r"
                 f" ON r.id = f.root_id WHERE f.id IN ({marks})",
                 chunk,
             )
@@ -417,9 +460,15 @@ class Catalog:
             where.append("path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)")
             args += [lo, hi]
         order = f" ORDER BY {by_date} DESC, id" if by_date else ""
-        rows = self.conn.execute(
-            f"SELECT id FROM files WHERE {' AND '.join(where)}{order} LIMIT ? OFFSET ?",
-            [*args, limit, offset]).fetchall()
+        try:
+            rows = self.conn.execute(
+                f"SELECT id FROM files WHERE {' AND '.join(where)}{order} LIMIT ? OFFSET ?",
+                [*args, limit, offset]).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such column" not in str(exc):
+                raise
+            raise CatalogError(f"{self.path} predates photo metadata (camera, content type): "
+                               "run `clipsearch index` once to upgrade it") from None
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def vectors(self, model_id: str) -> tuple[np.ndarray, np.ndarray]:

@@ -152,7 +152,12 @@ def _copy_all(conn: sqlite3.Connection, source: Path) -> bool:
 
 
 def _copy_table(conn: sqlite3.Connection, table: str) -> None:
-    cols = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})"))
+    names = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
+    try:  # a catalog of an older schema lacks newer columns: copy those it has
+        have = {r[1] for r in conn.execute(f"PRAGMA src.table_info({table})")}
+    except sqlite3.DatabaseError:
+        have = set()
+    cols = ", ".join([n for n in names if n in have] or names)
     try:
         conn.execute(f"SELECT {cols} FROM src.{table} LIMIT 0")
     except sqlite3.DatabaseError:

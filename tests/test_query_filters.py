@@ -1,6 +1,6 @@
-"""Photo filters inside the vector search (issue 14.2, the part without new metadata): date
-(EXIF, else mtime), orientation, size and file type select ids in SQLite that the exact scan
-is limited to, so a filter keeping a few photos still returns their exact top-k."""
+"""Photo filters inside the vector search (issue 14.2): date (EXIF, else mtime), orientation,
+size, camera and file type (by content) select ids in SQLite that the exact scan is limited
+to, so a filter keeping a few photos still returns their exact top-k."""
 
 from __future__ import annotations
 
@@ -19,12 +19,15 @@ from search import searcher
 from tests.helpers import cli, cli_json
 
 SIZES = ((96, 96), (140, 100), (100, 140), (200, 150))
+CAMERAS = (("Google", "Pixel 7"), ("Canon", "Canon EOS R5"), ("Apple", "iPhone 14 Pro"),
+           ("NIKON CORPORATION", "NIKON D750"))
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """96 photos: sizes, PNG or JPEG, mtimes spread over 2019-2024, a third of the JPEGs
-    with an EXIF date that differs from their mtime. Returns the facts per path."""
+    with an EXIF date that differs from their mtime, half of them with a camera, some PNGs
+    named .jpg. Returns the facts per path."""
     root = tmp_path_factory.mktemp("filters")
     photos = root / "photos"
     photos.mkdir()
@@ -37,19 +40,24 @@ def library(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
                 w, h = SIZES[n % 4]
                 img = draw(colour, shape, size=(w, h), rng=rng)
                 jpeg = n % 5 in (0, 1, 3)  # every size in both types
-                path = photos / f"{colour}-{shape}-{n}.{'jpg' if jpeg else 'png'}"
-                taken = None
+                misnamed = n % 10 == 4  # a PNG named .jpg: its type is its content's
+                path = photos / f"{colour}-{shape}-{n}.{'jpg' if jpeg or misnamed else 'png'}"
+                taken, camera = None, ("", "")
+                exif = Image.Exif()
                 if jpeg and n % 3 == 0:
                     taken = datetime(2018 + n % 7, 1 + n % 12, 1 + n % 28, 12, n % 60, n // 60)
-                    exif = Image.Exif()
                     exif[0x0132] = taken.strftime("%Y:%m:%d %H:%M:%S")  # DateTime
-                    img.save(path, quality=90, exif=exif)
+                if jpeg and n % 2 == 0:
+                    camera = CAMERAS[n // 2 % 4]
+                    exif[0x010F], exif[0x0110] = camera
+                if jpeg:
+                    img.save(path, "JPEG", quality=90, **({"exif": exif} if len(exif) else {}))
                 else:
-                    img.save(path, **({"quality": 90} if jpeg else {}))
+                    img.save(path, "PNG")
                 mtime = datetime(2019 + n % 6, 1 + (n * 5) % 12, 1 + (n * 7) % 28, 8, n % 60,
                                  n // 60)
                 os.utime(path, (mtime.timestamp(), mtime.timestamp()))
-                facts[str(path)] = {"w": w, "h": h, "jpeg": jpeg,
+                facts[str(path)] = {"w": w, "h": h, "jpeg": jpeg, "camera": camera,
                                     "date": (taken or mtime).isoformat()}
                 n += 1
     with Library(root / "lib", model="shapes-tiny") as lib:
@@ -71,6 +79,12 @@ def _keeps(fact: dict, f: Filters) -> bool:
         mw, mh = (int(v) for v in f.min_size.split("x"))
         if w < mw or h < mh:
             return False
+    if f.camera:
+        make, model = fact["camera"]
+        text = f.camera.lower()
+        if not (text in make.lower() or text in model.lower()
+                or (make and text in f"{make} {model}".lower())):
+            return False
     return not (f.types and (fact["jpeg"] != ("jpeg" in f.types)))
 
 
@@ -88,6 +102,12 @@ CASES = [
     Filters(min_size="150x120"),
     Filters(types=("jpeg",), after="2023"),
     Filters(after="2024-03", orientation="landscape"),  # keeps very few
+    Filters(types=("png",)),  # includes the PNGs named .jpg
+    Filters(types=("jpeg",)),
+    Filters(camera="pixel"),
+    Filters(camera="CANON eos", orientation="portrait"),
+    Filters(camera="google pixel"),  # make and model together
+    Filters(camera="on", after="2020"),  # Canon, iPhone, NIKON CORPORATION
 ]
 
 
@@ -151,7 +171,12 @@ def test_cli_filters_and_listing(library):
     lib_path, facts = library
     hits = cli_json("query", "a green square", "--orientation", "portrait", "--type", "png",
                     "-n", "5", library=lib_path)
-    assert hits and all(h["height"] > h["width"] and h["path"].endswith(".png") for h in hits)
+    assert hits and all(h["height"] > h["width"] and not facts[h["path"]]["jpeg"]
+                        and h["format"] == "PNG" for h in hits)
+    pixels = cli_json("query", "--camera", "Pixel", "-n", "100", library=lib_path)
+    assert sorted(h["path"] for h in pixels) == sorted(
+        p for p, f in facts.items() if f["camera"][1] == "Pixel 7")
+    assert {(h["camera_make"], h["camera_model"]) for h in pixels} == {("Google", "Pixel 7")}
     listed = cli_json("query", "--after", "2024", "-n", "3", library=lib_path)
     newest = sorted(facts, key=lambda p: facts[p]["date"], reverse=True)[:3]
     assert [h["path"] for h in listed] == newest

@@ -38,7 +38,8 @@ from tests.reliability_support import (
 ray = pytest.importorskip("ray", reason="the cluster extra: pip install 'clipsearch[cluster]'")
 
 ROW_FIELDS = ("size", "mtime_ns", "content_hash", "width", "height", "taken_at", "status",
-              "error_reason", "error_message")
+              "error_reason", "error_message", "taken_offset", "camera_make", "camera_model",
+              "exif_orientation", "format")
 
 
 def _free_port() -> int:
