@@ -55,6 +55,35 @@ def test_folder_filter(api, lib_dir, tmp_path):
     assert relative.status_code == 400 and "absolute" in relative.json()["error"]
 
 
+def test_combined_queries_filters_and_grades_over_http(api, lib_dir):
+    """The query language and filters of the CLI and API (docs/search.md), over HTTP."""
+    swap = api.get("/api/search", params={"expr": "'a red circle' - circle + square",
+                                          "limit": 3}).json()
+    assert "red-square" in swap["results"][0]["path"], swap
+    assert swap["good_match"] is not None and swap["results"][0]["grade"]
+    with Library(lib_dir) as lib:  # the same ranking as the Python API's
+        mine = lib.query("'a red circle' - circle + square", limit=3)
+    assert [r["file_id"] for r in swap["results"]] == [r.file_id for r in mine]
+    some_id = swap["results"][1]["file_id"]
+    by_id = api.get("/api/search", params={"expr": f"id:{some_id}", "limit": 3}).json()
+    with Library(lib_dir) as lib:  # an indexed photo as a term, as in the Python API
+        assert [r["file_id"] for r in by_id["results"]] == [
+            r.file_id for r in lib.query(f"id:{some_id}", limit=3)]
+    # A filter keeps only what it names: png files, square photos; listing without a text.
+    listed = api.get("/api/search", params={"type": "png", "orientation": "square",
+                                            "limit": 50}).json()["results"]
+    assert listed and all(r["path"].endswith(".png") for r in listed)
+    nothing = api.get("/api/search", params={"q": "a red circle", "camera": "Leica"}).json()
+    assert nothing["results"] == []
+    for params, needle in (({"expr": "a dog + + cat"}, "^"),
+                           ({"expr": "image:/etc/passwd"}, "id:N"),
+                           ({"q": "a dog", "expr": "a cat"}, "not both"),
+                           ({"after": "2024", "before": "2023"}, "impossible"),
+                           ({}, "give q")):
+        r = api.get("/api/search", params=params)
+        assert r.status_code == 400 and needle in r.json()["error"], (params, r.json())
+
+
 def test_search_by_uploaded_image_and_more_like_this(api):
     r = api.post("/api/search/image", content=png_bytes("red"), params={"limit": 3})
     assert r.status_code == 200 and r.json()["results"][0]["path"].split("/")[-1][:3] == "red"

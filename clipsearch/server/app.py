@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from clipsearch import (
     DecodeError,
+    Filters,
     Library,
     MissingModelError,
     ModelNotIndexedError,
@@ -154,19 +155,42 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
             os.unlink(tmp)
 
     # -- search --------------------------------------------------------------------------
-    @app.get("/api/search", summary="Text search")
-    def search(q: str = Query(..., description="what to look for"), limit: int = 20,
-               offset: int = 0, folder: str | None = Query(None, alias="in"),
-               model: str | None = None) -> JSON:
-        if len(q) > config.max_query_chars:
+    @app.get("/api/search", summary="Text search, combined queries, metadata filters")
+    def search(q: str | None = Query(None, description="what to look for (plain text)"),
+               expr: str | None = Query(None, description="a combined query (docs/search.md)"
+                                        ": text and id:N terms, e.g. 'a dog' + 'snow' - leash"),
+               limit: int = 20, offset: int = 0,
+               folder: str | None = Query(None, alias="in"), model: str | None = None,
+               after: str | None = None, before: str | None = None,
+               camera: str | None = None, orientation: str | None = None,
+               min_size: str | None = None,
+               type: Annotated[list[str] | None, Query(description="jpeg, png, ...")] = None,
+               ) -> JSON:
+        if q is not None and expr is not None:
+            raise ApiError(400, "give q (plain text) or expr (a combined query), not both")
+        text = q if q is not None else expr
+        if text is not None and len(text) > config.max_query_chars:
             raise ApiError(400, f"the query is longer than {config.max_query_chars} characters")
         page(offset, limit)
-        # Always plain text: a query string could name image files by path (image:PATH),
-        # and a request never reaches a file by its path.
-        hits = searching(lib.query, SearchQuery.text(q), limit=offset + limit + 1,
-                         within=within(folder), model=model)
+        wanted = (after, before, camera, orientation, min_size, type)
+        try:
+            filters = (Filters(after=after, before=before, camera=camera,
+                               orientation=orientation, min_size=min_size,
+                               types=tuple(type or ())) if any(wanted) else None)
+            query = (SearchQuery.text(q) if q is not None  # plain text: never parsed
+                     else SearchQuery.parse(expr) if expr is not None else None)
+        except ValueError as exc:  # a malformed query (it marks the bad part) or filter
+            raise ApiError(400, str(exc)) from exc
+        if query is not None and any(t.kind == "image" for t in query.terms):
+            # A request never reaches a file by its path: indexed files by id:N only.
+            raise ApiError(400, "image terms by path are not accepted over HTTP: name an "
+                           "indexed photo as id:N")
+        if query is None and filters is None:
+            raise ApiError(400, "give q, expr or a filter (after, before, camera, ...)")
+        hits = searching(lib.query, query, limit=offset + limit + 1, within=within(folder),
+                         model=model, filters=filters)
         # Which library answered: `clipsearch query` checks it before trusting the answer.
-        return JSON(answer(hits, offset, limit, query=q), headers={LIBRARY_HEADER: library})
+        return JSON(answer(hits, offset, limit, query=text), headers={LIBRARY_HEADER: library})
 
     @app.post("/api/search/image", summary="Search by an uploaded image (the request body)")
     async def search_image(request: Request, limit: int = 20, offset: int = 0,
