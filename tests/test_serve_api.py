@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from clipsearch import Library
 from tests.serve_support import client, indexed_library, png_bytes
@@ -82,6 +84,25 @@ def test_combined_queries_filters_and_grades_over_http(api, lib_dir):
                            ({}, "give q")):
         r = api.get("/api/search", params=params)
         assert r.status_code == 400 and needle in r.json()["error"], (params, r.json())
+
+
+def test_duplicates_over_http_are_the_apis_groups(api, tmp_path):
+    lib_dir = indexed_library(tmp_path)
+    photos = sorted((tmp_path / "photos").glob("*.png"))
+    shutil.copy(photos[0], tmp_path / "photos" / "exact-copy.png")
+    with Image.open(photos[1]) as im:  # a resized, re-encoded copy
+        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(
+            tmp_path / "photos" / "smaller.jpg", quality=80)
+    with Library(lib_dir) as lib:
+        lib.index()
+        expected = [[m.file_id for m in g.members] for g in lib.duplicates()]
+        with client(lib) as c:
+            body = c.get("/api/duplicates").json()
+            assert c.get("/api/duplicates", params={"threshold": 2}).status_code == 400
+    assert len(expected) == 2, expected
+    assert [[m["file_id"] for m in g["members"]] for g in body["groups"]] == expected
+    for group in body["groups"]:
+        assert all(m["thumbnail"].startswith("/api/thumbnail/") for m in group["members"])
 
 
 def test_search_by_uploaded_image_and_more_like_this(api):

@@ -192,6 +192,13 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
         # Which library answered: `clipsearch query` checks it before trusting the answer.
         return JSON(answer(hits, offset, limit, query=text), headers={LIBRARY_HEADER: library})
 
+    @app.get("/api/duplicates", summary="Groups of near-duplicate photos and exact copies")
+    def duplicates(threshold: float | None = None, model: str | None = None) -> JSON:
+        groups = searching(lib.duplicates, threshold=threshold, model=model)
+        return JSON({"groups": [{**g.to_dict(), "members": [_file_row(m.to_dict())
+                                                            for m in g.members]}
+                                for g in groups]})
+
     @app.post("/api/search/image", summary="Search by an uploaded image (the request body)")
     async def search_image(request: Request, limit: int = 20, offset: int = 0,
                            folder: str | None = Query(None, alias="in"),
