@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -21,9 +22,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sqlite_utils
 
 from .paths import folder_range, text_factory, to_db
+
+
+def _import_sqlite_utils():
+    """sqlite_utils imports pandas whenever it is installed (~250 ms and ~100 MB with pyarrow)
+    only to map `pd.Timestamp` columns, which the catalog never stores: a cold `clipsearch
+    query` on a machine with pandas (a data-science venv, Ray's `cluster` extra) should not
+    pay for it. An app that already imported pandas keeps sqlite_utils' full behaviour."""
+    if "pandas" in sys.modules:
+        import sqlite_utils
+    else:
+        sys.modules["pandas"] = None  # `import pandas` raises ImportError for this import
+        try:
+            import sqlite_utils
+        finally:
+            del sys.modules["pandas"]
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
 
 SCHEMA_VERSION = 2
 # Schema 2 (issue 14.2): photo metadata. A row of schema 1 has them NULL, `format` included

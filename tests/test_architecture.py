@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("clip_core", "store", "indexer", "search", "clipsearch")
 FORBIDDEN = {
@@ -68,4 +70,17 @@ def test_server_uses_only_the_public_api():
 def test_store_and_search_import_without_torch():
     code = ("import sys, store, search, clip_core.model_ref, clip_core.images, "
             "clip_core.preprocess; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_importing_clipsearch_does_not_import_pandas():
+    """sqlite_utils imports pandas when it is installed (Ray's extra brings it), ~250 ms and
+    ~100 MB a cold query does not need: store.catalog keeps it out (an app that imported
+    pandas first keeps sqlite_utils' pandas support)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pandas") is None:
+        pytest.skip("pandas is not installed here: nothing to keep out")
+    code = ("import sys, clipsearch, store.catalog; assert 'pandas' not in sys.modules; "
+            "import pandas, sqlite_utils.db as d; assert d.pd is None and pandas.DataFrame")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
