@@ -34,7 +34,7 @@ def main() -> None:
 
 def measure(datas: list[bytes]) -> dict[str, float]:
     """{decoder: best ms per file on one core} for every decoder at hand."""
-    return {label: _best_ms(decode, datas) for label, decode in _decoders()}
+    return {label: best_ms(decode, datas) for label, decode in _decoders()}
 
 
 def _decoders():
@@ -64,13 +64,15 @@ def _decoders():
         yield "imagecodecs libjpeg-turbo, full size", imagecodecs.jpeg8_decode
 
 
-def _best_ms(decode: Callable, datas: list[bytes], passes: int = 3) -> float:
-    decode(datas[0])
+def best_ms(step: Callable[[bytes], object], datas: list[bytes], passes: int = 3) -> float:
+    """Milliseconds per item of the fastest of `passes` passes over `datas` (after one
+    warm-up call); bench.limit times its other per-image steps with it too."""
+    step(datas[0])
     best = float("inf")
     for _ in range(passes):
         start = time.perf_counter()
         for data in datas:
-            decode(data)
+            step(data)
         best = min(best, (time.perf_counter() - start) / len(datas) * 1000)
     return best
 

@@ -20,11 +20,10 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from bench import images
+from bench.jpeg_decoders import best_ms
 from bench.machine import load_average
 
 
@@ -59,17 +58,6 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _best_ms(step: Callable[[bytes], object], datas: list[bytes], rounds: int) -> float:
-    step(datas[0])  # warm-up
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for data in datas:
-            step(data)
-        best = min(best, (time.perf_counter() - start) / len(datas) * 1000)
-    return best
-
-
 def other_work_ms(paths: list[Path], datas: list[bytes], rounds: int) -> dict[str, float]:
     """clipsearch's per-image work besides decoding and the tower, on one core (files in
     the page cache, as the bench warms it before each index job)."""
@@ -82,9 +70,9 @@ def other_work_ms(paths: list[Path], datas: list[bytes], rounds: int) -> dict[st
     decoded = {id(d): decode_image(d, min_side=spec.min_side).image for d in datas}
     by_data = {id(d): str(p) for p, d in zip(paths, datas, strict=True)}
     return {
-        "read_ms": _best_ms(lambda d: read_file(by_data[id(d)]), datas, rounds),
-        "sha256_ms": _best_ms(content_hash, datas, rounds),
-        "preprocess_ms": _best_ms(lambda d: preprocess(decoded[id(d)], spec), datas, rounds),
+        "read_ms": best_ms(lambda d: read_file(by_data[id(d)]), datas, rounds),
+        "sha256_ms": best_ms(content_hash, datas, rounds),
+        "preprocess_ms": best_ms(lambda d: preprocess(decoded[id(d)], spec), datas, rounds),
         "catalog_write_ms": _write_cost(100, 512)["per_image_ms"],
     }
 
