@@ -923,11 +923,11 @@ class Library:
             lib.query_similar(hit.file_id, limit=5)  # "more like this"
         """
         ref = self._searchable(model, pretrained)
-        vector = None if ref is None else self.catalog.vectors_for_files(
-            ref.model_id, [int(file_id)]).get(int(file_id))
-        if vector is None:
-            raise LookupError(f"no indexed file with id {file_id} for this model")
-        return self.searcher.search(ref.model_id, vector, limit, within, {int(file_id)})
+        if ref is None:
+            raise LookupError(f"no indexed file with id {file_id}: nothing is indexed yet")
+        # The id term of a combined query: its stored vector, itself left out.
+        vector, exclude = self._query_vector(Query.file_id(int(file_id)), ref)
+        return self.searcher.search(ref.model_id, vector, limit, within, exclude)
 
     # -- status --------------------------------------------------------------------------
     @_serialized
