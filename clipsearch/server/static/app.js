@@ -109,7 +109,11 @@ async function openViewer(index) {
   $("viewer-img").src = r.file; $("viewer-img").alt = baseName(r.path);
   $("viewer-name").textContent = baseName(r.path);
   $("viewer-path").textContent = r.path.slice(0, r.path.length - baseName(r.path).length);
-  $("viewer-date").textContent = r.taken_at ? new Date(r.taken_at).toLocaleString() : "unknown";
+  // taken_at_source: "exif" (the camera's date) or "mtime" (only the file's date is known)
+  $("viewer-date").textContent = r.taken_at
+    ? new Date(r.taken_at).toLocaleString() +
+      (r.taken_at_source === "mtime" ? " (file date, no EXIF)" : "")
+    : "unknown";
   $("viewer-score").textContent = r.score.toFixed(4);
   $("viewer-size").textContent = r.width ? `${r.width} × ${r.height}` : "";
   $("open").href = r.file;
