@@ -27,7 +27,7 @@ def _model(name: str):
     import open_clip
     import torch
 
-    torch.manual_seed(0)  # as clip_core.loading does for random weights
+    torch.manual_seed(0)  # as clip_core.torch_backend.loading does for random weights
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
     return model.eval(), preprocess, open_clip.get_tokenizer(name)
 

@@ -32,15 +32,15 @@ def _timed(fn, *args, **kwargs):
 
 
 def profile(files: list[Path], precisions: list[str], batch: int) -> dict:
-    from clip_core.images import decode_image
-    from clip_core.preprocess import preprocess
+    from clip_core.pixels.decode import decode_image
+    from clip_core.pixels.preprocess import preprocess
     from indexer.stages import content_hash, read_file
 
     t0 = time.perf_counter()
     import torch  # noqa: F401  (import cost reported on its own)
 
-    from clip_core.encoder import ClipEncoder
-    from clip_core.model_ref import parse_model
+    from clip_core.models.ref import parse_model
+    from clip_core.torch_backend.encoder import ClipEncoder
 
     timings: dict[str, dict] = {"import_torch_clip_core_s": round(time.perf_counter() - t0, 2)}
     ref = parse_model("ViT-B-32", "none")

@@ -19,8 +19,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from clip_core.encoder import ClipEncoder
-    from clip_core.model_ref import parse_model
+    from clip_core.models.ref import parse_model
+    from clip_core.torch_backend.encoder import ClipEncoder
 
     for precision in args.precisions.split(","):
         enc = ClipEncoder.load(parse_model(args.model, "none"), towers=frozenset({"image"}),

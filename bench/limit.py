@@ -62,8 +62,8 @@ def other_work_ms(paths: list[Path], datas: list[bytes], rounds: int) -> dict[st
     """clipsearch's per-image work besides decoding and the tower, on one core (files in
     the page cache, as the bench warms it before each index job)."""
     from bench.breakdown import _write_cost
-    from clip_core.images import decode_image
-    from clip_core.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec, preprocess
+    from clip_core.pixels.decode import decode_image
+    from clip_core.pixels.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec, preprocess
     from indexer.stages import content_hash, read_file
 
     spec = PreprocessSpec(224, OPENAI_MEAN, OPENAI_STD)  # ViT-B-32's, as the bench's model
@@ -79,7 +79,7 @@ def other_work_ms(paths: list[Path], datas: list[bytes], rounds: int) -> dict[st
 
 def measure(sets: list[str], files: int, rounds: int, model: str = "ViT-B-32") -> dict:
     from bench import jpeg_decoders, tower_runtimes
-    from clip_core.int8_variants import GUARD_MIN_COS
+    from clip_core.encoders import GUARD_MIN_COS
 
     load_start = load_average()
     speed, accuracy = tower_runtimes.measure(model, rounds)

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from clip_core.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec
+from clip_core.pixels.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec
 from clipsearch import Library
 
 MODEL, PRETRAINED, DIM = "ViT-B-32", "none", 512

@@ -4,7 +4,7 @@
     (optional runtimes: pip install openvino nncf)
 
 Exports the tower as clipsearch's compiler does (fp32 ONNX with batch 1, then dynamic int8
-in every variant clip_core.int8_variants knows, marking the one this CPU tries first) and
+in every variant clip_core.compiled.int8_variants knows, marking the one this CPU tries first) and
 times one image per single-threaded call, which is how the indexer runs it (a call per core).
 Rounds are interleaved and the best kept, so a noisy machine hurts every candidate alike.
 Accuracy is the minimum cosine to fp32 torch on probe images; static int8 is calibrated on
@@ -52,12 +52,12 @@ def measure(model: str, rounds: int) -> tuple[dict[str, float], dict[str, float]
 
 
 def _export(model: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
-    from clip_core.encoder import ClipEncoder
-    from clip_core.int8_variants import VARIANTS
-    from clip_core.model_ref import parse_model
-    from clip_core.onnx_export import export_image_tower, quantise
-    from clip_core.preprocess import preprocess_batch
-    from clip_core.probe_images import probe_images
+    from clip_core.compiled.int8_variants import VARIANTS
+    from clip_core.compiled.onnx_export import export_image_tower, quantise
+    from clip_core.models.ref import parse_model
+    from clip_core.pixels.preprocess import preprocess_batch
+    from clip_core.pixels.probes import probe_images
+    from clip_core.torch_backend.encoder import ClipEncoder
 
     full = ClipEncoder.load(parse_model(model, "none"), device="cpu", precision="fp32",
                             towers=frozenset({"image"}))
@@ -79,8 +79,9 @@ def _quantise_attention_too(source: Path, target: Path) -> None:
 
 
 def _onnxruntime(work: Path):
-    from clip_core.int8_variants import VARIANTS, CpuFeatures, variant_order
-    from clip_core.onnx_encoder import new_session
+    from clip_core.compiled.int8_variants import VARIANTS, variant_order
+    from clip_core.compiled.onnx_encoder import new_session
+    from clip_core.cpu import CpuFeatures
 
     first = variant_order(CpuFeatures.here())[0]
     variants = [(f"int8-{v.name}", f"int8 dynamic {v.name}"

@@ -5,8 +5,8 @@ Every exception a `Library` method documents can be caught by a name from here:
     from clipsearch import Library, ModelNotIndexedError
 """
 
-from clip_core.images import DecodeError
-from clip_core.model_files import MissingModelError, ModelLoadError
+from clip_core.models.files import MissingModelError, ModelLoadError
+from clip_core.pixels.decode import DecodeError
 from indexer import IndexReport, IndexSettings, Progress
 from indexer.ray_executor import MissingExtraError
 from search import (

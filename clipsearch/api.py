@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clip_core.file_check import sidecar
-from clip_core.model_files import ensure_local
-from clip_core.model_ref import ModelRef, parse_model
+from clip_core.models.files import ensure_local
+from clip_core.models.ref import ModelRef, parse_model
+from clip_core.text.file_check import sidecar
 from indexer import IndexReport, IndexSettings, Progress, run_index
 from indexer.ray_executor import require_ray
 from indexer.shards import ShardImport
@@ -50,13 +50,11 @@ from store import Catalog, CatalogDamagedError, StorageError, WriterLock, sweep_
 from store.private import make_private_dir, tighten
 from store.vector_index import index_path
 
+from .layout import CATALOG_NAME, LOCK_NAME, TEXT_TOWERS_DIR, VECTORS_DIR
+
 if TYPE_CHECKING:
     from .doctor import DoctorReport
 
-CATALOG_NAME = "catalog.db"
-VECTORS_DIR = "vectors"
-TEXT_TOWERS_DIR = "text-towers"
-LOCK_NAME = "index.lock"
 IMAGE_ONLY = frozenset({"image"})
 
 
@@ -312,7 +310,7 @@ class Library:
         loaded = self._loaded_encoder(ref, towers)
         if loaded is not None:
             return loaded
-        from clip_core.encoder import ClipEncoder
+        from clip_core.torch_backend.encoder import ClipEncoder
 
         # int8 exists only as the compiled image tower; torch gets its own best precision.
         precision = "auto" if self.precision == "int8" else self.precision
@@ -325,7 +323,7 @@ class Library:
         """The fastest image encoder for `ref` here, loaded once; also makes sure the
         library holds the model's text tower for torch-free queries.
 
-        On the CPU that is the model compiled for onnxruntime (clip_core.compiled: compiled on
+        On the CPU that is the model compiled for onnxruntime (clip_core.compiled.cache: compiled on
         first use, then loaded without torch) when it passed its agreement and speed checks,
         else torch. Raises MissingModelError, ModelLoadError.
 
@@ -334,7 +332,7 @@ class Library:
         enc = self._loaded_encoder(ref, IMAGE_ONLY)
         if enc is not None:
             return enc
-        from clip_core.compiled import load_compiled
+        from clip_core.compiled.load import load_compiled
 
         embedder = self._text_embedder(ref)
         found = load_compiled(ref, device=self.device, precision=self.precision,
@@ -535,7 +533,7 @@ class Library:
                     self.catalog.set_meta("default_model", json.dumps(ref.to_spec()))  # loads
                 return enc
 
-            from clip_core.model_config import guess_preprocess
+            from clip_core.models.config import guess_preprocess
 
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
                                ref.model_id, get_encoder, settings, progress,
@@ -571,7 +569,7 @@ class Library:
                       settings: IndexSettings | None) -> list[dict]:
         """What each indexed root that holds no file here after the run contains: the
         report says why nothing was found instead of only "0 indexed"."""
-        from clip_core.images import IMAGE_EXTENSIONS
+        from clip_core.pixels.decode import IMAGE_EXTENSIONS
         from indexer.survey import survey_root
 
         hidden = bool(settings and settings.include_hidden)
@@ -978,7 +976,7 @@ def classify(
     """
     _check_labels(labels)
     _image_file(image)
-    from clip_core.encoder import ClipEncoder
+    from clip_core.torch_backend.encoder import ClipEncoder
 
     encoder = ClipEncoder.load(parse_model(model, pretrained), device=device,
                                precision=precision,
@@ -990,13 +988,13 @@ def worker_image_encoder(ref: ModelRef, device: str, precision: str,
                          models_dir: Path | None, cache_dir: Path | None):
     """Library.image_encoder's choice on a machine without the library (a Ray worker): the
     compiled CPU tower (compiled there once if needed), else torch's image tower."""
-    from clip_core.compiled import load_compiled
+    from clip_core.compiled.load import load_compiled
 
     found = load_compiled(ref, device=device, precision=precision, models_dir=models_dir,
                           cache_dir=cache_dir)
     if found is not None:
         return found[1]
-    from clip_core.encoder import ClipEncoder
+    from clip_core.torch_backend.encoder import ClipEncoder
 
     return ClipEncoder.load(ref, device=device, towers=IMAGE_ONLY, models_dir=models_dir,
                             precision="auto" if precision == "int8" else precision)
@@ -1067,8 +1065,8 @@ def _classify(encoder, image: str | os.PathLike, labels: Sequence[str]) -> list[
 
 
 def _image_vector(encoder, path: Path) -> np.ndarray:
-    from clip_core.images import DecodeError, decode_image
-    from clip_core.preprocess import preprocess
+    from clip_core.pixels.decode import DecodeError, decode_image
+    from clip_core.pixels.preprocess import preprocess
 
     try:
         decoded = decode_image(path)

@@ -148,7 +148,8 @@ def _check_new_library(library: str | None, paths: tuple[str, ...], model: str |
                        pretrained: str | None) -> None:
     """A library is created only for a run that can work: folders given, a known model on
     this machine. (An existing library checks its own model in Library.index.)"""
-    from .api import CATALOG_NAME, check_model, default_library_dir
+    from .api import check_model, default_library_dir
+    from .layout import CATALOG_NAME
 
     lib_dir = Path(library).expanduser() if library else default_library_dir()
     if (lib_dir / CATALOG_NAME).exists():
@@ -337,8 +338,9 @@ def classify(image, labels, as_json, library, model, pretrained, device, precisi
     """Zero-shot: how well each of the LABELS describes IMAGE (the classic CLIP demo)."""
     if any(not label.strip() for label in labels):
         raise click.UsageError("a LABEL is blank")
-    from .api import CATALOG_NAME, default_library_dir
     from .api import classify as classify_image
+    from .api import default_library_dir
+    from .layout import CATALOG_NAME
 
     lib_dir = Path(library) if library else default_library_dir()
     if (lib_dir / CATALOG_NAME).is_file():  # use the library's default model

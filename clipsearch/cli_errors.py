@@ -19,10 +19,10 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 
 def _known_errors() -> list[tuple[tuple[type[BaseException], ...], int]]:
     # Imported late: `clipsearch --help` should not pay for them.
-    from clip_core.images import DecodeError
-    from clip_core.loading import ModelLoadError
-    from clip_core.model_files import MissingModelError
-    from clip_core.model_store import StoreError
+    from clip_core.models.files import MissingModelError
+    from clip_core.pixels.decode import DecodeError
+    from clip_core.torch_backend.loading import ModelLoadError
+    from clip_core.weights.store import StoreError
     from indexer.ray_executor import MissingExtraError
     from store import CatalogDamagedError, CatalogError, LibraryBusyError
 
@@ -75,7 +75,8 @@ def _as_damage(exc: Exception, library: str | None) -> Exception:
 
     if not is_damage(exc):
         return exc
-    from .api import CATALOG_NAME, default_library_dir
+    from .api import default_library_dir
+    from .layout import CATALOG_NAME
 
     folder = Path(library).expanduser().absolute() if library else default_library_dir()
     return CatalogDamagedError(folder / CATALOG_NAME, str(exc))

@@ -1,4 +1,4 @@
-"""`clipsearch models ...`: a thin layer over clip_core.model_store.
+"""`clipsearch models ...`: a thin layer over clip_core.weights.store.
 
 `download` is the only clipsearch command that may use the network; with --offline,
 CLIPSEARCH_OFFLINE=1 or HF_HUB_OFFLINE=1 it refuses before opening any connection.
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from clip_core import model_store
-from clip_core.model_files import default_models_dir
-from clip_core.model_ref import parse_model
+from clip_core.models.files import default_models_dir
+from clip_core.models.ref import parse_model
+from clip_core.weights import store as model_store
 
 from .cli_errors import EXIT_PROBLEM, friendly_errors, interrupt_note
 from .output import format_size, human, write_json
@@ -207,8 +207,8 @@ def compile_cmd(ctx: click.Context, model: str, pretrained: str | None, force: b
     """Prepare MODEL for fast torch-free CPU indexing (int8 ONNX image tower + numpy text
     tower, checked against fp32 here). The first `index` does this by itself; run it ahead
     to keep that first index run short."""
-    from clip_core.compiled import compile_supported, find_compiled
-    from clip_core.compiler import compile_model
+    from clip_core.compiled.cache import compile_supported, find_compiled
+    from clip_core.compiled.compiler import compile_model
 
     if not compile_supported():
         raise click.ClickException("compiling needs onnxruntime and onnx "

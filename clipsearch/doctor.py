@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clip_core import file_check
+from clip_core.text import file_check
 from store import Catalog, WriterLock
 from store.salvage import check, salvage
 
@@ -36,7 +36,7 @@ class DoctorReport:
 
 
 def run_doctor(folder: Path, *, repair: bool = False, wait: float = 0.0) -> DoctorReport:
-    from .api import CATALOG_NAME, LOCK_NAME, TEXT_TOWERS_DIR, VECTORS_DIR
+    from .layout import CATALOG_NAME, LOCK_NAME, TEXT_TOWERS_DIR, VECTORS_DIR
 
     catalog = folder / CATALOG_NAME
     derived = [folder / VECTORS_DIR, folder / TEXT_TOWERS_DIR]

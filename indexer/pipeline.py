@@ -20,8 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from clip_core.images import IMAGE_EXTENSIONS
-from clip_core.preprocess import PreprocessSpec, same_preprocess
+from clip_core.pixels.decode import IMAGE_EXTENSIONS
+from clip_core.pixels.preprocess import PreprocessSpec, same_preprocess
 from store import Catalog, FileRecord, FileRow
 
 from .crawl import Candidate, CrawlSkip, crawl
@@ -79,7 +79,7 @@ class IndexSettings:
     batch_size: int = 32
     workers: int = max(1, min(4, os.cpu_count() or 1))
     prefetch: int = 192  # files decoded ahead of the encoder (and while the model loads)
-    draft: bool = True  # reduced-size JPEG decoding (clip_core.images)
+    draft: bool = True  # reduced-size JPEG decoding (clip_core.pixels.decode)
     include_hidden: bool = False  # dot-files and -folders, @eaDir (indexer.crawl)
     follow_links: bool = False  # symlinks leading out of the root (indexer.crawl)
     cancel: object | None = None  # a threading.Event: set() it to stop like Ctrl-C

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from clip_core.preprocess import PreprocessSpec
+from clip_core.pixels.preprocess import PreprocessSpec
 from store import FileRow
 
 from .crawl import Candidate

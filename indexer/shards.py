@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from clip_core.images import IMAGE_EXTENSIONS
-from clip_core.preprocess import PreprocessSpec
+from clip_core.pixels.decode import IMAGE_EXTENSIONS
+from clip_core.pixels.preprocess import PreprocessSpec
 from store import Catalog, FileRecord
 from store.catalog import META_COLUMNS
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clip_core.images import (
+from clip_core.pixels.decode import (
     DecodeError,
     NotRegularFileError,
     PhotoMeta,
@@ -24,7 +24,7 @@ from clip_core.images import (
     open_regular,
     read_header,
 )
-from clip_core.preprocess import PreprocessSpec, preprocess
+from clip_core.pixels.preprocess import PreprocessSpec, preprocess
 from store import Catalog, FileRecord
 
 from .crawl import Candidate

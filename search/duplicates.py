@@ -58,7 +58,7 @@ def thumbnail_signature(path: str) -> np.ndarray | None:
     None when the file is gone or no longer an image."""
     from PIL import Image
 
-    from clip_core.images import DecodeError, decode_image
+    from clip_core.pixels.decode import DecodeError, decode_image
 
     try:
         image = decode_image(path, min_side=4 * THUMB_SIDE).image

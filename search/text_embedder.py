@@ -1,6 +1,6 @@
 """Query texts -> vectors, without torch when possible.
 
-The first text query of a model runs the torch text tower and exports it (clip_core.text_tower)
+The first text query of a model runs the torch text tower and exports it (clip_core.text.tower)
 into the library's cache; later queries, in any process, load that file memory-mapped and run
 it in numpy with the torch-free tokenizer: a cold `clipsearch query` then never imports torch.
 Towers that numpy cannot reproduce exactly stay on torch.
@@ -47,9 +47,9 @@ class TextEmbedder:
 
     def _numpy_tower(self) -> tuple[Any, Any] | None:
         if self._fast is None and self.path.is_file():
-            from clip_core.file_check import DamagedFile
-            from clip_core.text_tower import NumpyTextTower
-            from clip_core.tokenizer import ClipTokenizer
+            from clip_core.text.file_check import DamagedFile
+            from clip_core.text.tokenizer import ClipTokenizer
+            from clip_core.text.tower import NumpyTextTower
 
             try:
                 tower = NumpyTextTower.load(self.path, release_pages=self.low_memory)
@@ -60,7 +60,7 @@ class TextEmbedder:
                 log.warning("ignoring text tower cache %s: %s", self.path, exc)
                 return None
             if not self.low_memory:
-                from clip_core.int8_variants import CpuFeatures, text_int8_timed
+                from clip_core.cpu import CpuFeatures, text_int8_timed
 
                 tower.use_onnxruntime(int8=True, timed=text_int8_timed(CpuFeatures.here()))
             self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
@@ -77,7 +77,7 @@ class TextEmbedder:
         """The tower is cached here and matches its checksum (a damaged one is removed)."""
         if not self.path.is_file():
             return False
-        from clip_core.file_check import DamagedFile, verify
+        from clip_core.text.file_check import DamagedFile, verify
 
         try:
             verify(self.path)
@@ -89,7 +89,7 @@ class TextEmbedder:
     def _discard(self, why: Exception) -> None:
         """A damaged tower: say so in one line and remove it (this library's link only, never
         the file it was linked from), so the next index run or query rebuilds it."""
-        from clip_core.file_check import NoChecksum, remove
+        from clip_core.text.file_check import NoChecksum, remove
 
         if self.writable:
             remove(self.path)
@@ -109,7 +109,7 @@ class TextEmbedder:
         same disk (the file is never rewritten in place), else copied; atomic either way."""
         if not self.writable or self.cached:
             return
-        from clip_core import file_check
+        from clip_core.text import file_check
 
         try:  # one damaged shared copy must not spread into every library linked to it
             file_check.verify(exported)
@@ -148,7 +148,8 @@ class TextEmbedder:
         return vectors
 
     def _export(self, encoder: Any) -> None:
-        from clip_core.text_tower import UnsupportedTextTower, export_text_tower
+        from clip_core.text.tower import UnsupportedTextTower
+        from clip_core.torch_backend.text_export import export_text_tower
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

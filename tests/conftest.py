@@ -29,7 +29,7 @@ def _guarded_connect(original):
 
 @pytest.fixture(scope="session", autouse=True)
 def _compiled_model_cache(tmp_path_factory):
-    """Compiled models (clip_core.compiled) go to one folder per test session, shared by the
+    """Compiled models (clip_core.compiled.cache) go to one folder per test session, shared by the
     tests and their subprocesses: each model compiles once per run, never into the user's
     cache."""
     os.environ["CLIPSEARCH_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_core.images import IMAGE_EXTENSIONS
+from clip_core.pixels.decode import IMAGE_EXTENSIONS
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPSEARCH = str(Path(sys.executable).parent / "clipsearch")

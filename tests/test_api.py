@@ -144,7 +144,7 @@ def test_texts_are_checked_before_any_model_loads(tmp_path):
 
 
 def test_a_closed_library_says_so_and_bad_images_are_named(tmp_path):
-    from clip_core.images import DecodeError
+    from clip_core.pixels.decode import DecodeError
     from store import StorageError
 
     draw_photos(tmp_path / "p", per_pair=1, seed=60)

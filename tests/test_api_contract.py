@@ -62,7 +62,7 @@ def library(tmp_path_factory):
 
 
 def test_the_errors_an_app_meets_carry_clipsearch_names(library, tmp_path):
-    """`query_image("/nope.jpg")` raised clip_core.images.DecodeError ("file no longer
+    """`query_image("/nope.jpg")` raised clip_core.pixels.decode.DecodeError ("file no longer
     exists") after loading the model."""
     missing = tmp_path / "nope.jpg"
     (tmp_path / "notes.jpg").write_text("not a picture")

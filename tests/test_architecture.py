@@ -40,6 +40,117 @@ def test_import_arrows_point_one_way():
     assert not problems, problems
 
 
+# clip_core's rooms, lowest first: a module imports only from its own room and those below.
+# The bottom ("base": clip_core/*.py) and the next four are torch-free.
+ROOMS = ("base", "pixels", "text", "models", "weights", "torch_backend", "compiled")
+TORCH_FREE = {"base", "pixels", "text", "models", "weights"}
+# The one place a torch-free room may reach torch: a fallback that pays for the import only
+# when open_clip's files stop fitting the shape read without it.
+TORCH_FALLBACKS = {"clip_core/models/open_clip_tables.py": {"open_clip"}}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def product_modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """Every project module `path` imports (at any depth of the file, lazily or not), except
+    under `if TYPE_CHECKING:` (never run): `from a.b import c` counts as a.b.c when c is a
+    module, else as a.b."""
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+            and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+            for n in ast.walk(node)}
+    own = module_name(path)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in known else base)
+    return {name for name in found if name in known and name != own}
+
+
+def test_no_import_circles():
+    """Tarjan's strongly connected components over the project's module graph: a circle
+    means two modules cannot be read (or moved) apart."""
+    modules = product_modules()
+    graph = {name: imported_modules(path, set(modules)) for name, path in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    assert not circles, circles
+
+
+def room_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ROOMS) else "base"
+
+
+def test_clip_core_rooms_import_downward():
+    modules = product_modules()
+    problems = []
+    for name, path in modules.items():
+        if not name.startswith("clip_core."):
+            continue
+        mine = ROOMS.index(room_of(name))
+        for target in imported_modules(path, set(modules)):
+            if target.startswith("clip_core.") and ROOMS.index(room_of(target)) > mine:
+                problems.append(f"{name} ({room_of(name)}) imports {target}")
+    assert not problems, problems
+
+
+def test_torch_free_rooms_never_import_torch():
+    problems = []
+    for path in (REPO / "clip_core").rglob("*.py"):
+        if room_of(module_name(path)) not in TORCH_FREE:
+            continue
+        allowed = TORCH_FALLBACKS.get(str(path.relative_to(REPO)), set())
+        bad = imported_packages(path) & ({"torch", "torchvision", "open_clip"} - allowed)
+        if bad:
+            problems.append(f"{path.relative_to(REPO)} imports {sorted(bad)}")
+    assert not problems, problems
+
+
 def test_cli_uses_only_the_public_api():
     allowed = {"clipsearch", "click", "clip_core", "indexer", "store", "tqdm"}
     for name in ("cli.py", "cli_models.py"):
@@ -68,8 +179,8 @@ def test_server_uses_only_the_public_api():
 
 
 def test_store_and_search_import_without_torch():
-    code = ("import sys, store, search, clip_core.model_ref, clip_core.images, "
-            "clip_core.preprocess; assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys, store, search, clip_core.models.ref, clip_core.pixels.decode, "
+            "clip_core.pixels.preprocess; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 

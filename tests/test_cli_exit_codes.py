@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clip_core.model_files import default_pretrained
-from clip_core.model_ref import parse_model
+from clip_core.models.open_clip_tables import default_pretrained
+from clip_core.models.ref import parse_model
 from clipsearch import Library
 from clipsearch.cli import main
 from clipsearch.cli_errors import EXIT_MODEL

@@ -54,7 +54,7 @@ def test_open_clip_and_python_warnings_during_a_compile_stay_off_the_terminal(tm
     script = f"""
 import logging, warnings
 import open_clip
-from clip_core.compiler import _say
+from clip_core.compiled.compiler import _say
 from clip_core.quiet import quiet_libraries
 open_clip.add_model_config({str(config.parent)!r})
 with quiet_libraries():

@@ -1,4 +1,4 @@
-"""The compiled CPU path (clip_core.compiled): an int8 ONNX image tower run by onnxruntime and
+"""The compiled CPU path (clip_core.compiled.cache): an int8 ONNX image tower run by onnxruntime and
 a numpy text tower, made once per model and checked against fp32 before it is used."""
 
 from __future__ import annotations
@@ -15,21 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_core import compiler
-from clip_core.compiled import ONNX, ONNX_FP32, TORCH, find_compiled, folder_for, load_compiled
-from clip_core.compiler import GUARD_MIN_COS, compile_model
-from clip_core.encoder import ClipEncoder
-from clip_core.int8_variants import (
-    DEFAULT,
-    REDUCE_RANGE,
-    VARIANTS,
-    CpuFeatures,
-    text_int8_timed,
-    variant_order,
-)
-from clip_core.model_ref import parse_model
-from clip_core.preprocess import preprocess_batch
-from clip_core.probe_images import probe_images
+from clip_core.compiled import compiler
+from clip_core.compiled.cache import ONNX, ONNX_FP32, TORCH, find_compiled, folder_for
+from clip_core.compiled.compiler import GUARD_MIN_COS, compile_model
+from clip_core.compiled.int8_variants import DEFAULT, REDUCE_RANGE, VARIANTS, variant_order
+from clip_core.compiled.load import load_compiled
+from clip_core.cpu import CpuFeatures, text_int8_timed
+from clip_core.models.ref import parse_model
+from clip_core.pixels.preprocess import preprocess_batch
+from clip_core.pixels.probes import probe_images
+from clip_core.torch_backend.encoder import ClipEncoder
 from clipsearch import Library, classify
 from tests.conftest import REPO, SHAPES_TINY
 from tests.helpers import (
@@ -296,7 +291,7 @@ def test_models_compile_command(tmp_path, monkeypatch):
 def test_patch_convolution_rewrite_is_exact():
     import torch
 
-    from clip_core.onnx_export import _is_patch_conv, _PatchLinear
+    from clip_core.compiled.onnx_export import _is_patch_conv, _PatchLinear
 
     torch.manual_seed(0)
     for bias in (False, True):
@@ -458,7 +453,7 @@ def test_a_variant_that_fails_the_guard_hands_over_to_the_next(tmp_path, monkeyp
 
 
 def test_without_onnxruntime_the_image_tower_is_torch(tmp_path, monkeypatch):
-    monkeypatch.setattr("clip_core.compiled.onnxruntime_available", lambda: False)
+    monkeypatch.setattr("clip_core.compiled.cache.onnxruntime_available", lambda: False)
     ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
     assert load_compiled(ref, cache_dir=tmp_path / "cache") is None  # the caller uses torch
     with pytest.raises(ValueError, match="onnxruntime"):

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from clip_core.images import REASONS
+from clip_core.pixels.decode import REASONS
 from clipsearch import IndexSettings, Library
 from indexer.crawl import Candidate, crawl
 from tests.reliability_support import MODEL, catalog_rows

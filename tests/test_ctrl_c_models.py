@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from clip_core import model_store
-from clip_core.model_ref import parse_model
+from clip_core.models.ref import parse_model
+from clip_core.weights import store as model_store
 
 from .reliability_support import CLIPSEARCH, make_random_bundle, subprocess_env
 
@@ -43,7 +43,7 @@ def _assert_one_clean_line(proc: subprocess.CompletedProcess, note: str) -> None
 
 
 def test_ctrl_c_during_compile_keeps_the_compiled_model(tmp_path):
-    from clip_core.compiled import compile_supported
+    from clip_core.compiled.cache import compile_supported
 
     if not compile_supported():
         pytest.skip("compiling needs onnxruntime and onnx")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_core.file_check import sidecar
+from clip_core.text.file_check import sidecar
 from clipsearch import Library
 from clipsearch.cli_errors import EXIT_DAMAGED
 from clipsearch.shapes import write_corpus
@@ -107,7 +107,7 @@ def test_damaged_shared_tower_does_not_spread(indexed, tmp_path):
          str(other))
     _same(top_k(other, k=5), top_k(library, k=5))
     with Library(other) as lib:
-        from clip_core.file_check import verify
+        from clip_core.text.file_check import verify
 
         verify(lib._text_embedder(lib.default_model).path, full=True)
 

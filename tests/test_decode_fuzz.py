@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from clip_core.images import REASONS, DecodeError, decode_image
+from clip_core.pixels.decode import REASONS, DecodeError, decode_image
 from tests.hostile_corpus import encode, exif_bytes, heic_bytes, smooth_image
 
 EXAMPLES = int(os.environ.get("CLIPSEARCH_FUZZ_EXAMPLES", "300"))

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clip_core.images import (
+from clip_core.pixels.decode import (
     DEFAULT_MAX_PIXELS,
     MAX_ASPECT_RATIO,
     DecodeError,
     decode_image,
     read_header,
 )
-from clip_core.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec, preprocess
+from clip_core.pixels.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec, preprocess
 from clipsearch import Library
 from clipsearch.cli_errors import EXIT_PROBLEM
 from tests.helpers import cli, cli_json, draw_photos

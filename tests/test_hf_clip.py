@@ -1,5 +1,6 @@
-"""Numeric proof that a transformers-format CLIP folder, converted by clip_core.hf_clip, gives
-the same embeddings and token ids as transformers itself (tiny random models, no network)."""
+"""Numeric proof that a transformers-format CLIP folder, converted by
+clip_core.torch_backend.hf_clip, gives the same embeddings and token ids as transformers itself
+(tiny random models, no network)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer, default_bpe
 from safetensors.torch import save_file
 
-from clip_core import hf_clip
+from clip_core.torch_backend import hf_clip
 
 pytest.importorskip("transformers")  # a dev/test dependency only
 

@@ -1,4 +1,4 @@
-"""clip_core.images: decoding hostile files, orientation, modes, draft decoding."""
+"""clip_core.pixels.decode: decoding hostile files, orientation, modes, draft decoding."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_core import images
-from clip_core.images import (
+from clip_core.pixels import decode as images
+from clip_core.pixels.decode import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     REASONS,
@@ -25,7 +25,7 @@ from clip_core.images import (
     read_header,
     read_taken_at,
 )
-from clip_core.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec, preprocess
+from clip_core.pixels.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec, preprocess
 from tests.hostile_corpus import (
     BLUE,
     EXIF_DATE_ISO,

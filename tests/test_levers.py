@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clip_core.device import cpu_has_fast_bf16
-from clip_core.encoder import ClipEncoder
-from clip_core.images import decode_image
-from clip_core.model_ref import parse_model
-from clip_core.preprocess import preprocess
+from clip_core.cpu import cpu_has_fast_bf16
+from clip_core.models.ref import parse_model
+from clip_core.pixels.decode import decode_image
+from clip_core.pixels.preprocess import preprocess
+from clip_core.torch_backend.encoder import ClipEncoder
 from clipsearch import Library
 from clipsearch.shapes import write_corpus
 from tests.helpers import (

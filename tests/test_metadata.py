@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_core.images import decode_image, read_header
+from clip_core.pixels.decode import decode_image, read_header
 from clipsearch import CatalogError, Filters, Library
 from clipsearch.shapes import draw
 from store.salvage import salvage

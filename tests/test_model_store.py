@@ -19,15 +19,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clip_core import model_files, model_store
-from clip_core.model_files import (
-    MissingModelError,
-    ensure_local,
-    locate_pretrained,
-    pretrained_cfg,
-    store_dir_for,
-)
-from clip_core.model_ref import ModelRef, parse_model
+from clip_core.models import files as model_files
+from clip_core.models.files import MissingModelError, ensure_local, locate_pretrained, store_dir_for
+from clip_core.models.open_clip_tables import pretrained_cfg
+from clip_core.models.ref import ModelRef, parse_model
+from clip_core.weights import store as model_store
 from clipsearch.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,7 +177,7 @@ def embed(folder_ref: ModelRef, models_dir: Path):
     """Image and text embeddings of fixed inputs: equal weights give equal numbers."""
     import torch
 
-    from clip_core.loading import load_model
+    from clip_core.torch_backend.loading import load_model
 
     loaded = load_model(folder_ref, models_dir=models_dir)
     torch.manual_seed(1)
@@ -213,8 +209,8 @@ def test_light_tables_match_open_clip():
 
 
 def test_light_tables_do_not_import_torch():
-    code = ("import sys; from clip_core import model_files as m; m.pretrained_table(); "
-            "m.architecture_configs(); from clip_core import model_store; "
+    code = ("import sys; from clip_core.models import files as m; m.pretrained_table(); "
+            "m.architecture_configs(); from clip_core.weights import store as model_store; "
             "model_store.list_models(); print('torch' in sys.modules, 'open_clip' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO).stdout
@@ -566,8 +562,8 @@ def test_unknown_names_and_tags_fail_before_importing_torch(tmp_path, model, pre
                                                              message):
     """They were reported only after torch's import and a 'Preparing ...' compile message."""
     env = {**os.environ, "CLIPSEARCH_MODELS": str(tmp_path / "models")}
-    code = ("import sys\nfrom clip_core.model_files import ModelLoadError, ensure_local\n"
-            "from clip_core.model_ref import parse_model\n"
+    code = ("import sys\nfrom clip_core.models.files import ModelLoadError, ensure_local\n"
+            "from clip_core.models.ref import parse_model\n"
             f"try:\n    ensure_local(parse_model({model!r}, {pretrained!r}))\n"
             "except ModelLoadError as exc:\n    print(exc)\n"
             "print('torch' in sys.modules, 'open_clip' in sys.modules)")

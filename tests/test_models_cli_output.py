@@ -14,7 +14,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from clip_core import model_store
+from clip_core.weights import store as model_store
 from clipsearch.cli import main
 
 from .reliability_support import CLIPSEARCH, subprocess_env

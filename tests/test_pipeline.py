@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from clip_core.encoder import ClipEncoder
-from clip_core.model_config import guess_preprocess
-from clip_core.model_ref import parse_model
-from clip_core.preprocess import same_preprocess
+from clip_core.models.config import guess_preprocess
+from clip_core.models.ref import parse_model
+from clip_core.pixels.preprocess import same_preprocess
+from clip_core.torch_backend.encoder import ClipEncoder
 from clipsearch import Library
 from indexer import run_index
 from tests.helpers import draw_photos

@@ -1,4 +1,4 @@
-"""clip_core.preprocess reproduces open_clip's eval transform without torch."""
+"""clip_core.pixels.preprocess reproduces open_clip's eval transform without torch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_core.preprocess import (
+from clip_core.pixels.preprocess import (
     OPENAI_MEAN,
     OPENAI_STD,
     PreprocessSpec,
@@ -153,7 +153,7 @@ def test_random_interpolation_means_bicubic_at_eval():
 
 
 def test_decoding_and_preprocessing_never_import_torch():
-    code = ("import sys, clip_core.images, clip_core.preprocess; "
+    code = ("import sys, clip_core.pixels.decode, clip_core.pixels.preprocess; "
             "bad = [m for m in ('torch', 'torchvision', 'open_clip') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

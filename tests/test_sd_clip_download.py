@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from clip_core.model_files import MissingModelError, ModelLoadError, ensure_local
-from clip_core.model_ref import parse_model
+from clip_core.models.files import MissingModelError, ModelLoadError, ensure_local
+from clip_core.models.ref import parse_model
 from clipsearch import Library
 from clipsearch import classify as classify_image
 from tests.helpers import cli, draw_photos
@@ -143,8 +143,8 @@ def _their_images(source: dict, pixels: np.ndarray) -> np.ndarray:
 
 
 def _pixels(lib: Library, model: str, paths: list[Path]) -> np.ndarray:
-    from clip_core.images import decode_image
-    from clip_core.preprocess import preprocess
+    from clip_core.pixels.decode import decode_image
+    from clip_core.pixels.preprocess import preprocess
 
     spec = lib.image_encoder(lib.model_ref(model)).preprocess
     return np.stack([preprocess(decode_image(p).image, spec) for p in paths])
@@ -289,7 +289,7 @@ def test_refs_main_picks_the_snapshot_and_hf_hub_cache_is_honoured(source, tmp_p
                                                                    monkeypatch):
     """HF_HUB_CACHE wins over HF_HOME; refs/main names the snapshot to use even when an older
     (here: broken) snapshot is newer on disk."""
-    from clip_core.model_files import locate_hub_bundle
+    from clip_core.models.files import locate_hub_bundle
 
     cache = tmp_path / "elsewhere"
     monkeypatch.setenv("HF_HOME", str(tmp_path / "unused"))
@@ -364,8 +364,8 @@ def test_a_transformers_repository_loads_without_importing_transformers(source, 
     import sys
 
     hf_cache(hf_home, _files(source, "safetensors", tokenizer=False))
-    code = ("import sys; from clip_core.loading import load_model; "
-            "from clip_core.model_ref import parse_model; "
+    code = ("import sys; from clip_core.torch_backend.loading import load_model; "
+            "from clip_core.models.ref import parse_model; "
             f"load_model(parse_model({HF_NAME!r})); print('transformers' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

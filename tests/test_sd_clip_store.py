@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from clip_core.model_files import ensure_local
-from clip_core.model_ref import parse_model
+from clip_core.models.files import ensure_local
+from clip_core.models.ref import parse_model
 from tests.helpers import cli
 from tests.test_model_store import FakeHub
 from tests.test_sd_clip_download import HF_NAME, _files, _their_text, build_source, hf_cache
@@ -27,7 +27,7 @@ TEXTS = ["a red circle", "a photo of a dog"]
 
 
 def _our_text(ref_name: str, models_dir: Path) -> np.ndarray:
-    from clip_core.loading import load_model
+    from clip_core.torch_backend.loading import load_model
 
     loaded = load_model(parse_model(ref_name), models_dir=models_dir)
     with torch.no_grad():

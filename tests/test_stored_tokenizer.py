@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from clip_core.loading import load_model
-from clip_core.model_files import MissingModelError
-from clip_core.model_ref import parse_model
+from clip_core.models.files import MissingModelError
+from clip_core.models.ref import parse_model
+from clip_core.torch_backend.loading import load_model
 
 transformers = pytest.importorskip("transformers")  # a dev dependency: always there in CI
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_core.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec
+from clip_core.pixels.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec
 from indexer.crawl import Candidate, CrawlSkip, crawl
 from indexer.stages import load_one
 from tests.helpers import cli_json, draw_photos

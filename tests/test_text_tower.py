@@ -10,15 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_core import text_tower
-from clip_core.text_tower import (
-    HEADER_KEY,
-    NumpyTextTower,
-    UnsupportedTextTower,
-    _erf,
-    export_text_tower,
-)
-from clip_core.tokenizer import ClipTokenizer
+from clip_core.text import tower as text_tower
+from clip_core.text.tokenizer import ClipTokenizer
+from clip_core.text.tower import HEADER_KEY, NumpyTextTower, UnsupportedTextTower, _erf
+from clip_core.torch_backend.text_export import export_text_tower
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -268,8 +263,8 @@ def test_query_path_runs_without_torch(b32, b32_file, tok77, tmp_path):
     code = (
         "import sys\n"
         "import numpy as np\n"
-        "from clip_core.text_tower import NumpyTextTower\n"
-        "from clip_core.tokenizer import ClipTokenizer\n"
+        "from clip_core.text.tower import NumpyTextTower\n"
+        "from clip_core.text.tokenizer import ClipTokenizer\n"
         f"tower = NumpyTextTower.load({str(b32_file)!r})\n"
         "emb = tower.encode_tokens(ClipTokenizer()(['a cat', 'two dogs']))\n"
         f"ref = np.load({str(tmp_path / 'expected.npy')!r})\n"

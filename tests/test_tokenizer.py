@@ -1,4 +1,4 @@
-"""clip_core.tokenizer.ClipTokenizer must give open_clip's exact token ids, without torch."""
+"""clip_core.text.tokenizer.ClipTokenizer must give open_clip's exact token ids, without torch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clip_core.tokenizer import EOT_ID, SOT_ID, ClipTokenizer, default_bpe_path
+from clip_core.text.tokenizer import EOT_ID, SOT_ID, ClipTokenizer, default_bpe_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -150,7 +150,7 @@ def test_short_merges_file_rejected(tmp_path):
 def test_tokenizer_imports_neither_torch_nor_open_clip():
     code = (
         "import sys\n"
-        "from clip_core.tokenizer import ClipTokenizer\n"
+        "from clip_core.text.tokenizer import ClipTokenizer\n"
         "ids = ClipTokenizer()(['a cat', 'x'])\n"
         "assert ids.shape == (2, 77), ids.shape\n"
         "bad = [m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules]\n"

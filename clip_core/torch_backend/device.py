@@ -7,28 +7,11 @@ AMX; docs/benchmarks.md) and is reported ~6x on AMX parts; autocast gave nothing
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
+from clip_core.cpu import cpu_has_fast_bf16
+
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("flags", "Features")):  # x86, ARM
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_has_fast_bf16() -> bool:
-    if os.environ.get("CLIPSEARCH_NO_BF16"):
-        return False
-    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def choose_device(requested: str = "auto") -> str:

@@ -37,13 +37,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from . import hf_layout
-from .bundle_manifest import check_manifest
-from .model_files import (
+from clip_core.models import hf_layout
+from clip_core.models.files import (
     CONFIG_NAME,
     WEIGHT_NAMES,
     MissingModelError,
-    architecture_configs,
     check_known,
     clip_url_cache_dir,
     default_models_dir,
@@ -57,10 +55,10 @@ from .model_files import (
     is_transformers_clip,
     locate_hub_bundle,
     locate_pretrained,
-    pretrained_cfg,
-    pretrained_table,
 )
-from .model_ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef, split_revision
+from clip_core.models.open_clip_tables import architecture_configs, pretrained_cfg, pretrained_table
+from clip_core.models.ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef, split_revision
+from clip_core.weights.manifest import check_manifest
 
 META_DIR = ".clipsearch"
 MANIFEST = "manifest.json"
@@ -533,7 +531,7 @@ def download(ref: ModelRef, models_dir: Path | None = None, *, offline: bool = F
             "or HF_HUB_OFFLINE). Unset it, or bring the model in with `clipsearch models "
             "import FILE` (made by `clipsearch models export` on a connected machine).")
     models_dir = models_dir or default_models_dir()
-    from .model_files import store_dir_for
+    from clip_core.models.files import store_dir_for
 
     plans = _plan(ref)
     if ref.kind == "hf-hub":  # hf-hub:ORG/REPO@REV names its revision itself
@@ -695,7 +693,7 @@ def _source_files(ref: ModelRef, models_dir: Path
                   ) -> tuple[dict[str, Path | bytes], str | None]:
     """The local files load_model would use, {bundle name: path or generated content}, and
     the folder name for local-dir installs."""
-    from .model_files import store_dir_for
+    from clip_core.models.files import store_dir_for
 
     check_known(ref)  # unknown names and tags: the same error as every other command
     if ref.kind == "random":
@@ -704,7 +702,7 @@ def _source_files(ref: ModelRef, models_dir: Path
         cfg = pretrained_cfg(ref.name, str(ref.pretrained))
         located = locate_pretrained(ref, cfg, models_dir)
         if located.weights is None:
-            from .model_files import pretrained_files
+            from clip_core.models.files import pretrained_files
 
             raise MissingModelError(ref, pretrained_files(cfg), located.searched,
                                     fix_steps(ref, models_dir))
@@ -747,7 +745,10 @@ def _source_files(ref: ModelRef, models_dir: Path
             raise MissingModelError(ref, [str(weights)], [weights.parent],
                                     fix_steps(ref, models_dir))
         arch_cfg = architecture_configs()[ref.name]  # check_known passed
-        from .preprocess import OPENAI_MEAN, OPENAI_STD  # open_clip's defaults for a file
+        from clip_core.pixels.preprocess import (  # open_clip's defaults for a file
+            OPENAI_MEAN,
+            OPENAI_STD,
+        )
 
         # Travels as a folder bundle (architecture config + weights): `local-dir:` on arrival.
         name = _store_name(weights.name if weights.suffix == ".safetensors" else "x.bin")
@@ -802,7 +803,7 @@ def export_bundle(ref: ModelRef, out: Path | IO[bytes], models_dir: Path | None 
     manifest = _new_manifest(ref, {"exported_from": str(paths[0].parent)})
     if folder_name:  # installed as MODELS/local-dir/NAME on arrival
         manifest["kind"], manifest["folder_name"] = "local-dir", folder_name
-    from .model_files import store_dir_for
+    from clip_core.models.files import store_dir_for
 
     stored = {}  # recorded checksums: a corrupt store file must not travel
     for folder in {p.parent for p in paths} | {store_dir_for(ref, models_dir)}:
@@ -847,7 +848,7 @@ def _add_to_tar(tar: tarfile.TarFile, name: str, content: Path | bytes) -> tuple
 
 
 def _install_dir(manifest: dict, models_dir: Path) -> tuple[Path, ModelRef]:
-    from .model_files import store_dir_for
+    from clip_core.models.files import store_dir_for
 
     kind, spec = manifest.get("kind"), manifest.get("spec") or {}
     model, pretrained = str(spec.get("model") or ""), spec.get("pretrained")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .hf_layout import (  # noqa: F401  (re-exported: the names callers know)
+from clip_core.models.hf_layout import (  # noqa: F401  (re-exported: the names callers know)
     BIN_FILE,
     BIN_INDEX,
     CONFIG_FILE,
@@ -30,9 +30,9 @@ from .hf_layout import (  # noqa: F401  (re-exported: the names callers know)
     TOKENIZER_NEEDED,
     is_openai_vocab,
 )
-from .hf_layout import is_clip_config as _is_clip_config
-from .hf_layout import read_json as _read_json
-from .hf_layout import weight_files as _weight_files
+from clip_core.models.hf_layout import is_clip_config as _is_clip_config
+from clip_core.models.hf_layout import read_json as _read_json
+from clip_core.models.hf_layout import weight_files as _weight_files
 
 log = logging.getLogger(__name__)
 

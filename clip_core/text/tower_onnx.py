@@ -10,7 +10,7 @@ Used by long-lived processes (a photo app's Library); one-shot CLI queries keep 
 whose block-by-block page release keeps a cold query near 100 MB.
 
 `int8=True` (tried on every CPU; where int8 lacks dot-product instructions it is kept only if
-measured faster: clip_core.int8_variants.text_int8_timed): the blocks' matrix products become
+measured faster: clip_core.cpu.text_int8_timed): the blocks' matrix products become
 onnxruntime's MatMulNBits, weights in int8 with a scale per 32 values and activations
 quantised per row and 32-value block as they come, so each text's vector depends on that
 text alone. A query streams 39 MB instead of 151 (ViT-B-32: 6.8 vs 11.9 ms in one run) at
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .text_tower import NumpyTextTower
+    from clip_core.text.tower import NumpyTextTower
 
 
 class OnnxTextBlocks:
@@ -34,7 +34,7 @@ class OnnxTextBlocks:
     def __init__(self, tower: NumpyTextTower, threads: int | None = None, int8: bool = False):
         import onnxruntime as ort
 
-        from .onnx_encoder import available_cores
+        from clip_core.cpu import available_cores
 
         self.tower = tower
         self.precision = "int8" if int8 else "fp32"

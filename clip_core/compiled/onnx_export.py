@@ -1,6 +1,6 @@
-"""Export an open_clip image tower to ONNX and quantise it to int8 (used by clip_core.compiled).
+"""Export an open_clip image tower to ONNX and quantise it to int8 (clip_core.compiled.compiler).
 
-Shaped for how clip_core.onnx_encoder runs it, one image per call:
+Shaped for how clip_core.compiled.onnx_encoder runs it, one image per call:
 - the batch size is fixed at 1, so onnxruntime folds every shape computation into constants
   (Shape/Gather/Concat/Unsqueeze chains were ~5% of a ViT-B-32 call);
 - a patch embedding (a convolution whose stride equals its kernel) becomes the matrix product
@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .int8_variants import DEFAULT, Int8Variant
+from clip_core.compiled.int8_variants import DEFAULT, Int8Variant
 
 
 def export_image_tower(visual: Any, hw: tuple[int, int], path: Path) -> None:
@@ -38,7 +38,7 @@ def export_image_tower(visual: Any, hw: tuple[int, int], path: Path) -> None:
 
 def quantise(source: Path, target: Path, variant: Int8Variant = DEFAULT) -> None:
     """Dynamic int8: weights quantised once, activations per call (no calibration data).
-    `variant` (clip_core.int8_variants) picks 7-bit weights (reduce_range) and per-channel
+    `variant` (clip_core.compiled.int8_variants) picks 7-bit weights (reduce_range) and per-channel
     scales for CPUs whose int8 kernels would otherwise saturate."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -2,18 +2,18 @@
 
 The first index run with a model (on the CPU, precision auto or int8) loads it in fp32 and
 writes, into `CLIPSEARCH_CACHE/compiled/<model>/` (default: the platform's user cache folder):
-- `text.safetensors`: the text tower for numpy queries (clip_core.text_tower), from fp32
+- `text.safetensors`: the text tower for numpy queries (clip_core.text.tower), from fp32
   weights, which every library indexed with the model copies;
 - `image.int8.onnx`: the image tower exported to ONNX and quantised to int8 (dynamic,
   onnxruntime), used by default only when it passes two checks made here, on this machine
   (`--precision int8` uses it regardless):
-  1. agreement: on 16 photo-like probe images (clip_core.probe_images) every int8 vector is
+  1. agreement: on 16 photo-like probe images (clip_core.pixels.probes) every int8 vector is
      within cosine GUARD_MIN_COS (0.999) of the fp32 torch model's. The int8 variants
-     (clip_core.int8_variants: 7-bit weights on x86 without VNNI, whose kernels saturate
+     (clip_core.compiled.int8_variants: 7-bit weights on x86 without VNNI, whose kernels saturate
      otherwise) are tried in an order chosen for this CPU until one passes; the best is kept;
   2. speed: measured alone, it is at least half as fast as torch at the precision clipsearch
      would pick (whole runs favour it far more than such a micro-benchmark shows: see
-     clip_core.compiler._choose).
+     clip_core.compiled.compiler._choose).
 - `fp32/image.onnx`: kept only when no int8 variant passes: the fp32 export (checked within
   cosine 0.99999 of torch), run by onnxruntime the same way; still torch-free.
 - `compiled.json`: what was measured (every variant's figures) and chosen, and the key
@@ -37,19 +37,16 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .model_files import (
+from clip_core.compiled.onnx_encoder import OnnxImageEncoder, onnxruntime_available
+from clip_core.models.files import (
     CONFIG_NAME,
-    MissingModelError,
-    ModelLoadError,
     default_models_dir,
-    ensure_local,
     locate_hub_bundle,
     locate_pretrained,
-    pretrained_cfg,
 )
-from .model_ref import WEIGHT_SUFFIXES, ModelRef
-from .onnx_encoder import OnnxImageEncoder, onnxruntime_available
-from .preprocess import PreprocessSpec
+from clip_core.models.open_clip_tables import pretrained_cfg
+from clip_core.models.ref import WEIGHT_SUFFIXES, ModelRef
+from clip_core.pixels.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -129,71 +126,6 @@ class CompiledModel:
                                 precision="fp32" if fp32 else "int8")
 
 
-def compiled_applies(device: str, precision: str) -> bool:
-    """Whether the compiled path is used for this device/precision request (torch-free)."""
-    if precision not in ("auto", "int8") or device not in ("auto", "cpu"):
-        return False
-    if device == "auto" and _gpu_present():
-        from .device import choose_device  # imports torch: only where a GPU may be used
-
-        if choose_device("auto") != "cpu":
-            return False
-    return compile_supported()
-
-
-def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto",
-                  models_dir: Path | None = None, cache_dir: Path | None = None):
-    """(CompiledModel, image encoder) for CPU use, compiling on first use; None when the
-    request is for torch (a GPU, an explicit torch precision, or no onnxruntime).
-
-    The encoder is the onnxruntime int8 tower when it passed its checks (or int8 was asked
-    for), else the onnxruntime fp32 tower, else (export failed, or torch measured over
-    twice as fast) torch's image tower at the precision clipsearch picks."""
-    if not compiled_applies(device, precision):
-        if precision == "int8":
-            raise ValueError("precision int8 runs on the CPU with onnxruntime and onnx "
-                             "installed (pip install onnxruntime onnx)")
-        return None
-    ensure_local(ref, models_dir)
-    from .compiler import compile_model
-
-    for force in (False, True):  # a damaged cache is compiled again, once
-        try:
-            compiled = None if force else find_compiled(ref, models_dir, cache_dir)
-            torch_encoder = None
-            if compiled is None:
-                compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
-                                                        cache_dir=cache_dir, force=force)
-        except (MissingModelError, ModelLoadError):
-            raise  # the model itself is unusable: torch would fail the same way
-        except Exception as exc:  # no writable cache, full disk, no memory, a failed check
-            if precision == "int8":  # (a failure that is the model's fate is recorded in
-                raise  # compiled.json by compile_model, not raised)
-            log.warning("cannot compile %s into %s (%s); indexing with torch this time",
-                        ref.display, folder_for(ref.model_id, cache_dir).parent, exc)
-            return None
-        if precision != "int8" and compiled.backend == TORCH:
-            break
-        if not compiled.meta["image"].get("agreement_int8_vs_fp32"):
-            raise ValueError(f"int8 is unavailable for {ref.display}: "
-                             f"{compiled.meta['image']['reason']}")
-        try:
-            return compiled, compiled.image_encoder(int8=precision == "int8")
-        except Exception as exc:  # damaged or half-replaced file: onnxruntime's own errors
-            if force and precision == "int8":
-                raise
-            log.warning("compiled %s in %s is unusable (%s); %s", ref.display, compiled.folder,
-                        exc, "indexing with torch" if force else "compiling it again")
-            if force:
-                break
-    if torch_encoder is None:
-        from .encoder import ClipEncoder
-
-        torch_encoder = ClipEncoder.load(ref, device="cpu", precision="auto",
-                                         towers=frozenset({"image"}), models_dir=models_dir)
-    return compiled, torch_encoder
-
-
 def find_compiled(ref: ModelRef, models_dir: Path | None = None,
                   cache_dir: Path | None = None) -> CompiledModel | None:
     """The cached compilation of `ref` when it is complete and current, else None."""
@@ -243,7 +175,7 @@ def _weights_stamp(ref: ModelRef, models_dir: Path) -> list | None:
 
 
 def _cpu_identity() -> list[str]:
-    from .device import cpu_flags
+    from clip_core.cpu import cpu_flags
 
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "asimddp")
     return [platform.machine(), *sorted(f for f in cpu_flags() if f in wanted)]

@@ -1,9 +1,9 @@
-"""Compiling a model for the CPU (see clip_core.compiled for what is made and why).
+"""Compiling a model for the CPU (see clip_core.compiled.cache for what is made and why).
 
 Steps, freeing memory as they go: load the model in fp32; write its text tower; vectors of
 16 probe images as the reference; export the image tower to ONNX and drop the model; check
 the fp32 export (must match); quantise to int8 with each variant in this CPU's order
-(clip_core.int8_variants) until one is within GUARD_MIN_COS of the reference, else keep the
+(clip_core.compiled.int8_variants) until one is within GUARD_MIN_COS of the reference, else keep the
 fp32 export; time the choice against torch unless int8 runs on dot-product instructions;
 write compiled.json; rename the folder into place. Each step is said on stderr.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compiled import (
+from clip_core.compiled.cache import (
     IMAGE_FP32,
     IMAGE_INT8,
     META_NAME,
@@ -38,14 +38,16 @@ from .compiled import (
     find_compiled,
     folder_for,
 )
-from .int8_variants import GUARD_MIN_COS, CpuFeatures, Int8Variant, variant_order
-from .model_files import ensure_local
-from .model_ref import ModelRef
-from .onnx_encoder import OnnxImageEncoder
-from .onnx_export import export_image_tower, quantise
-from .preprocess import PreprocessSpec, preprocess_batch
-from .probe_images import probe_images
-from .quiet import quiet_libraries
+from clip_core.compiled.int8_variants import Int8Variant, variant_order
+from clip_core.compiled.onnx_encoder import OnnxImageEncoder
+from clip_core.compiled.onnx_export import export_image_tower, quantise
+from clip_core.cpu import CpuFeatures
+from clip_core.encoders import GUARD_MIN_COS
+from clip_core.models.files import ensure_local
+from clip_core.models.ref import ModelRef
+from clip_core.pixels.preprocess import PreprocessSpec, preprocess_batch
+from clip_core.pixels.probes import probe_images
+from clip_core.quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def _compile_into(ref: ModelRef, models_dir: Path | None, work: Path, guard: flo
                   cpu: CpuFeatures) -> tuple[dict, object | None]:
     """Write the compiled files into `work`; returns (meta less its key, torch encoder when
     torch won and was loaded to be timed)."""
-    from .encoder import ClipEncoder
+    from clip_core.torch_backend.encoder import ClipEncoder
 
     meta, probes, reference, failure = _export(ref, models_dir, work)
     gc.collect()  # the fp32 model is gone: quantising and checking need the room
@@ -141,9 +143,10 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
     """Load the model in fp32, write its text tower and its fp32 image tower ONNX into
     `work`; returns (meta, probe pixels, reference vectors, image export failure or None).
     The model is freed on return: only files and the probes' vectors leave."""
-    from .encoder import ClipEncoder
-    from .loading import drop_unused_towers
-    from .text_tower import UnsupportedTextTower, export_text_tower
+    from clip_core.text.tower import UnsupportedTextTower
+    from clip_core.torch_backend.encoder import ClipEncoder
+    from clip_core.torch_backend.loading import drop_unused_towers
+    from clip_core.torch_backend.text_export import export_text_tower
 
     _say("  [1/4] loading the model in fp32; writing its text tower")
     full = ClipEncoder.load(ref, device="cpu", precision="fp32", models_dir=models_dir)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model_files import (
+from clip_core.models.files import (
     CONFIG_NAME,
     WEIGHT_NAMES,
     MissingModelError,
@@ -28,10 +28,10 @@ from .model_files import (
     pretrained_files,
     store_dir_for,
 )
-from .model_ref import WEIGHT_SUFFIXES, ModelRef
-from .open_clip_import import import_open_clip
-from .preprocess import PreprocessSpec
-from .quiet import quiet_libraries
+from clip_core.models.ref import WEIGHT_SUFFIXES, ModelRef
+from clip_core.pixels.preprocess import PreprocessSpec
+from clip_core.quiet import quiet_libraries
+from clip_core.torch_backend.open_clip_import import import_open_clip
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def load_model(
 
     random_weights = False
     if ref.kind == "local-dir":
-        from . import hf_clip
+        from clip_core.torch_backend import hf_clip
 
         folder = Path(ref.name)
         if not folder.is_dir():
@@ -139,7 +139,7 @@ def _load_hf_folder(ref: ModelRef, folder: Path, device: str, precision: str,
                     towers: frozenset[str]) -> LoadedModel:
     import torch
 
-    from . import hf_clip
+    from clip_core.torch_backend import hf_clip
 
     try:
         converted = hf_clip.load_hf_clip(folder)

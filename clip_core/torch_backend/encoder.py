@@ -7,15 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .device import choose_device, choose_precision
-from .loading import TOWERS, LoadedModel, drop_unused_towers, load_model
-from .model_files import ensure_local
-from .model_ref import ModelRef
-from .preprocess import preprocess_batch
-
-# Images per encoder call: big enough for efficient matrix kernels, small enough that Ctrl-C
-# is noticed between calls within about a second (docs/benchmarks.md).
-MICRO_BATCH = 16
+from clip_core.encoders import MICRO_BATCH, l2_normalise
+from clip_core.models.files import ensure_local
+from clip_core.models.ref import ModelRef
+from clip_core.pixels.preprocess import preprocess_batch
+from clip_core.torch_backend.device import choose_device, choose_precision
+from clip_core.torch_backend.loading import TOWERS, LoadedModel, drop_unused_towers, load_model
 
 
 class ClipEncoder:
@@ -64,7 +61,7 @@ class ClipEncoder:
         return self.loaded.embed_dim
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels: float32 [N, 3, H, W] as produced by clip_core.preprocess.
+        """pixels: float32 [N, 3, H, W] as produced by clip_core.pixels.preprocess.
 
         Runs in fixed-size micro-batches, the last one zero-padded: kernels (bf16 especially)
         may pick other code paths, and round differently, for other batch shapes, so a fixed
@@ -106,11 +103,6 @@ class ClipEncoder:
 
     @property
     def logit_scale(self) -> float:
-        from .text_tower import _logit_scale
+        from clip_core.torch_backend.text_export import logit_scale
 
-        return _logit_scale(self.loaded.model)
-
-
-def l2_normalise(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+        return logit_scale(self.loaded.model)

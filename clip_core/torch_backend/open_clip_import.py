@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from .model_files import CONFIG_NAME, architecture_configs
-from .model_ref import ModelRef
+from clip_core.models.files import CONFIG_NAME
+from clip_core.models.open_clip_tables import architecture_configs
+from clip_core.models.ref import ModelRef
 
 
 def needs_transformers(ref: ModelRef) -> bool:
@@ -33,7 +34,7 @@ def needs_transformers(ref: ModelRef) -> bool:
 
 
 def _hub_folder(ref: ModelRef) -> Path | None:
-    from .model_files import default_models_dir, locate_hub_bundle
+    from clip_core.models.files import default_models_dir, locate_hub_bundle
 
     return locate_hub_bundle(ref, default_models_dir()).bundle_dir
 

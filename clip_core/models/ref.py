@@ -22,7 +22,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # any weights file a 
 _HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.-]+)?")
 
 # Models that ship inside this repository (data/models/NAME): usable by bare name.
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[2] / "data" / "models"
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,10 @@ def parse_model(model: str | None = None, pretrained: str | None = None) -> Mode
         # (open_clip architecture names never hold a "/"); the same model as hf-hub:ORG/REPO.
         return ModelRef("hf-hub", model)
     if pretrained is None:  # a sensible tag for this architecture (open_clip's table)
-        from .model_files import default_pretrained
+        from clip_core.models.open_clip_tables import default_pretrained
 
-        return ModelRef("openclip", model, default_pretrained(model) or DEFAULT_PRETRAINED,
-                        tag_defaulted=True)
+        tag = DEFAULT_PRETRAINED if model == DEFAULT_MODEL else default_pretrained(model)
+        return ModelRef("openclip", model, tag or DEFAULT_PRETRAINED, tag_defaulted=True)
     tag = pretrained
     if tag.lower() == RANDOM_WEIGHTS:
         return ModelRef("random", model)

@@ -1,4 +1,4 @@
-"""An image tower compiled to ONNX (clip_core.compiled), run by onnxruntime without torch.
+"""An image tower compiled to ONNX (clip_core.compiled.cache), run by onnxruntime without torch.
 
 Each image runs alone (a batch of one) on a single-threaded call, and as many calls run at
 once as there are cores. Two reasons:
@@ -12,29 +12,19 @@ once as there are cores. Two reasons:
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from .encoder import l2_normalise
-from .preprocess import PreprocessSpec, preprocess_batch
-
-MICRO_BATCH = 16  # images per encode_pixels call from the indexer: Ctrl-C is polled between
+from clip_core.cpu import available_cores
+from clip_core.encoders import MICRO_BATCH, l2_normalise
+from clip_core.pixels.preprocess import PreprocessSpec, preprocess_batch
 
 
 def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
-
-
-def available_cores() -> int:
-    """Cores this process may run on (taskset, cgroup cpusets), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def new_session(path: Path, threads: int = 1):
@@ -75,7 +65,7 @@ class OnnxImageEncoder:
         return self._session.run(None, {self._input: pixels[None]})[0][0]
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels: float32 [N, 3, H, W] as produced by clip_core.preprocess."""
+        """pixels: float32 [N, 3, H, W] as produced by clip_core.pixels.preprocess."""
         pixels = np.ascontiguousarray(pixels, np.float32)
         out = np.empty((len(pixels), self.embed_dim), np.float32)
         if len(pixels) == 1:

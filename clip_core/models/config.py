@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .model_files import CONFIG_NAME, architecture_configs, pretrained_cfg
-from .model_ref import ModelRef
-from .preprocess import PreprocessSpec
+from clip_core.models.files import CONFIG_NAME
+from clip_core.models.open_clip_tables import architecture_configs, pretrained_cfg
+from clip_core.models.ref import ModelRef
+from clip_core.pixels.preprocess import PreprocessSpec
 
 _KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 

@@ -1,6 +1,6 @@
 """Deterministic photo-like test images: smooth lighting, overlapping shapes, texture, noise.
 
-Used to check a compiled image tower against the fp32 model (clip_core.compiled) without
+Used to check a compiled image tower against the fp32 model (clip_core.compiled.cache) without
 shipping photos: flat or pure-noise inputs would not exercise the activations real photos do.
 """
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from .images import MAX_ASPECT_RATIO, DecodeError
+from clip_core.pixels.decode import MAX_ASPECT_RATIO, DecodeError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

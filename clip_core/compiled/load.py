@@ -1,0 +1,87 @@
+"""Open a model's compiled form for CPU use, compiling it on first use."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from clip_core.compiled.cache import (
+    TORCH,
+    _gpu_present,
+    compile_supported,
+    find_compiled,
+    folder_for,
+)
+from clip_core.models.files import MissingModelError, ModelLoadError, ensure_local
+from clip_core.models.ref import ModelRef
+
+log = logging.getLogger(__name__)
+
+
+def compiled_applies(device: str, precision: str) -> bool:
+    """Whether the compiled path is used for this device/precision request (torch-free)."""
+    if precision not in ("auto", "int8") or device not in ("auto", "cpu"):
+        return False
+    if device == "auto" and _gpu_present():
+        from clip_core.torch_backend.device import (
+            choose_device,  # imports torch: only where a GPU may be used
+        )
+
+        if choose_device("auto") != "cpu":
+            return False
+    return compile_supported()
+
+
+def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto",
+                  models_dir: Path | None = None, cache_dir: Path | None = None):
+    """(CompiledModel, image encoder) for CPU use, compiling on first use; None when the
+    request is for torch (a GPU, an explicit torch precision, or no onnxruntime).
+
+    The encoder is the onnxruntime int8 tower when it passed its checks (or int8 was asked
+    for), else the onnxruntime fp32 tower, else (export failed, or torch measured over
+    twice as fast) torch's image tower at the precision clipsearch picks."""
+    if not compiled_applies(device, precision):
+        if precision == "int8":
+            raise ValueError("precision int8 runs on the CPU with onnxruntime and onnx "
+                             "installed (pip install onnxruntime onnx)")
+        return None
+    ensure_local(ref, models_dir)
+    from clip_core.compiled.compiler import compile_model
+
+    for force in (False, True):  # a damaged cache is compiled again, once
+        try:
+            compiled = None if force else find_compiled(ref, models_dir, cache_dir)
+            torch_encoder = None
+            if compiled is None:
+                compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
+                                                        cache_dir=cache_dir, force=force)
+        except (MissingModelError, ModelLoadError):
+            raise  # the model itself is unusable: torch would fail the same way
+        except Exception as exc:  # no writable cache, full disk, no memory, a failed check
+            if precision == "int8":  # (a failure that is the model's fate is recorded in
+                raise  # compiled.json by compile_model, not raised)
+            log.warning("cannot compile %s into %s (%s); indexing with torch this time",
+                        ref.display, folder_for(ref.model_id, cache_dir).parent, exc)
+            return None
+        if precision != "int8" and compiled.backend == TORCH:
+            break
+        if not compiled.meta["image"].get("agreement_int8_vs_fp32"):
+            raise ValueError(f"int8 is unavailable for {ref.display}: "
+                             f"{compiled.meta['image']['reason']}")
+        try:
+            return compiled, compiled.image_encoder(int8=precision == "int8")
+        except Exception as exc:  # damaged or half-replaced file: onnxruntime's own errors
+            if force and precision == "int8":
+                raise
+            log.warning("compiled %s in %s is unusable (%s); %s", ref.display, compiled.folder,
+                        exc, "indexing with torch" if force else "compiling it again")
+            if force:
+                break
+    if torch_encoder is None:
+        from clip_core.torch_backend.encoder import ClipEncoder
+
+        torch_encoder = ClipEncoder.load(ref, device="cpu", precision="auto",
+                                         towers=frozenset({"image"}), models_dir=models_dir)
+    return compiled, torch_encoder
+
+

@@ -1,0 +1,75 @@
+"""What this CPU offers: its flags (as data, so tests can pass any), usable cores, fast bf16.
+
+Torch-free: read from /proc/cpuinfo and the process's affinity.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):  # x86, ARM
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    if os.environ.get("CLIPSEARCH_NO_BF16"):
+        return False
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def available_cores() -> int:
+    """Cores this process may run on (taskset, cgroup cpusets), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+INT8_DOT_PRODUCT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU as far as int8 kernels care: its architecture and /proc/cpuinfo flags."""
+
+    arch: str  # platform.machine(): x86_64, aarch64, arm64, ...
+    flags: frozenset[str] = frozenset()
+
+    @classmethod
+    @lru_cache(maxsize=1)
+    def here(cls) -> CpuFeatures:
+        return cls(platform.machine().lower(), cpu_flags())
+
+    @property
+    def x86(self) -> bool:
+        return self.arch in ("x86_64", "amd64", "i386", "i686", "x86")
+
+    @property
+    def int8_dot_product(self) -> bool:
+        """VNNI (AVX-512 or AVX) or AMX: int8 products summed in 32 bits (x86 only)."""
+        return bool(self.flags & INT8_DOT_PRODUCT)
+
+    @property
+    def saturating_int8(self) -> bool:
+        """x86 without VNNI/AMX: U8S8 pairs summed in 16 bits may saturate."""
+        return self.x86 and not self.int8_dot_product
+
+
+def text_int8_timed(cpu: CpuFeatures) -> bool:
+    """Whether the int8 text tower (onnxruntime MatMulNBits with int8 activations:
+    clip_core.text.tower_onnx) must also be measured faster than fp32 to be kept. Its
+    agreement with fp32 is checked on every CPU; its speed is only sure where int8 products
+    run on dot-product instructions (x86 VNNI/AMX, ARM's dot-product extension)."""
+    return not (cpu.int8_dot_product or (not cpu.x86 and "asimddp" in cpu.flags))
