@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from clip_core.compiled import compiler
-from clip_core.compiled.cache import ONNX, ONNX_FP32, TORCH, find_compiled, folder_for
+from clip_core.compiled.cache import (
+    IMAGE_INT8,
+    ONNX,
+    ONNX_FP32,
+    TORCH,
+    find_compiled,
+    folder_for,
+)
 from clip_core.compiled.compiler import GUARD_MIN_COS, compile_model
 from clip_core.compiled.int8_variants import DEFAULT, REDUCE_RANGE, VARIANTS, variant_order
 from clip_core.compiled.load import load_compiled
@@ -24,6 +31,7 @@ from clip_core.cpu import CpuFeatures, text_int8_timed
 from clip_core.models.ref import parse_model
 from clip_core.pixels.preprocess import preprocess_batch
 from clip_core.pixels.probes import probe_images
+from clip_core.text.tower import INT8_MIN_COS
 from clip_core.torch_backend.encoder import ClipEncoder
 from clipsearch import Library, classify
 from tests.conftest import REPO, SHAPES_TINY
@@ -68,15 +76,20 @@ def test_compiled_tiny_model_passes_its_checks_and_is_reused(tmp_path):
     stale = cache / ".leftover-of-a-killed-compile"
     stale.mkdir(parents=True)
     os.utime(stale, (time.time() - 86400, time.time() - 86400))
-    # The CPU is data: with VNNI torch is not timed (without, its own test below).
+    # The CPU flags are data (AVX2-only: its own test below); its int8 kernels are this one's.
     compiled, torch_encoder = compile_model(ref, cache_dir=cache, cpu=AVX512_VNNI)
     assert not stale.exists()
     image = compiled.meta["image"]
     assert_int8_only_where_it_passed(image)
     assert image["variants"][0]["variant"] == DEFAULT.name
     assert image["backend"] in (ONNX, ONNX_FP32) and torch_encoder is None, image
-    assert set(image["images_per_second"]) == {image["backend"]}
-    assert compiled.text_tower is not None and compiled.has_int8
+    # With VNNI a kept int8 tower is not timed against torch; the fp32 one (int8 failed
+    # on the CPU at hand) is.
+    timed_against = set(image["images_per_second"]) - {image["backend"]}
+    assert image["backend"] in image["images_per_second"]
+    assert bool(timed_against) == (image["backend"] == ONNX_FP32), image
+    # The best int8 tower tried stays for `--precision int8`, passed or not.
+    assert compiled.text_tower is not None and (compiled.folder / IMAGE_INT8).is_file()
     # No work folders left (the lock file beside the folder stays).
     assert [p.name for p in cache.iterdir() if p.is_dir()] == [compiled.folder.name]
     again = find_compiled(ref, cache_dir=cache)
@@ -147,11 +160,14 @@ def test_int8_text_tower_keeps_the_tiny_models_rankings(tmp_path, monkeypatch):
         with Library(tmp_path / "lib") as lib:
             rankings = shape_rankings(lib)
             tower = lib._text_embedder(lib.default_model)._numpy_tower()[0]
-        if cpu is AVX512_VNNI:  # int8 products on dot-product instructions: not timed
-            assert tower.precision == "int8" and tower.int8_timing is None
-        else:  # timed here: kept only if faster
-            int8_s, fp32_s = tower.int8_timing
-            assert tower.precision == ("int8" if int8_s < fp32_s else "fp32"), tower.int8_timing
+        # Whatever this CPU's int8 kernels make of it: int8 only where it agreed with fp32,
+        # timed only where the flags lack int8 dot products, then kept only if faster.
+        agreed = tower.int8_agreement >= INT8_MIN_COS
+        timing = tower.int8_timing
+        assert (timing is not None) == (agreed and text_int8_timed(cpu)), (cpu, timing)
+        faster = timing is None or timing[0] < timing[1]
+        assert tower.precision == ("int8" if agreed and faster else "fp32"), (
+            tower.int8_agreement, timing)
         swaps, worst = assert_only_near_ties_swap(reference, rankings)
         print(f"{tower.precision} text tower: {swaps} top-10 positions swapped, "
               f"largest gap {worst:.4f}")
@@ -281,10 +297,11 @@ def test_models_compile_command(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache"))
     model = f"local-dir:{_bundle_copy(tmp_path)}"
     first = cli("models", "compile", model)
-    assert "compiled in" in first.output and "onnx-int8" in first.output
-    assert "min cosine" in first.output
+    assert "compiled in" in first.output and "min cosine" in first.output
     data = cli_json("models", "compile", model)
-    assert data["reused"] is True and data["image"]["backend"] == ONNX
+    assert data["reused"] is True and data["image"]["backend"] in (ONNX, ONNX_FP32)
+    assert f"image tower: {data['image']['backend']}" in first.output
+    assert_int8_only_where_it_passed(data["image"])
     assert Path(data["folder"]).parent == tmp_path / "cache" / "compiled"
 
 
@@ -350,7 +367,8 @@ def test_a_full_disk_while_compiling_is_not_remembered(tmp_path, monkeypatch):
     assert find_compiled(ref, cache_dir=tmp_path / "cache") is None  # and retried next time
     monkeypatch.undo()
     compiled, _ = load_compiled(ref, cache_dir=tmp_path / "cache")
-    assert compiled.backend == ONNX
+    assert compiled.backend in (ONNX, ONNX_FP32)  # compiled, not torch
+    assert_int8_only_where_it_passed(compiled.meta["image"])
 
 
 def test_a_failed_check_run_is_not_remembered_but_a_refused_graph_is(tmp_path, monkeypatch):
@@ -428,13 +446,12 @@ def test_int8_variant_order_follows_the_cpu_flags_given_as_data():
     for cpu in (AVX2_ONLY, AVX512_VNNI, AMX, ARM):
         assert sorted(v.name for v in variant_order(cpu)) == sorted(v.name for v in VARIANTS)
     assert AVX2_ONLY.saturating_int8 and not ARM.saturating_int8 and not AMX.saturating_int8
-    here = CpuFeatures.here()  # this machine's, read from /proc/cpuinfo
-    assert here.arch and variant_order(here)[0] in VARIANTS
 
 
 def test_a_variant_that_fails_the_guard_hands_over_to_the_next(tmp_path, monkeypatch):
     """The first variant tried (U8S8 on a VNNI CPU) made to fail as on an AVX2-only CPU: the
-    next one is tried, kept and recorded with both variants' figures."""
+    next one is tried and recorded with both variants' figures, and kept where it passes (on
+    whatever CPU runs this)."""
     real = compiler._cosines
 
     def first_saturates(path, *args):
@@ -446,10 +463,11 @@ def test_a_variant_that_fails_the_guard_hands_over_to_the_next(tmp_path, monkeyp
     compiled, _ = compile_model(ref, cache_dir=tmp_path / "cache", cpu=AVX512_VNNI)
     image = compiled.meta["image"]
     assert [v["variant"] for v in image["variants"]] == [DEFAULT.name, REDUCE_RANGE.name]
-    assert image["variants"][0]["min_cos"] < GUARD_MIN_COS <= image["variants"][1]["min_cos"]
-    assert image["backend"] == ONNX and image["variant"] == REDUCE_RANGE.name, image
-    assert f"int8 ({REDUCE_RANGE.name}) kept: min cosine" in image["reason"]
+    assert image["variants"][0]["min_cos"] < GUARD_MIN_COS
     assert_int8_only_where_it_passed(image)
+    if image["variants"][1]["min_cos"] >= GUARD_MIN_COS:
+        assert image["backend"] == ONNX and image["variant"] == REDUCE_RANGE.name, image
+        assert f"int8 ({REDUCE_RANGE.name}) kept: min cosine" in image["reason"]
 
 
 def test_without_onnxruntime_the_image_tower_is_torch(tmp_path, monkeypatch):
