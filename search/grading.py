@@ -29,7 +29,6 @@ NEUTRAL_PROMPTS: tuple[str, ...] = (
     "an object", "stuff", "a scene", "a snapshot",
 )
 SAMPLE_SIZE = 4096  # library vectors the bars are measured on (evenly spread)
-GRADES = ("strong", "weak", "none")
 STRONG_QUANTILE = 0.9  # measured: docs/search.md
 
 

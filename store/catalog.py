@@ -523,13 +523,6 @@ class Catalog:
                 out[int(file_id)] = np.frombuffer(blob, dtype=np.float32)
         return out
 
-    def vector_for_hash(self, content_hash: str, model_id: str) -> np.ndarray | None:
-        row = self.conn.execute(
-            "SELECT vector FROM embeddings WHERE content_hash = ? AND model_id = ?",
-            (content_hash, model_id),
-        ).fetchone()
-        return np.frombuffer(row[0], dtype=np.float32) if row else None
-
     # -- reporting -----------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status")

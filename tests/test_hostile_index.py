@@ -143,8 +143,9 @@ def test_files_vanish_or_change_during_the_run(tmp_path):
         assert os.fsencode(late_gone) not in rows
         assert rows[os.fsencode(late_changed)]["content_hash"] == _sha(late_changed.read_bytes())
         assert rows[os.fsencode(first)]["content_hash"] == _sha(originals[first])
-        changed_vec = lib.catalog.vector_for_hash(_sha(late_changed.read_bytes()),
-                                                  lib.default_model.model_id)
+        changed_id = rows[os.fsencode(late_changed)]["id"]
+        changed_vec = lib.catalog.vectors_for_files(lib.default_model.model_id,
+                                                    [changed_id])[changed_id]
         fresh = lib._image_vector(late_changed, lib.default_model)
         assert np.allclose(changed_vec, fresh, atol=1e-5)  # the new picture's vector
         again = lib.index()

@@ -23,7 +23,7 @@ from clip_core.pixels.decode import (
     DecodeError,
     decode_image,
     read_header,
-    read_taken_at,
+    read_photo_meta,
 )
 from clip_core.pixels.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec, preprocess
 from tests.hostile_corpus import (
@@ -412,7 +412,7 @@ def test_datetime_falls_back_from_original_to_ifd0():
     exif = Image.Exif()
     exif[0x0132] = "2019:01:02 03:04:05"
     image = Image.open(io.BytesIO(encode(Image.new("RGB", (4, 4)), "JPEG", exif=exif.tobytes())))
-    assert read_taken_at(image) == "2019-01-02T03:04:05"
+    assert read_photo_meta(image).taken_at == "2019-01-02T03:04:05"
 
 
 @pytest.mark.parametrize(("raw", "iso"), [

@@ -111,10 +111,6 @@ class CompiledModel:
     def preprocess(self) -> PreprocessSpec:
         return PreprocessSpec.from_open_clip(self.meta["preprocess"])
 
-    @property
-    def has_int8(self) -> bool:
-        return (self.folder / IMAGE_INT8).is_file()
-
     def image_encoder(self, threads: int | None = None, *,
                       int8: bool = False) -> OnnxImageEncoder:
         """The chosen onnxruntime tower; the int8 one when `int8` (`--precision int8` asks

@@ -36,10 +36,3 @@ def variant_order(cpu: CpuFeatures) -> tuple[Int8Variant, ...]:
     if cpu.saturating_int8:
         return (REDUCE_RANGE, DEFAULT)
     return (DEFAULT, REDUCE_RANGE)
-
-
-def variant_named(name: str) -> Int8Variant:
-    for variant in VARIANTS:
-        if variant.name == name:
-            return variant
-    raise KeyError(name)

@@ -199,20 +199,6 @@ def read_header(data: bytes) -> ImageHeader:
         raise _damaged(exc) from exc
 
 
-def read_taken_at(img: Image.Image) -> str | None:
-    """EXIF DateTimeOriginal (else DateTime) as ISO 8601, or None when absent or garbage."""
-    try:
-        exif = img.getexif()
-        candidates = [exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL), exif.get(_DATETIME)]
-    except Exception:  # damaged EXIF must not cost us the picture
-        return None
-    for value in candidates:
-        parsed = _parse_exif_date(value)
-        if parsed:
-            return parsed
-    return None
-
-
 def _parse_exif_date(value: object) -> str | None:
     if isinstance(value, (tuple, list)) and value:
         value = value[0]

@@ -13,7 +13,7 @@ import io
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -90,10 +90,8 @@ class ConvertedClip:
     model_cfg: dict  # kwargs for open_clip.model.CLIP
     preprocess_cfg: dict  # open_clip PreprocessCfg fields
     state_dict: dict[str, torch.Tensor]  # open_clip key names
-    merges_path: Path | None  # the folder's merges.txt, if it has one
     context_length: int
     source: Path | None = None  # the folder, so the tokenizer can read tokenizer.json
-    weight_files: list[Path] = field(default_factory=list)
     # The text config is OpenAI CLIP's vocabulary: open_clip's BPE can stand in for missing
     # tokenizer files.
     openai_vocab: bool = False
@@ -376,15 +374,12 @@ def load_hf_clip(path: Path) -> ConvertedClip:
         where,
     )
     _check_shapes(sd, model_cfg, where, config_file)
-    merges = path / "merges.txt"
     return ConvertedClip(
         model_cfg=model_cfg,
         preprocess_cfg=_preprocess_cfg(path, model_cfg["vision_cfg"]["image_size"]),
         state_dict=sd,
-        merges_path=merges if merges.is_file() else None,
         context_length=model_cfg["text_cfg"]["context_length"],
         source=path,
-        weight_files=files,
         openai_vocab=is_openai_vocab(cfg),
     )
 

@@ -47,7 +47,6 @@ class LoadedModel:
     device: str
     precision: str
     embed_dim: int
-    random_weights: bool = False
 
     @property
     def model_id(self) -> str:
@@ -72,7 +71,6 @@ def load_model(
 
     open_clip = import_open_clip(ref)
 
-    random_weights = False
     if ref.kind == "local-dir":
         from clip_core.torch_backend import hf_clip
 
@@ -94,7 +92,7 @@ def load_model(
         name, pretrained = f"local-dir:{located.bundle_dir}", None
     elif ref.kind == "random":
         torch.manual_seed(0)  # same random weights in every process, so indexes stay usable
-        name, pretrained, random_weights = ref.name, None, True
+        name, pretrained = ref.name, None
     elif ref.kind == "file":
         if not Path(str(ref.pretrained)).is_file():
             raise MissingModelError(ref, [str(ref.pretrained)], [Path(str(ref.pretrained)).parent],
@@ -131,8 +129,7 @@ def load_model(
     model.eval()
     spec = PreprocessSpec.from_open_clip(dict(model.visual.preprocess_cfg))
     drop_unused_towers(model, towers)
-    return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model),
-                       random_weights)
+    return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model))
 
 
 def _load_hf_folder(ref: ModelRef, folder: Path, device: str, precision: str,

@@ -23,23 +23,19 @@ def logit_scale(model: Any) -> float:
     return float(scale.exp().item()) if scale is not None else 100.0
 
 
-def export_text_tower(
-    model: Any, path: Path, dtype: str = "float32", tokenizer: Any | None = None
-) -> None:
+def export_text_tower(model: Any, path: Path, tokenizer: Any | None = None) -> None:
     """Write the text side of an open_clip CLIP / CustomTextCLIP model to ``path``.
 
     Only the standard causal ``TextTransformer`` with argmax pooling, default residual
     blocks, LayerNorm and (quick_)gelu is accepted; anything else raises
-    ``UnsupportedTextTower`` so the caller can fall back to torch. ``dtype`` is the
-    on-disk precision ("float32" exact; "float16" halves the file, ~1e-4 off).
+    ``UnsupportedTextTower`` so the caller can fall back to torch. Weights are written in
+    float32, so numpy reproduces the torch tower exactly.
     Pass the model's own ``tokenizer`` to also check that ``ClipTokenizer`` reproduces it
     (raises ``UnsupportedTextTower`` if not, e.g. for SigLIP / HF tokenizers).
     """
     import torch
     from torch import nn
 
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
     t = _text_parts(model)
     blocks = list(t["transformer"].resblocks)
     width = t["token_embedding"].weight.shape[1]
@@ -96,7 +92,7 @@ def export_text_tower(
         "act": acts.pop(),
         "ln_eps": eps.pop(),
         "pool_type": "argmax",
-        "dtype": dtype,
+        "dtype": "float32",
         # Token ids must come from the OpenAI CLIP BPE (clip_core.text.tokenizer); argmax pooling
         # relies on its end token being the largest id.
         "tokenizer": "openai-clip-bpe",
@@ -106,9 +102,8 @@ def export_text_tower(
     }
     if tokenizer is not None:
         _check_tokenizer(tokenizer, ctx)
-    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     with torch.no_grad():
-        arrays = {k: v.detach().to("cpu", torch_dtype).numpy() for k, v in tensors.items()}
+        arrays = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in tensors.items()}
     _write_safetensors(Path(path), arrays, {HEADER_KEY: json.dumps(header)})
 
 
