@@ -94,7 +94,7 @@ def _warn_random(ref) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per encoder call and per committed transaction.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Decode threads (default: cores).")
+              help="Decode threads (default: cores, at most 4).")
 @wait_option
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower).")
 @click.option("--include-hidden", is_flag=True,

@@ -1,4 +1,4 @@
-"""Draw the demo's photo folder: one synthetic image per colour-shape pair, in nested folders.
+"""Draw the demo's photo folder: two synthetic PNGs of every colour-shape pair, in one folder.
 
     python -m clipsearch.demo_photos OUT_DIR
 """

@@ -1,4 +1,4 @@
-"""A model compiled once per machine for torch-free CPU use, cached beside the model store.
+"""A model compiled once per machine for torch-free CPU use, kept in the user cache folder.
 
 The first index run with a model (on the CPU, precision auto or int8) loads it in fp32 and
 writes, into `CLIPSEARCH_CACHE/compiled/<model>/` (default: the platform's user cache folder):

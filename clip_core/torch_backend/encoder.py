@@ -25,7 +25,7 @@ class ClipEncoder:
         self.micro_batch = micro_batch
         self._torch = torch
         model = loaded.model
-        # After a whole-model cast, inputs must match the weights' dtype (open_clip-notes.md).
+        # After a whole-model cast, inputs must match the weights' dtype (open_clip casts none).
         conv = getattr(getattr(model, "visual", None), "conv1", None)
         if conv is not None:
             self._image_dtype = conv.weight.dtype

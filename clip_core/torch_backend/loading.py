@@ -1,7 +1,7 @@
 """Build a torch CLIP model from a ModelRef, using local files only.
 
 Every path checks that the files exist before open_clip is asked for anything, because
-open_clip with a missing file retries the hub for ~53 s before failing (open_clip-notes.md).
+open_clip with a missing file asks the Hugging Face hub, retrying ~53 s offline before failing.
 """
 
 from __future__ import annotations
