@@ -30,3 +30,13 @@ def test_every_package_ships_py_typed():
     assert "py.typed" in dist.package_data.get("", [])  # "*" in pyproject: every package
     for package in ("clipsearch", "clip_core", "store", "indexer", "search"):
         assert (ROOT / package / "py.typed").is_file(), package
+
+
+def test_the_error_family_module_ships():
+    """clipsearch_errors.py sits beside the packages (every one of them imports it)."""
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert "clipsearch_errors" in (dist.py_modules or [])
+    assert (ROOT / "clipsearch_errors.py").is_file()
