@@ -521,6 +521,7 @@ class Library:
             raise UsageError(f"the library at {self.path} has no folders to index: give one "
                              "(`lib.index([FOLDER])`, `clipsearch index FOLDER`)")
         ensure_local(ref, self.models_dir)  # an unknown or missing model, even with no files
+        _check_precision(self.device, self.precision)  # int8 on a GPU: UsageError
         # The lock comes before any write: a refused run changes nothing.
         with self._writer(wait):
             sweep_temp_files(self.path / VECTORS_DIR)  # left by killed runs
@@ -1032,16 +1033,25 @@ def embed_shards(root: str | os.PathLike, out: str, *, ray: str, model: str | No
 
 
 def check_model(model: str | None = None, pretrained: str | None = None, *,
-                models_dir: str | os.PathLike | None = None) -> ModelRef:
+                models_dir: str | os.PathLike | None = None, device: str = "auto",
+                precision: str = "auto") -> ModelRef:
     """The model `model`/`pretrained` names, if open_clip knows it and its files are on this
-    machine; else MissingModelError or ModelLoadError. Touches nothing and imports no torch:
-    a command checks its model with it before it creates a library.
+    machine; else MissingModelError or ModelLoadError (UsageError: int8 asked of a GPU).
+    Touches nothing and imports no torch: a command checks its model with it before it
+    creates a library.
 
         check_model("shapes-tiny")  # -> ModelRef; check_model("ViT-B-23") raises
     """
     ref = parse_model(model, pretrained)
     ensure_local(ref, Path(models_dir).expanduser() if models_dir else None)
+    _check_precision(device, precision)
     return ref
+
+
+def _check_precision(device: str, precision: str) -> None:
+    from clip_core.compiled.load import check_precision
+
+    check_precision(device, precision)
 
 
 def _check_texts(texts: Sequence[str], what: str) -> None:
