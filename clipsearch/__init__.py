@@ -29,7 +29,7 @@ from search import (
     QuerySyntaxError,
     SearchResult,
 )
-from store import CatalogDamagedError, CatalogError
+from store import CatalogDamagedError, CatalogError, printable
 
 from .api import (
     Library,
@@ -40,10 +40,12 @@ from .api import (
     default_library_dir,
     embed_shards,
 )
+from .models import ModelStore
 from .watch import watch, watch_roots
 
 __all__ = [
     "BadInputError", "ClipsearchError", "ModelError", "StoreError", "UsageError",  # errors
+    "ModelStore", "printable",
     "CatalogDamagedError", "CatalogError", "DecodeError", "DuplicateGroup", "Filters",
     "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryBusyError",
     "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",

@@ -111,8 +111,7 @@ def _warn_random(ref) -> None:
 def index(paths, library, model, pretrained, device, precision, batch_size, workers, wait,
           no_draft, include_hidden, as_json, quiet, follow_links=False, ray_address=None):
     """Index PATHS (added as library roots), or re-index every root."""
-    from indexer import IndexSettings
-
+    from . import IndexSettings
     from .progress import ProgressBar
 
     _check_new_library(library, paths, model, pretrained, device, precision)
