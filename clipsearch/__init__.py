@@ -1,14 +1,25 @@
 """clipsearch: local, offline-first text-to-image search over photo folders.
 
-Every exception a `Library` method documents can be caught by a name from here:
+Every exception a `Library` method documents can be caught by a name from here, one by
+one or by its category (clipsearch_errors: ClipsearchError, UsageError, ModelError,
+StorageError, LibraryBusyError, BadInputError):
 
-    from clipsearch import Library, ModelNotIndexedError
+    from clipsearch import ClipsearchError, Library, ModelNotIndexedError
 """
 
 from clip_core.models.files import MissingModelError, ModelLoadError
 from clip_core.pixels.decode import DecodeError
+from clipsearch_errors import (
+    BadInputError,
+    ClipsearchError,
+    LibraryBusyError,
+    MissingExtraError,
+    ModelError,
+    StorageError,
+    StoreError,
+    UsageError,
+)
 from indexer import IndexReport, IndexSettings, Progress
-from indexer.ray_executor import MissingExtraError
 from search import (
     DuplicateGroup,
     Filters,
@@ -18,7 +29,7 @@ from search import (
     QuerySyntaxError,
     SearchResult,
 )
-from store import CatalogDamagedError, CatalogError, LibraryBusyError, StorageError
+from store import CatalogDamagedError, CatalogError, printable
 
 from .api import (
     Library,
@@ -29,9 +40,12 @@ from .api import (
     default_library_dir,
     embed_shards,
 )
+from .models import ModelStore
 from .watch import watch, watch_roots
 
 __all__ = [
+    "BadInputError", "ClipsearchError", "ModelError", "StoreError", "UsageError",  # errors
+    "ModelStore", "printable",
     "CatalogDamagedError", "CatalogError", "DecodeError", "DuplicateGroup", "Filters",
     "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryBusyError",
     "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",

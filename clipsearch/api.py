@@ -28,6 +28,7 @@ import numpy as np
 from clip_core.models.files import ensure_local
 from clip_core.models.ref import ModelRef, parse_model
 from clip_core.text.file_check import sidecar
+from clipsearch_errors import BadInputError, UsageError
 from indexer import IndexReport, IndexSettings, Progress, run_index
 from indexer.ray_executor import require_ray
 from indexer.shards import ShardImport
@@ -92,7 +93,7 @@ class LibraryStatus:
         return dict(self.__dict__)
 
 
-class ModelNotIndexedError(LookupError):
+class ModelNotIndexedError(BadInputError, LookupError):
     """The library holds no vectors made by the model a query asked for. `available`: the
     model ids it holds; `suggestions`: those close to what was asked (a typo's fix)."""
 
@@ -517,9 +518,10 @@ class Library:
             if not os.path.isdir(_abspath(folder)):
                 raise NotADirectoryError(f"not a folder: {_abspath(folder)}")
         if not roots and not self.roots:
-            raise ValueError(f"the library at {self.path} has no folders to index: give one "
+            raise UsageError(f"the library at {self.path} has no folders to index: give one "
                              "(`lib.index([FOLDER])`, `clipsearch index FOLDER`)")
         ensure_local(ref, self.models_dir)  # an unknown or missing model, even with no files
+        _check_precision(self.device, self.precision)  # int8 on a GPU: UsageError
         # The lock comes before any write: a refused run changes nothing.
         with self._writer(wait):
             sweep_temp_files(self.path / VECTORS_DIR)  # left by killed runs
@@ -663,9 +665,9 @@ class Library:
                 print(hit.rank, hit.score, hit.grade, hit.path)
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
+            raise UsageError(f"limit must be a whole number >= 1, not {limit!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ValueError(f"offset must be a whole number >= 0, not {offset!r}")
+            raise UsageError(f"offset must be a whole number >= 0, not {offset!r}")
         if text is None and filters is not None and not filters.empty:
             return self._listing(filters, within, limit, offset)
         if isinstance(text, Query):
@@ -673,7 +675,7 @@ class Library:
         elif isinstance(text, str) and text.strip():
             parsed = Query.parse(text)
         else:
-            raise ValueError(f"the query text is empty: {text!r}")
+            raise UsageError(f"the query text is empty: {text!r}")
         parsed.check()
         for term in parsed.terms:
             if term.kind == "image":
@@ -752,7 +754,7 @@ class Library:
             total = term.weight * vec if not total.size else total + term.weight * vec
         norm = float(np.linalg.norm(total))
         if norm < 1e-6:
-            raise ValueError(f"the terms of {query!r} cancel out: nothing is left to search for")
+            raise UsageError(f"the terms of {query!r} cancel out: nothing is left to search for")
         return total / norm, exclude
 
     def _graded(self, found: list[SearchResult], ref: ModelRef, text_only: bool,
@@ -765,7 +767,7 @@ class Library:
             out.calibration = cal
             out.good_match = any(r.grade == "strong" for r in out)
         elif strong_only:
-            raise ValueError("--strong-only needs a graded query: grades exist for text terms "
+            raise UsageError("--strong-only needs a graded query: grades exist for text terms "
                              "only (image terms have no neutral bank to compare with)")
         kept = [r for r in out if (min_score is None or r.score >= min_score)
                 and (not strong_only or r.grade == "strong")]
@@ -1031,16 +1033,25 @@ def embed_shards(root: str | os.PathLike, out: str, *, ray: str, model: str | No
 
 
 def check_model(model: str | None = None, pretrained: str | None = None, *,
-                models_dir: str | os.PathLike | None = None) -> ModelRef:
+                models_dir: str | os.PathLike | None = None, device: str = "auto",
+                precision: str = "auto") -> ModelRef:
     """The model `model`/`pretrained` names, if open_clip knows it and its files are on this
-    machine; else MissingModelError or ModelLoadError. Touches nothing and imports no torch:
-    a command checks its model with it before it creates a library.
+    machine; else MissingModelError or ModelLoadError (UsageError: int8 asked of a GPU).
+    Touches nothing and imports no torch: a command checks its model with it before it
+    creates a library.
 
         check_model("shapes-tiny")  # -> ModelRef; check_model("ViT-B-23") raises
     """
     ref = parse_model(model, pretrained)
     ensure_local(ref, Path(models_dir).expanduser() if models_dir else None)
+    _check_precision(device, precision)
     return ref
+
+
+def _check_precision(device: str, precision: str) -> None:
+    from clip_core.compiled.load import check_precision
+
+    check_precision(device, precision)
 
 
 def _check_texts(texts: Sequence[str], what: str) -> None:
@@ -1052,10 +1063,10 @@ def _check_texts(texts: Sequence[str], what: str) -> None:
 def _check_labels(labels: Sequence[str]) -> None:
     _check_texts(labels, "labels")
     if not labels:
-        raise ValueError("give at least one label")
+        raise UsageError("give at least one label")
     blank = [label for label in labels if not label.strip()]
     if blank:
-        raise ValueError(f"labels must not be blank: {blank!r}")
+        raise UsageError(f"labels must not be blank: {blank!r}")
 
 
 def _classify(encoder, image: str | os.PathLike, labels: Sequence[str]) -> list[LabelScore]:

@@ -111,11 +111,10 @@ def _warn_random(ref) -> None:
 def index(paths, library, model, pretrained, device, precision, batch_size, workers, wait,
           no_draft, include_hidden, as_json, quiet, follow_links=False, ray_address=None):
     """Index PATHS (added as library roots), or re-index every root."""
-    from indexer import IndexSettings
-
+    from . import IndexSettings
     from .progress import ProgressBar
 
-    _check_new_library(library, paths, model, pretrained)
+    _check_new_library(library, paths, model, pretrained, device, precision)
     lib = open_library(library, model, pretrained, device, precision)
     if not paths and not lib.roots:
         lib.close()
@@ -145,7 +144,8 @@ def index(paths, library, model, pretrained, device, precision, batch_size, work
 
 
 def _check_new_library(library: str | None, paths: tuple[str, ...], model: str | None,
-                       pretrained: str | None) -> None:
+                       pretrained: str | None, device: str = "auto",
+                       precision: str = "auto") -> None:
     """A library is created only for a run that can work: folders given, a known model on
     this machine. (An existing library checks its own model in Library.index.)"""
     from .api import check_model, default_library_dir
@@ -157,7 +157,8 @@ def _check_new_library(library: str | None, paths: tuple[str, ...], model: str |
     if not paths:
         raise click.UsageError(f"there is no library at {human(str(lib_dir))} yet: "
                                "`clipsearch index FOLDER` makes one and indexes FOLDER")
-    check_model(model or ("ViT-B-32" if pretrained else None), pretrained)
+    check_model(model or ("ViT-B-32" if pretrained else None), pretrained, device=device,
+                precision=precision)
 
 
 def _exit_promptly(code: int) -> None:

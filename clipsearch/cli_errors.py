@@ -12,26 +12,31 @@ import click
 
 EXIT_PROBLEM = 1  # bad input, storage problem, unknown model in this library
 EXIT_MODEL = 2  # model files missing or unusable
+EXIT_USAGE = 2  # the request itself cannot be done as asked (as click's usage errors)
 EXIT_BUSY = 3  # another process is writing this library
 EXIT_DAMAGED = 4  # the library's catalog is damaged: `clipsearch doctor --repair`
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 def _known_errors() -> list[tuple[tuple[type[BaseException], ...], int]]:
+    """Exit codes by the error family's categories (clipsearch_errors), first match wins;
+    the builtins the API documents (FileNotFoundError, LookupError, ...) are problems too.
+    Anything else is a bug and keeps its traceback."""
     # Imported late: `clipsearch --help` should not pay for them.
-    from clip_core.models.files import MissingModelError
-    from clip_core.pixels.decode import DecodeError
-    from clip_core.torch_backend.loading import ModelLoadError
-    from clip_core.weights.store import StoreError
-    from indexer.ray_executor import MissingExtraError
-    from store import CatalogDamagedError, CatalogError, LibraryBusyError
+    from . import (
+        CatalogDamagedError,
+        ClipsearchError,
+        LibraryBusyError,
+        ModelError,
+        UsageError,
+    )
 
     return [
-        ((CatalogDamagedError,), EXIT_DAMAGED),
-        ((MissingModelError, ModelLoadError), EXIT_MODEL),
+        ((CatalogDamagedError,), EXIT_DAMAGED),  # a StorageError whose fix is doctor --repair
+        ((ModelError,), EXIT_MODEL),
+        ((UsageError,), EXIT_USAGE),
         ((LibraryBusyError,), EXIT_BUSY),
-        ((DecodeError, CatalogError, StoreError, LookupError, OSError), EXIT_PROBLEM),
-        ((MissingExtraError,), EXIT_PROBLEM),  # --ray without the cluster extra
+        ((ClipsearchError, LookupError, OSError), EXIT_PROBLEM),  # storage, bad input, ...
     ]
 
 
@@ -71,15 +76,12 @@ def friendly_errors(func: Callable) -> Callable:
 def _as_damage(exc: Exception, library: str | None) -> Exception:
     """Damage found mid-command (not when the catalog opened) arrives as sqlite3's own
     error: the same message and exit code as damage found at open."""
-    from store import CatalogDamagedError, is_damage
-
-    if not is_damage(exc):
-        return exc
-    from .api import default_library_dir
+    from . import default_library_dir
+    from .doctor import damage_error
     from .layout import CATALOG_NAME
 
     folder = Path(library).expanduser().absolute() if library else default_library_dir()
-    return CatalogDamagedError(folder / CATALOG_NAME, str(exc))
+    return damage_error(exc, folder / CATALOG_NAME)
 
 
 def _silence_stdout() -> None:

@@ -1,4 +1,4 @@
-"""`clipsearch models ...`: a thin layer over clip_core.weights.store.
+"""`clipsearch models ...`: a thin layer over clipsearch.ModelStore (clipsearch/models.py).
 
 `download` is the only clipsearch command that may use the network; with --offline,
 CLIPSEARCH_OFFLINE=1 or HF_HUB_OFFLINE=1 it refuses before opening any connection.
@@ -9,19 +9,23 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-
-from clip_core.models.files import default_models_dir
-from clip_core.models.ref import parse_model
-from clip_core.weights import store as model_store
 
 from .cli_errors import EXIT_PROBLEM, friendly_errors, interrupt_note
 from .output import format_size, human, write_json
 
+if TYPE_CHECKING:
+    from .models import ModelInfo, ModelStore
+
+
+def _store(ctx: click.Context) -> ModelStore:
+    return ctx.find_object(dict)["store"]
+
 
 def _models_dir(ctx: click.Context) -> Path:
-    return ctx.find_object(dict)["models_dir"]
+    return _store(ctx).folder
 
 
 def _use_hint(spec: dict) -> str:
@@ -42,8 +46,9 @@ def models(ctx: click.Context, offline: bool, models_dir: str | None) -> None:
         # Also for anything this process may load: huggingface_hub honours HF_HUB_OFFLINE.
         os.environ["CLIPSEARCH_OFFLINE"] = "1"
         os.environ["HF_HUB_OFFLINE"] = "1"
-    folder = Path(models_dir).expanduser() if models_dir else default_models_dir()
-    ctx.obj = {"models_dir": folder, "offline": offline}
+    from . import ModelStore
+
+    ctx.obj = {"store": ModelStore(models_dir, offline=offline)}
 
 
 @models.command("list")
@@ -54,7 +59,7 @@ def models(ctx: click.Context, offline: bool, models_dir: str | None) -> None:
 @friendly_errors
 def list_cmd(ctx: click.Context, include_all: bool, as_json: bool) -> None:
     """Models clipsearch knows, their size, and where each one is on this machine."""
-    infos = model_store.list_models(_models_dir(ctx), include_all)
+    infos = _store(ctx).list_models(include_all)
     if as_json:
         write_json([i.to_dict() for i in infos])
         return
@@ -79,7 +84,7 @@ def list_cmd(ctx: click.Context, include_all: bool, as_json: bool) -> None:
 _NAME_WIDTH = 32  # the longest open_clip architecture names fit
 
 
-def _size(info: model_store.ModelInfo) -> str:
+def _size(info: ModelInfo) -> str:
     if info.size_bytes is None:
         return "?"
     return ("~" if info.size_approx else "") + format_size(info.size_bytes)
@@ -99,9 +104,9 @@ def _size(info: model_store.ModelInfo) -> str:
 def download(ctx: click.Context, model: str, pretrained: str | None, revision: str,
              endpoint: str | None, quiet: bool, as_json: bool) -> None:
     """Fetch MODEL into the store (resumable, sha256-checked). The only networked command."""
-    ref = parse_model(model, pretrained)
-    result = model_store.download(ref, _models_dir(ctx), offline=ctx.obj["offline"],
-                                  endpoint=endpoint, revision=revision, progress=not quiet)
+    result = _store(ctx).download(model, pretrained, endpoint=endpoint, revision=revision,
+                                  progress=not quiet)
+    ref = result.ref
     total = sum(f["size"] for f in result.files)
     if as_json:
         write_json({"model_id": ref.model_id, **ref.to_spec(), "folder": str(result.folder),
@@ -128,7 +133,6 @@ def download(ctx: click.Context, model: str, pretrained: str | None, revision: s
 def export(ctx: click.Context, model: str, pretrained: str | None, output: str, force: bool,
            as_json: bool) -> None:
     """Write MODEL's local files into one portable bundle file (for air-gapped machines)."""
-    ref = parse_model(model, pretrained)
     if output == "-":
         if as_json:
             raise click.UsageError("--json and -o - would both write to stdout: pick one")
@@ -136,13 +140,13 @@ def export(ctx: click.Context, model: str, pretrained: str | None, output: str, 
             raise click.UsageError("-o - writes the tar to stdout, which is a terminal here: "
                                    "redirect it (`-o - > model.tar`, `| ssh ...`) or give a "
                                    "file name")
-        result = model_store.export_bundle(ref, sys.stdout.buffer, _models_dir(ctx))
+        result = _store(ctx).export_bundle(model, sys.stdout.buffer, pretrained)
         sys.stdout.buffer.flush()
         size = sum(f["size"] for f in result.files)
         click.echo(f"Wrote the bundle to stdout ({format_size(size)} of model files, "
                    f"{len(result.files)} files, sha256 inside).", err=True)
         return
-    result = model_store.export_bundle(ref, Path(output), _models_dir(ctx), force=force)
+    result = _store(ctx).export_bundle(model, output, pretrained, force=force)
     size = Path(output).stat().st_size
     if as_json:
         write_json({"bundle": str(result.path), "bytes": size, "files": len(result.files)})
@@ -160,7 +164,7 @@ def export(ctx: click.Context, model: str, pretrained: str | None, output: str, 
 @interrupt_note("nothing was installed.")
 def import_cmd(ctx: click.Context, bundle: str, as_json: bool) -> None:
     """Verify every checksum in BUNDLE and install it into the store."""
-    result = model_store.import_bundle(Path(bundle), _models_dir(ctx))
+    result = _store(ctx).import_bundle(bundle)
     if as_json:
         write_json({"model_id": result.model_id, **result.spec, "folder": str(result.path),
                     "files": len(result.files)})
@@ -177,7 +181,7 @@ def import_cmd(ctx: click.Context, bundle: str, as_json: bool) -> None:
 @interrupt_note("nothing was changed (verify only reads).")
 def verify(ctx: click.Context, as_json: bool) -> None:
     """Check every stored model against its recorded sha256; exit 1 on any problem."""
-    results = model_store.verify_store(_models_dir(ctx))
+    results = _store(ctx).verify()
     if as_json:
         write_json([r.to_dict() for r in results])
     else:
@@ -207,22 +211,15 @@ def compile_cmd(ctx: click.Context, model: str, pretrained: str | None, force: b
     """Prepare MODEL for fast torch-free CPU indexing (int8 ONNX image tower + numpy text
     tower, checked against fp32 here). The first `index` does this by itself; run it ahead
     to keep that first index run short."""
-    from clip_core.compiled.cache import compile_supported, find_compiled
-    from clip_core.compiled.compiler import compile_model
-
-    if not compile_supported():
-        raise click.ClickException("compiling needs onnxruntime and onnx "
-                                   "(pip install onnxruntime onnx)")
-    ref = parse_model(model, pretrained)
-    found = None if force else find_compiled(ref, _models_dir(ctx))
-    compiled = found or compile_model(ref, models_dir=_models_dir(ctx), force=force)[0]
+    compiled = _store(ctx).compile(model, pretrained, force=force)
     if as_json:
-        write_json({"folder": str(compiled.folder), "reused": found is not None,
+        write_json({"folder": str(compiled.folder), "reused": compiled.reused,
                     **compiled.meta})
         return
     image = compiled.meta["image"]
-    state = "already compiled" if found else f"compiled in {compiled.meta['compile_seconds']} s"
-    click.echo(f"{ref.display}: {state} in {human(str(compiled.folder))}")
+    state = ("already compiled" if compiled.reused
+             else f"compiled in {compiled.meta['compile_seconds']} s")
+    click.echo(f"{compiled.display}: {state} in {human(str(compiled.folder))}")
     click.echo(f"image tower: {image['backend']} ({image.get('reason', '')})")
     if "agreement_int8_vs_fp32" in image:
         agree = image["agreement_int8_vs_fp32"]

@@ -63,8 +63,7 @@ def embed_shards(root, ray_address, out, model, pretrained, device, precision, b
                  as_json):
     """Embed ROOT's images (a folder or s3://bucket/prefix) on a Ray cluster into Parquet
     shards (no library needed)."""
-    from indexer import IndexSettings
-
+    from . import IndexSettings
     from .api import embed_shards as embed
 
     files = embed(root, out, ray=ray_address, model=model, pretrained=pretrained,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clip_core.text import file_check
-from store import Catalog, WriterLock
+from store import Catalog, CatalogDamagedError, WriterLock, is_damage
 from store.salvage import check, salvage
 
 
@@ -85,3 +85,10 @@ def _repair(report: DoctorReport, catalog: Path, towers: list[Path], vectors: Pa
             file_check.remove(tower)  # rebuilt by the next index run or query
             report.notes.append(f"removed damaged {tower.name} (rebuilt on first use)")
     report.repaired = True
+
+
+def damage_error(exc: Exception, catalog: Path) -> Exception:
+    """sqlite3's own error for damage found mid-command, as the CatalogDamagedError that
+    damage found when the catalog opened gives (message, `doctor --repair` advice); any other
+    error as it is."""
+    return CatalogDamagedError(catalog, str(exc)) if is_damage(exc) else exc

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from store import printable
+from . import printable
 
 
 def write_json(data: Any) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tqdm import tqdm
 
-from indexer import Progress
+if TYPE_CHECKING:
+    from . import Progress
 
 
 class ProgressBar:

@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
+from clipsearch_errors import UsageError
 from indexer import IndexReport, IndexSettings
 from store import LibraryBusyError
 
@@ -72,7 +73,7 @@ def watch(lib: Library, *, settings: IndexSettings | None = None,
     stop = stop or threading.Event()
     roots = lib.roots
     if not roots:
-        raise ValueError(f"the library at {lib.path} has no folders to watch: add one "
+        raise UsageError(f"the library at {lib.path} has no folders to watch: add one "
                          "(`clipsearch index FOLDER`)")
     hidden = bool(settings and settings.include_hidden)
     # The first run brings the library up to date; it starts once the watch is set up (the

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from clip_core.pixels.preprocess import PreprocessSpec
+from clipsearch_errors import MissingExtraError
 from store import FileRow
 
 from .crawl import Candidate
@@ -31,10 +32,6 @@ from .pipeline import Encoder, IndexSettings, Progress, _Job, _same_error, _tall
 from .stages import BatchWriter, Loaded, load_one
 
 INSTALL_HINT = "pip install 'clipsearch[cluster]'"
-
-
-class MissingExtraError(ImportError):
-    """An optional extra (Ray for --ray) is not installed; the message says how to get it."""
 
 
 def require_ray() -> None:

@@ -25,6 +25,7 @@ from clip_core.pixels.decode import (
     read_header,
 )
 from clip_core.pixels.preprocess import PreprocessSpec, preprocess
+from clipsearch_errors import BadInputError
 from store import Catalog, FileRecord
 
 from .crawl import Candidate
@@ -42,7 +43,7 @@ class Loaded:
 MAX_FILE_BYTES = 2 << 30
 
 
-class FileTooLargeError(OSError):
+class FileTooLargeError(BadInputError, OSError):
     """A file larger than MAX_FILE_BYTES: refused before it is read."""
 
 

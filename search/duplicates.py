@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from clipsearch_errors import UsageError
+
 DEFAULT_THRESHOLD = 0.95  # vector cosine for candidates
 PIXEL_THRESHOLD = 0.7  # thumbnail correlation that confirms a candidate
 THUMB_SIDE = 8
@@ -106,7 +108,7 @@ def find_duplicates(
     content_hash); `same_content`: groups of file ids with one content hash (exact copies,
     grouped whatever the threshold)."""
     if isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold is a cosine between -1 and 1, not {threshold!r}")
+        raise UsageError(f"threshold is a cosine between -1 and 1, not {threshold!r}")
     if len(ids) < 2:
         return []
     a, b, _ = candidate_pairs(vectors, float(threshold))

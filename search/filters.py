@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 
+from clipsearch_errors import UsageError
+
 ORIENTATIONS = ("landscape", "portrait", "square")
 # --type NAME -> file name extensions (lower case)
 TYPES: dict[str, tuple[str, ...]] = {
@@ -56,20 +58,20 @@ class Filters:
     def __post_init__(self) -> None:
         start, end = (_start_of(self.after, "after"), _start_of(self.before, "before"))
         if start and end and start >= end:
-            raise ValueError(f"impossible date range: after {self.after} and before "
+            raise UsageError(f"impossible date range: after {self.after} and before "
                              f"{self.before} leave no day")
         if self.orientation is not None and self.orientation not in ORIENTATIONS:
-            raise ValueError(f"orientation is one of {', '.join(ORIENTATIONS)}, not "
+            raise UsageError(f"orientation is one of {', '.join(ORIENTATIONS)}, not "
                              f"{self.orientation!r}")
         if self.min_size is not None:
             _size(self.min_size)
         if isinstance(self.types, str):
             raise TypeError("types is a list of names: ('jpeg',), not one string")
         if self.camera is not None and not str(self.camera).strip():
-            raise ValueError("camera takes some text of the make or model, like 'pixel'")
+            raise UsageError("camera takes some text of the make or model, like 'pixel'")
         unknown = [t for t in self.types if t.lower() not in TYPES]
         if unknown:
-            raise ValueError(f"unknown file type {unknown[0]!r}: one of "
+            raise UsageError(f"unknown file type {unknown[0]!r}: one of "
                              f"{', '.join(sorted(TYPES))}")
 
     @property
@@ -124,12 +126,12 @@ def _start_of(text: str | None, what: str) -> date | None:
         year, month, day = (int(g) if g else 1 for g in match.groups())
         return date(year, month, day)
     except ValueError:
-        raise ValueError(f"--{what} takes a date like 2023, 2023-06 or 2023-06-14, not "
+        raise UsageError(f"--{what} takes a date like 2023, 2023-06 or 2023-06-14, not "
                          f"{text!r}") from None
 
 
 def _size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)[xX](\d+)", str(text).strip())
     if not match:
-        raise ValueError(f"min size is WIDTHxHEIGHT, like 1920x1080, not {text!r}")
+        raise UsageError(f"min size is WIDTHxHEIGHT, like 1920x1080, not {text!r}")
     return int(match.group(1)), int(match.group(2))

@@ -20,6 +20,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from clipsearch_errors import UsageError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic",
                   ".heif", ".avif")
 # A weight prefix: a number, then ":" and not a digit (so "10:30" stays text).
@@ -29,7 +31,7 @@ _WEIGHT = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+):(?![0-9])")
 _WORD = re.compile(r"""\s*((?:[0-9.]+:)?(?:"[^"]*"|'[^']*')|\S+)(?=\s|$)""")
 
 
-class QuerySyntaxError(ValueError):
+class QuerySyntaxError(UsageError):
     """A malformed query. `position`/`length`: the bad part of `query` (characters)."""
 
     def __init__(self, problem: str, query: str, position: int, length: int = 1):
@@ -67,7 +69,7 @@ class Query:
     @classmethod
     def text(cls, text: str, weight: float = 1.0) -> Query:
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"a query text must not be blank: {text!r}")
+            raise UsageError(f"a query text must not be blank: {text!r}")
         return cls([Term(float(weight), "text", " ".join(text.split()))])
 
     @classmethod
@@ -137,9 +139,9 @@ class Query:
         """Raise ValueError for a query that cannot be searched: no term, or no term with
         a positive weight (a sum of only negatives points away from everything asked)."""
         if not self.terms:
-            raise ValueError("the query is empty: give a text or an image")
+            raise UsageError("the query is empty: give a text or an image")
         if not any(t.weight > 0 for t in self.terms):
-            raise ValueError(f"the query has only negative or zero terms ({self!r}): say "
+            raise UsageError(f"the query has only negative or zero terms ({self!r}): say "
                              "what to look for, then what to push away with -")
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipsearch_errors import StorageError
+
 from .paths import folder_range, text_factory, to_db
 
 
@@ -86,12 +88,10 @@ class FileRecord:
     format: str | None = None
 
 
-class CatalogError(RuntimeError):
-    pass
-
-
-class StorageError(CatalogError):
-    """The disk refused a write (full, read-only, I/O error). Committed work is intact."""
+class CatalogError(StorageError):
+    """The catalog cannot be used as it is (written by a newer clipsearch, not there).
+    StorageError itself (clipsearch_errors): the disk refused a write (full, read-only, I/O
+    error); committed work is intact."""
 
 
 class CatalogDamagedError(CatalogError):

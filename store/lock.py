@@ -11,11 +11,11 @@ import os
 import time
 from pathlib import Path
 
+from clipsearch_errors import LibraryBusyError
+
 from .catalog import StorageError
 
-
-class LibraryBusyError(RuntimeError):
-    pass
+__all__ = ["LibraryBusyError", "WriterLock"]  # the busy error is the family's (clipsearch_errors)
 
 
 class WriterLock:

@@ -29,6 +29,9 @@ def _public_callables() -> dict[str, object]:
         found[f"Library.{name}"] = member.fget if isinstance(member, property) else member
     found.update({name: getattr(clipsearch, name)
                   for name in ("classify", "check_model", "default_library_dir")})
+    found.update({f"ModelStore.{name}": member  # the facade behind `clipsearch models`
+                  for name, member in inspect.getmembers(clipsearch.ModelStore)
+                  if not name.startswith("_")})
     return found
 
 

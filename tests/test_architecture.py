@@ -11,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("clip_core", "store", "indexer", "search", "clipsearch")
+# The error family: one module at the bottom that every package may import (clip_core and
+# store share it without knowing of each other); it imports nothing of the project.
+ERRORS = "clipsearch_errors"
 FORBIDDEN = {
     "clip_core": {"store", "indexer", "search", "clipsearch"},
     "store": {"clip_core", "indexer", "search", "clipsearch", "torch", "open_clip"},
@@ -55,7 +58,8 @@ def module_name(path: Path) -> str:
 
 
 def product_modules() -> dict[str, Path]:
-    return {module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+    found = {module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+    return {**found, ERRORS: REPO / f"{ERRORS}.py"}
 
 
 def imported_modules(path: Path, known: set[str]) -> set[str]:
@@ -84,6 +88,44 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
                 full = f"{base}.{alias.name}"
                 found.add(full if full in known else base)
     return {name for name in found if name in known and name != own}
+
+
+def test_the_error_family_imports_only_the_standard_library():
+    imported = imported_packages(REPO / f"{ERRORS}.py")
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_every_exception_class_is_in_the_family():
+    """Every exception class the product defines derives from ClipsearchError (directly or
+    through a category), so an app catches them all by one name and the CLI maps exit codes
+    by category. Read from the source by class names: nothing is imported. (The HTTP
+    layer's ApiError is a response, not an error of the library.)"""
+    import builtins
+
+    import clipsearch_errors
+
+    family = {n for n, v in vars(clipsearch_errors).items() if isinstance(v, type)}
+    errors = {n for n, v in vars(builtins).items()
+              if isinstance(v, type) and issubclass(v, BaseException)}
+    bases: dict[str, set[str]] = {}
+    for name, path in product_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and name != ERRORS:
+                bases[f"{name}.{node.name}"] = {getattr(b, "id", getattr(b, "attr", ""))
+                                                for b in node.bases}
+    short = {full: full.rpartition(".")[2] for full in bases}
+    changed = True
+    while changed:  # close over subclasses of subclasses, by class name
+        before = len(errors), len(family)
+        for full, names in bases.items():
+            if names & (errors | family):
+                errors.add(short[full])
+            if names & family:
+                family.add(short[full])
+        changed = (len(errors), len(family)) != before
+    outside = sorted(full for full in bases if short[full] in errors - family
+                     and short[full] != "ApiError")
+    assert not outside, outside
 
 
 def test_no_import_circles():
@@ -152,12 +194,17 @@ def test_torch_free_rooms_never_import_torch():
 
 
 def test_cli_uses_only_the_public_api():
-    allowed = {"clipsearch", "click", "clip_core", "indexer", "store", "tqdm"}
-    for name in ("cli.py", "cli_models.py"):
-        imported = imported_packages(REPO / "clipsearch" / name)
-        third_party = imported - allowed - set(sys.stdlib_module_names) - {"__future__"}
-        assert not third_party, (name, third_party)
-        assert "search" not in imported, "the CLI goes through clipsearch.api, not search/"
+    """The CLI (its commands, error mapping, output and progress helpers) is an app of
+    `clipsearch` like any other: besides click, tqdm and the standard library it imports
+    only clipsearch itself, never the engine's packages (nor clipsearch_errors: the family
+    comes re-exported)."""
+    allowed = {"clipsearch", "click", "tqdm"} | set(sys.stdlib_module_names) | {"__future__"}
+    folder = REPO / "clipsearch"
+    modules = [*folder.glob("cli*.py"), folder / "output.py", folder / "progress.py"]
+    assert len(modules) >= 7, modules
+    for module in modules:
+        imported = imported_packages(module)
+        assert imported <= allowed, (module.name, imported - allowed)
 
 
 def test_server_uses_only_the_public_api():

@@ -33,7 +33,7 @@ from clip_core.pixels.preprocess import preprocess_batch
 from clip_core.pixels.probes import probe_images
 from clip_core.text.tower import INT8_MIN_COS
 from clip_core.torch_backend.encoder import ClipEncoder
-from clipsearch import Library, classify
+from clipsearch import Library, MissingExtraError, classify
 from tests.conftest import REPO, SHAPES_TINY
 from tests.helpers import (
     PAIRS,
@@ -474,7 +474,7 @@ def test_without_onnxruntime_the_image_tower_is_torch(tmp_path, monkeypatch):
     monkeypatch.setattr("clip_core.compiled.cache.onnxruntime_available", lambda: False)
     ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
     assert load_compiled(ref, cache_dir=tmp_path / "cache") is None  # the caller uses torch
-    with pytest.raises(ValueError, match="onnxruntime"):
+    with pytest.raises(MissingExtraError, match="pip install onnxruntime onnx"):
         load_compiled(ref, precision="int8", cache_dir=tmp_path / "cache")
 
 

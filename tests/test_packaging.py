@@ -46,7 +46,8 @@ def _norm(name: str) -> str:
 
 def _imported_modules() -> set[str]:
     """Top-level names of every absolute import in the package and its tests."""
-    local = {"clipsearch", "clip_core", "store", "indexer", "search", "tests", "bench", "data"}
+    local = {"clipsearch", "clip_core", "store", "indexer", "search", "tests", "bench", "data",
+             "clipsearch_errors", "clipsearch_entry"}
     found = set()
     for package in ("clipsearch", "clip_core", "store", "indexer", "search", "tests"):
         for path in (ROOT / package).rglob("*.py"):
@@ -77,3 +78,13 @@ def test_every_imported_package_is_declared():
         if not names & (declared | KNOWN_UNDECLARED):
             missing[module] = sorted(names)
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_the_error_family_module_ships():
+    """clipsearch_errors.py sits beside the packages (every one of them imports it)."""
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert "clipsearch_errors" in (dist.py_modules or [])
+    assert (ROOT / "clipsearch_errors.py").is_file()

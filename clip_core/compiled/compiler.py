@@ -48,6 +48,7 @@ from clip_core.models.ref import ModelRef
 from clip_core.pixels.preprocess import PreprocessSpec, preprocess_batch
 from clip_core.pixels.probes import probe_images
 from clip_core.quiet import quiet_libraries
+from clipsearch_errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
     return meta, probes, reference, None
 
 
-class ExportFailure(Exception):
+class ExportFailure(ModelError):
     """This model cannot be compiled with these library versions: recorded in compiled.json
     (torch is used) until the cache key changes. Anything else that goes wrong while
     compiling (no memory, a full disk, the interpreter shutting down under a Ctrl-C while

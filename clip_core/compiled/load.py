@@ -14,8 +14,23 @@ from clip_core.compiled.cache import (
 )
 from clip_core.models.files import MissingModelError, ModelLoadError, ensure_local
 from clip_core.models.ref import ModelRef
+from clipsearch_errors import MissingExtraError, UsageError
 
 log = logging.getLogger(__name__)
+
+
+def int8_on_gpu(where: str) -> UsageError:
+    return UsageError(f"--precision int8 runs on the CPU only (the compiled onnxruntime image "
+                      f"tower), not on {where}: use --device cpu with int8, or --precision "
+                      "fp16, bf16 or fp32 on the GPU")
+
+
+def check_precision(device: str, precision: str) -> None:
+    """UsageError for int8 asked of a device that is not the CPU: said before anything
+    loads or is written, without torch. (--device auto picking a GPU is said by
+    load_compiled, which asks torch.)"""
+    if precision == "int8" and device not in ("auto", "cpu"):
+        raise int8_on_gpu(f"--device {device}")
 
 
 def compiled_applies(device: str, precision: str) -> bool:
@@ -42,8 +57,11 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
     twice as fast) torch's image tower at the precision clipsearch picks."""
     if not compiled_applies(device, precision):
         if precision == "int8":
-            raise ValueError("precision int8 runs on the CPU with onnxruntime and onnx "
-                             "installed (pip install onnxruntime onnx)")
+            check_precision(device, precision)
+            if compile_supported():  # so device auto picked a GPU
+                raise int8_on_gpu("the GPU that --device auto picks here")
+            raise MissingExtraError("precision int8 runs on the CPU with onnxruntime and onnx "
+                                    "installed (pip install onnxruntime onnx)")
         return None
     ensure_local(ref, models_dir)
     from clip_core.compiled.compiler import compile_model
@@ -66,7 +84,7 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
         if precision != "int8" and compiled.backend == TORCH:
             break
         if not compiled.meta["image"].get("agreement_int8_vs_fp32"):
-            raise ValueError(f"int8 is unavailable for {ref.display}: "
+            raise UsageError(f"int8 is unavailable for {ref.display}: "
                              f"{compiled.meta['image']['reason']}")
         try:
             return compiled, compiled.image_encoder(int8=precision == "int8")

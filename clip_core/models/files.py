@@ -15,17 +15,18 @@ from pathlib import Path
 
 from clip_core.models.open_clip_tables import architecture_configs, pretrained_cfg, pretrained_table
 from clip_core.models.ref import ModelRef, split_revision
+from clipsearch_errors import ModelError
 
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 CONFIG_NAME = "open_clip_config.json"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ModelError, RuntimeError):
     """A model's files exist but cannot be used (bad config, unsafe pickle, wrong shapes), or
     its architecture name or pretrained tag is unknown."""
 
 
-class MissingModelError(RuntimeError):
+class MissingModelError(ModelError, RuntimeError):
     """Raised, within milliseconds, when a model's files are not on this machine."""
 
     def __init__(self, ref: ModelRef, expected: list[str], looked_in: list[Path], fix: list[str],

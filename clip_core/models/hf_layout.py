@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from clipsearch_errors import ModelError
+
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -43,7 +45,7 @@ _TEXT_ID_DEFAULTS = {"vocab_size": OPENAI_VOCAB_SIZE, "max_position_embeddings":
                      "bos_token_id": 49406, "eos_token_id": 49407}
 
 
-class MissingFiles(ValueError):
+class MissingFiles(ModelError, ValueError):
     """Files a transformers CLIP folder needs are absent: `expected` names them, the message
     says what is there instead."""
 

@@ -24,6 +24,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from clipsearch_errors import BadInputError
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
 )
@@ -76,7 +78,7 @@ _EXIF_OFFSET = re.compile(r"\s*([+-])(\d{2}):?(\d{2})\s*$")
 _EXIF_DATE = re.compile(r"\s*(\d{4})[:\-/.](\d{2})[:\-/.](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 
 
-class DecodeError(Exception):
+class DecodeError(BadInputError):
     """An image that cannot be decoded; `reason` is one of REASONS, str() is for humans."""
 
     def __init__(self, reason: str, message: str):
@@ -218,7 +220,7 @@ def _parse_exif_date(value: object) -> str | None:
 
 # --- opening -------------------------------------------------------------------------------
 
-class NotRegularFileError(OSError):
+class NotRegularFileError(BadInputError, OSError):
     """The path is a FIFO, socket, device or directory (found on the open handle)."""
 
 

@@ -16,11 +16,13 @@ import json
 import os
 from pathlib import Path
 
+from clipsearch_errors import BadInputError
+
 SUFFIX = ".sha256"
 _CHUNK = 1 << 22
 
 
-class DamagedFile(ValueError):
+class DamagedFile(BadInputError, ValueError):
     """The file does not match the checksum recorded when it was written (or has none)."""
 
 

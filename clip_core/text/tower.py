@@ -36,6 +36,7 @@ import numpy as np
 
 from clip_core.encoders import GUARD_MIN_COS
 from clip_core.text import file_check
+from clipsearch_errors import ModelError
 
 HEADER_KEY = "clipsearch.text_tower"
 FORMAT_VERSION = 1
@@ -52,7 +53,7 @@ _BLOCK_TENSORS = (
 )  # fmt: skip
 
 
-class UnsupportedTextTower(ValueError):
+class UnsupportedTextTower(ModelError, ValueError):
     """The model's text tower cannot be reproduced exactly in numpy; use torch instead."""
 
 

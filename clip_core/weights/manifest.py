@@ -11,10 +11,12 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
+from clipsearch_errors import BadInputError
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ManifestError(ValueError):
+class ManifestError(BadInputError, ValueError):
     """The manifest is malformed; the message names the field."""
 
 

@@ -59,6 +59,7 @@ from clip_core.models.files import (
 from clip_core.models.open_clip_tables import architecture_configs, pretrained_cfg, pretrained_table
 from clip_core.models.ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef, split_revision
 from clip_core.weights.manifest import check_manifest
+from clipsearch_errors import BadInputError, StoreError
 
 META_DIR = ".clipsearch"
 MANIFEST = "manifest.json"
@@ -70,6 +71,7 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
     "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
 )
+
 # Shown by `models list` without --all (plus everything available locally).
 COMMON = (
     ("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-B-32", "openai"),
@@ -83,10 +85,6 @@ _CHUNK = 1 << 20
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+@=-]*$")
 
 
-class StoreError(RuntimeError):
-    """A model-store operation failed; the message says what to do."""
-
-
 class OfflineError(StoreError):
     """Download refused because offline mode is on."""
 
@@ -95,11 +93,11 @@ class DownloadError(StoreError):
     """The server could not be reached or the transfer broke (rerun to resume)."""
 
 
-class ChecksumError(StoreError):
+class ChecksumError(StoreError, BadInputError):
     """A file's sha256 differs from the expected one; the file was rejected."""
 
 
-class BundleError(StoreError):
+class BundleError(StoreError, BadInputError):
     """An export bundle is malformed, unsafe or corrupt; nothing was installed."""
 
 

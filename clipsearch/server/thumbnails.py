@@ -15,11 +15,13 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from clipsearch import BadInputError
+
 SIZES = (64, 128, 256, 512, 1024)
 QUALITY = 82
 
 
-class ThumbnailError(ValueError):
+class ThumbnailError(BadInputError, ValueError):
     """The file could not be made into a thumbnail (not an image any more, a bomb)."""
 
 
