@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clip_core.encoders import ImageEncoder
 from clip_core.models.files import ensure_local
 from clip_core.models.ref import ModelRef, parse_model
 from clip_core.text.file_check import sidecar
@@ -53,6 +54,8 @@ from store.vector_index import index_path
 from .layout import CATALOG_NAME, LOCK_NAME, TEXT_TOWERS_DIR, VECTORS_DIR
 
 if TYPE_CHECKING:
+    from clip_core.torch_backend.encoder import ClipEncoder
+
     from .doctor import DoctorReport
 
 IMAGE_ONLY = frozenset({"image"})
@@ -191,7 +194,7 @@ class Library:
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
         self.cache_dir = Path(cache_dir).expanduser() / "compiled" if cache_dir else None
         self.searcher = Searcher(self.catalog, self.path / VECTORS_DIR)
-        self._encoders: dict[tuple[str, frozenset[str]], object] = {}
+        self._encoders: dict[tuple[str, frozenset[str]], ImageEncoder] = {}
         # Models load in the indexer's background thread: close() may run meanwhile.
         self._encoders_lock = threading.Lock()
         self._closed = False
@@ -248,14 +251,14 @@ class Library:
             encoders = list(self._encoders.values())
             self._encoders.clear()
         for enc in encoders:
-            _close_encoder(enc)
+            enc.close()
         self.catalog.close()
 
-    def _keep(self, key: tuple[str, frozenset[str]], enc: object) -> None:
+    def _keep(self, key: tuple[str, frozenset[str]], enc: ImageEncoder) -> None:
         """Remember a loaded encoder (replacing any other entry of the same object)."""
         with self._encoders_lock:
             if self._closed:  # loaded by a thread that outlived close(): free it now
-                _close_encoder(enc)
+                enc.close()
                 return
             self._encoders = {k: v for k, v in self._encoders.items() if v is not enc}
             self._encoders[key] = enc
@@ -301,7 +304,8 @@ class Library:
                 return _ref_of(stored["spec"])
         return parse_model(model, pretrained)
 
-    def encoder(self, ref: ModelRef, towers: frozenset[str] = frozenset({"image", "text"})):
+    def encoder(self, ref: ModelRef,
+                towers: frozenset[str] = frozenset({"image", "text"})) -> ClipEncoder:
         """Load (once) the CLIP model for `ref` (torch). Raises MissingModelError when its
         files are absent, ModelLoadError when they cannot be used.
 
@@ -319,7 +323,7 @@ class Library:
         self._keep((ref.model_id, towers), enc)
         return enc
 
-    def image_encoder(self, ref: ModelRef):
+    def image_encoder(self, ref: ModelRef) -> ImageEncoder:
         """The fastest image encoder for `ref` here, loaded once; also makes sure the
         library holds the model's text tower for torch-free queries.
 
@@ -347,7 +351,7 @@ class Library:
         self._keep((ref.model_id, IMAGE_ONLY), enc)
         return enc
 
-    def _torch_image_encoder(self, ref: ModelRef, embedder: TextEmbedder):
+    def _torch_image_encoder(self, ref: ModelRef, embedder: TextEmbedder) -> ClipEncoder:
         """While the whole model is loaded anyway, cache its text tower for torch-free
         queries, then keep only the image tower."""
         if not (embedder.writable and not embedder.cached):
@@ -358,7 +362,7 @@ class Library:
         self._keep((ref.model_id, IMAGE_ONLY), enc)
         return enc
 
-    def _loaded_encoder(self, ref: ModelRef, towers: frozenset[str]):
+    def _loaded_encoder(self, ref: ModelRef, towers: frozenset[str]) -> ImageEncoder | None:
         with self._encoders_lock:
             entries = list(self._encoders.items())
         for (model_id, have), enc in entries:
@@ -985,7 +989,7 @@ def classify(
 
 
 def worker_image_encoder(ref: ModelRef, device: str, precision: str,
-                         models_dir: Path | None, cache_dir: Path | None):
+                         models_dir: Path | None, cache_dir: Path | None) -> ImageEncoder:
     """Library.image_encoder's choice on a machine without the library (a Ray worker): the
     compiled CPU tower (compiled there once if needed), else torch's image tower."""
     from clip_core.compiled.load import load_compiled
@@ -1026,7 +1030,7 @@ def embed_shards(root: str | os.PathLike, out: str, *, ray: str, model: str | No
     make = functools.partial(worker_image_encoder, ref, device, precision, store, None)
     encoder = make()  # here too: the true preprocessing, and a compile done once per machine
     spec = encoder.preprocess
-    _close_encoder(encoder)
+    encoder.close()
     return embed(folder, out, ray, ref.model_id, ref.to_spec(), spec, make, settings)
 
 
@@ -1058,13 +1062,14 @@ def _check_labels(labels: Sequence[str]) -> None:
         raise ValueError(f"labels must not be blank: {blank!r}")
 
 
-def _classify(encoder, image: str | os.PathLike, labels: Sequence[str]) -> list[LabelScore]:
+def _classify(encoder: ClipEncoder, image: str | os.PathLike,
+              labels: Sequence[str]) -> list[LabelScore]:
     image_vector = _image_vector(encoder, Path(image))
     return zero_shot(image_vector, encoder.encode_texts(list(labels)), labels,
                      encoder.logit_scale)
 
 
-def _image_vector(encoder, path: Path) -> np.ndarray:
+def _image_vector(encoder: ImageEncoder, path: Path) -> np.ndarray:
     from clip_core.pixels.decode import DecodeError, decode_image
     from clip_core.pixels.preprocess import preprocess
 
@@ -1117,11 +1122,6 @@ def _disk_use(folder: Path) -> tuple[int, int]:
             else:
                 own += st.st_size
     return own, shared
-
-
-def _close_encoder(enc: object) -> None:
-    if hasattr(enc, "close"):
-        enc.close()  # the compiled encoder's thread pool
 
 
 def _ref_of(spec: dict | None) -> ModelRef:

@@ -16,10 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Protocol
 
-import numpy as np
-
+from clip_core.encoders import ImageEncoder
 from clip_core.pixels.decode import IMAGE_EXTENSIONS
 from clip_core.pixels.preprocess import PreprocessSpec, same_preprocess
 from store import Catalog, FileRecord, FileRow
@@ -98,42 +96,30 @@ class IndexSettings:
                              f"ray://host:10001, local), not {self.ray!r}")
 
 
-class Encoder(Protocol):
-    """What the pipeline needs from clip_core.ClipEncoder; loaded only when there is work."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def preprocess(self) -> PreprocessSpec: ...
-
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
-
-
 @dataclass
 class _Job:
     """What one index run works with, passed between its steps."""
 
     catalog: Catalog
     model_id: str
-    get_encoder: Callable[[], Encoder]
+    get_encoder: Callable[[], ImageEncoder]
     settings: IndexSettings
     progress: Callable[[Progress], None] | None
     report: IndexReport
     preprocess_hint: PreprocessSpec | None
     # Builds the image encoder on a Ray worker (picklable; settings.ray runs only).
-    worker_encoder: Callable[[], Encoder] | None = None
+    worker_encoder: Callable[[], ImageEncoder] | None = None
 
 
 def run_index(
     catalog: Catalog,
     root_ids: list[int],
     model_id: str,
-    get_encoder: Callable[[], Encoder],
+    get_encoder: Callable[[], ImageEncoder],
     settings: IndexSettings | None = None,
     progress: Callable[[Progress], None] | None = None,
     preprocess_hint: PreprocessSpec | None = None,
-    worker_encoder: Callable[[], Encoder] | None = None,
+    worker_encoder: Callable[[], ImageEncoder] | None = None,
 ) -> IndexReport:
     """Index `root_ids`. `preprocess_hint` (the model's preprocessing, read from its config)
     lets decoding start while `get_encoder` is still loading the model. `worker_encoder`
@@ -215,12 +201,12 @@ def _load_encode_write(
     model_loader = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model")
     encoder_future = model_loader.submit(get_encoder)
     model_loader.shutdown(wait=False)
-    encoder: Encoder | None = None
+    encoder: ImageEncoder | None = None
     spec = preprocess_hint
     vanished: list[str] = []
     with StopRequest(settings.cancel) as stop:
 
-        def wait_for_encoder() -> Encoder:
+        def wait_for_encoder() -> ImageEncoder:
             while True:  # poll, so Ctrl-C is honoured while the model loads
                 try:
                     enc = encoder_future.result(timeout=0.1)
@@ -266,7 +252,7 @@ def _load_encode_write(
                     break  # stop requested while a file was still loading
                 if encoder is None:
                     encoder = wait_for_encoder()
-                    writer.chunk = getattr(encoder, "micro_batch", writer.chunk)
+                    writer.chunk = encoder.micro_batch
                     if not same_preprocess(encoder.preprocess, spec):
                         spec = encoder.preprocess  # the hint was wrong: redo with the truth
                         for _, future in inflight:

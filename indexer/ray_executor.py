@@ -22,12 +22,13 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from clip_core.encoders import ImageEncoder
 from clip_core.pixels.preprocess import PreprocessSpec
 from store import FileRow
 
 from .crawl import Candidate
 from .interrupt import StopRequest
-from .pipeline import Encoder, IndexSettings, Progress, _Job, _same_error, _tally
+from .pipeline import IndexSettings, Progress, _Job, _same_error, _tally
 from .stages import BatchWriter, Loaded, load_one
 
 INSTALL_HINT = "pip install 'clipsearch[cluster]'"
@@ -116,7 +117,7 @@ def _stream(job: _Job, todo: list[Candidate], known: set[str],
 
 
 def embedded_dataset(todo: list[Candidate], known: set[str], spec: PreprocessSpec,
-                     worker_encoder: Callable[[], Encoder], model_id: str,
+                     worker_encoder: Callable[[], ImageEncoder], model_id: str,
                      settings: IndexSettings,
                      read: Callable[[str], tuple[bytes, object]] | None = None,
                      ) -> tuple[object, int]:
@@ -180,7 +181,7 @@ def _load_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, known_ref: o
 class _EncodeWorker:
     """An actor holding one model; replaces each batch's pixels by their vectors."""
 
-    def __init__(self, make_encoder: Callable[[], Encoder], model_id: str):
+    def __init__(self, make_encoder: Callable[[], ImageEncoder], model_id: str):
         self.encoder = make_encoder()
         if self.encoder.model_id != model_id:
             raise ValueError(f"worker encoder makes {self.encoder.model_id}, not {model_id}")
