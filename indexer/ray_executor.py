@@ -28,7 +28,7 @@ from store import FileRow
 
 from .crawl import Candidate
 from .interrupt import StopRequest
-from .pipeline import IndexSettings, Progress, _Job, _same_error, _tally
+from .job import IndexSettings, Job, Progress, same_error, tally
 from .stages import BatchWriter, Loaded, load_one
 
 INSTALL_HINT = "pip install 'clipsearch[cluster]'"
@@ -65,9 +65,9 @@ def connected(address: str) -> Iterator[None]:
 
 
 def load_encode_write(
-    job: _Job, todo: list[Candidate], known: set[str], retried: dict[str, FileRow]
+    job: Job, todo: list[Candidate], known: set[str], retried: dict[str, FileRow]
 ) -> list[str]:
-    """pipeline._load_encode_write's contract, run on the cluster: returns the paths that
+    """local_run.load_encode_write's contract, run on the cluster: returns the paths that
     vanished before they could be read."""
     require_ray()
     if job.worker_encoder is None:
@@ -76,7 +76,7 @@ def load_encode_write(
         return _stream(job, todo, known, retried)
 
 
-def _stream(job: _Job, todo: list[Candidate], known: set[str],
+def _stream(job: Job, todo: list[Candidate], known: set[str],
             retried: dict[str, FileRow]) -> list[str]:
     settings, report, model_id = job.settings, job.report, job.model_id
     # The driver loads the model too: it registers it, exports the text tower, and gives the
@@ -99,15 +99,15 @@ def _stream(job: _Job, todo: list[Candidate], known: set[str],
                     done += 1
                     if record is None:
                         vanished.append(cand.path)
-                    elif _same_error(record, retried.get(cand.path)):
+                    elif same_error(record, retried.get(cand.path)):
                         report.known_errors += 1  # retried, failed the same way: no rewrite
                     else:
-                        _tally(report, writer.add(Loaded(cand, record, vector)))
+                        tally(report, writer.add(Loaded(cand, record, vector)))
                     if job.progress:
                         job.progress(Progress(done, len(todo), cand.path, workers))
                 if stop.requested:
                     break  # what has arrived is encoded: it is committed below
-            _tally(report, writer.flush())
+            tally(report, writer.flush())
         finally:
             close = getattr(batches, "close", None)
             if close is not None:

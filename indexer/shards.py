@@ -33,7 +33,7 @@ from store import Catalog, FileRecord
 from store.catalog import META_COLUMNS
 
 from .crawl import Candidate, crawl
-from .pipeline import IndexSettings
+from .job import IndexSettings
 from .ray_executor import connected, embedded_dataset, require_ray
 
 SHARD_SUFFIX = ".parquet"
