@@ -22,6 +22,7 @@ from store import CatalogDamagedError, CatalogError, LibraryBusyError, StorageEr
 
 from .api import (
     Library,
+    LibrarySettings,
     LibraryStatus,
     ModelNotIndexedError,
     check_model,
@@ -34,7 +35,7 @@ from .watch import watch, watch_roots
 __all__ = [
     "CatalogDamagedError", "CatalogError", "DecodeError", "DuplicateGroup", "Filters",
     "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryBusyError",
-    "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",
+    "LibrarySettings", "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",
     "ModelNotIndexedError", "Progress", "Query", "QueryResults", "QuerySyntaxError",
     "SearchResult", "StorageError", "check_model", "classify", "default_library_dir",
     "embed_shards", "watch", "watch_roots",

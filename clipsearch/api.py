@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -95,6 +95,37 @@ class LibraryStatus:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class LibrarySettings:
+    """How a `Library` opens its folder and which model and hardware it uses. Every field can
+    also be given to `Library` by name, which overrides `settings`.
+
+        settings = LibrarySettings(model="shapes-tiny", low_memory=True)
+        with Library("~/photo-index", settings=settings) as lib:
+            lib.query("a red circle")
+
+    `model`, `pretrained`: the model used when a call names none (else the library's
+    default; see `clipsearch index --model`). `device`: auto, cpu, cuda, ... `precision`:
+    auto, fp32, bf16, fp16 (torch) or int8 (the compiled CPU image tower). `models_dir`: the
+    model store (default: CLIPSEARCH_MODELS or the platform's user data folder). `readonly`:
+    open for queries only; None decides by whether the folder is writable. `low_memory`: for
+    one-shot processes (the CLI); a long-lived app leaves it off and gets faster text queries
+    for ~150 MB more resident memory (ViT-B-32). `cache_dir`: where compiled models go
+    (default: CLIPSEARCH_CACHE or the platform's user cache folder). `create`: False raises
+    FileNotFoundError instead of making a new, empty library (for commands that only read
+    one: a mistyped path must not pass silently)."""
+
+    model: str | None = None
+    pretrained: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    models_dir: str | os.PathLike | None = None
+    readonly: bool | None = None
+    low_memory: bool = False
+    cache_dir: str | os.PathLike | None = None
+    create: bool = True
+
+
 class ModelNotIndexedError(LookupError):
     """The library holds no vectors made by the model a query asked for. `available`: the
     model ids it holds; `suggestions`: those close to what was asked (a typo's fix)."""
@@ -152,29 +183,17 @@ class Library:
             lib.query("a red circle", limit=5)
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike | None = None,
-        *,
-        model: str | None = None,
-        pretrained: str | None = None,
-        device: str = "auto",
-        precision: str = "auto",
-        models_dir: str | os.PathLike | None = None,
-        readonly: bool | None = None,
-        low_memory: bool = False,
-        cache_dir: str | os.PathLike | None = None,
-        create: bool = True,
-    ):
-        """`create=False`: raise FileNotFoundError instead of making a new, empty library
-        (for commands that only read one: a mistyped path must not pass silently).
-        `low_memory`: for one-shot processes (the CLI); a long-lived app leaves it off and
-        gets faster text queries for ~150 MB more resident memory (ViT-B-32).
-        `precision`: auto, fp32, bf16, fp16 (torch) or int8 (the compiled CPU image tower).
-        `cache_dir`: where compiled models go (default: CLIPSEARCH_CACHE or the platform's
-        user cache folder)."""
+    def __init__(self, path: str | os.PathLike | None = None, *,
+                 settings: LibrarySettings | None = None, **options: Any):
+        """`settings`: a LibrarySettings (model, device, precision, model store, cache,
+        read-only, low memory, create), which says what each option does. `options`: any of
+        its fields by name, `Library(path, model="shapes-tiny")`, over `settings`; a name
+        that is no field raises TypeError."""
+        settings = dataclasses.replace(settings or LibrarySettings(), **options)
+        self.settings = settings
+        model, pretrained, readonly = settings.model, settings.pretrained, settings.readonly
         self._lock = threading.RLock()  # see _serialized
-        self.low_memory = low_memory
+        self.low_memory = settings.low_memory
         self.path = Path(path).expanduser().absolute() if path else default_library_dir()
         catalog_path = self.path / CATALOG_NAME
         if self.path.exists() and not self.path.is_dir():
@@ -182,15 +201,16 @@ class Library:
         _refuse_lost_catalog(self.path, catalog_path)
         if readonly is None:
             readonly = catalog_path.exists() and not os.access(self.path, os.W_OK)
-        if (readonly or not create) and not catalog_path.exists():
+        if (readonly or not settings.create) and not catalog_path.exists():
             raise FileNotFoundError(f"no clipsearch library at {self.path} (`clipsearch index "
                                     f"FOLDER --library {self.path}` makes one)")
-        if not readonly and create:
+        if not readonly and settings.create:
             make_private_dir(self.path)  # 0700 from the start: paths of someone's photos
         self.catalog = Catalog(catalog_path, readonly=readonly)
         self.readonly = readonly
-        self.device = device
-        self.precision = precision
+        self.device = settings.device
+        self.precision = settings.precision
+        models_dir, cache_dir = settings.models_dir, settings.cache_dir
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
         self.cache_dir = Path(cache_dir).expanduser() / "compiled" if cache_dir else None
         self.searcher = Searcher(self.catalog, self.path / VECTORS_DIR)
@@ -212,8 +232,9 @@ class Library:
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, **kwargs) -> Library:
         """Open (or, unless `create=False`, make) the library at `path`; the keyword
-        arguments are the constructor's. Raises FileNotFoundError (`create=False` and no
-        library there), NotADirectoryError (a file at `path`), CatalogError.
+        arguments are the constructor's (`settings=LibrarySettings(...)` or its fields).
+        Raises FileNotFoundError (`create=False` and no library there), NotADirectoryError
+        (a file at `path`), CatalogError.
 
             lib = Library.open("~/photo-index", model="ViT-B-32", pretrained="openai")
         """
