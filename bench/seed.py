@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from clip_core.encoders import MICRO_BATCH
 from clip_core.pixels.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec
 from clipsearch import Library
 
@@ -22,17 +23,21 @@ MODEL, PRETRAINED, DIM = "ViT-B-32", "none", 512
 
 
 class StubEncoder:
-    """What the indexer needs from an encoder; vectors are random unit vectors."""
+    """An ImageEncoder (clip_core.encoders) whose vectors are random unit vectors."""
 
     def __init__(self, model_id: str):
         self.model_id = model_id
         self.preprocess = PreprocessSpec(size=224, mean=OPENAI_MEAN, std=OPENAI_STD)
         self.embed_dim = DIM
+        self.micro_batch = MICRO_BATCH
         self._rng = np.random.default_rng(0)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         vectors = self._rng.standard_normal((len(pixels), DIM), dtype=np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def close(self) -> None:
+        """Holds nothing to release."""
 
 
 class StubLibrary(Library):

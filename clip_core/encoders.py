@@ -6,13 +6,53 @@ compiled onnxruntime encoder (clip_core.compiled) and the text towers all import
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
 import numpy as np
+
+if TYPE_CHECKING:  # a name for type checkers only: the bottom room imports nothing above it
+    from clip_core.pixels.preprocess import PreprocessSpec
 
 # Images per encoder call: big enough for efficient matrix kernels, small enough that Ctrl-C
 # is noticed between calls within about a second (docs/benchmarks.md).
 MICRO_BATCH = 16
 
 GUARD_MIN_COS = 0.999  # every reduced-precision tower (int8, bf16) vs fp32, on probe inputs
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """An image tower with numpy in and out: clip_core.torch_backend.encoder.ClipEncoder and
+    clip_core.compiled.onnx_encoder.OnnxImageEncoder. The indexer, the Ray workers and
+    `Library` use only these members, whichever of the two they were handed."""
+
+    @property
+    def model_id(self) -> str:
+        """The id that tags every vector this encoder makes (ModelRef.model_id)."""
+        ...
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        """How pixels must be prepared for encode_pixels (clip_core.pixels.preprocess)."""
+        ...
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    @property
+    def micro_batch(self) -> int:
+        """Images per call that callers hand over at once: a stop request is polled between
+        calls (indexer.stages.BatchWriter)."""
+        ...
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 [N, 3, H, W] pixels -> L2-normalised float32 [N, embed_dim] vectors, each
+        independent of the other images in the call."""
+        ...
+
+    def close(self) -> None:
+        """Release what the encoder holds besides memory (threads); it is not used after."""
+        ...
 
 
 def l2_normalise(features: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from store import CatalogDamagedError, CatalogError, printable
 
 from .api import (
     Library,
+    LibrarySettings,
     LibraryStatus,
     ModelNotIndexedError,
     check_model,
@@ -48,7 +49,7 @@ __all__ = [
     "ModelStore", "printable",
     "CatalogDamagedError", "CatalogError", "DecodeError", "DuplicateGroup", "Filters",
     "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryBusyError",
-    "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",
+    "LibrarySettings", "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",
     "ModelNotIndexedError", "Progress", "Query", "QueryResults", "QuerySyntaxError",
     "SearchResult", "StorageError", "check_model", "classify", "default_library_dir",
     "embed_shards", "watch", "watch_roots",

@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clip_core.encoders import ImageEncoder
 from clip_core.models.files import ensure_local
 from clip_core.models.ref import ModelRef, parse_model
 from clip_core.text.file_check import sidecar
@@ -54,6 +55,8 @@ from store.vector_index import index_path
 from .layout import CATALOG_NAME, LOCK_NAME, TEXT_TOWERS_DIR, VECTORS_DIR
 
 if TYPE_CHECKING:
+    from clip_core.torch_backend.encoder import ClipEncoder
+
     from .doctor import DoctorReport
 
 IMAGE_ONLY = frozenset({"image"})
@@ -91,6 +94,37 @@ class LibraryStatus:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class LibrarySettings:
+    """How a `Library` opens its folder and which model and hardware it uses. Every field can
+    also be given to `Library` by name, which overrides `settings`.
+
+        settings = LibrarySettings(model="shapes-tiny", low_memory=True)
+        with Library("~/photo-index", settings=settings) as lib:
+            lib.query("a red circle")
+
+    `model`, `pretrained`: the model used when a call names none (else the library's
+    default; see `clipsearch index --model`). `device`: auto, cpu, cuda, ... `precision`:
+    auto, fp32, bf16, fp16 (torch) or int8 (the compiled CPU image tower). `models_dir`: the
+    model store (default: CLIPSEARCH_MODELS or the platform's user data folder). `readonly`:
+    open for queries only; None decides by whether the folder is writable. `low_memory`: for
+    one-shot processes (the CLI); a long-lived app leaves it off and gets faster text queries
+    for ~150 MB more resident memory (ViT-B-32). `cache_dir`: where compiled models go
+    (default: CLIPSEARCH_CACHE or the platform's user cache folder). `create`: False raises
+    FileNotFoundError instead of making a new, empty library (for commands that only read
+    one: a mistyped path must not pass silently)."""
+
+    model: str | None = None
+    pretrained: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    models_dir: str | os.PathLike | None = None
+    readonly: bool | None = None
+    low_memory: bool = False
+    cache_dir: str | os.PathLike | None = None
+    create: bool = True
 
 
 class ModelNotIndexedError(BadInputError, LookupError):
@@ -150,29 +184,17 @@ class Library:
             lib.query("a red circle", limit=5)
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike | None = None,
-        *,
-        model: str | None = None,
-        pretrained: str | None = None,
-        device: str = "auto",
-        precision: str = "auto",
-        models_dir: str | os.PathLike | None = None,
-        readonly: bool | None = None,
-        low_memory: bool = False,
-        cache_dir: str | os.PathLike | None = None,
-        create: bool = True,
-    ):
-        """`create=False`: raise FileNotFoundError instead of making a new, empty library
-        (for commands that only read one: a mistyped path must not pass silently).
-        `low_memory`: for one-shot processes (the CLI); a long-lived app leaves it off and
-        gets faster text queries for ~150 MB more resident memory (ViT-B-32).
-        `precision`: auto, fp32, bf16, fp16 (torch) or int8 (the compiled CPU image tower).
-        `cache_dir`: where compiled models go (default: CLIPSEARCH_CACHE or the platform's
-        user cache folder)."""
+    def __init__(self, path: str | os.PathLike | None = None, *,
+                 settings: LibrarySettings | None = None, **options: Any):
+        """`settings`: a LibrarySettings (model, device, precision, model store, cache,
+        read-only, low memory, create), which says what each option does. `options`: any of
+        its fields by name, `Library(path, model="shapes-tiny")`, over `settings`; a name
+        that is no field raises TypeError."""
+        settings = dataclasses.replace(settings or LibrarySettings(), **options)
+        self.settings = settings
+        model, pretrained, readonly = settings.model, settings.pretrained, settings.readonly
         self._lock = threading.RLock()  # see _serialized
-        self.low_memory = low_memory
+        self.low_memory = settings.low_memory
         self.path = Path(path).expanduser().absolute() if path else default_library_dir()
         catalog_path = self.path / CATALOG_NAME
         if self.path.exists() and not self.path.is_dir():
@@ -180,19 +202,20 @@ class Library:
         _refuse_lost_catalog(self.path, catalog_path)
         if readonly is None:
             readonly = catalog_path.exists() and not os.access(self.path, os.W_OK)
-        if (readonly or not create) and not catalog_path.exists():
+        if (readonly or not settings.create) and not catalog_path.exists():
             raise FileNotFoundError(f"no clipsearch library at {self.path} (`clipsearch index "
                                     f"FOLDER --library {self.path}` makes one)")
-        if not readonly and create:
+        if not readonly and settings.create:
             make_private_dir(self.path)  # 0700 from the start: paths of someone's photos
         self.catalog = Catalog(catalog_path, readonly=readonly)
         self.readonly = readonly
-        self.device = device
-        self.precision = precision
+        self.device = settings.device
+        self.precision = settings.precision
+        models_dir, cache_dir = settings.models_dir, settings.cache_dir
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
         self.cache_dir = Path(cache_dir).expanduser() / "compiled" if cache_dir else None
         self.searcher = Searcher(self.catalog, self.path / VECTORS_DIR)
-        self._encoders: dict[tuple[str, frozenset[str]], object] = {}
+        self._encoders: dict[tuple[str, frozenset[str]], ImageEncoder] = {}
         # Models load in the indexer's background thread: close() may run meanwhile.
         self._encoders_lock = threading.Lock()
         self._closed = False
@@ -210,8 +233,9 @@ class Library:
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, **kwargs) -> Library:
         """Open (or, unless `create=False`, make) the library at `path`; the keyword
-        arguments are the constructor's. Raises FileNotFoundError (`create=False` and no
-        library there), NotADirectoryError (a file at `path`), CatalogError.
+        arguments are the constructor's (`settings=LibrarySettings(...)` or its fields).
+        Raises FileNotFoundError (`create=False` and no library there), NotADirectoryError
+        (a file at `path`), CatalogError.
 
             lib = Library.open("~/photo-index", model="ViT-B-32", pretrained="openai")
         """
@@ -249,14 +273,14 @@ class Library:
             encoders = list(self._encoders.values())
             self._encoders.clear()
         for enc in encoders:
-            _close_encoder(enc)
+            enc.close()
         self.catalog.close()
 
-    def _keep(self, key: tuple[str, frozenset[str]], enc: object) -> None:
+    def _keep(self, key: tuple[str, frozenset[str]], enc: ImageEncoder) -> None:
         """Remember a loaded encoder (replacing any other entry of the same object)."""
         with self._encoders_lock:
             if self._closed:  # loaded by a thread that outlived close(): free it now
-                _close_encoder(enc)
+                enc.close()
                 return
             self._encoders = {k: v for k, v in self._encoders.items() if v is not enc}
             self._encoders[key] = enc
@@ -302,7 +326,8 @@ class Library:
                 return _ref_of(stored["spec"])
         return parse_model(model, pretrained)
 
-    def encoder(self, ref: ModelRef, towers: frozenset[str] = frozenset({"image", "text"})):
+    def encoder(self, ref: ModelRef,
+                towers: frozenset[str] = frozenset({"image", "text"})) -> ClipEncoder:
         """Load (once) the CLIP model for `ref` (torch). Raises MissingModelError when its
         files are absent, ModelLoadError when they cannot be used.
 
@@ -320,7 +345,7 @@ class Library:
         self._keep((ref.model_id, towers), enc)
         return enc
 
-    def image_encoder(self, ref: ModelRef):
+    def image_encoder(self, ref: ModelRef) -> ImageEncoder:
         """The fastest image encoder for `ref` here, loaded once; also makes sure the
         library holds the model's text tower for torch-free queries.
 
@@ -348,7 +373,7 @@ class Library:
         self._keep((ref.model_id, IMAGE_ONLY), enc)
         return enc
 
-    def _torch_image_encoder(self, ref: ModelRef, embedder: TextEmbedder):
+    def _torch_image_encoder(self, ref: ModelRef, embedder: TextEmbedder) -> ClipEncoder:
         """While the whole model is loaded anyway, cache its text tower for torch-free
         queries, then keep only the image tower."""
         if not (embedder.writable and not embedder.cached):
@@ -359,7 +384,7 @@ class Library:
         self._keep((ref.model_id, IMAGE_ONLY), enc)
         return enc
 
-    def _loaded_encoder(self, ref: ModelRef, towers: frozenset[str]):
+    def _loaded_encoder(self, ref: ModelRef, towers: frozenset[str]) -> ImageEncoder | None:
         with self._encoders_lock:
             entries = list(self._encoders.items())
         for (model_id, have), enc in entries:
@@ -987,7 +1012,7 @@ def classify(
 
 
 def worker_image_encoder(ref: ModelRef, device: str, precision: str,
-                         models_dir: Path | None, cache_dir: Path | None):
+                         models_dir: Path | None, cache_dir: Path | None) -> ImageEncoder:
     """Library.image_encoder's choice on a machine without the library (a Ray worker): the
     compiled CPU tower (compiled there once if needed), else torch's image tower."""
     from clip_core.compiled.load import load_compiled
@@ -1028,7 +1053,7 @@ def embed_shards(root: str | os.PathLike, out: str, *, ray: str, model: str | No
     make = functools.partial(worker_image_encoder, ref, device, precision, store, None)
     encoder = make()  # here too: the true preprocessing, and a compile done once per machine
     spec = encoder.preprocess
-    _close_encoder(encoder)
+    encoder.close()
     return embed(folder, out, ray, ref.model_id, ref.to_spec(), spec, make, settings)
 
 
@@ -1069,13 +1094,14 @@ def _check_labels(labels: Sequence[str]) -> None:
         raise UsageError(f"labels must not be blank: {blank!r}")
 
 
-def _classify(encoder, image: str | os.PathLike, labels: Sequence[str]) -> list[LabelScore]:
+def _classify(encoder: ClipEncoder, image: str | os.PathLike,
+              labels: Sequence[str]) -> list[LabelScore]:
     image_vector = _image_vector(encoder, Path(image))
     return zero_shot(image_vector, encoder.encode_texts(list(labels)), labels,
                      encoder.logit_scale)
 
 
-def _image_vector(encoder, path: Path) -> np.ndarray:
+def _image_vector(encoder: ImageEncoder, path: Path) -> np.ndarray:
     from clip_core.pixels.decode import DecodeError, decode_image
     from clip_core.pixels.preprocess import preprocess
 
@@ -1128,11 +1154,6 @@ def _disk_use(folder: Path) -> tuple[int, int]:
             else:
                 own += st.st_size
     return own, shared
-
-
-def _close_encoder(enc: object) -> None:
-    if hasattr(enc, "close"):
-        enc.close()  # the compiled encoder's thread pool
 
 
 def _ref_of(spec: dict | None) -> ModelRef:

@@ -1,5 +1,6 @@
 """Indexing: crawl -> plan -> load -> encode -> write. Uses clip_core and store."""
 
-from .pipeline import IndexReport, IndexSettings, Progress, Skipped, run_index
+from .job import IndexReport, IndexSettings, Progress, Skipped
+from .pipeline import run_index
 
 __all__ = ["IndexReport", "IndexSettings", "Progress", "Skipped", "run_index"]

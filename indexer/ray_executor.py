@@ -22,13 +22,14 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from clip_core.encoders import ImageEncoder
 from clip_core.pixels.preprocess import PreprocessSpec
 from clipsearch_errors import MissingExtraError
 from store import FileRow
 
 from .crawl import Candidate
 from .interrupt import StopRequest
-from .pipeline import Encoder, IndexSettings, Progress, _Job, _same_error, _tally
+from .job import IndexSettings, Job, Progress, same_error, tally
 from .stages import BatchWriter, Loaded, load_one
 
 INSTALL_HINT = "pip install 'clipsearch[cluster]'"
@@ -61,9 +62,9 @@ def connected(address: str) -> Iterator[None]:
 
 
 def load_encode_write(
-    job: _Job, todo: list[Candidate], known: set[str], retried: dict[str, FileRow]
+    job: Job, todo: list[Candidate], known: set[str], retried: dict[str, FileRow]
 ) -> list[str]:
-    """pipeline._load_encode_write's contract, run on the cluster: returns the paths that
+    """local_run.load_encode_write's contract, run on the cluster: returns the paths that
     vanished before they could be read."""
     require_ray()
     if job.worker_encoder is None:
@@ -72,7 +73,7 @@ def load_encode_write(
         return _stream(job, todo, known, retried)
 
 
-def _stream(job: _Job, todo: list[Candidate], known: set[str],
+def _stream(job: Job, todo: list[Candidate], known: set[str],
             retried: dict[str, FileRow]) -> list[str]:
     settings, report, model_id = job.settings, job.report, job.model_id
     # The driver loads the model too: it registers it, exports the text tower, and gives the
@@ -95,15 +96,15 @@ def _stream(job: _Job, todo: list[Candidate], known: set[str],
                     done += 1
                     if record is None:
                         vanished.append(cand.path)
-                    elif _same_error(record, retried.get(cand.path)):
+                    elif same_error(record, retried.get(cand.path)):
                         report.known_errors += 1  # retried, failed the same way: no rewrite
                     else:
-                        _tally(report, writer.add(Loaded(cand, record, vector)))
+                        tally(report, writer.add(Loaded(cand, record, vector)))
                     if job.progress:
                         job.progress(Progress(done, len(todo), cand.path, workers))
                 if stop.requested:
                     break  # what has arrived is encoded: it is committed below
-            _tally(report, writer.flush())
+            tally(report, writer.flush())
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
@@ -113,7 +114,7 @@ def _stream(job: _Job, todo: list[Candidate], known: set[str],
 
 
 def embedded_dataset(todo: list[Candidate], known: set[str], spec: PreprocessSpec,
-                     worker_encoder: Callable[[], Encoder], model_id: str,
+                     worker_encoder: Callable[[], ImageEncoder], model_id: str,
                      settings: IndexSettings,
                      read: Callable[[str], tuple[bytes, object]] | None = None,
                      ) -> tuple[object, int]:
@@ -177,7 +178,7 @@ def _load_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, known_ref: o
 class _EncodeWorker:
     """An actor holding one model; replaces each batch's pixels by their vectors."""
 
-    def __init__(self, make_encoder: Callable[[], Encoder], model_id: str):
+    def __init__(self, make_encoder: Callable[[], ImageEncoder], model_id: str):
         self.encoder = make_encoder()
         if self.encoder.model_id != model_id:
             raise ValueError(f"worker encoder makes {self.encoder.model_id}, not {model_id}")

@@ -20,18 +20,20 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
+from clip_core.encoders import ImageEncoder
 from clip_core.pixels.decode import IMAGE_EXTENSIONS
 from clip_core.pixels.preprocess import PreprocessSpec
 from store import Catalog, FileRecord
 from store.catalog import META_COLUMNS
 
 from .crawl import Candidate, crawl
-from .pipeline import IndexSettings
+from .job import IndexSettings
 from .ray_executor import connected, embedded_dataset, require_ray
 
 SHARD_SUFFIX = ".parquet"
@@ -50,7 +52,8 @@ class ShardImport:
 
 
 def embed_shards(root: str, out: str, address: str, model_id: str, model_spec: dict,
-                 spec: PreprocessSpec, worker_encoder, settings: IndexSettings) -> int:
+                 spec: PreprocessSpec, worker_encoder: Callable[[], ImageEncoder],
+                 settings: IndexSettings) -> int:
     """Embed every image file under `root` into Parquet shards under `out`; returns how many
     files the shards describe. Hidden files and links follow `settings` as an index run."""
     require_ray()

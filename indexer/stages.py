@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clip_core.encoders import MICRO_BATCH
 from clip_core.pixels.decode import (
     DecodeError,
     NotRegularFileError,
@@ -155,7 +156,7 @@ class BatchWriter:
         model_id: str,
         batch_size: int,
         should_stop: Callable[[], bool] = lambda: False,
-        chunk: int = 16,
+        chunk: int = MICRO_BATCH,
     ):
         self.catalog = catalog
         self.encode = encode

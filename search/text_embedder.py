@@ -15,9 +15,12 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from clip_core.torch_backend.encoder import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ class TextEmbedder:
         self,
         model_id: str,
         cache_folder: Path,
-        torch_encoder: Callable[[], Any],
+        torch_encoder: Callable[[], ClipEncoder],
         writable: bool = True,
         low_memory: bool = False,
     ):
@@ -98,7 +101,7 @@ class TextEmbedder:
         else:
             log.warning("text tower of %s damaged (%s); rebuilding it", self.model_id, why)
 
-    def export_from(self, encoder: Any) -> None:
+    def export_from(self, encoder: ClipEncoder) -> None:
         """Cache the text tower of an already loaded encoder (the index run loads the whole
         model anyway: exporting there makes the first query as fast as every later one)."""
         if self.writable and not self.cached:
@@ -147,7 +150,7 @@ class TextEmbedder:
             self._export(encoder)
         return vectors
 
-    def _export(self, encoder: Any) -> None:
+    def _export(self, encoder: ClipEncoder) -> None:
         from clip_core.text.tower import UnsupportedTextTower
         from clip_core.torch_backend.text_export import export_text_tower
 

@@ -58,3 +58,42 @@ def test_vectors_do_not_depend_on_batch_composition():
     pieces = np.concatenate([enc.encode_pixels(pixels[i : i + 5]) for i in range(0, 21, 5)])
     alone = enc.encode_pixels(pixels[7:8])
     assert np.array_equal(whole, pieces) and np.array_equal(whole[7], alone[0])
+
+
+class _Counting:
+    """The real encoder with its calls counted and its own micro_batch: an ImageEncoder."""
+
+    micro_batch = 4
+
+    def __init__(self, real, calls: list[int]):
+        self.real, self.calls = real, calls
+        self.model_id, self.preprocess = real.model_id, real.preprocess
+        self.embed_dim = real.embed_dim
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        self.calls.append(len(pixels))
+        return self.real.encode_pixels(pixels)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_without_a_hint_the_model_comes_first_and_sizes_the_encoder_calls(tmp_path):
+    """No preprocessing hint: decoding waits for the model, and the model's micro_batch sizes
+    the encoder calls as in a run with a hint (it used to be ignored on this path); the
+    vectors are a hinted run's."""
+    draw_photos(tmp_path / "p", per_pair=1, seed=22)
+    results = []
+    for name, hinted in (("hinted", True), ("no-hint", False)):
+        with Library(tmp_path / name, model="shapes-tiny") as lib:
+            root = lib.catalog.add_root(str(tmp_path / "p"))
+            ref = lib.default_model
+            encoder = _Counting(lib.encoder(ref, frozenset({"image"})), [])
+            report = run_index(lib.catalog, [root], ref.model_id, lambda e=encoder: e,
+                               preprocess_hint=guess_preprocess(ref) if hinted else None)
+            assert report.indexed == 24 and not report.skipped, name
+            assert encoder.calls == [4] * 6, (name, encoder.calls)
+            results.append(_vectors(lib))
+    hinted_vectors, plain = results
+    assert hinted_vectors.keys() == plain.keys()
+    assert all(np.array_equal(hinted_vectors[p], plain[p]) for p in plain)

@@ -38,7 +38,8 @@ def new_session(path: Path, threads: int = 1):
 
 
 class OnnxImageEncoder:
-    """Image tower only: numpy pixels in, L2-normalised float32 vectors out. Thread-safe."""
+    """Image tower only: numpy pixels in, L2-normalised float32 vectors out. Thread-safe.
+    An ImageEncoder (clip_core.encoders)."""
 
     def __init__(
         self,

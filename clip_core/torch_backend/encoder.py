@@ -10,13 +10,15 @@ import numpy as np
 from clip_core.encoders import MICRO_BATCH, l2_normalise
 from clip_core.models.files import ensure_local
 from clip_core.models.ref import ModelRef
-from clip_core.pixels.preprocess import preprocess_batch
+from clip_core.pixels.preprocess import PreprocessSpec, preprocess_batch
 from clip_core.torch_backend.device import choose_device, choose_precision
 from clip_core.torch_backend.loading import TOWERS, LoadedModel, drop_unused_towers, load_model
 
 
 class ClipEncoder:
-    """A loaded CLIP model with numpy in, numpy out. Thread-compatible, not thread-safe."""
+    """A loaded CLIP model with numpy in, numpy out. Thread-compatible, not thread-safe.
+
+    An ImageEncoder (clip_core.encoders), with the text tower besides when loaded with it."""
 
     def __init__(self, loaded: LoadedModel, micro_batch: int = MICRO_BATCH):
         import torch
@@ -53,7 +55,7 @@ class ClipEncoder:
         return self.loaded.model_id
 
     @property
-    def preprocess(self):
+    def preprocess(self) -> PreprocessSpec:
         return self.loaded.preprocess
 
     @property
@@ -81,6 +83,10 @@ class ClipEncoder:
                 features = self.loaded.model.encode_image(batch)[: len(chunk)]
                 out[start : start + len(chunk)] = features.float().cpu().numpy()
         return l2_normalise(out)
+
+    def close(self) -> None:
+        """Nothing to release: torch's memory goes with the object, and it starts no
+        threads of its own (ImageEncoder.close is for the compiled encoder's pool)."""
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         """PIL images (RGB) -> embeddings; for one-off use, the indexer batches pixels itself."""
