@@ -28,6 +28,14 @@ from pathlib import Path
 from bench import proc
 from bench.warm_query import TEXTS
 
+# The console script as pip writes it for pyproject's `clipsearch = "clipsearch_entry:main"`
+# (an installed .venv/bin/clipsearch can predate that entry point until it is reinstalled).
+CONSOLE_SCRIPT = "import sys\nfrom clipsearch_entry import main\nsys.exit(main())"
+
+
+def console(*args: str) -> list[str]:
+    return [sys.executable, "-c", CONSOLE_SCRIPT, *args]
+
 
 def start_server(library: Path, *args: str) -> tuple[subprocess.Popen, int]:
     server = subprocess.Popen(proc.clipsearch("serve", "--library", str(library), "--port", "0",
@@ -87,7 +95,7 @@ def part_a(library: Path, model: list[str], queries: int, cold_runs: int) -> dic
             start = time.perf_counter()
             lib.query(TEXTS[i % len(TEXTS)])
             warm.append((time.perf_counter() - start) * 1000)
-    query = proc.clipsearch("query", TEXTS[0], "--library", str(library))
+    query = console("query", TEXTS[0], "--library", str(library))
     cold = [proc.run(query).check().seconds for _ in range(cold_runs)]
     server, port = start_server(library, *model)
     try:
@@ -180,11 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--parts", default="ab", help="a, b or ab (see above)")
     args = parser.parse_args(argv)
     model = ["--model", args.model] + (["--pretrained", args.pretrained] if args.pretrained
                                        else [])
-    result = part_a(args.library, model, args.queries, args.cold_runs)
-    result.update(part_b(args.clients, args.queries))
+    result = part_a(args.library, model, args.queries, args.cold_runs) if "a" in args.parts \
+        else {}
+    if "b" in args.parts:
+        result.update(part_b(args.clients, args.queries))
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                       for k, v in result.items()}))
     return 0
