@@ -22,6 +22,10 @@ SERVER_FILE = "server.json"  # written by clipsearch.remote.write_server_file
 LIBRARY_HEADER = "X-Clipsearch-Library"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic",
                   ".heif", ".avif")  # search.query's: such a word is an image term
+# search.SearchResult's fields in order (tests/test_serve_entry.py checks they match).
+RESULT_FIELDS = ("rank", "score", "path", "file_id", "root", "width", "height", "taken_at",
+                 "grade", "taken_at_source", "taken_offset", "camera_make", "camera_model",
+                 "format")
 _VALUED = {"-n": "limit", "--limit": "limit", "--in": "within", "--model": "model",
            "--library": "library"}
 _FLAGS = {"--json": "as_json", "--paths": "paths_only", "-0": "null", "--null": "null"}
@@ -30,9 +34,14 @@ _FLAGS = {"--json": "as_json", "--paths": "paths_only", "-0": "null", "--null": 
 def main() -> int | None:
     request = plain_query(sys.argv[1:])
     if request is not None:
-        answer = ask_server(**request["ask"])
-        if answer is not None and answer.get("results"):
-            return print_results(answer, **request["show"])
+        try:
+            answer = ask_server(**request["ask"])
+            shown = answer and answer.get("results") and render(answer, **request["show"])
+        except KeyboardInterrupt:  # as the CLI says it (clipsearch/cli_errors.py)
+            sys.stderr.write("Interrupted; nothing was changed.\n")
+            return 130
+        if shown:
+            return write(*shown)
     from clipsearch.cli import main as full_cli
 
     return full_cli()
@@ -152,36 +161,48 @@ def ask_server(library: str | None, text: str, *, limit: int = 10, within: str |
 
 
 def result_dicts(answer: dict) -> list[dict]:
-    """The results as the CLI's --json prints them (SearchResult.to_dict: no URLs)."""
-    return [{k: v for k, v in r.items() if k not in ("thumbnail", "file")}
-            for r in answer["results"]]
+    """The results as the CLI's --json prints them (SearchResult.to_dict); KeyError when a
+    result lacks a field (a server of another version)."""
+    rows = [{name: r[name] for name in RESULT_FIELDS} for r in answer["results"]]
+    if not all(isinstance(r["path"], str) and isinstance(r["rank"], int) for r in rows):
+        raise ValueError("not a result")
+    return rows
 
 
-def print_results(answer: dict, as_json: bool, paths_only: bool, null: bool) -> int:
-    """What `clipsearch query` prints for these results (clipsearch/cli.py, query)."""
-    results = result_dicts(answer)
-    why = answer.get("reason")
-    out = sys.stdout.buffer
+def render(answer: dict, as_json: bool, paths_only: bool,
+           null: bool) -> tuple[bytes, list[str]] | None:
+    """What `clipsearch query` prints for these results (clipsearch/cli.py, query): stdout's
+    bytes and stderr's lines, or None for an answer not shaped as this version's."""
     try:
-        if why and (as_json or paths_only):
-            _echo_err(f"No results: {why}")
+        results = result_dicts(answer)
+        why = answer.get("reason")
+        notes = [f"No results: {why}"] if why and (as_json or paths_only) else []
         if as_json:
             text = json.dumps(results, ensure_ascii=False, indent=2)
-            out.write(text.encode("utf-8", "backslashreplace") + b"\n")
-        elif paths_only:
+            return text.encode("utf-8", "backslashreplace") + b"\n", notes
+        if paths_only:
             end = b"\0" if null else b"\n"
-            out.write(b"".join(os.fsencode(r["path"]) + end for r in results))
-        else:
-            if answer.get("good_match") is False:
-                _echo_err("No good match: nothing here is graded strong; the closest photos "
-                          "follow.")
-            lines = []
-            for r in results:
-                grade = f"  {r['grade']:<6}" if r.get("grade") else ""
-                score = (f"{r['score']:.3f}" if r["score"] is not None
-                         else f"{r['width']}x{r['height']}")
-                lines.append(f"{r['rank']:>3}  {score}{grade}  {printable(r['path'])}\n")
-            sys.stdout.write("".join(lines))
+            return b"".join(os.fsencode(r["path"]) + end for r in results), notes
+        if answer.get("good_match") is False:
+            notes.append("No good match: nothing here is graded strong; the closest photos "
+                         "follow.")
+        lines = []
+        for r in results:
+            grade = f"  {r['grade']:<6}" if r.get("grade") else ""
+            score = (f"{r['score']:.3f}" if r["score"] is not None
+                     else f"{r['width']}x{r['height']}")
+            lines.append(f"{r['rank']:>3}  {score}{grade}  {printable(r['path'])}\n")
+        return "".join(lines).encode("utf-8"), notes  # stdout is UTF-8 (plain_query)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def write(out: bytes, notes: list[str]) -> int:
+    try:
+        for note in notes:
+            sys.stderr.write(note + "\n")
+        sys.stderr.flush()
+        sys.stdout.buffer.write(out)
         sys.stdout.flush()
     except BrokenPipeError:  # `clipsearch query ... | head`: the reader left, as the CLI does
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -195,11 +216,6 @@ def printable(path: str) -> str:
     text = os.fsencode(path).decode("utf-8", "backslashreplace")
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
                    for ch in text)
-
-
-def _echo_err(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
 
 
 if __name__ == "__main__":

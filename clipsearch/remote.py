@@ -61,7 +61,10 @@ def query_server(library: str | os.PathLike | None, text: str, *, limit: int = 1
     if body is None:
         return None
     names = {f.name for f in fields(SearchResult)}
-    results = QueryResults(SearchResult(**{k: v for k, v in r.items() if k in names})
-                           for r in body["results"])
+    try:
+        results = QueryResults(SearchResult(**{k: v for k, v in r.items() if k in names})
+                               for r in body["results"])
+    except (TypeError, AttributeError):  # a server of another version: work in-process
+        return None
     results.good_match, results.reason = body.get("good_match"), body.get("reason")
     return results

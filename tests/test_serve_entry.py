@@ -4,14 +4,18 @@ CLI prints; everything else, and every query without a live server, goes to the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from clipsearch import Library
+from clipsearch import Library, SearchResult
+from clipsearch_entry import LIBRARY_HEADER, RESULT_FIELDS, library_tag
 from tests.helpers import draw_photos
 from tests.serve_support import REPO, start_server
 
@@ -78,6 +82,10 @@ def odd_library(tmp_path: Path) -> Path:
     return tmp_path / "lib"
 
 
+def test_the_entry_knows_every_result_field():
+    assert tuple(f.name for f in dataclasses.fields(SearchResult)) == RESULT_FIELDS
+
+
 def test_plain_queries_skip_the_package_and_print_the_same_bytes(tmp_path):
     lib_dir = odd_library(tmp_path)
     proc, _ = start_server(lib_dir)
@@ -105,6 +113,26 @@ def test_plain_queries_skip_the_package_and_print_the_same_bytes(tmp_path):
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
 
 
+def answering(lib_dir: Path, body: bytes) -> ThreadingHTTPServer:
+    """A live server of this library (it names it) that answers every request with `body`."""
+    tag = library_tag(lib_dir)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header(LIBRARY_HEADER, tag)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def test_without_a_live_server_the_full_cli_answers(tmp_path):
     lib_dir = odd_library(tmp_path)
     argv = ("query", "a red circle", "--json")
@@ -127,3 +155,17 @@ def test_without_a_live_server_the_full_cli_answers(tmp_path):
         got, modules = run(argv, lib_dir, True, tmp_path)
         assert "clipsearch.cli" in modules, info
         assert got == expected, info
+    # A live server of this library whose answer this version cannot read (an older or
+    # newer server still running across an upgrade): the full CLI answers.
+    for body in (b'{"results": [{"path": 1}]}', b'{"results": 3}', b"[]", b"\xff"):
+        server = answering(lib_dir, body)
+        try:
+            (lib_dir / "server.json").write_text(json.dumps(
+                {"pid": os.getpid(), "host": "127.0.0.1", "port": server.server_address[1],
+                 "token": None}))
+            for form in (argv, ("query", "a red circle"), ("query", "a red circle", "--paths")):
+                got, modules = run(form, lib_dir, True, tmp_path)
+                assert "clipsearch.cli" in modules, body
+                assert got == run(form, lib_dir, False, tmp_path)[0], body
+        finally:
+            server.shutdown()
