@@ -51,6 +51,10 @@ def test_fast_path_answers_as_the_route_does(lib_dir):
             mine, theirs = fast.get(url), routed.get(url)
             assert (mine.status_code, mine.content) == (theirs.status_code, theirs.content), url
             assert dict(mine.headers) == dict(theirs.headers), url
+        for method in ("HEAD", "POST", "PUT"):  # 405 from the route, Allow: GET
+            mine, theirs = (c.request(method, "/api/search?q=a") for c in (fast, routed))
+            assert (mine.status_code, mine.content) == (theirs.status_code, theirs.content)
+            assert dict(mine.headers) == dict(theirs.headers), method
         taken = [q.replace("PHOTOS", photos).encode() for q in ROUTED]
         assert delegated == taken  # plain requests never reached FastAPI's route
         assert routed.get("/api/search?q=a+red+circle").json()["results"]

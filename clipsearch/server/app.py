@@ -204,8 +204,10 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
 
     # The hot path without FastAPI's per-request parameter solving (~0.6 ms): plain
     # q/limit/offset/in/model requests; every other one goes on to the route above.
-    app.router.routes.insert(0, Route("/api/search", FastSearch(run_search, search_route(app)),
-                                      methods=["GET"], include_in_schema=False))
+    fast = Route("/api/search", FastSearch(run_search, search_route(app)), methods=["GET"],
+                 include_in_schema=False)
+    fast.methods = {"GET"}  # not Starlette's implicit HEAD: the same 405s as FastAPI's route
+    app.router.routes.insert(0, fast)
 
     @app.get("/api/duplicates", summary="Groups of near-duplicate photos and exact copies")
     def duplicates(threshold: float | None = None, model: str | None = None) -> JSON:
