@@ -77,8 +77,8 @@ def plain_query(argv: list[str]) -> dict | None:
             or not opts["library"] and "CLIPSEARCH_LIBRARY" in os.environ
             or opts["as_json"] and opts["paths_only"] or opts["null"] and not opts["paths_only"]
             or text_out and not utf8(sys.stdout)  # click.echo re-encodes other streams
-            or opts["within"] and os.path.exists(opts["within"])
-            and not os.path.isdir(opts["within"])):
+            or opts["within"] and os.path.exists(opts["within"])  # click.Path's checks
+            and not (os.path.isdir(opts["within"]) and os.access(opts["within"], os.R_OK))):
         return None
     return {"ask": {"library": opts["library"], "text": text, "limit": int(limit),
                     "within": opts["within"], "model": opts["model"]},
