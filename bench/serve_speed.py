@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -28,11 +29,19 @@ from pathlib import Path
 from bench import proc
 from bench.warm_query import TEXTS
 
+# The console script as pip writes it for pyproject's `clipsearch = "clipsearch_entry:main"`
+# (an installed .venv/bin/clipsearch can predate that entry point until it is reinstalled).
+CONSOLE_SCRIPT = "import sys\nfrom clipsearch_entry import main\nsys.exit(main())"
+
+
+def console(*args: str) -> list[str]:
+    return [sys.executable, "-c", CONSOLE_SCRIPT, *args]
+
 
 def start_server(library: Path, *args: str) -> tuple[subprocess.Popen, int]:
     server = subprocess.Popen(proc.clipsearch("serve", "--library", str(library), "--port", "0",
                                               *args), stderr=subprocess.PIPE, text=True,
-                              env={**__import__("os").environ, "PYTHONPATH": str(proc.REPO)})
+                              env={**os.environ, "PYTHONPATH": str(proc.REPO)})
     line = server.stderr.readline()
     match = re.search(r"127\.0\.0\.1:(\d+)/", line)
     if not match:
@@ -46,9 +55,11 @@ def stop(server: subprocess.Popen) -> None:
     server.wait(timeout=120)
 
 
-def timed_gets(port: int, paths: list[str]) -> tuple[list[float], int]:
-    """Milliseconds per request over one keep-alive connection, and the failures."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def timed_gets(port: int, paths: list[str],
+               keep: http.client.HTTPConnection | None = None) -> tuple[list[float], int]:
+    """Milliseconds per request over one keep-alive connection (`keep`, else a new one), and
+    the failures."""
+    conn = keep or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     times, errors = [], 0
     for path in paths:
         start = time.perf_counter()
@@ -59,9 +70,10 @@ def timed_gets(port: int, paths: list[str]) -> tuple[list[float], int]:
             errors += response.status != 200
         except OSError:
             errors += 1
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.close()  # the next request connects again
         times.append((time.perf_counter() - start) * 1000)
-    conn.close()
+    if keep is None:
+        conn.close()
     return times, errors
 
 
@@ -79,22 +91,27 @@ def part_a(library: Path, model: list[str], queries: int, cold_runs: int) -> dic
     from clipsearch import Library
 
     kwargs = dict(zip(("model", "pretrained"), model[1::2], strict=False))
-    with Library(library, **kwargs) as lib:
-        for text in TEXTS[:3]:
-            lib.query(text)
-        warm = []
-        for i in range(queries):
-            start = time.perf_counter()
-            lib.query(TEXTS[i % len(TEXTS)])
-            warm.append((time.perf_counter() - start) * 1000)
-    query = proc.clipsearch("query", TEXTS[0], "--library", str(library))
+    query = console("query", TEXTS[0], "--library", str(library))
     cold = [proc.run(query).check().seconds for _ in range(cold_runs)]
     server, port = start_server(library, *model)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         timed_gets(port, search_paths(5))  # warm-up: model load, FAISS mapped
-        http_ms, errors = timed_gets(port, search_paths(queries))
+        warm, http_ms, errors = [], [], 0
+        with Library(library, **kwargs) as lib:
+            for text in TEXTS[:3]:
+                lib.query(text)
+            # Alternated, one of each at a time: on a shared machine both see the same load.
+            for i, path in enumerate(search_paths(queries)):
+                start = time.perf_counter()
+                lib.query(TEXTS[i % len(TEXTS)])
+                warm.append((time.perf_counter() - start) * 1000)
+                ms, failed = timed_gets(port, [path], conn)
+                http_ms += ms
+                errors += failed
         served = [proc.run(query).check().seconds for _ in range(cold_runs)]
     finally:
+        conn.close()
         stop(server)
     return {"warm_p50_ms": statistics.median(warm), "http_p50_ms": statistics.median(http_ms),
             "http_over_warm_ms": statistics.median(http_ms) - statistics.median(warm),
@@ -124,11 +141,12 @@ def part_b(clients: int, per_client: int) -> dict:
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
         big.write_bytes(buffer.getvalue())
-        first = []
+        first, first_cpu = [], []
         for _ in range(5):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             make_thumbnail(str(big), 256)
             first.append((time.perf_counter() - start) * 1000)
+            first_cpu.append((time.thread_time() - cpu) * 1000)  # what other load adds less to
         with Library(folder / "lib", model="shapes-tiny") as lib:
             lib.index([photos])
             big_id = lib.query_image(str(big), limit=1, include_self=True)[0].file_id
@@ -163,6 +181,7 @@ def part_b(clients: int, per_client: int) -> dict:
             stop(server)
     times = [t for ms, _ in results for t in ms]
     return {"thumb_first_12mp_p50_ms": statistics.median(first),
+            "thumb_first_12mp_cpu_p50_ms": statistics.median(first_cpu),
             "thumb_cached_p50_ms": statistics.median(cached),
             "concurrent_errors": sum(e for _, e in results),
             "concurrent_p50_ms": statistics.median(times), "concurrent_p99_ms": p(times, 0.99),
@@ -180,11 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--parts", default="ab", help="a, b or ab (see above)")
     args = parser.parse_args(argv)
     model = ["--model", args.model] + (["--pretrained", args.pretrained] if args.pretrained
                                        else [])
-    result = part_a(args.library, model, args.queries, args.cold_runs)
-    result.update(part_b(args.clients, args.queries))
+    # Figures from a shared machine mean little without its load (docs/benchmarks.md).
+    result = {"load_average_at_start": round(os.getloadavg()[0], 2)}
+    if "a" in args.parts:
+        result.update(part_a(args.library, model, args.queries, args.cold_runs))
+    if "b" in args.parts:
+        result.update(part_b(args.clients, args.queries))
+    result["load_average_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                       for k, v in result.items()}))
     return 0

@@ -4,7 +4,8 @@ the model itself.
 The server writes LIBRARY/server.json (pid, address, port, token; 0600 like the rest of the
 library) when it starts and removes it when it stops. A client uses it only when that pid is
 alive and the answer names the same library; anything else (no file, a stale one, a refused
-connection, an error answer) sends it back to working in-process.
+connection, an error answer) sends it back to working in-process. The client side is in
+clipsearch_entry (the console script), which speaks to the server before this package loads.
 """
 
 from __future__ import annotations
@@ -13,21 +14,17 @@ import contextlib
 import json
 import os
 import tempfile
-import urllib.parse
-import urllib.request
 from dataclasses import fields
 from pathlib import Path
 
+# The client side lives in the `clipsearch` command's entry module, which answers plain
+# queries without importing this package; one protocol, one place.
+from clipsearch_entry import LIBRARY_HEADER, SERVER_FILE, ask_server, library_tag
 from search import SearchResult
 from search.grading import QueryResults
 
-SERVER_FILE = "server.json"
-LIBRARY_HEADER = "X-Clipsearch-Library"
-
-
-def library_tag(path: str | os.PathLike) -> str:
-    """The library's path as an HTTP header value (any bytes, quoted)."""
-    return urllib.parse.quote(os.fsencode(os.path.abspath(path)))
+__all__ = ["LIBRARY_HEADER", "SERVER_FILE", "library_tag", "query_server",
+           "remove_server_file", "write_server_file"]
 
 
 def write_server_file(library: Path, host: str, port: int, token: str | None) -> Path:
@@ -58,39 +55,16 @@ def query_server(library: str | os.PathLike | None, text: str, *, limit: int = 1
 
         query_server("~/.local/share/clipsearch/library", "a red circle", limit=5)
     """
-    from .api import default_library_dir
-
-    folder = Path(library).expanduser().absolute() if library else default_library_dir()
-    try:
-        info = json.loads((folder / SERVER_FILE).read_text())
-        os.kill(int(info["pid"]), 0)  # alive (a stale file after a crash is ignored)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    params = {"q": text, "limit": limit}
-    if within is not None:
-        params["in"] = os.path.abspath(os.fspath(within))
-    if model is not None:
-        params["model"] = model
-    host = f"[{info['host']}]" if ":" in str(info["host"]) else info["host"]
-    request = urllib.request.Request(
-        f"http://{host}:{int(info['port'])}/api/search?{urllib.parse.urlencode(params)}")
-    if info.get("token"):
-        request.add_header("Authorization", f"Bearer {info['token']}")
-    try:
-        with _opener().open(request, timeout=timeout) as response:
-            if response.headers.get(LIBRARY_HEADER) != library_tag(folder):
-                return None  # another server took the port since
-            body = json.loads(response.read())
-    except (OSError, ValueError):  # refused, timed out, an error answer: work in-process
+    body = ask_server(os.fspath(library) if library else None, text, limit=limit,
+                      within=os.fspath(within) if within is not None else None, model=model,
+                      timeout=timeout)
+    if body is None:
         return None
     names = {f.name for f in fields(SearchResult)}
-    results = QueryResults(SearchResult(**{k: v for k, v in r.items() if k in names})
-                           for r in body["results"])
+    try:
+        results = QueryResults(SearchResult(**{k: v for k, v in r.items() if k in names})
+                               for r in body["results"])
+    except (TypeError, AttributeError):  # a server of another version: work in-process
+        return None
     results.good_match, results.reason = body.get("good_match"), body.get("reason")
     return results
-
-
-def _opener() -> urllib.request.OpenerDirector:
-    # No proxies: the server is on this machine, and http_proxy must not see the token.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-

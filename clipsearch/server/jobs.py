@@ -5,6 +5,8 @@ queries (SQLite WAL: its readers see each committed batch)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +69,7 @@ class IndexJobs:
                    "errors": p.errors, "rate": round(rate, 2)})
 
     def _run(self, roots: list[str] | None) -> None:
+        yield_to_searches()
         settings = IndexSettings(cancel=self._cancel)
         try:
             with Library(self.path, **self.library_options) as lib:
@@ -83,3 +86,19 @@ class IndexJobs:
         final = "stopped" if report.interrupted else "done"
         self._set({**self.state, "state": final, "report": report.to_dict(),
                    "errors": len(report.skipped), "finished": time.time()})
+
+
+BACKGROUND_NICE = 10  # added to the server's own niceness for its index runs
+
+
+def yield_to_searches() -> None:
+    """Run this thread, and the threads and processes it starts (decoders, the encoder's
+    pool), at a lower CPU priority: on a busy machine a search answered meanwhile takes the
+    cores it needs, and the run takes the rest. Linux keeps a niceness per thread; elsewhere
+    a thread id is no process id, so nothing is changed there."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me,
+                       min(19, os.getpriority(os.PRIO_PROCESS, me) + BACKGROUND_NICE))
