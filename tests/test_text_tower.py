@@ -279,3 +279,29 @@ def test_query_path_runs_without_torch(b32, b32_file, tok77, tmp_path):
         "    assert peak_mb < 160, peak_mb  # block pages released: ~70 MB; all kept: ~210\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_one_shot_tower_runs_blas_on_one_thread_and_restores_it(tmp_path):
+    """The CLI's tower (release_pages) runs numpy's BLAS on one thread (threadpoolctl finds the
+    loaded library, whatever its file is called); the process's setting comes back after."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    tower = _roundtrip(_tiny(), tmp_path)
+    assert tower.single_thread
+    seen: list[set[int]] = []
+    real_chunk = tower._encode_chunk
+
+    def chunk(*args):
+        seen.append(blas_threads())
+        return real_chunk(*args)
+
+    tower._encode_chunk = chunk
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        assert before  # numpy's BLAS is there to control
+        tower.encode_tokens(np.zeros((3, tower.context_length), np.int64))
+        assert seen and all(threads == {1} for threads in seen)
+        assert blas_threads() == before

@@ -18,8 +18,6 @@ Module must stay importable without torch: torch is imported lazily in export on
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import glob
 import json
 import logging
 import mmap
@@ -183,49 +181,25 @@ def _act(x: np.ndarray, kind: str) -> np.ndarray:
 # BLAS runs single-threaded here: a query is a few rows per GEMM, where OpenBLAS's thread
 # pool only adds sync cost, and on a busy 2-core machine its spinning threads took "a cat"
 # from ~35 ms to ~1 s (a 6-text batch from 0.8 s to 4 s). Idle, threads gain < 2x on big
-# batches, which the indexer (torch) encodes anyway.
+# batches, which the indexer (torch) encodes anyway. Still so with the onnxruntime tower,
+# which only long-lived apps use: measured again for the CLI's one-shot numpy tower (ViT-B-32,
+# 2 cores at load 10), "a cat" took 0.12-0.26 s on one thread, 1.1-4.1 s on two.
 _CHUNK = 32  # texts per forward pass, grouped by length so little padding is computed
 
 
 @lru_cache(maxsize=1)
-def _openblas_threads_api() -> tuple[Any, Any] | None:
-    """(get, set) num_threads of the OpenBLAS numpy ships with, or None if not found.
+def _blas_threads() -> Any:
+    """threadpoolctl's view of the BLAS libraries loaded (numpy's OpenBLAS, or MKL): found by
+    what is loaded, not by file names (~20 ms once, then ~0.03 ms per query)."""
+    from threadpoolctl import ThreadpoolController
 
-    Best effort (no threadpoolctl dependency): dlopen of an already-loaded library returns
-    the same instance, so setting threads here affects numpy's BLAS.
-    """
-    root = Path(np.__file__).parent
-    libs = glob.glob(str(root.parent / "numpy.libs" / "*openblas*"))
-    libs += glob.glob(str(root / ".dylibs" / "*openblas*"))
-    names = ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads",
-             "openblas_{}_num_threads")  # fmt: skip
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            get = getattr(lib, name.format("get"), None)
-            set_ = getattr(lib, name.format("set"), None)
-            if get is not None and set_ is not None:
-                get.restype, get.argtypes = ctypes.c_int, []
-                set_.restype, set_.argtypes = None, [ctypes.c_int]
-                return get, set_
-    return None
+    return ThreadpoolController().select(user_api="blas")
 
 
 @contextmanager
 def _single_thread_blas() -> Iterator[None]:
-    api = _openblas_threads_api()
-    old = api[0]() if api else 1
-    if old == 1:
+    with _blas_threads().limit(limits=1):
         yield
-        return
-    api[1](1)
-    try:
-        yield
-    finally:
-        api[1](old)
 
 
 INT8_MIN_COS = GUARD_MIN_COS  # one bar for every reduced-precision tower
