@@ -15,6 +15,7 @@ import click
 from clip_core.models.files import default_models_dir
 from clip_core.models.ref import parse_model
 from clip_core.weights import store as model_store
+from clip_core.weights.download import download as fetch_model
 
 from .cli_errors import EXIT_PROBLEM, friendly_errors, interrupt_note
 from .output import format_size, human, write_json
@@ -100,8 +101,8 @@ def download(ctx: click.Context, model: str, pretrained: str | None, revision: s
              endpoint: str | None, quiet: bool, as_json: bool) -> None:
     """Fetch MODEL into the store (resumable, sha256-checked). The only networked command."""
     ref = parse_model(model, pretrained)
-    result = model_store.download(ref, _models_dir(ctx), offline=ctx.obj["offline"],
-                                  endpoint=endpoint, revision=revision, progress=not quiet)
+    result = fetch_model(ref, _models_dir(ctx), offline=ctx.obj["offline"],
+                         endpoint=endpoint, revision=revision, progress=not quiet)
     total = sum(f["size"] for f in result.files)
     if as_json:
         write_json({"model_id": ref.model_id, **ref.to_spec(), "folder": str(result.folder),
