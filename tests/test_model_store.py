@@ -405,6 +405,23 @@ def test_an_unknown_file_is_named(hub, store):
         model_download.download(parse_model("hf-hub:test-org/absent"), store, progress=False)
 
 
+def test_a_full_disk_is_one_clear_message(hub, store, tiny_bundle):
+    """The part file of the weights is /dev/full (every write fails with ENOSPC)."""
+    weights = (tiny_bundle / "open_clip_model.safetensors").read_bytes()
+    folder = store / "hf-hub" / "test-org" / "tiny-clip"
+    part = folder / model_store.PARTIAL_DIR / "open_clip_model.safetensors.part"
+    part.parent.mkdir(parents=True)
+    part.symlink_to("/dev/full")
+    sha = hashlib.sha256(weights).hexdigest()
+    part.with_name(part.name + ".json").write_text(json.dumps({
+        "url": f"{hub.cdn}/cdn/test-org/tiny-clip/open_clip_model.safetensors", "etag": sha,
+        "size": len(weights)}))
+    code, _, err = run_cli("models", "download", "hf-hub:test-org/tiny-clip", "-q")
+    assert code == 1 and "Traceback" not in err
+    assert "The disk is full: open_clip_model.safetensors stopped after 0 of " in err
+    assert "Free some space and run the same command again to resume." in err
+
+
 @pytest.mark.parametrize("how", ["flag", "CLIPSEARCH_OFFLINE", "HF_HUB_OFFLINE"])
 def test_offline_download_refuses_before_any_request(hub, store, monkeypatch, how):
     args = ["models", "download", "hf-hub:test-org/tiny-clip", "-q"]

@@ -22,6 +22,7 @@ resume). What stays ours, as the rest of the store needs it:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -196,9 +197,14 @@ def _fetch(remote: Remote, folder: Path, name: str, endpoint: str, progress: boo
             code = _http_status(exc)
             if code is not None:
                 raise DownloadError(f"{remote.url}: HTTP {code}") from exc
-            if isinstance(exc, OSError) and exc.errno is not None:
-                raise  # the disk (full, read-only): the CLI says so
             got = part.stat().st_size if part.exists() else 0
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DownloadError(
+                    f"The disk is full: {name} stopped after {got} of {remote.size or '?'} "
+                    f"bytes in {folder}. Free some space and run the same command again to "
+                    "resume.") from exc
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # the disk (read-only, I/O error): the CLI says so
             raise DownloadError(
                 f"Connection lost after {got} of {remote.size or '?'} bytes of {name} "
                 f"({_reason(exc)}); run the same command again to resume.") from exc
