@@ -24,7 +24,8 @@ from clip_core.models.ref import parse_model
 from clipsearch_errors import MissingExtraError
 
 if TYPE_CHECKING:
-    from clip_core.weights.store import BundleResult, DownloadResult, ModelInfo, VerifyResult
+    from clip_core.weights.download import DownloadResult
+    from clip_core.weights.store import BundleResult, ModelInfo, VerifyResult
 
 
 def _store():
@@ -77,9 +78,11 @@ class ModelStore:
             result = store.download("ViT-B-32", "laion2b_s34b_b79k")
             result.ref.model_id, result.folder, result.downloaded_bytes
         """
+        from clip_core.weights.download import download  # huggingface_hub: imported on use
+
         ref = parse_model(model, pretrained)
-        return _store().download(ref, self.folder, offline=self.offline, endpoint=endpoint,
-                              revision=revision, progress=progress)
+        return download(ref, self.folder, offline=self.offline, endpoint=endpoint,
+                        revision=revision, progress=progress)
 
     def export_bundle(self, model: str, out: str | os.PathLike | IO[bytes],
                       pretrained: str | None = None, *, force: bool = False) -> BundleResult:

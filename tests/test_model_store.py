@@ -23,6 +23,7 @@ from clip_core.models import files as model_files
 from clip_core.models.files import MissingModelError, ensure_local, locate_pretrained, store_dir_for
 from clip_core.models.open_clip_tables import pretrained_cfg
 from clip_core.models.ref import ModelRef, parse_model
+from clip_core.weights import download as model_download
 from clip_core.weights import store as model_store
 from clipsearch.cli import main
 
@@ -69,9 +70,11 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.files: dict[tuple[str, str], bytes] = {}
-        self.drop_after: dict[str, int] = {}  # file name -> bytes sent before one hang-up
+        self.drop_after: dict[str, int] = {}  # file name -> bytes sent before each hang-up
         self.wrong_sha: set[str] = set()  # file names whose advertised sha256 is wrong
         self.log: list[tuple[str, str, str | None]] = []  # method, path, Range
+        self.auth: list[tuple[str, str | None]] = []  # host and path, Authorization
+        self.gated: set[str] = set()  # repos that answer 401 (no token, or a wrong one)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,6 +89,9 @@ class FakeHub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # The hub's CDN is another host (huggingface_hub stops at a redirect off the hub and
+        # keeps the token on the hub): the same server, named differently.
+        self.cdn = f"http://localhost:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def add(self, repo: str, name: str, data: bytes) -> None:
@@ -97,9 +103,14 @@ class FakeHub:
 
     def serve(self, req: BaseHTTPRequestHandler, body: bool) -> None:
         self.log.append((req.command, req.path, req.headers.get("Range")))
+        self.auth.append((f"{req.headers.get('Host')}{req.path}", req.headers.get("Authorization")))
         if req.path.startswith("/cdn/"):
             return self._serve_cdn(req, body)
         match = re.fullmatch(r"/(.+)/resolve/([^/]+)/(.+)", req.path)
+        if match and match[1] in self.gated:
+            req.send_response(401)
+            req.send_header("Content-Length", "0")
+            return req.end_headers()
         data = self.files.get((match[1], match[3])) if match else None
         if data is None:
             req.send_response(404)
@@ -109,7 +120,7 @@ class FakeHub:
         if name.endswith((".safetensors", ".bin")):
             sha = self._sha(name, data)
             req.send_response(302)
-            req.send_header("Location", f"{self.url}/cdn/{match[1]}/{name}")
+            req.send_header("Location", f"{self.cdn}/cdn/{match[1]}/{name}")
             req.send_header("X-Linked-Etag", f'"{sha}"')
             req.send_header("ETag", f'"{sha}"')
             req.send_header("X-Linked-Size", str(len(data)))
@@ -138,7 +149,7 @@ class FakeHub:
         req.end_headers()
         if not body:
             return
-        cut = self.drop_after.pop(name, None)
+        cut = self.drop_after.get(name)  # until the test lifts it: a retry is cut again
         req.wfile.write(data[start:cut] if cut is not None else data[start:])
         if cut is not None:
             req.wfile.flush()
@@ -156,6 +167,7 @@ def hub(monkeypatch, tiny_bundle):
         server.add("test-org/tiny-clip", name, (tiny_bundle / name).read_bytes())
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # conftest sets it; downloads need it off
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # read at its import
     monkeypatch.delenv("CLIPSEARCH_OFFLINE", raising=False)
     yield server
     server.close()
@@ -284,8 +296,8 @@ def test_download_pretrained_tag_goes_to_its_hub_repo(hub, store, tiny_bundle):
     # openai's mirror has only the .bin: the safetensors 404 falls back to it.
     repo, _ = model_store.hub_repo(pretrained_cfg("ViT-B-32", "openai"))
     hub.add(repo, "open_clip_pytorch_model.bin", b"pickled weights")
-    model_store.download(parse_model("ViT-B-32", None), store, progress=False)
-    model_store.download(parse_model("ViT-B-32", "openai"), store, progress=False)
+    model_download.download(parse_model("ViT-B-32", None), store, progress=False)
+    model_download.download(parse_model("ViT-B-32", "openai"), store, progress=False)
     for tag, name in (("laion2b_s34b_b79k", "open_clip_model.safetensors"),
                       ("openai", "open_clip_pytorch_model.bin")):
         ref = ModelRef("openclip", "ViT-B-32", tag)
@@ -294,7 +306,7 @@ def test_download_pretrained_tag_goes_to_its_hub_repo(hub, store, tiny_bundle):
         ensure_local(ref, store)  # no MissingModelError any more
     # A second run finds the verified file in place and fetches nothing.
     before = len([entry for entry in hub.log if entry[0] == "GET"])
-    result = model_store.download(parse_model("ViT-B-32", None), store, progress=False)
+    result = model_download.download(parse_model("ViT-B-32", None), store, progress=False)
     assert result.downloaded_bytes == 0
     assert len([entry for entry in hub.log if entry[0] == "GET"]) == before
 
@@ -307,7 +319,7 @@ def test_hub_bundle_brings_its_tokenizer_files(hub, store, tiny_bundle):
             (tiny_bundle / "open_clip_model.safetensors").read_bytes())
     hub.add("test-org/tok", "tokenizer.json", b"{}")
     hub.add("test-org/tok", "tokenizer_config.json", b"{}")
-    result = model_store.download(parse_model("hf-hub:test-org/tok-clip"), store,
+    result = model_download.download(parse_model("hf-hub:test-org/tok-clip"), store,
                                   progress=False)
     # open_clip reads a local-dir bundle's tokenizer from the bundle folder itself.
     assert {f["name"] for f in result.files} == {
@@ -315,19 +327,25 @@ def test_hub_bundle_brings_its_tokenizer_files(hub, store, tiny_bundle):
         "tokenizer_config.json"}
 
 
-def test_dropped_connection_resumes_with_range(hub, store, tiny_bundle):
+def test_dropped_connection_resumes_with_range(hub, store, tiny_bundle, monkeypatch):
     weights = (tiny_bundle / "open_clip_model.safetensors").read_bytes()
-    cut = len(weights) * 2 // 5
+    # huggingface_hub writes what arrived in chunks (10 MB): smaller ones for a 3 MB file, and a
+    # cut on a chunk's end, so the partial file holds exactly what was sent.
+    monkeypatch.setattr("huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE", 1 << 16)
+    cut = 16 << 16
+    assert cut < len(weights)
     hub.drop_after["open_clip_model.safetensors"] = cut
     code, _, err = run_cli("models", "download", "hf-hub:test-org/tiny-clip", "-q")
     assert code == 1 and "run the same command again to resume" in err
+    assert "Trying to resume" not in err  # huggingface_hub's own retries (it made 5) stay quiet
     folder = store / "hf-hub" / "test-org" / "tiny-clip"
     part = folder / model_store.PARTIAL_DIR / "open_clip_model.safetensors.part"
     assert part.stat().st_size == cut
     assert not (folder / "open_clip_model.safetensors").exists()
     code, _, _ = run_cli("models", "verify")
     assert code == 0  # a partial download is not corruption
-    result = model_store.download(parse_model("hf-hub:test-org/tiny-clip"), store,
+    del hub.drop_after["open_clip_model.safetensors"]  # the connection is back
+    result = model_download.download(parse_model("hf-hub:test-org/tiny-clip"), store,
                                   progress=False)
     assert result.downloaded_bytes == len(weights) - cut + len(
         (tiny_bundle / "open_clip_config.json").read_bytes())
@@ -346,6 +364,62 @@ def test_checksum_mismatch_rejects_the_file(hub, store):
     assert not list(folder.rglob("*.part"))
     with pytest.raises(MissingModelError):
         ensure_local(parse_model("hf-hub:test-org/tiny-clip"), store)
+
+
+def test_the_token_reaches_the_hub_and_not_the_cdn(hub, store, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_for_the_hub")
+    code, _, err = run_cli("models", "download", "hf-hub:test-org/tiny-clip", "-q")
+    assert code == 0, err
+    hub_requests = [auth for where, auth in hub.auth if "/resolve/" in where]
+    cdn_requests = [auth for where, auth in hub.auth if where.startswith("localhost:")]
+    assert hub_requests and set(hub_requests) == {"Bearer hf_secret_for_the_hub"}
+    assert cdn_requests and set(cdn_requests) == {None}
+
+
+def test_a_gated_repository_says_what_to_do(hub, store):
+    hub.gated.add("test-org/tiny-clip")
+    code, _, err = run_cli("models", "download", "hf-hub:test-org/tiny-clip", "-q")
+    assert code == 1 and "Traceback" not in err
+    assert "HTTP 401: the repository is gated or private; accept its terms on the hub and set " \
+        "HF_TOKEN." in err
+    assert not store.exists() or not any(store.rglob("*.safetensors"))
+
+
+def test_no_connection_is_one_clear_message(hub, store, monkeypatch):
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    code, _, err = run_cli("models", "download", "hf-hub:test-org/tiny-clip", "-q")
+    assert code == 1 and "Traceback" not in err
+    assert f"Could not reach http://127.0.0.1:{port}" in err
+    assert "clipsearch models import" in err
+
+
+def test_an_unknown_file_is_named(hub, store):
+    with pytest.raises(model_store.DownloadError,
+                       match="None of open_clip_config.json, config.json found in "
+                             "test-org/absent at http://127.0.0.1:"):
+        model_download.download(parse_model("hf-hub:test-org/absent"), store, progress=False)
+
+
+def test_a_full_disk_is_one_clear_message(hub, store, tiny_bundle):
+    """The part file of the weights is /dev/full (every write fails with ENOSPC)."""
+    weights = (tiny_bundle / "open_clip_model.safetensors").read_bytes()
+    folder = store / "hf-hub" / "test-org" / "tiny-clip"
+    part = folder / model_store.PARTIAL_DIR / "open_clip_model.safetensors.part"
+    part.parent.mkdir(parents=True)
+    part.symlink_to("/dev/full")
+    sha = hashlib.sha256(weights).hexdigest()
+    part.with_name(part.name + ".json").write_text(json.dumps({
+        "url": f"{hub.cdn}/cdn/test-org/tiny-clip/open_clip_model.safetensors", "etag": sha,
+        "size": len(weights)}))
+    code, _, err = run_cli("models", "download", "hf-hub:test-org/tiny-clip", "-q")
+    assert code == 1 and "Traceback" not in err
+    assert "The disk is full: open_clip_model.safetensors stopped after 0 of " in err
+    assert "Free some space and run the same command again to resume." in err
 
 
 @pytest.mark.parametrize("how", ["flag", "CLIPSEARCH_OFFLINE", "HF_HUB_OFFLINE"])
@@ -371,7 +445,7 @@ def test_nothing_to_download_for_local_folders(hub, store, tiny_bundle):
 
 def test_export_import_round_trip_gives_same_embeddings(hub, store, tiny_bundle, tmp_path,
                                                         monkeypatch):
-    model_store.download(parse_model("hf-hub:test-org/tiny-clip"), store, progress=False)
+    model_download.download(parse_model("hf-hub:test-org/tiny-clip"), store, progress=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bundle = tmp_path / "tiny.clipsearch"
     code, _, err = run_cli("models", "export", "hf-hub:test-org/tiny-clip", "-o", str(bundle))
@@ -590,9 +664,9 @@ def test_compiling_a_missing_model_says_so_first(store, monkeypatch, tmp_path):
 
 def test_a_download_that_finds_nothing_leaves_no_empty_folders(hub, store):
     with pytest.raises(model_store.DownloadError, match="found in test-org/absent"):
-        model_store.download(parse_model("hf-hub:test-org/absent"), store, progress=False)
+        model_download.download(parse_model("hf-hub:test-org/absent"), store, progress=False)
     assert not store.exists() or not any(store.rglob("*"))  # verify would list nothing
     (store / "keep").mkdir(parents=True)  # folders that were there before stay
     with pytest.raises(model_store.DownloadError):
-        model_store.download(parse_model("hf-hub:test-org/absent"), store, progress=False)
+        model_download.download(parse_model("hf-hub:test-org/absent"), store, progress=False)
     assert [p.name for p in store.iterdir()] == ["keep"]

@@ -59,6 +59,7 @@ def hub(monkeypatch):
     server = FakeHub()
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # read at its import
     monkeypatch.delenv("CLIPSEARCH_OFFLINE", raising=False)
     yield server
     server.close()

@@ -274,3 +274,87 @@ def test_query_path_runs_without_torch(b32, b32_file, tok77, tmp_path):
         "    assert peak_mb < 160, peak_mb  # block pages released: ~70 MB; all kept: ~210\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_one_shot_tower_runs_blas_on_one_thread_and_restores_it(tmp_path):
+    """The CLI's tower (release_pages) runs numpy's BLAS on one thread (threadpoolctl finds the
+    loaded library, whatever its file is called); the process's setting comes back after."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    tower = _roundtrip(_tiny(), tmp_path)
+    assert tower.single_thread
+    seen: list[set[int]] = []
+    real_chunk = tower._encode_chunk
+
+    def chunk(*args):
+        seen.append(blas_threads())
+        return real_chunk(*args)
+
+    tower._encode_chunk = chunk
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        assert before  # numpy's BLAS is there to control
+        tower.encode_tokens(np.zeros((3, tower.context_length), np.int64))
+        assert seen and all(threads == {1} for threads in seen)
+        assert blas_threads() == before
+
+
+def _write_like_before(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    """The hand-written writer this project used before the safetensors package wrote tower
+    files (tensors in export order, compact JSON, spaces to 8 bytes): libraries hold such files."""
+    import hashlib
+    import json
+    import struct
+
+    from clip_core.text import file_check
+
+    codes = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+    header: dict = {"__metadata__": meta}
+    offset = 0
+    for name, arr in arrays.items():
+        header[name] = {"dtype": codes[arr.dtype], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    data = struct.pack("<Q", len(blob)) + blob + b"".join(
+        np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays.values())
+    path.write_bytes(data)
+    file_check.record(path, hashlib.sha256(data).hexdigest(), len(data))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_tower_files_of_the_old_writer_still_load_and_agree(dtype, tmp_path):
+    from safetensors import safe_open
+
+    model = _tiny(tmp_seed=3)
+    new = tmp_path / "new.safetensors"
+    export_text_tower(model, new, dtype=dtype)
+    with safe_open(str(new), framework="numpy") as f:  # the same tensors, in export order
+        meta = f.metadata()
+        arrays = {name: f.get_tensor(name) for name in ["token_embedding", "positional_embedding",
+                                                        *sorted(set(f.keys()) - {
+                                                            "token_embedding",
+                                                            "positional_embedding"})]}
+    old = tmp_path / "old.safetensors"
+    _write_like_before(old, arrays, meta)
+    assert old.read_bytes() != new.read_bytes()  # another layout of the same format
+    tokens = np.asarray(ClipTokenizer(context_length=16)(["a red circle", "two small squares"]))
+    np.testing.assert_array_equal(NumpyTextTower.load(old).encode_tokens(tokens),
+                                  NumpyTextTower.load(new).encode_tokens(tokens))
+
+
+def test_tower_file_is_the_safetensors_packages_own_output(tmp_path):
+    """The safetensors package writes the file (its layout, its header), not code of ours."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "text.safetensors"
+    export_text_tower(_tiny(), path)
+    with safe_open(str(path), framework="numpy") as f:
+        meta, arrays = f.metadata(), {name: f.get_tensor(name) for name in list(f.keys())}
+    save_file(arrays, str(tmp_path / "by-safetensors.safetensors"), meta)
+    assert path.read_bytes() == (tmp_path / "by-safetensors.safetensors").read_bytes()

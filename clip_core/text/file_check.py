@@ -35,21 +35,6 @@ def sidecar(path: Path) -> Path:
     return path.with_name(path.name + SUFFIX)
 
 
-class HashingWriter:
-    """A binary file writer that hashes what it writes (the checksum costs no second read)."""
-
-    def __init__(self, f):
-        self.f = f
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data) -> None:
-        view = memoryview(data).cast("B")
-        self.hash.update(view)
-        self.f.write(view)
-        self.size += len(view)
-
-
 def record(path: Path, digest: str, size: int) -> None:
     """Write `path`'s sidecar (atomically); `path` is already in place."""
     st = os.stat(path)

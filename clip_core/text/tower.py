@@ -6,10 +6,13 @@ Why: ``import torch, open_clip`` costs ~3 s, far over a cold query's budget. The
 from ``clip_core.text.tokenizer.ClipTokenizer``.
 
 File format: a standard safetensors file (tensor names follow open_clip's state dict) whose
-``__metadata__`` holds our JSON header under ``HEADER_KEY``. It is read here with a
-tiny parser over ``mmap`` so tensors are zero-copy views: only pages actually touched
-count to RSS (just the few token-embedding rows a query uses), and each block's pages are
-released after use, so a ViT-B-32 query peaks at ~85 MB RSS instead of ~220 MB. fp32 on disk:
+``__metadata__`` holds our JSON header under ``HEADER_KEY``, written by the safetensors package
+(clip_core.torch_backend.text_export). It is read here with a tiny parser over ``mmap`` so
+tensors are zero-copy views: only pages actually touched count to RSS (just the few
+token-embedding rows a query uses), and each block's pages are released after use, so a
+ViT-B-32 query peaks at ~85 MB RSS instead of ~220 MB. The package's numpy reader
+(``safe_open(framework="np")``) copies every tensor: measured on ViT-B-32, +243 MB RSS and
+0.5 s where the mmap costs +8 MB and 0.07 s. fp32 on disk:
 fp16 halved the file but its per-query widening tripled encode time (35 -> 100 ms).
 
 Module must stay importable without torch: torch is imported lazily in export only.
@@ -18,8 +21,6 @@ Module must stay importable without torch: torch is imported lazily in export on
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import glob
 import json
 import logging
 import mmap
@@ -55,43 +56,6 @@ _BLOCK_TENSORS = (
 
 class UnsupportedTextTower(ModelError, ValueError):
     """The model's text tower cannot be reproduced exactly in numpy; use torch instead."""
-
-
-# ---------------------------------------------------------------- export (torch side)
-
-
-def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
-    """Stream a safetensors file (spec: u64 header size, JSON header, raw little-endian data).
-
-    Written by hand so export needs no second in-memory copy and the file gets normal
-    umask permissions; tests check that the safetensors library reads it back.
-    """
-    codes = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
-    header: dict[str, Any] = {"__metadata__": meta}
-    offset = 0
-    for name, arr in arrays.items():
-        header[name] = {
-            "dtype": codes[arr.dtype],
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + arr.nbytes],
-        }
-        offset += arr.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as raw:
-            f = file_check.HashingWriter(raw)  # the checksum, as the bytes go out
-            f.write(struct.pack("<Q", len(blob)) + blob)
-            for arr in arrays.values():
-                f.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).data)
-        os.replace(tmp, path)  # atomic: a concurrent query never sees a half-written file
-        # Recorded after the file is in place: a crash in between leaves a file without its
-        # checksum, which counts as damaged and is rebuilt.
-        file_check.record(path, f.hash.hexdigest(), f.size)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- numpy inference
@@ -184,49 +148,25 @@ def _act(x: np.ndarray, kind: str) -> np.ndarray:
 # BLAS runs single-threaded here: a query is a few rows per GEMM, where OpenBLAS's thread
 # pool only adds sync cost, and on a busy 2-core machine its spinning threads took "a cat"
 # from ~35 ms to ~1 s (a 6-text batch from 0.8 s to 4 s). Idle, threads gain < 2x on big
-# batches, which the indexer (torch) encodes anyway.
+# batches, which the indexer (torch) encodes anyway. Still so with the onnxruntime tower,
+# which only long-lived apps use: measured again for the CLI's one-shot numpy tower (ViT-B-32,
+# 2 cores at load 10), "a cat" took 0.12-0.26 s on one thread, 1.1-4.1 s on two.
 _CHUNK = 32  # texts per forward pass, grouped by length so little padding is computed
 
 
 @lru_cache(maxsize=1)
-def _openblas_threads_api() -> tuple[Any, Any] | None:
-    """(get, set) num_threads of the OpenBLAS numpy ships with, or None if not found.
+def _blas_threads() -> Any:
+    """threadpoolctl's view of the BLAS libraries loaded (numpy's OpenBLAS, or MKL): found by
+    what is loaded, not by file names (~20 ms once, then ~0.03 ms per query)."""
+    from threadpoolctl import ThreadpoolController
 
-    Best effort (no threadpoolctl dependency): dlopen of an already-loaded library returns
-    the same instance, so setting threads here affects numpy's BLAS.
-    """
-    root = Path(np.__file__).parent
-    libs = glob.glob(str(root.parent / "numpy.libs" / "*openblas*"))
-    libs += glob.glob(str(root / ".dylibs" / "*openblas*"))
-    names = ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads",
-             "openblas_{}_num_threads")  # fmt: skip
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            get = getattr(lib, name.format("get"), None)
-            set_ = getattr(lib, name.format("set"), None)
-            if get is not None and set_ is not None:
-                get.restype, get.argtypes = ctypes.c_int, []
-                set_.restype, set_.argtypes = None, [ctypes.c_int]
-                return get, set_
-    return None
+    return ThreadpoolController().select(user_api="blas")
 
 
 @contextmanager
 def _single_thread_blas() -> Iterator[None]:
-    api = _openblas_threads_api()
-    old = api[0]() if api else 1
-    if old == 1:
+    with _blas_threads().limit(limits=1):
         yield
-        return
-    api[1](1)
-    try:
-        yield
-    finally:
-        api[1](old)
 
 
 INT8_MIN_COS = GUARD_MIN_COS  # one bar for every reduced-precision tower

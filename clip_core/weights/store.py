@@ -1,7 +1,6 @@
-"""clipsearch's model store: list, download, export, import and verify model files.
-
-`download` is the only code in clipsearch that opens a network connection, and only when a
-user asks for it. Store layout (model_files.store_dir_for):
+"""clipsearch's model store: list, export, import and verify model files (downloads into it:
+clip_core/weights/download.py, the only code in clipsearch that opens a network connection,
+and only when a user asks for it). Store layout (model_files.store_dir_for):
 
     MODELS/ARCH/TAG/            open_clip weights for a pretrained tag (tokenizer/ if needed)
     MODELS/hf-hub/ORG/REPO/     an open_clip hub bundle: open_clip_config.json + weights
@@ -15,10 +14,8 @@ No torch import anywhere in this module: it must answer in milliseconds.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import http.client
 import io
 import json
 import lzma
@@ -28,9 +25,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -57,7 +51,7 @@ from clip_core.models.files import (
     locate_pretrained,
 )
 from clip_core.models.open_clip_tables import architecture_configs, pretrained_cfg, pretrained_table
-from clip_core.models.ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef, split_revision
+from clip_core.models.ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef
 from clip_core.weights.manifest import check_manifest
 from clipsearch_errors import BadInputError, StoreError
 
@@ -306,375 +300,12 @@ def _hf_cache_bundles(known_repos: set[str]) -> list[ModelInfo]:
     return infos
 
 
-# -- download --------------------------------------------------------------------------------
-
-@dataclass
-class Remote:
-    """What a HEAD on the hub's resolve route says about one file."""
-
-    url: str
-    size: int | None
-    sha256: str | None  # the hub's ETag for LFS files is their sha256
-    etag: str | None
-    commit: str | None
-
-
-@dataclass
-class DownloadResult:
-    ref: ModelRef
-    folder: Path
-    files: list[dict] = field(default_factory=list)
-    downloaded_bytes: int = 0
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # surface 3xx so the hub's X-Linked-* headers can be read
-
-
-def hub_endpoint(endpoint: str | None = None) -> str:
-    """HF_ENDPOINT (a mirror) when set, like huggingface_hub itself."""
-    return (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
-class _Http:
-    def __init__(self, endpoint: str, timeout: float):
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self.token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-
-    def request(self, url: str, method: str = "GET", headers: dict | None = None
-                ) -> urllib.request.Request:
-        req = urllib.request.Request(url, method=method, headers={
-            "User-Agent": f"clipsearch/{clipsearch_version()}", "Accept-Encoding": "identity",
-            **(headers or {})})
-        if self.token and url.startswith(self.endpoint):
-            # Unredirected: the token must not follow a redirect to the CDN.
-            req.add_unredirected_header("Authorization", f"Bearer {self.token}")
-        return req
-
-    def head(self, url: str) -> Remote | None:
-        """Metadata of a file, None on 404. A redirect carrying X-Linked-Size/X-Linked-Etag
-        (the hub's answer for LFS files, pointing at its CDN) is the answer; any other
-        redirect (renamed repo, plain URL) is followed."""
-        opener = urllib.request.build_opener(_NoRedirect)
-        target = url
-        for _ in range(5):
-            try:
-                resp = opener.open(self.request(target, "HEAD"), timeout=self.timeout)
-                headers, code = resp.headers, resp.status
-                resp.close()
-            except urllib.error.HTTPError as exc:
-                headers, code = exc.headers, exc.code
-                exc.close()
-            except (urllib.error.URLError, OSError) as exc:
-                raise DownloadError(
-                    f"Could not reach {self.endpoint} ({_reason(exc)}). Check the network or "
-                    "set HF_ENDPOINT to a mirror; on an air-gapped machine use `clipsearch "
-                    "models export` on a connected one and `clipsearch models import` here."
-                ) from exc
-            location = headers.get("Location", "")
-            if (code in (301, 302, 303, 307, 308) and location
-                    and not headers.get("X-Linked-Size")):
-                target = urllib.parse.urljoin(target, location)
-                continue
-            if code == 404:
-                return None
-            if code in (401, 403):
-                raise DownloadError(f"{url}: HTTP {code}: the repository is gated or private; "
-                                    "accept its terms on the hub and set HF_TOKEN.")
-            if code >= 400:
-                raise DownloadError(f"{url}: HTTP {code}")
-            etag = _clean_etag(headers.get("X-Linked-Etag") or headers.get("ETag"))
-            size = headers.get("X-Linked-Size") or headers.get("Content-Length")
-            return Remote(url, int(size) if size and size.isdigit() else None,
-                          etag if etag and re.fullmatch(r"[0-9a-f]{64}", etag) else None,
-                          etag, headers.get("X-Repo-Commit"))
-        raise DownloadError(f"{url}: too many redirects")
-
-
-def _clean_etag(value: str | None) -> str | None:
-    if not value:
-        return None
-    return value.removeprefix("W/").strip('"').lower()
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    return str(reason or exc) or type(exc).__name__
-
-
-def _sha_from_url(url: str) -> str | None:
-    """OpenAI's URLs carry the file's sha256 as a path segment; open_clip checks it too."""
-    for part in url.split("/"):
-        if re.fullmatch(r"[0-9a-f]{64}", part):
-            return part
-    return None
-
-
-def _fetch(web: _Http, remote: Remote, folder: Path, name: str, progress: bool) -> tuple[
-        str, int, int]:
-    """Download `remote` into folder/name through folder/.partial/name.part, resuming a
-    previous partial transfer with an HTTP Range request. Returns (sha256, size, fetched)."""
-    partial = folder / PARTIAL_DIR
-    partial.mkdir(parents=True, exist_ok=True)
-    part = partial / (name.replace("/", "__") + ".part")
-    state_file = part.with_name(part.name + ".json")
-    state = {"url": remote.url.split("?")[0], "etag": remote.etag, "size": remote.size}
-    try:
-        same = json.loads(state_file.read_text()) == state
-    except (OSError, ValueError):
-        same = False
-    if not same or not remote.etag:  # unknown version: never append to another one's bytes
-        part.unlink(missing_ok=True)
-        state_file.write_text(json.dumps(state))
-    start = part.stat().st_size if part.exists() else 0
-    if remote.size is not None and start > remote.size:
-        part.unlink()
-        start = 0
-    digest = hashlib.sha256()
-    if start:
-        with open(part, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-    fetched = 0
-    if remote.size is None or start < remote.size:
-        headers = {"Range": f"bytes={start}-"} if start else {}
-        try:
-            resp = urllib.request.urlopen(web.request(remote.url, headers=headers),
-                                          timeout=web.timeout)
-        except urllib.error.HTTPError as exc:
-            raise DownloadError(f"{remote.url}: HTTP {exc.code}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            raise DownloadError(f"Could not reach {remote.url} ({_reason(exc)}); run the "
-                                "same command again to resume.") from exc
-        if start and resp.status != 206:  # server ignored the Range: start over
-            start, digest = 0, hashlib.sha256()
-        from tqdm import tqdm
-
-        with resp, open(part, "ab" if start else "wb") as out, tqdm(
-                total=remote.size, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=name, disable=not progress, leave=False) as bar:
-            try:
-                while chunk := resp.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    fetched += len(chunk)
-                    bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as exc:
-                raise DownloadError(
-                    f"Connection lost after {start + fetched} of {remote.size or '?'} bytes "
-                    f"of {name} ({_reason(exc) or type(exc).__name__}); run the same command "
-                    "again to resume.") from exc
-    size = part.stat().st_size
-    if remote.size is not None and size != remote.size:
-        raise DownloadError(f"{name}: got {size} of {remote.size} bytes; run the same "
-                            "command again to resume.")
-    sha = digest.hexdigest()
-    if remote.sha256 and sha != remote.sha256:
-        part.unlink()
-        state_file.unlink(missing_ok=True)
-        raise ChecksumError(f"{name} from {remote.url} has sha256 {sha}, expected "
-                            f"{remote.sha256}; the file was rejected (deleted). Try again, "
-                            "or check HF_ENDPOINT.")
-    target = folder / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(part, target)
-    state_file.unlink(missing_ok=True)
-    return sha, size, fetched
-
-
-@dataclass
-class _Plan:
-    """One file to fetch: the first of `candidates` that exists in `repo`."""
-
-    candidates: tuple[str, ...]
-    save_as: str | None = None  # store name, when it differs from the remote one
-    repo: str | None = None  # None: candidates are full URLs
-    required: bool = True
-    keep_name: bool = False  # transformers files keep the repository's own names
-
-
-def _plan(ref: ModelRef) -> list[_Plan]:
-    if ref.kind == "openclip":
-        cfg = pretrained_cfg(ref.name, str(ref.pretrained))  # check_known passed
-        plans: list[_Plan] = []
-        repo_id, filename = hub_repo(cfg)
-        if repo_id:  # open_clip prefers the hub over URLs, and so do we
-            plans.append(_Plan((filename,) if filename else WEIGHT_NAMES, None, repo_id))
-        else:
-            plans.append(_Plan((cfg["url"],), "model.pt"))
-        tok = architecture_configs().get(ref.name, {}).get("text_cfg", {}).get(
-            "hf_tokenizer_name")
-        if tok:
-            plans += [_Plan((n,), f"tokenizer/{n}", tok, False)
-                      for n in (*TOKENIZER_FILES, "config.json")]
-        return plans
-    if ref.kind == "hf-hub":
-        # An open_clip bundle, else a transformers CLIP repository; the rest of the plan is
-        # known once the config has arrived (_more_plans).
-        repo = split_revision(ref.name)[0]
-        return [_Plan((CONFIG_NAME, hf_layout.CONFIG_FILE), None, repo, keep_name=True)]
-    raise StoreError(f"Nothing to download for {ref.display}: it names local files.")
-
-
-def download(ref: ModelRef, models_dir: Path | None = None, *, offline: bool = False,
-             endpoint: str | None = None, revision: str = "main", progress: bool = True,
-             timeout: float = 30.0) -> DownloadResult:
-    """Fetch a model into the store: resumable, sha256-checked, recorded in its manifest."""
-    check_known(ref)  # a misspelt name is that mistake (exit 2 everywhere), even offline
-    if is_offline(offline):
-        raise OfflineError(
-            f"Not downloading {ref.display}: offline mode is on (--offline, CLIPSEARCH_OFFLINE "
-            "or HF_HUB_OFFLINE). Unset it, or bring the model in with `clipsearch models "
-            "import FILE` (made by `clipsearch models export` on a connected machine).")
-    models_dir = models_dir or default_models_dir()
-    from clip_core.models.files import store_dir_for
-
-    plans = _plan(ref)
-    if ref.kind == "hf-hub":  # hf-hub:ORG/REPO@REV names its revision itself
-        revision = split_revision(ref.name)[1] or revision
-    folder = store_dir_for(ref, models_dir)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        return _download_into(folder, ref, plans, hub_endpoint(endpoint), revision, progress,
-                              timeout)
-    except BaseException:
-        if created:  # nothing arrived: leave no empty folders that look like a model
-            _remove_empty(folder, models_dir)
-        raise
-
-
-def _remove_empty(folder: Path, stop: Path) -> None:
-    """rmdir `folder`'s empty .partial, then `folder` and its parents up to `stop` while they
-    are empty (a partial file with bytes in it stays, for the next try to resume)."""
-    with contextlib.suppress(OSError):
-        (folder / PARTIAL_DIR).rmdir()
-    path = folder
-    while path != stop and stop in path.parents:
-        try:
-            path.rmdir()
-        except OSError:
-            return
-        path = path.parent
-
-
-def _download_into(folder: Path, ref: ModelRef, plans: list, endpoint: str, revision: str,
-                   progress: bool, timeout: float) -> DownloadResult:
-    web = _Http(endpoint, timeout)
-    manifest = read_manifest(folder) or _new_manifest(ref, {})
-    manifest["source"] = {"endpoint": web.endpoint}
-    result = DownloadResult(ref, folder)
-    commits: dict[str, str] = {}  # repo -> commit its first file resolved to
-    for plan in plans:  # grows while iterating: a hub config may name a tokenizer repo
-        found = _resolve(web, plan, commits, revision)
-        if found is None:
-            if plan.required:
-                raise DownloadError(f"None of {', '.join(plan.candidates)} found in "
-                                    f"{plan.repo or 'the URL'} at {web.endpoint}.")
-            continue
-        remote, remote_name = found
-        name = plan.save_as or (remote_name if plan.keep_name else _store_name(remote_name))
-        recorded = {f["name"]: f for f in manifest["files"]}.get(name)
-        if (recorded and remote.sha256 == recorded["sha256"] and (folder / name).is_file()
-                and (folder / name).stat().st_size == recorded["size"]):
-            sha, size, fetched = recorded["sha256"], recorded["size"], 0  # already here
-        else:
-            sha, size, fetched = _fetch(web, remote, folder, name, progress)
-        _record(manifest, name, sha, size)
-        if plan.repo:
-            manifest["source"].setdefault("repos", {})[plan.repo] = commits.get(plan.repo)
-        else:
-            manifest["source"]["url"] = remote.url
-        write_manifest(folder, manifest)  # after every file: finished work is never lost
-        result.downloaded_bytes += fetched
-        if ref.kind == "hf-hub":
-            plans += _more_plans(folder, name, plan.repo or split_revision(ref.name)[0])
-    shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
-    result.files = manifest["files"]
-    return result
-
-
-def _resolve(web: _Http, plan: _Plan, commits: dict[str, str], revision: str
-             ) -> tuple[Remote, str] | None:
-    """HEAD the plan's candidates in order; the first that exists wins."""
-    from huggingface_hub import hf_hub_url  # builds the URL only: no network
-
-    for candidate in plan.candidates:
-        if plan.repo is None:
-            remote = web.head(candidate)
-            if remote is not None and not remote.sha256:
-                remote.sha256 = _sha_from_url(candidate)
-        else:
-            url = hf_hub_url(plan.repo, candidate, revision=commits.get(plan.repo, revision),
-                             endpoint=web.endpoint)
-            remote = web.head(url)
-            if remote is not None and remote.commit:
-                commits.setdefault(plan.repo, remote.commit)
-        if remote is not None:
-            return remote, candidate
-    return None
-
-
 def _store_name(remote_name: str) -> str:
     """Store names are the ones model_files looks for."""
     if remote_name in (CONFIG_NAME, *WEIGHT_NAMES, *TOKENIZER_FILES):
         return remote_name
     return ("open_clip_model.safetensors" if remote_name.endswith(".safetensors")
             else "open_clip_pytorch_model.bin")
-
-
-def _more_plans(folder: Path, name: str, repo: str) -> list[_Plan]:
-    """What an hf-hub download fetches next, once `name` has arrived."""
-    if name == CONFIG_NAME:  # an open_clip bundle: its weights, then its tokenizer, which
-        # goes into the bundle's own folder (open_clip's local-dir reads it there)
-        return [_Plan(WEIGHT_NAMES, None, repo), *_hub_tokenizer_plans(folder / CONFIG_NAME)]
-    if name == hf_layout.CONFIG_FILE:  # a transformers repository: the files it really has
-        _refuse_non_clip(folder, name, repo)
-        weights = tuple(n for index, single in hf_layout.WEIGHT_LAYOUTS for n in (single, index))
-        return [_Plan(weights, None, repo, keep_name=True),
-                *(_Plan((n,), None, repo, False, keep_name=True)
-                  for n in (hf_layout.PREPROCESSOR_FILE, *hf_layout.TOKENIZER_FILES))]
-    if any(name == index for index, _ in hf_layout.WEIGHT_LAYOUTS):  # sharded weights
-        try:
-            shards = sorted(set(json.loads((folder / name).read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
-            raise DownloadError(f"{name} of {repo} is not a usable shard index ({exc}).") from exc
-        bad = [n for n in shards if not isinstance(n, str) or not _SAFE_PART.match(n)]
-        if bad:
-            raise DownloadError(f"{name} of {repo} names unsafe shard files: {bad[:3]}")
-        return [_Plan((n,), None, repo, keep_name=True) for n in shards]
-    return []
-
-
-def _refuse_non_clip(folder: Path, name: str, repo: str) -> None:
-    """Before fetching gigabytes: a repository whose config.json is not a full CLIPModel
-    (a text encoder alone, another model type, a typo that names some other repo) is not
-    downloaded, and its config does not stay behind looking like a model."""
-    try:
-        cfg = hf_layout.read_json(folder / name)
-        if hf_layout.is_clip_config(cfg):
-            return
-        what = f"model_type {cfg.get('model_type')!r}"
-    except ValueError as exc:
-        what = str(exc)
-    (folder / name).unlink(missing_ok=True)
-    manifest = read_manifest(folder)
-    if manifest and {f["name"] for f in manifest["files"]} <= {name}:
-        shutil.rmtree(folder / META_DIR, ignore_errors=True)
-    raise StoreError(f"{repo} has neither {CONFIG_NAME} (open_clip) nor a CLIPModel "
-                     f"config.json ({what}); nothing was downloaded. clipsearch needs a full "
-                     "CLIP model with text and image towers.")
-
-
-def _hub_tokenizer_plans(config: Path) -> list[_Plan]:
-    try:
-        text_cfg = json.loads(config.read_text())["model_cfg"].get("text_cfg", {})
-    except (OSError, ValueError, KeyError, AttributeError):
-        return []
-    tok = text_cfg.get("hf_tokenizer_name")
-    return [_Plan((n,), None, tok, False) for n in TOKENIZER_FILES] if tok else []
 
 
 # -- export / import -------------------------------------------------------------------------
