@@ -1,5 +1,5 @@
 # clipsearch developer targets. `make demo` installs into .venv and runs the demo;
-# `make test` runs the whole suite (lint + pytest).
+# `make test` runs the whole suite (lint + pytest); `make test-fast` the fast tier.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO := .demo
 
-.PHONY: install demo test lint browser fuzz bench fixture-model clean
+.PHONY: install demo test test-fast lint browser fuzz bench fixture-model clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ demo: install
 
 test: install lint browser
 	$(BIN)/python -m pytest -q
+
+# The edit loop: every test but those tests/conftest.py lists as slow (no Ray, no browser).
+test-fast: install lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Headless Chromium for tests/test_serve_browser.py (Debian packages; quick once installed).
 browser:

@@ -15,6 +15,71 @@ CALTECH = REPO.parent / "shared" / "datasets" / "caltech101-1200"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("CLIPSEARCH_NO_NETWORK_TESTS", "1")
 
+# The fast tier (`make test-fast` = pytest -m "not slow", for the edit loop) leaves out these
+# files and tests (and any marked @pytest.mark.slow): each costs seconds or more, measured with
+# `pytest --durations=0` on 2 cores. `make test` (CI) runs everything. A new test is in the
+# fast tier unless it is listed here; tests/test_tiers.py checks that every name still exists.
+SLOW_FILES = frozenset({
+    "test_compile_messages.py", "test_ctrl_c_models.py", "test_damage.py", "test_pipeline.py",
+    "test_powerloss.py", "test_ray.py", "test_serve_browser.py", "test_serve_process.py",
+    "test_serve_watch.py", "test_stored_tokenizer.py",
+})
+SLOW_TESTS = frozenset({  # "file::test" (every parametrization of it)
+    "test_api.py::test_library_api_round_trip",
+    "test_api_contract.py::test_one_library_shared_by_eight_threads",
+    "test_compiled.py::test_vit_b32_image_tower_stays_within_the_guard_of_fp32_on_any_cpu",
+    "test_compiled.py::test_each_int8_variant_keeps_the_tiny_models_rankings",
+    "test_compiled.py::test_index_and_query_with_a_compiled_model_import_neither_torch_nor_open_clip",
+    "test_compiled.py::test_without_int8_dot_products_torch_is_timed_and_wins_when_twice_as_fast",
+    "test_compiled.py::test_a_full_disk_while_compiling_is_not_remembered",
+    "test_compiled.py::test_query_image_and_classify_use_the_fp32_tower_without_torch_where_int8_fails",
+    "test_compiled.py::test_a_failed_check_run_is_not_remembered_but_a_refused_graph_is",
+    "test_compiled.py::test_changed_weights_or_a_damaged_cache_compile_again",
+    "test_compiled.py::test_a_damaged_compiled_tower_is_compiled_again",
+    "test_compiled.py::test_int8_text_tower_keeps_the_tiny_models_rankings",
+    "test_compiled.py::test_a_killed_compiles_work_folder_is_removed_by_the_next_compile",
+    "test_compiled.py::test_a_variant_that_fails_the_guard_hands_over_to_the_next",
+    "test_compiled.py::test_models_compile_command",
+    "test_compiled.py::test_int8_rankings_equal_fp32_with_the_tiny_model",
+    "test_compiled.py::test_int8_vectors_do_not_depend_on_the_batch",
+    "test_compiled.py::test_a_model_that_cannot_be_exported_stays_on_torch",
+    "test_concurrency.py::test_queries_see_committed_state_while_an_index_run_writes",
+    "test_concurrency.py::test_read_only_library_is_queryable",
+    "test_decode_fuzz.py::test_mutated_files_decode_or_raise_decode_error",
+    "test_default_model.py::test_default_passes_to_a_model_with_vectors_or_to_none",
+    "test_fifo_and_stalls.py::test_ctrl_c_stops_a_run_whose_read_never_returns",
+    "test_images.py::test_draft_decoding_is_close_to_full_decoding",
+    "test_images.py::test_every_caltech_image_decodes",
+    "test_levers.py::test_bf16_vit_b32_embeddings_stay_within_cosine_0999_of_fp32",
+    "test_levers.py::test_bf16_rankings_equal_fp32_with_the_tiny_model",
+    "test_levers.py::test_draft_decoding_keeps_the_tiny_models_rankings",
+    "test_models_cli_output.py::test_export_to_dash_streams_to_a_pipe_and_refuses_a_terminal",
+    "test_preprocess.py::test_matches_open_clip_for_square_targets",
+    "test_preprocess.py::test_matches_open_clip_for_rectangular_targets",
+    "test_query_duplicates.py::test_copies_group_and_other_pictures_do_not",
+    "test_query_filters.py::test_filtered_results_equal_brute_force",
+    "test_query_grades.py::test_missing_colours_are_flagged_and_held_ones_are_strong",
+    "test_reliability.py::test_sigkill_at_random_moments_then_exact_library",
+    "test_reliability.py::test_models_are_kept_apart",
+    "test_reliability.py::test_stop_request_commits_encoded_part_of_batch",
+    "test_sd_clip_download.py::test_a_transformers_repository_loads_without_importing_transformers",
+    "test_sd_clip_download.py::test_hf_name_indexes_queries_classifies_like_transformers",
+    "test_sd_clip_download.py::test_seed_scenario_through_the_cli",
+    "test_serve_cli.py::test_query_asks_a_running_server_and_prints_the_same",
+    "test_store.py::test_search_equals_brute_force_over_exact_vectors",
+    "test_text_tower.py::test_vit_b32_int8_blocks_stay_within_cosine_0999_of_fp32",
+    "test_text_tower.py::test_int8_tower_leaves_the_fp32_pages_out_of_the_process",
+    "test_text_tower.py::test_vit_b32_matches_torch",
+    "test_tokenizer.py::test_hypothesis_strings_match_open_clip",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        if item.path.name in SLOW_FILES or name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 def _guarded_connect(original):
     def connect(self, address):
