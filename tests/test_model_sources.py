@@ -188,3 +188,22 @@ def test_each_kind_says_where_an_imported_bundle_goes(kind, spec, folder_name, w
     folder, ref = found
     assert folder == models / where and ref.kind == kind
     assert source_for(ref, models).missing() is not None  # nothing installed there yet
+
+
+@pytest.mark.parametrize("kind,at", [("hf-hub", 1), ("local-dir", 0)])
+def test_a_half_copied_transformers_folder_says_to_finish_it_first_or_after_a_download(
+        kind, at, places):
+    """Finishing the folder itself is a fix too: after the download (hub), before the generic
+    advice (the user's own folder)."""
+    folder = places["models"] / "hf-hub" / "org" / "half" if kind == "hf-hub" \
+        else places["tmp"] / "half"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "clip", "architectures": ["CLIPModel"]}')
+    ref = parse_model("hf-hub:org/half" if kind == "hf-hub" else f"local-dir:{folder}")
+    source = source_for(ref, places["models"])
+    missing = source.missing()
+    assert isinstance(missing, Missing) and missing.looked_in == [folder]
+    general = source.fix()
+    assert missing.fix == [*general[:at], f"copy the missing file(s) into {folder} from the "
+                           "model's Hugging Face repository (or another copy of it)", *general[at:]]
+    assert missing.detail == f"{folder} has config.json but no weights file"
