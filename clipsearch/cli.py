@@ -81,7 +81,7 @@ def main() -> None:
 
 
 def _warn_random(ref) -> None:
-    if ref.kind == "random":
+    if ref.random_weights:
         click.secho(
             f"WARNING: {ref.name} with RANDOM weights (--pretrained none): results are "
             "meaningless; use this for benchmarks only.", fg="red", bold=True, err=True)

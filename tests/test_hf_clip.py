@@ -23,6 +23,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer, default_bpe
 from safetensors.torch import save_file
 
+from clip_core.models.places import is_transformers_clip
 from clip_core.torch_backend import hf_clip
 
 pytest.importorskip("transformers")  # a dev/test dependency only
@@ -175,7 +176,7 @@ def _hf_ids(tok, texts: list[str]) -> dict:
 
 def test_detect_and_configs(hf):
     conv = hf["conv"]
-    assert hf_clip.is_hf_clip_dir(hf["folder"])
+    assert is_transformers_clip(hf["folder"])
     cfg = conv.model_cfg
     assert cfg["quick_gelu"] is (hf["act"] == "quick_gelu")
     assert cfg["embed_dim"] == 24
@@ -271,7 +272,7 @@ def test_rejects_non_clip_config(tmp_path):
         {"model_type": "clip_text_model", "architectures": ["CLIPTextModel"]},
     ):
         (tmp_path / "config.json").write_text(json.dumps(cfg))
-        assert not hf_clip.is_hf_clip_dir(tmp_path)
+        assert not is_transformers_clip(tmp_path)
         with pytest.raises(ValueError, match=r"config\.json: not a CLIP model"):
             hf_clip.load_hf_clip(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
@@ -320,7 +321,7 @@ def test_refuses_malicious_pickle(hf1, tmp_path, fmt):
         torch.save(payload, folder / "pytorch_model.bin")
     else:
         (folder / "pytorch_model.bin").write_bytes(pickle.dumps(payload))
-    assert hf_clip.is_hf_clip_dir(folder)
+    assert is_transformers_clip(folder)
     with pytest.raises(ValueError, match=r"pytorch_model\.bin: refused"):
         hf_clip.load_hf_clip(folder)
     assert not marker.exists()

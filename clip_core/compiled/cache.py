@@ -38,14 +38,9 @@ from importlib import metadata
 from pathlib import Path
 
 from clip_core.compiled.onnx_encoder import OnnxImageEncoder, onnxruntime_available
-from clip_core.models.files import (
-    CONFIG_NAME,
-    default_models_dir,
-    locate_hub_bundle,
-    locate_pretrained,
-)
-from clip_core.models.open_clip_tables import pretrained_cfg
-from clip_core.models.ref import WEIGHT_SUFFIXES, ModelRef
+from clip_core.models.files import default_models_dir
+from clip_core.models.ref import ModelRef
+from clip_core.models.sources import source_for
 from clip_core.pixels.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -139,26 +134,9 @@ def find_compiled(ref: ModelRef, models_dir: Path | None = None,
     return compiled
 
 
-def _model_files(folder: Path) -> list[Path]:
-    """The config and weights of a bundle folder: editing its README compiles nothing."""
-    return sorted(p for p in folder.iterdir()
-                  if p.name == CONFIG_NAME or p.name.endswith(WEIGHT_SUFFIXES))
-
-
 def _weights_stamp(ref: ModelRef, models_dir: Path) -> list | None:
     """Path, size and mtime of the files behind `ref` (random weights have none)."""
-    files: list[Path] = []
-    if ref.kind == "openclip":
-        weights = locate_pretrained(ref, pretrained_cfg(ref.name, str(ref.pretrained)),
-                                    models_dir).weights
-        files = [weights] if weights else []
-    elif ref.kind == "hf-hub":
-        bundle = locate_hub_bundle(ref, models_dir).bundle_dir
-        files = _model_files(bundle) if bundle else []
-    elif ref.kind == "file":
-        files = [Path(str(ref.pretrained))]
-    elif ref.kind == "local-dir":
-        files = _model_files(Path(ref.name)) if Path(ref.name).is_dir() else []
+    files = source_for(ref, models_dir).weight_files()
     stamp = []
     for file in files:
         try:

@@ -8,12 +8,9 @@ mirrors open_clip's factory (defaults, then the bundle's or the pretrained tag's
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from clip_core.models.files import CONFIG_NAME
-from clip_core.models.open_clip_tables import architecture_configs, pretrained_cfg
+from clip_core.models.places import default_models_dir
 from clip_core.models.ref import ModelRef
+from clip_core.models.sources import source_for
 from clip_core.pixels.preprocess import PreprocessSpec
 
 _KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
@@ -22,23 +19,10 @@ _KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 def guess_preprocess(ref: ModelRef) -> PreprocessSpec | None:
     """The spec open_clip will report for `ref`, or None where only building tells."""
     try:
-        if ref.kind == "local-dir":
-            config_path = Path(ref.name) / CONFIG_NAME
-            if not config_path.is_file():
-                return None  # e.g. a transformers folder: known after conversion
-            config = json.loads(config_path.read_text())
-            overrides = config.get("preprocess_cfg", {})
-            vision = config["model_cfg"]["vision_cfg"]
-        elif ref.kind in ("openclip", "random", "file"):
-            arch = architecture_configs().get(ref.name)
-            if arch is None:
-                return None
-            overrides = arch.get("preprocess_cfg", {})
-            if ref.kind == "openclip":
-                overrides = {**overrides, **pretrained_cfg(ref.name, str(ref.pretrained))}
-            vision = arch["vision_cfg"]
-        else:
+        found = source_for(ref, default_models_dir()).preprocess_config()
+        if found is None:
             return None
+        vision, overrides = found
         if "image_size" not in vision:
             return None
         spec = {k: v for k, v in overrides.items() if k in _KEYS}

@@ -26,10 +26,44 @@ BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[2] / "data" / "models"
 
 
 @dataclass(frozen=True)
+class KindNames:
+    """How a kind of reference names itself, as data: `str.format` patterns over `name`,
+    `pretrained`, `file` (the name of the weights file or folder) and `fingerprint` (of
+    that file or folder's weights). Its files are clip_core.models.sources' business."""
+
+    model_id: str
+    display: str
+    model: str  # to_spec()["model"]
+    pretrained: str | None  # to_spec()["pretrained"]
+    path: str | None = None  # the field holding the local path behind `file`/`fingerprint`
+    random_weights: bool = False
+
+
+_LOCAL_DIR = KindNames("{file}@{fingerprint}", LOCAL_DIR_PREFIX + "{name}",
+                       LOCAL_DIR_PREFIX + "{name}", None, path="name")
+# One row per kind `parse_model` produces. Local files are identified by name plus a short
+# fingerprint of the weights, so a moved folder keeps its vectors while different weights
+# never share an id.
+KINDS: dict[str, KindNames] = {
+    "openclip": KindNames("{name}/{pretrained}", "{name} (pretrained={pretrained})",
+                          "{name}", "{pretrained}"),
+    "random": KindNames("{name}/random", "{name} (pretrained=" + RANDOM_WEIGHTS + ")",
+                        "{name}", RANDOM_WEIGHTS, random_weights=True),
+    "file": KindNames("{name}:{file}@{fingerprint}", "{name} (weights {pretrained})",
+                      "{name}", "{pretrained}", path="pretrained"),
+    "hf-hub": KindNames(HF_HUB_PREFIX + "{name}", HF_HUB_PREFIX + "{name}",
+                        HF_HUB_PREFIX + "{name}", None),
+    "local-dir": _LOCAL_DIR,  # an open_clip bundle or a transformers CLIP folder
+    "bundled": _LOCAL_DIR,  # a bundle in data/models, named by its folder: a local-dir
+}
+
+
+@dataclass(frozen=True)
 class ModelRef:
-    """`kind` is one of: "openclip" (architecture + pretrained tag), "random" (architecture,
-    random weights), "file" (architecture + local weights file), "hf-hub" (repo id),
-    "local-dir" (an open_clip bundle or a transformers CLIP folder)."""
+    """`kind` is a key of KINDS: "openclip" (architecture + pretrained tag), "random"
+    (architecture, random weights), "file" (architecture + local weights file), "hf-hub"
+    (repo id), "local-dir" (an open_clip bundle or a transformers CLIP folder), "bundled"
+    (a model shipped in data/models, given by its bare name)."""
 
     kind: str
     name: str  # architecture name, hub repo id, or absolute folder path
@@ -37,40 +71,35 @@ class ModelRef:
     # True when the user gave no --pretrained and the tag was chosen (default_pretrained).
     tag_defaulted: bool = field(default=False, compare=False, repr=False)
 
+    def _format(self, pattern: str) -> str:
+        names = KINDS[self.kind]
+        fields = {"name": self.name, "pretrained": self.pretrained}
+        if names.path and ("{file}" in pattern or "{fingerprint}" in pattern):
+            path = Path(str(getattr(self, names.path)))
+            fields["file"] = path.name
+            if "{fingerprint}" in pattern:
+                fields["fingerprint"] = _fingerprint(path)
+        return pattern.format(**fields)
+
     @property
     def model_id(self) -> str:
         """Stable identifier stored beside every vector made by this model."""
-        if self.kind == "openclip":
-            return f"{self.name}/{self.pretrained}"
-        if self.kind == "random":
-            return f"{self.name}/random"
-        if self.kind == "hf-hub":
-            return f"hf-hub:{self.name}"
-        # Local files are identified by name plus a short fingerprint of the weights, so a
-        # moved folder keeps its vectors while different weights never share an id.
-        path = Path(self.pretrained if self.kind == "file" else self.name)
-        label = f"{self.name}:{path.name}" if self.kind == "file" else path.name
-        return f"{label}@{_fingerprint(path)}"
+        return self._format(KINDS[self.kind].model_id)
 
     @property
     def display(self) -> str:
-        if self.kind in ("openclip", "random"):
-            return f"{self.name} (pretrained={self.pretrained or RANDOM_WEIGHTS})"
-        if self.kind == "file":
-            return f"{self.name} (weights {self.pretrained})"
-        if self.kind == "hf-hub":
-            return f"{HF_HUB_PREFIX}{self.name}"
-        return f"{LOCAL_DIR_PREFIX}{self.name}"
+        return self._format(KINDS[self.kind].display)
+
+    @property
+    def random_weights(self) -> bool:
+        return KINDS[self.kind].random_weights
 
     def to_spec(self) -> dict[str, str | None]:
         """The two strings that recreate this reference through `parse_model`."""
-        if self.kind in ("openclip", "file"):
-            return {"model": self.name, "pretrained": self.pretrained}
-        if self.kind == "random":
-            return {"model": self.name, "pretrained": RANDOM_WEIGHTS}
-        if self.kind == "hf-hub":
-            return {"model": HF_HUB_PREFIX + self.name, "pretrained": None}
-        return {"model": LOCAL_DIR_PREFIX + self.name, "pretrained": None}
+        names = KINDS[self.kind]
+        pretrained = names.pretrained
+        return {"model": self._format(names.model),
+                "pretrained": None if pretrained is None else self._format(pretrained)}
 
 
 def parse_model(model: str | None = None, pretrained: str | None = None) -> ModelRef:
@@ -82,7 +111,7 @@ def parse_model(model: str | None = None, pretrained: str | None = None) -> Mode
         return ModelRef("local-dir", _abs(model[len(LOCAL_DIR_PREFIX) :]))
     bundled = BUNDLED_MODELS_DIR / model
     if "/" not in model and bundled.is_dir():
-        return ModelRef("local-dir", str(bundled))
+        return ModelRef("bundled", str(bundled))
     if os.sep in model or model.startswith("."):
         path = Path(model).expanduser()
         if path.is_dir():

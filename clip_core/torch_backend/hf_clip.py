@@ -100,18 +100,6 @@ class ConvertedClip:
 # --- folder inspection -------------------------------------------------------------------------
 
 
-def is_hf_clip_dir(path: Path) -> bool:
-    """True when ``path`` looks like a transformers CLIPModel folder with weights."""
-    path = Path(path)
-    config = path / CONFIG_FILE
-    if not config.is_file():
-        return False
-    try:
-        return _is_clip_config(_read_json(config)) and bool(_weight_files(path))
-    except ValueError:
-        return False
-
-
 def hf_tokenizer_files(path: Path) -> dict[str, Path]:
     """The tokenizer files present in the folder, by file name."""
     path = Path(path)

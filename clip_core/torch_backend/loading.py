@@ -6,7 +6,6 @@ open_clip with a missing file asks the Hugging Face hub, retrying ~53 s offline 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -15,20 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from clip_core.models.files import (
-    CONFIG_NAME,
-    WEIGHT_NAMES,
     MissingModelError,
     ModelLoadError,
     default_models_dir,
     ensure_local,
-    fix_steps,
-    hub_expected,
-    locate_hub_bundle,
-    locate_pretrained,
-    pretrained_files,
-    store_dir_for,
+    require,
 )
-from clip_core.models.ref import WEIGHT_SUFFIXES, ModelRef
+from clip_core.models.ref import ModelRef
+from clip_core.models.sources import source_for
 from clip_core.pixels.preprocess import PreprocessSpec
 from clip_core.quiet import quiet_libraries
 from clip_core.torch_backend.open_clip_import import import_open_clip
@@ -71,43 +64,15 @@ def load_model(
 
     open_clip = import_open_clip(ref)
 
-    if ref.kind == "local-dir":
-        from clip_core.torch_backend import hf_clip
-
-        folder = Path(ref.name)
-        if not folder.is_dir():
-            raise MissingModelError(ref, [CONFIG_NAME, WEIGHT_NAMES[0]], [folder],
-                                    fix_steps(ref, models_dir))
-        if hf_clip.is_hf_clip_dir(folder):
-            return _load_hf_folder(ref, folder, device, precision, towers)
-        _check_bundle(ref, folder, models_dir)
-        name, pretrained = f"local-dir:{folder}", None
-    elif ref.kind == "hf-hub":
-        located = locate_hub_bundle(ref, models_dir)
-        if located.bundle_dir is None:  # ensure_local said what is missing; this is a race
-            raise MissingModelError(ref, hub_expected(), located.searched,
-                                    fix_steps(ref, models_dir))
-        if not (located.bundle_dir / CONFIG_NAME).is_file():  # a transformers repository
-            return _load_hf_folder(ref, located.bundle_dir, device, precision, towers)
-        name, pretrained = f"local-dir:{located.bundle_dir}", None
-    elif ref.kind == "random":
-        torch.manual_seed(0)  # same random weights in every process, so indexes stay usable
-        name, pretrained = ref.name, None
-    elif ref.kind == "file":
-        if not Path(str(ref.pretrained)).is_file():
-            raise MissingModelError(ref, [str(ref.pretrained)], [Path(str(ref.pretrained)).parent],
-                                    fix_steps(ref, models_dir))
-        name, pretrained = ref.name, str(ref.pretrained)
-    else:
-        cfg = open_clip.pretrained.get_pretrained_cfg(ref.name, str(ref.pretrained))
-        located = locate_pretrained(ref, cfg, models_dir)
-        if located.weights is None:
-            raise MissingModelError(ref, pretrained_files(cfg), located.searched,
-                                    fix_steps(ref, models_dir))
-        name, pretrained = ref.name, str(located.weights)
-        if cfg.get("quick_gelu") and not name.endswith("-quickgelu"):
-            # OpenAI-style weights were trained with QuickGELU; without it embeddings drift.
-            name = f"{name}-quickgelu" if name + "-quickgelu" in open_clip.list_models() else name
+    plan = require(ref, source_for(ref, models_dir).load_plan())
+    if plan.transformers_dir is not None:
+        return _load_hf_folder(ref, plan.transformers_dir, device, precision, towers)
+    if plan.seed is not None:
+        torch.manual_seed(plan.seed)
+    name, pretrained = plan.name, plan.pretrained
+    if plan.quick_gelu and not name.endswith("-quickgelu"):
+        # OpenAI-style weights were trained with QuickGELU; without it embeddings drift.
+        name = f"{name}-quickgelu" if name + "-quickgelu" in open_clip.list_models() else name
     # The tokenizer first: a missing one is reported before seconds of model building.
     tokenizer = _tokenizer(open_clip, name, ref, models_dir) if "text" in towers else None
     try:
@@ -162,36 +127,13 @@ def _tokenizer(open_clip: Any, name: str, ref: ModelRef, models_dir: Path) -> An
     config = open_clip.get_model_config(name) or {}
     text_cfg = config.get("text_cfg", {})
     hf_name = text_cfg.get("hf_tokenizer_name")
-    if not hf_name or ref.kind in ("local-dir", "hf-hub"):
+    local = require(ref, source_for(ref, models_dir).tokenizer_dir(hf_name)) if hf_name else None
+    if local is None:
         return open_clip.get_tokenizer(name)  # bundled BPE, or the bundle's own files
-    # Any pretrained tag of the architecture shares the tokenizer (random weights have none).
-    own = store_dir_for(ref, models_dir) / "tokenizer"
-    found = [d for d in [own, *sorted((models_dir / ref.name).glob("*/tokenizer"))]
-             if (d / "tokenizer_config.json").is_file()]
-    if not found:
-        raise MissingModelError(ref, [f"tokenizer files of {hf_name} (tokenizer.json, "
-                                      "tokenizer_config.json, ...)"],
-                                [own, models_dir / ref.name / "*" / "tokenizer"],
-                                fix_steps(ref, models_dir))
-    local = found[0]
     from open_clip.tokenizer import HFTokenizer
 
     return HFTokenizer(str(local), context_length=text_cfg.get("context_length", 77),
                        **text_cfg.get("tokenizer_kwargs", {}))
-
-
-def _check_bundle(ref: ModelRef, folder: Path, models_dir: Path) -> None:
-    config = folder / CONFIG_NAME
-    weights = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES]
-    if not config.is_file() or not weights:
-        raise MissingModelError(
-            ref, [CONFIG_NAME, " or ".join(WEIGHT_NAMES)], [folder], fix_steps(ref, models_dir)
-        )
-    try:
-        if "model_cfg" not in json.loads(config.read_text()):
-            raise ModelLoadError(f"{config} has no 'model_cfg' key (open_clip bundle format)")
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{config} is not valid JSON: {exc}") from exc
 
 
 def drop_unused_towers(model: Any, towers: frozenset[str]) -> None:

@@ -9,34 +9,19 @@ in the same process does need it, open_clip.hf_model is re-run with transformers
 from __future__ import annotations
 
 import importlib
-import json
 import sys
-from pathlib import Path
 from types import ModuleType
 
-from clip_core.models.files import CONFIG_NAME
-from clip_core.models.open_clip_tables import architecture_configs
+from clip_core.models.places import default_models_dir
 from clip_core.models.ref import ModelRef
+from clip_core.models.sources import source_for
 
 
 def needs_transformers(ref: ModelRef) -> bool:
-    if ref.kind in ("local-dir", "hf-hub"):
-        folder = Path(ref.name) if ref.kind == "local-dir" else _hub_folder(ref)
-        if folder is None:
-            return True  # unknown until open_clip reads the bundle's config
-        config = folder / CONFIG_NAME
-        if not config.is_file():
-            return False  # a transformers CLIP folder is converted without transformers
-        text_cfg = json.loads(config.read_text()).get("model_cfg", {}).get("text_cfg", {})
-    else:
-        text_cfg = architecture_configs().get(ref.name, {}).get("text_cfg", {})
+    text_cfg = source_for(ref, default_models_dir()).text_config()
+    if text_cfg is None:
+        return True  # unknown until open_clip reads the bundle's config
     return bool(text_cfg.get("hf_model_name"))
-
-
-def _hub_folder(ref: ModelRef) -> Path | None:
-    from clip_core.models.files import default_models_dir, locate_hub_bundle
-
-    return locate_hub_bundle(ref, default_models_dir()).bundle_dir
 
 
 def import_open_clip(ref: ModelRef) -> ModuleType:

@@ -40,20 +40,18 @@ from clip_core.models.files import (
     default_models_dir,
 )
 from clip_core.models.open_clip_tables import architecture_configs, pretrained_cfg
+from clip_core.models.places import SAFE_NAME, TOKENIZER_FILES, store_name
 from clip_core.models.ref import ModelRef, split_revision
 from clip_core.quiet import quiet_libraries
 from clip_core.weights.store import (
-    _SAFE_PART,
     META_DIR,
     PARTIAL_DIR,
-    TOKENIZER_FILES,
     ChecksumError,
     DownloadError,
     OfflineError,
     StoreError,
     _new_manifest,
     _record,
-    _store_name,
     hub_repo,
     is_offline,
     read_manifest,
@@ -316,7 +314,7 @@ def _download_into(folder: Path, ref: ModelRef, plans: list, endpoint: str, revi
                                     f"{plan.repo or 'the URL'} at {endpoint}.")
             continue
         remote, remote_name = found
-        name = plan.save_as or (remote_name if plan.keep_name else _store_name(remote_name))
+        name = plan.save_as or (remote_name if plan.keep_name else store_name(remote_name))
         recorded = {f["name"]: f for f in manifest["files"]}.get(name)
         if (recorded and remote.sha256 == recorded["sha256"] and (folder / name).is_file()
                 and (folder / name).stat().st_size == recorded["size"]):
@@ -374,7 +372,7 @@ def _more_plans(folder: Path, name: str, repo: str) -> list[_Plan]:
             shards = sorted(set(json.loads((folder / name).read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
             raise DownloadError(f"{name} of {repo} is not a usable shard index ({exc}).") from exc
-        bad = [n for n in shards if not isinstance(n, str) or not _SAFE_PART.match(n)]
+        bad = [n for n in shards if not isinstance(n, str) or not SAFE_NAME.match(n)]
         if bad:
             raise DownloadError(f"{name} of {repo} names unsafe shard files: {bad[:3]}")
         return [_Plan((n,), None, repo, keep_name=True) for n in shards]

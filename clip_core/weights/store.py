@@ -20,7 +20,6 @@ import io
 import json
 import lzma
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -34,24 +33,19 @@ from typing import IO, Any
 from clip_core.models import hf_layout
 from clip_core.models.files import (
     CONFIG_NAME,
-    WEIGHT_NAMES,
-    MissingModelError,
-    check_known,
-    clip_url_cache_dir,
     default_models_dir,
-    ensure_local,
-    fix_steps,
     hf_cache_dir,
-    hub_expected,
-    hub_snapshot_files,
     hub_snapshots,
     is_openclip_bundle,
     is_transformers_clip,
-    locate_hub_bundle,
     locate_pretrained,
+    raise_problem,
+    require,
 )
-from clip_core.models.open_clip_tables import architecture_configs, pretrained_cfg, pretrained_table
+from clip_core.models.open_clip_tables import architecture_configs, pretrained_table
+from clip_core.models.places import SAFE_NAME
 from clip_core.models.ref import BUNDLED_MODELS_DIR, WEIGHT_SUFFIXES, ModelRef
+from clip_core.models.sources import SOURCES, source_for
 from clip_core.weights.manifest import check_manifest
 from clipsearch_errors import BadInputError, StoreError
 
@@ -60,12 +54,6 @@ MANIFEST = "manifest.json"
 PARTIAL_DIR = ".partial"
 BUNDLE_FORMAT = "clipsearch-model"
 BUNDLE_VERSION = 1
-# Files a Hugging Face tokenizer may need; absent ones are skipped (404).
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-    "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
-)
-
 # Shown by `models list` without --all (plus everything available locally).
 COMMON = (
     ("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-B-32", "openai"),
@@ -76,7 +64,6 @@ COMMON = (
     ("ViT-bigG-14", "laion2b_s39b_b160k"), ("convnext_base_w", "laion2b_s13b_b82k_augreg"),
 )
 _CHUNK = 1 << 20
-_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+@=-]*$")
 
 
 class OfflineError(StoreError):
@@ -156,7 +143,7 @@ def _safe_relpath(name: str) -> bool:
     """A bundle/manifest file name: at most `dir/file`, no hidden parts, no `..`, no root."""
     parts = PurePosixPath(name).parts
     return (0 < len(parts) <= 2 and "\\" not in name and not name.startswith("/")
-            and all(_SAFE_PART.match(p) and p not in (".", "..") for p in parts))
+            and all(SAFE_NAME.match(p) and p not in (".", "..") for p in parts))
 
 
 def hub_repo(cfg: dict) -> tuple[str, str]:
@@ -300,12 +287,6 @@ def _hf_cache_bundles(known_repos: set[str]) -> list[ModelInfo]:
     return infos
 
 
-def _store_name(remote_name: str) -> str:
-    """Store names are the ones model_files looks for."""
-    if remote_name in (CONFIG_NAME, *WEIGHT_NAMES, *TOKENIZER_FILES):
-        return remote_name
-    return ("open_clip_model.safetensors" if remote_name.endswith(".safetensors")
-            else "open_clip_pytorch_model.bin")
 
 
 # -- export / import -------------------------------------------------------------------------
@@ -322,86 +303,12 @@ def _source_files(ref: ModelRef, models_dir: Path
                   ) -> tuple[dict[str, Path | bytes], str | None]:
     """The local files load_model would use, {bundle name: path or generated content}, and
     the folder name for local-dir installs."""
-    from clip_core.models.files import store_dir_for
-
-    check_known(ref)  # unknown names and tags: the same error as every other command
-    if ref.kind == "random":
-        raise StoreError("Random weights (--pretrained none) have no files to export.")
-    if ref.kind == "openclip":
-        cfg = pretrained_cfg(ref.name, str(ref.pretrained))
-        located = locate_pretrained(ref, cfg, models_dir)
-        if located.weights is None:
-            from clip_core.models.files import pretrained_files
-
-            raise MissingModelError(ref, pretrained_files(cfg), located.searched,
-                                    fix_steps(ref, models_dir))
-        own = store_dir_for(ref, models_dir)
-        weights = located.weights
-        if weights.parent == own:
-            name = weights.name
-        elif weights.parent == clip_url_cache_dir():
-            name = "model.pt"
-        else:
-            name = _store_name(weights.name)
-        files: dict[str, Path | bytes] = {name: weights.resolve()}
-        arch_cfg = architecture_configs().get(ref.name)
-        if (own / CONFIG_NAME).is_file():
-            files[CONFIG_NAME] = (own / CONFIG_NAME).resolve()
-        elif arch_cfg:  # makes the bundle self-describing, and usable as `local-dir:` too
-            files[CONFIG_NAME] = _bundle_config(arch_cfg, cfg)
-        tok = (arch_cfg or {}).get("text_cfg", {}).get("hf_tokenizer_name")
-        if tok:
-            tok_dir = own / "tokenizer"
-            found = ([p for p in tok_dir.iterdir() if p.is_file()] if tok_dir.is_dir()
-                     else hub_snapshot_files(tok, (*TOKENIZER_FILES, "config.json"))[0])
-            files.update({f"tokenizer/{p.name}": p.resolve() for p in found})
-        return files, None
-    if ref.kind == "hf-hub":
-        ensure_local(ref, models_dir)  # what is missing, as every command says it
-        located = locate_hub_bundle(ref, models_dir)
-        folder = located.bundle_dir
-        if folder is None:  # a race with whoever is changing the folder
-            raise MissingModelError(ref, hub_expected(), located.searched,
-                                    fix_steps(ref, models_dir))
-        if not is_openclip_bundle(folder):  # a transformers repository: the files it has
-            return {p.name: p.resolve() for p in hf_layout.folder_files(folder)}, None
-        weights = next(folder / n for n in WEIGHT_NAMES if (folder / n).is_file())
-        names = [CONFIG_NAME, weights.name, *TOKENIZER_FILES]
-        return {n: (folder / n).resolve() for n in names if (folder / n).is_file()}, None
-    if ref.kind == "file":
-        weights = Path(str(ref.pretrained))
-        if not weights.is_file():
-            raise MissingModelError(ref, [str(weights)], [weights.parent],
-                                    fix_steps(ref, models_dir))
-        arch_cfg = architecture_configs()[ref.name]  # check_known passed
-        from clip_core.pixels.preprocess import (  # open_clip's defaults for a file
-            OPENAI_MEAN,
-            OPENAI_STD,
-        )
-
-        # Travels as a folder bundle (architecture config + weights): `local-dir:` on arrival.
-        name = _store_name(weights.name if weights.suffix == ".safetensors" else "x.bin")
-        preprocess = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic",
-                      "resize_mode": "shortest"}
-        return ({name: weights.resolve(), CONFIG_NAME: _bundle_config(arch_cfg, preprocess)},
-                re.sub(r"[^A-Za-z0-9._+@=-]", "_", f"{ref.name}-{weights.stem}"))
-    folder = Path(ref.name)
-    has_config = (folder / CONFIG_NAME).is_file() or (folder / "config.json").is_file()
-    if not has_config or not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
-        raise MissingModelError(ref, [f"{CONFIG_NAME} or config.json", "a weights file"],
-                                [folder], fix_steps(ref, models_dir))
-    files = {p.name: p.resolve() for p in sorted(folder.iterdir())
-             if p.is_file() and _SAFE_PART.match(p.name)
-             and p.suffix not in (".h5", ".msgpack", ".onnx", ".part")}
-    return files, folder.name
-
-
-def _bundle_config(arch_cfg: dict, cfg: dict) -> bytes:
-    model_cfg = dict(arch_cfg)
-    if cfg.get("quick_gelu"):
-        model_cfg["quick_gelu"] = True
-    preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
-    return json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2).encode()
+    source = source_for(ref, models_dir)
+    raise_problem(ref, source.unknown())  # the same error as every other command
+    if source.no_files:
+        raise StoreError(source.no_files)
+    found = require(ref, source.export_files())
+    return found.files, found.folder_name
 
 
 class _HashingReader:
@@ -477,25 +384,14 @@ def _add_to_tar(tar: tarfile.TarFile, name: str, content: Path | bytes) -> tuple
 
 
 def _install_dir(manifest: dict, models_dir: Path) -> tuple[Path, ModelRef]:
-    from clip_core.models.files import store_dir_for
-
     kind, spec = manifest.get("kind"), manifest.get("spec") or {}
-    model, pretrained = str(spec.get("model") or ""), spec.get("pretrained")
-    if kind == "openclip" and _SAFE_PART.match(model) and _SAFE_PART.match(str(pretrained)):
-        ref = ModelRef("openclip", model, str(pretrained))
-        return store_dir_for(ref, models_dir), ref
-    if kind == "hf-hub" and model.startswith("hf-hub:"):
-        repo = model[len("hf-hub:"):]
-        parts = repo.split("/")
-        if len(parts) == 2 and all(_SAFE_PART.match(p) for p in parts):
-            ref = ModelRef("hf-hub", repo)
-            return store_dir_for(ref, models_dir), ref
-    name = str(manifest.get("folder_name") or "")
-    if kind == "local-dir" and _SAFE_PART.match(name):
-        folder = models_dir / "local-dir" / name
-        return folder, ModelRef("local-dir", str(folder.resolve()))
-    raise BundleError(f"The bundle's manifest names no installable model ({kind!r}, "
-                      f"{model!r}).")
+    source = SOURCES.get(str(kind))
+    found = source.installed(spec, str(manifest.get("folder_name") or ""), models_dir) \
+        if source else None
+    if found is None:
+        raise BundleError(f"The bundle's manifest names no installable model ({kind!r}, "
+                          f"{str(spec.get('model') or '')!r}).")
+    return found
 
 
 # What a truncated or not-a-tar file raises while tarfile reads it.
