@@ -357,3 +357,4 @@ def test_tower_file_is_the_safetensors_packages_own_output(tmp_path):
         meta, arrays = f.metadata(), {name: f.get_tensor(name) for name in list(f.keys())}
     save_file(arrays, str(tmp_path / "by-safetensors.safetensors"), meta)
     assert path.read_bytes() == (tmp_path / "by-safetensors.safetensors").read_bytes()
+
