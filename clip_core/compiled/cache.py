@@ -50,7 +50,7 @@ from clip_core.pixels.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
-FORMAT = 4  # bump when compiled files change shape: caches then recompile
+FORMAT = 5  # bump when compiled files change shape: caches then recompile
 META_NAME = "compiled.json"
 IMAGE_INT8 = "image.int8.onnx"
 IMAGE_FP32 = "fp32/image.onnx"  # with any external-data files (towers > 2 GB) beside it
