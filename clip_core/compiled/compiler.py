@@ -342,11 +342,13 @@ def _choose(work: Path, probes: np.ndarray, checked: dict, meta: dict, guard: fl
                                              else " against torch"))
     encoder = OnnxImageEncoder(path, meta["model_id"], spec, meta["embed_dim"],
                                precision="int8" if backend == ONNX else "fp32")
+    alone = backend == ONNX and cpu.int8_dot_product  # a figure for compiled.json only
     try:
-        speed = {backend: _images_per_second(encoder.encode_pixels, probes)}
+        speed = {backend: _images_per_second(encoder.encode_pixels, probes,
+                                             rounds=1 if alone else 2)}
     finally:
         encoder.close()
-    if backend == ONNX and cpu.int8_dot_product:
+    if alone:
         # int8 products run on dot-product instructions here, which no torch precision on a
         # CPU beats twice over; timing torch would add ~3 s to a first run for nothing.
         return {"backend": ONNX, "reason": why + "; this CPU has int8 dot-product "
