@@ -82,6 +82,7 @@ def first_index(image_set: ImageSet, runs: Path, env: dict[str, str]) -> dict:
             raise RuntimeError(f"{name} index run indexed {index_report(run)}")
         out.append(run)
     result = summarise("first-index", image_set.name, "clipsearch", out[:1], image_set.count)
+    result["images_per_s"] = round(image_set.count / result["seconds"], 2)
     later = summarise("index", image_set.name, "clipsearch", out[1:], image_set.count)
     result["later_images_per_s"] = later["images_per_s"]
     result["later_peak_rss_mb"] = later["peak_rss_mb"]
