@@ -113,3 +113,18 @@ def test_a_vit_compiles_from_the_built_graph_and_matches_torch(tmp_path):
     assert (compiled.folder / (IMAGE_FP32 + ".data")).is_file()
     fp32 = compiled.image_encoder().encode_images(images)
     assert np.abs(fp32 - reference).max() < 1e-5
+
+
+def test_a_built_graph_onnxruntime_refuses_is_recorded_and_torch_indexes(tmp_path, monkeypatch):
+    """The builder's fault, not a passing one: recorded in compiled.json, torch used."""
+    from clip_core.compiled import compiler
+    from clip_core.compiled.cache import TORCH
+
+    def refuse(self, probes):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : a node it refuses")
+
+    monkeypatch.setattr(compiler.Built, "fp32_vectors", refuse)
+    ref = parse_model(f"local-dir:{write_bundle(tmp_path / 'vit', seed=4)}")
+    compiled, _ = compile_model(ref, cache_dir=tmp_path / "cache")
+    assert compiled.backend == TORCH and "INVALID_GRAPH" in compiled.meta["image"]["reason"]
+    assert compiled.text_tower is not None  # queries are still torch-free

@@ -203,8 +203,11 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
 def _reference(meta: dict, probes: np.ndarray, built: Built):
     _say(f"  [2/4] building the image tower's ONNX graph; fp32 vectors of {len(probes)} "
          f"probe images")
-    with _recorded("the image tower's fp32 graph failed"):
-        reference = built.fp32_vectors(probes)
+    try:
+        with _recorded("the image tower's fp32 graph failed"):
+            reference = built.fp32_vectors(probes)
+    except ExportFailure as exc:  # recorded: torch runs this model (the builder's fault)
+        return meta, probes, None, str(exc), None
     return meta, probes, reference, None, built
 
 
