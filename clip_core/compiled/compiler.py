@@ -13,7 +13,6 @@ place. Each step is said on stderr.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import gc
 import json
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_core.compiled.built import Built, release_freed_memory
 from clip_core.compiled.cache import (
     IMAGE_FP32,
     IMAGE_INT8,
@@ -44,7 +44,7 @@ from clip_core.compiled.cache import (
 from clip_core.compiled.int8_variants import Int8Variant, variant_order
 from clip_core.compiled.onnx_encoder import OnnxImageEncoder
 from clip_core.compiled.onnx_export import export_image_tower, quantise
-from clip_core.cpu import CpuFeatures, available_cores
+from clip_core.cpu import CpuFeatures
 from clip_core.encoders import GUARD_MIN_COS
 from clip_core.models.files import ensure_local
 from clip_core.models.ref import ModelRef
@@ -209,55 +209,6 @@ def _reference(meta: dict, probes: np.ndarray, built: Built):
     except ExportFailure as exc:  # recorded: torch runs this model (the builder's fault)
         return meta, probes, None, str(exc), None
     return meta, probes, reference, None, built
-
-
-class Built:
-    """A plain ViT's weights (views of the fp32 model's, kept alive here) and the graphs
-    clip_core.compiled.vit_graph builds from them."""
-
-    def __init__(self, model: object, weights) -> None:
-        self.model = model  # owns the memory the weights' arrays view
-        self.weights = weights
-
-    def fp32_vectors(self, probes: np.ndarray) -> np.ndarray:
-        """The fp32 graph's vectors of `probes`, run as the encoder runs a tower: one image
-        a call, a call per core, on weights shared with the model (no copy)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from clip_core.compiled import vit_graph
-        from clip_core.encoders import l2_normalise
-
-        model, arrays = vit_graph.build(self.weights)
-        session = vit_graph.session(model, arrays)
-        self._release_pages()  # onnxruntime made its own copy of every weight
-        try:
-            with ThreadPoolExecutor(available_cores()) as pool:
-                out = list(pool.map(
-                    lambda p: session.run(None, {vit_graph.INPUT: p[None]})[0][0], probes))
-        finally:
-            session = None  # its copy of the weights
-            release_freed_memory()
-        return l2_normalise(np.stack(out))
-
-    def save(self, path: Path, variant: Int8Variant | None) -> None:
-        from clip_core.compiled import vit_graph
-
-        model, arrays = vit_graph.build(self.weights, variant)
-        vit_graph.save(model, arrays, path)
-        self._release_pages()
-
-    def _release_pages(self) -> None:
-        release = getattr(self.model, "release_pages", None)  # a mapped weights file's
-        if release is not None:
-            release()
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap memory back to the system: onnxruntime's copies of the weights are
-    thousands of blocks of a few MB, which glibc keeps for reuse after they are freed."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class ExportFailure(Exception):
