@@ -39,15 +39,54 @@ def summarise(job: str, subject: str, tool: str, runs: list[proc.ProcResult],
     return result
 
 
-def compile_model(env: dict[str, str]) -> dict:
+def compile_model(env: dict[str, str], pretrained: str | None = None) -> dict:
     """`clipsearch models compile --force`: what the first index run with a model does once
-    (export, quantise, check against fp32, measure); every later run reuses it."""
-    model, pretrained = MODEL_ARGS[1], MODEL_ARGS[3]
-    run = proc.run(proc.clipsearch("models", "compile", model, "--pretrained", pretrained,
-                                   "--force", "--json"), env).check()
+    (export, quantise, check against fp32, measure); every later run reuses it. With
+    `pretrained` (a weights file: weights_file_model) as a user's downloaded model is
+    compiled, without torch; else the random weights, which only torch can make."""
+    model = MODEL_ARGS[1]
+    run = proc.run(proc.clipsearch("models", "compile", model, "--pretrained",
+                                   pretrained or MODEL_ARGS[3], "--force", "--json"),
+                   env).check()
     meta = json.loads(run.stdout)
-    result = summarise("compile", model, "clipsearch", [run])
+    subject = f"{model} (file)" if pretrained else model
+    result = summarise("compile", subject, "clipsearch", [run])
     result["image"] = meta["image"]
+    return result
+
+
+def weights_file_model() -> str:
+    """The random ViT-B-32 saved as a safetensors file once (bench.weights_file)."""
+    path = CACHE / "ViT-B-32-random.safetensors"
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        proc.run(proc.python("-m", "bench.weights_file", str(path))).check()
+    return str(path)
+
+
+def first_index(image_set: ImageSet, runs: Path, env: dict[str, str]) -> dict:
+    """A user's first `clipsearch index` with a model (weights file, nothing compiled: the
+    compile is part of the run) against a later run (compiled model found), each into a
+    new library: the first run's throughput as a fraction of the later one's."""
+    cache = runs / "first-index-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**env, "CLIPSEARCH_CACHE": str(cache)}
+    model_args = [MODEL_ARGS[0], MODEL_ARGS[1], "--pretrained", weights_file_model()]
+    out = []
+    for name in ("first", "later"):
+        library = runs / f"lib-{name}-index"
+        shutil.rmtree(library, ignore_errors=True)
+        argv = index_argv(image_set.folder, library, model_args, ["--follow-links"])
+        run = proc.run(argv, env)
+        if index_report(run)["indexed"] != image_set.count:
+            raise RuntimeError(f"{name} index run indexed {index_report(run)}")
+        out.append(run)
+    result = summarise("first-index", image_set.name, "clipsearch", out[:1], image_set.count)
+    result["images_per_s"] = round(image_set.count / result["seconds"], 2)
+    later = summarise("index", image_set.name, "clipsearch", out[1:], image_set.count)
+    result["later_images_per_s"] = later["images_per_s"]
+    result["later_peak_rss_mb"] = later["peak_rss_mb"]
+    result["of_later_run"] = round(result["images_per_s"] / later["images_per_s"], 3)
     return result
 
 

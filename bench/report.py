@@ -47,6 +47,10 @@ def print_table(doc: dict) -> None:
             print(f"  {'':>11}image tower: {image['backend']} ({image.get('reason')}); "
                   f"int8 vs fp32 min cos {agree.get('min_cos')}; "
                   f"measured {image.get('images_per_second')}")
+        if result.get("of_later_run") is not None:
+            print(f"  {'':>11}a later run (model compiled): {result['later_images_per_s']:.1f} "
+                  f"img/s, {result['later_peak_rss_mb']:.0f} MB; the first reaches "
+                  f"{result['of_later_run']:.2f} of it")
         if result.get("resident_mb") is not None:
             print(f"  {'':>11}resident after the queries: {result['resident_mb']:.0f} MB")
         if result.get("of_limit") is not None:

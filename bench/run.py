@@ -196,9 +196,14 @@ def run(opts: Options) -> dict:
     if "index" in opts.jobs:
         _say("compiling the model for clipsearch (once per model and machine)")
         results.append(jobs.compile_model(opts.env))
+        _say("compiling it again from a weights file (as a user's model; no torch)")
+        results.append(jobs.compile_model(opts.env, jobs.weights_file_model()))
         sets = image_sets(opts, notes)
         for image_set in sets:
             bench_set(image_set, opts, results)
+            if image_set.name == "phone":
+                _say(f"{image_set.name}: a first index run (compile included) and a later one")
+                results.append(jobs.first_index(image_set, RUNS, opts.env))
         if sets:
             limit = machine_limit([s.name for s in sets], opts, results)
     if "query" in opts.jobs:

@@ -1,21 +1,25 @@
 """A model compiled once per machine for torch-free CPU use, kept in the user cache folder.
 
-The first index run with a model (on the CPU, precision auto or int8) loads it in fp32 and
-writes, into `CLIPSEARCH_CACHE/compiled/<model>/` (default: the platform's user cache folder):
+The first index run with a model (on the CPU, precision auto or int8) reads it in fp32 (a
+plain ViT's safetensors file without torch: clip_core.compiled.weights_file) and writes, into
+`CLIPSEARCH_CACHE/compiled/<model>/` (default: the platform's user cache folder):
 - `text.safetensors`: the text tower for numpy queries (clip_core.text.tower), from fp32
   weights, which every library indexed with the model copies;
-- `image.int8.onnx`: the image tower exported to ONNX and quantised to int8 (dynamic,
-  onnxruntime), used by default only when it passes two checks made here, on this machine
+- `image.int8.onnx`: the image tower as ONNX (a ViT's graph built from its weights,
+  clip_core.compiled.vit_graph, its weights in `image.int8.onnx.data`; other towers exported
+  by torch) quantised to int8 (dynamic), used by default only when it passes two checks
+  made here, on this machine
   (`--precision int8` uses it regardless):
   1. agreement: on 16 photo-like probe images (clip_core.pixels.probes) every int8 vector is
-     within cosine GUARD_MIN_COS (0.999) of the fp32 torch model's. The int8 variants
+     within cosine GUARD_MIN_COS (0.999) of the fp32 model's. The int8 variants
      (clip_core.compiled.int8_variants: 7-bit weights on x86 without VNNI, whose kernels saturate
      otherwise) are tried in an order chosen for this CPU until one passes; the best is kept;
   2. speed: measured alone, it is at least half as fast as torch at the precision clipsearch
      would pick (whole runs favour it far more than such a micro-benchmark shows: see
      clip_core.compiled.compiler._choose).
-- `fp32/image.onnx`: kept only when no int8 variant passes: the fp32 export (checked within
-  cosine 0.99999 of torch), run by onnxruntime the same way; still torch-free.
+- `fp32/image.onnx`: kept only when no int8 variant passes: the fp32 graph (a built one is
+  the probes' reference itself; an exported one is checked within cosine 0.99999 of
+  torch), run by onnxruntime the same way; still torch-free.
 - `compiled.json`: what was measured (every variant's figures) and chosen, and the key
   (model id, weights file stamp, library versions, format) that must match for the cache
   to be used.
@@ -45,7 +49,7 @@ from clip_core.pixels.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
-FORMAT = 4  # bump when compiled files change shape: caches then recompile
+FORMAT = 5  # bump when compiled files change shape: caches then recompile
 META_NAME = "compiled.json"
 IMAGE_INT8 = "image.int8.onnx"
 IMAGE_FP32 = "fp32/image.onnx"  # with any external-data files (towers > 2 GB) beside it

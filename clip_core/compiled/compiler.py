@@ -1,11 +1,13 @@
 """Compiling a model for the CPU (see clip_core.compiled.cache for what is made and why).
 
-Steps, freeing memory as they go: load the model in fp32; write its text tower; vectors of
-16 probe images as the reference; export the image tower to ONNX and drop the model; check
-the fp32 export (must match); quantise to int8 with each variant in this CPU's order
-(clip_core.compiled.int8_variants) until one is within GUARD_MIN_COS of the reference, else keep the
-fp32 export; time the choice against torch unless int8 runs on dot-product instructions;
-write compiled.json; rename the folder into place. Each step is said on stderr.
+Steps, freeing memory as they go: load the model in fp32; write its text tower; build the
+image tower's fp32 ONNX graph from its weights (clip_core.compiled.vit_graph; a tower it
+does not know is exported by torch's exporter and checked against torch's forward instead)
+and take its vectors of 16 probe images as the reference; quantise to int8 with each variant
+in this CPU's order (clip_core.compiled.int8_variants) until one is within GUARD_MIN_COS of
+the reference, else keep the fp32 graph; drop the model; time the choice against torch
+unless int8 runs on dot-product instructions; write compiled.json; rename the folder into
+place. Each step is said on stderr.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_core.compiled.built import Built, release_freed_memory
 from clip_core.compiled.cache import (
     IMAGE_FP32,
     IMAGE_INT8,
@@ -91,7 +94,7 @@ def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path,
     started = time.monotonic()
     # Said where people see it (stderr), step by step: the first run otherwise looks stuck.
     _say(f"Preparing {ref.display} for this CPU, once per model and machine (ViT-B-32: "
-         f"~30 s): an image tower checked against fp32, a text tower for torch-free queries")
+         f"~10 s): an image tower checked against fp32, a text tower for torch-free queries")
     key = cache_key(ref, models_dir)
     _sweep_stale(target)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -116,15 +119,17 @@ def _compile_into(ref: ModelRef, models_dir: Path | None, work: Path, guard: flo
     torch won and was loaded to be timed)."""
     from clip_core.torch_backend.encoder import ClipEncoder
 
-    meta, probes, reference, failure = _export(ref, models_dir, work)
-    gc.collect()  # the fp32 model is gone: quantising and checking need the room
+    meta, probes, reference, failure, built = _export(ref, models_dir, work)
+    gc.collect()  # torch's exporter is done with the model: quantising needs the room
     checked = None
     if failure is None:
         try:
             checked = _quantise_and_check(work, probes, reference, meta,
-                                          variant_order(cpu), guard)
+                                          variant_order(cpu), guard, built)
         except ExportFailure as exc:  # any other error propagates, unrecorded
             failure = str(exc)
+    del built  # the fp32 model: timing torch loads its own (image tower, its precision)
+    release_freed_memory()
     if failure is not None:
         meta["image"] = {"backend": TORCH, "reason": f"could not compile for onnxruntime, "
                          f"using torch (slower): {failure}"[:500]}
@@ -141,9 +146,28 @@ def _compile_into(ref: ModelRef, models_dir: Path | None, work: Path, guard: flo
 
 
 def _export(ref: ModelRef, models_dir: Path | None, work: Path):
-    """Load the model in fp32, write its text tower and its fp32 image tower ONNX into
-    `work`; returns (meta, probe pixels, reference vectors, image export failure or None).
-    The model is freed on return: only files and the probes' vectors leave."""
+    """Load the model in fp32 and write its text tower into `work`; returns (meta, probe
+    pixels, reference vectors, image export failure or None, Built or None).
+
+    A plain ViT's graph is built from its weights (Built: the model stays alive with it,
+    the reference is that fp32 graph's vectors, proven equal to torch's forward by
+    tests/test_vit_graph.py). Any other tower is exported by torch's exporter into `work`
+    (reference: torch's forward; the model is freed on return)."""
+    from clip_core.compiled.vit_weights import UnsupportedTower, vit_weights
+    from clip_core.compiled.weights_file import open_weights_file, write_text_tower
+
+    source = open_weights_file(ref, models_dir)
+    if source is not None:  # no torch at all: the weights file, mapped
+        _say("  [1/4] reading the model's weights file; writing its text tower")
+        write_text_tower(source, work / TEXT_TOWER)
+        source.release_pages()  # the text weights are read: 250 MB of ViT-B-32's pages
+        meta = {"model_id": ref.model_id, "embed_dim": source.embed_dim,
+                "preprocess": source.preprocess.to_dict(),
+                "loaded_from": "weights file, without torch"}
+        probes = preprocess_batch(probe_images(), source.preprocess)
+        (work / FP32_DIR).mkdir()
+        return _reference(meta, probes, Built(source, source.vision))
+
     from clip_core.text.tower import UnsupportedTextTower
     from clip_core.torch_backend.encoder import ClipEncoder
     from clip_core.torch_backend.loading import drop_unused_towers
@@ -159,16 +183,33 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
         meta["text"] = f"stays on torch: {exc}"
     drop_unused_towers(full.loaded.model, frozenset({"image"}))
     probes = preprocess_batch(probe_images(), full.preprocess)
-    reference = full.encode_pixels(probes)  # fp32 torch: what both exports must match
     (work / FP32_DIR).mkdir()
+    try:
+        weights = vit_weights(full.loaded.model.visual, full.preprocess.hw)
+    except UnsupportedTower as exc:
+        log.info("image tower exported by torch: %s", exc)
+    else:
+        return _reference(meta, probes, Built(full, weights))
+    reference = full.encode_pixels(probes)  # fp32 torch: what both exports must match
     _say("  [2/4] exporting the image tower to ONNX")
     try:
         export_image_tower(full.loaded.model.visual, full.preprocess.hw, work / FP32_ONNX)
     except (OSError, MemoryError):
         raise  # may pass: not recorded as this model's fate
     except Exception as exc:  # many exporter failure types; torch keeps working
-        return meta, probes, reference, f"export failed: {exc}"
-    return meta, probes, reference, None
+        return meta, probes, reference, f"export failed: {exc}", None
+    return meta, probes, reference, None, None
+
+
+def _reference(meta: dict, probes: np.ndarray, built: Built):
+    _say(f"  [2/4] building the image tower's ONNX graph; fp32 vectors of {len(probes)} "
+         f"probe images")
+    try:
+        with _recorded("the image tower's fp32 graph failed"):
+            reference = built.fp32_vectors(probes)
+    except ExportFailure as exc:  # recorded: torch runs this model (the builder's fault)
+        return meta, probes, None, str(exc), None
+    return meta, probes, reference, None, built
 
 
 class ExportFailure(ModelError):
@@ -179,15 +220,18 @@ class ExportFailure(ModelError):
 
 
 def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, meta: dict,
-                        variants: Sequence[Int8Variant], guard: float) -> dict:
-    """Check the fp32 export, then quantise with each variant in turn until one is within
-    `guard` of fp32 on every probe. The best int8 tower tried becomes IMAGE_INT8 (for
-    `--precision int8`). Returns {"tried": [figures per variant], "best": figures or None}."""
+                        variants: Sequence[Int8Variant], guard: float,
+                        built: Built | None = None) -> dict:
+    """Check the fp32 export (torch's exporter), then quantise with each variant in turn
+    until one is within `guard` of fp32 on every probe. The best int8 tower tried becomes
+    IMAGE_INT8 (for `--precision int8`); a built graph's fp32 file is written only when
+    none passed. Returns {"tried": [figures per variant], "best": figures or None}."""
     spec = PreprocessSpec.from_open_clip(meta["preprocess"])
-    exported = _cosines(work / FP32_ONNX, spec, probes, reference)
-    if exported.min() < EXPORT_MIN_COS:  # a rewrite or exporter bug, not rounding
-        raise ExportFailure(f"the exported fp32 graph differs from the model "
-                            f"(cosine {exported.min():.6f})")
+    if built is None:
+        exported = _cosines(work / FP32_ONNX, spec, probes, reference)
+        if exported.min() < EXPORT_MIN_COS:  # a rewrite or exporter bug, not rounding
+            raise ExportFailure(f"the exported fp32 graph differs from the model "
+                                f"(cosine {exported.min():.6f})")
     tried: list[dict] = []
     best: tuple[dict, Path] | None = None
     for i, variant in enumerate(variants):
@@ -198,7 +242,10 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
         started = time.monotonic()
         try:
             with _recorded(f"quantisation ({variant.name}) failed"):
-                quantise(work / FP32_ONNX, folder / IMAGE_INT8, variant)
+                if built is None:
+                    quantise(work / FP32_ONNX, folder / IMAGE_INT8, variant)
+                else:
+                    built.save(folder / IMAGE_INT8, variant)
             cos = _cosines(folder / IMAGE_INT8, spec, probes, reference)
         except ExportFailure as exc:  # this variant's fate: the next may work
             tried.append({**figures, "error": str(exc)[:300]})
@@ -219,6 +266,9 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
         for file in best[1].iterdir():
             file.rename(work / file.name)
         best[1].rmdir()
+    if built is not None and (best is None or best[0]["min_cos"] < guard):
+        with _recorded("writing the fp32 graph failed"):
+            built.save(work / FP32_ONNX, None)
     return {"tried": tried, "best": best[0] if best else None}
 
 
@@ -247,11 +297,13 @@ def _choose(work: Path, probes: np.ndarray, checked: dict, meta: dict, guard: fl
                                              else " against torch"))
     encoder = OnnxImageEncoder(path, meta["model_id"], spec, meta["embed_dim"],
                                precision="int8" if backend == ONNX else "fp32")
+    alone = backend == ONNX and cpu.int8_dot_product  # a figure for compiled.json only
     try:
-        speed = {backend: _images_per_second(encoder.encode_pixels, probes)}
+        speed = {backend: _images_per_second(encoder.encode_pixels, probes,
+                                             rounds=1 if alone else 2)}
     finally:
         encoder.close()
-    if backend == ONNX and cpu.int8_dot_product:
+    if alone:
         # int8 products run on dot-product instructions here, which no torch precision on a
         # CPU beats twice over; timing torch would add ~3 s to a first run for nothing.
         return {"backend": ONNX, "reason": why + "; this CPU has int8 dot-product "

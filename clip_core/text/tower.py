@@ -25,6 +25,7 @@ import json
 import logging
 import mmap
 import os
+import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,33 @@ class UnsupportedTextTower(ModelError, ValueError):
 
 
 # ---------------------------------------------------------------- numpy inference
+
+
+def write_tower_file(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    """Written by the safetensors package (without a copy of the arrays), to a temp file renamed
+    into place: a concurrent query never sees a half-written file. Files of the hand-written
+    writer before it (tensors in export order) are the same format and read the same."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        try:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), meta)
+        except SafetensorError as exc:  # its I/O errors: OSError again (a full disk is
+            # one message and a resumable run to the indexer)
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(tmp)) from exc
+        digest, size = file_check.hash_file(tmp), tmp.stat().st_size  # what reached the disk
+        os.replace(tmp, path)
+        # Recorded after the file is in place: a crash in between leaves a file without its
+        # checksum, which counts as damaged and is rebuilt.
+        file_check.record(path, digest, size)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str], mmap.mmap]:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clip_core.text import file_check
 from clip_core.text.tower import (
     _BLOCK_TENSORS,
     _CLIP_BPE_VOCAB,
     FORMAT_VERSION,
     HEADER_KEY,
     UnsupportedTextTower,
+    write_tower_file,
 )
 
 
@@ -106,34 +104,7 @@ def export_text_tower(model: Any, path: Path, tokenizer: Any | None = None) -> N
         _check_tokenizer(tokenizer, ctx)
     with torch.no_grad():
         arrays = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in tensors.items()}
-    _write_tower_file(Path(path), arrays, {HEADER_KEY: json.dumps(header)})
-
-
-def _write_tower_file(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
-    """Written by the safetensors package (without a copy of the arrays), to a temp file renamed
-    into place: a concurrent query never sees a half-written file. Files of the hand-written
-    writer before it (tensors in export order) are the same format and read the same."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        try:
-            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), meta)
-        except SafetensorError as exc:  # its I/O errors: OSError again (a full disk is
-            # one message and a resumable run to the indexer)
-            code = re.search(r"os error (\d+)", str(exc))
-            if code is None:
-                raise
-            raise OSError(int(code[1]), os.strerror(int(code[1])), str(tmp)) from exc
-        digest, size = file_check.hash_file(tmp), tmp.stat().st_size  # what reached the disk
-        os.replace(tmp, path)
-        # Recorded after the file is in place: a crash in between leaves a file without its
-        # checksum, which counts as damaged and is rebuilt.
-        file_check.record(path, digest, size)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_tower_file(Path(path), arrays, {HEADER_KEY: json.dumps(header)})
 
 
 # Cheap probes that separate the OpenAI CLIP BPE (+ its cleaning) from other tokenizers.
