@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clip_core.compiled import vit_graph
-from clip_core.compiled.cache import IMAGE_FP32, ONNX, ONNX_FP32
+from clip_core.compiled.cache import IMAGE_FP32, IMAGE_INT8, ONNX, ONNX_FP32
 from clip_core.compiled.compiler import GUARD_MIN_COS, compile_model
 from clip_core.compiled.int8_variants import DEFAULT, REDUCE_RANGE, VARIANTS
 from clip_core.compiled.vit_weights import UnsupportedTower, vit_weights
@@ -109,7 +109,7 @@ def test_a_vit_compiles_from_the_built_graph_and_matches_torch(tmp_path):
     int8 = compiled.image_encoder().encode_images(images)
     assert (int8 * reference).sum(axis=1).min() >= 0.99
     compiled, _ = compile_model(ref, cache_dir=tmp_path / "fp32", guard=1.01)
-    assert compiled.backend == ONNX_FP32 and compiled.has_int8  # best int8 kept for --precision
+    assert compiled.backend == ONNX_FP32 and (compiled.folder / IMAGE_INT8).is_file()  # best int8 kept for --precision
     assert (compiled.folder / (IMAGE_FP32 + ".data")).is_file()
     fp32 = compiled.image_encoder().encode_images(images)
     assert np.abs(fp32 - reference).max() < 1e-5

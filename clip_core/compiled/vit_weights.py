@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch_errors import ModelError
 
-class UnsupportedTower(ValueError):
+
+class UnsupportedTower(ModelError, ValueError):
     """Not the plain ViT this builder reproduces; torch's exporter handles it."""
 
 
