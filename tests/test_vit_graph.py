@@ -109,7 +109,8 @@ def test_a_vit_compiles_from_the_built_graph_and_matches_torch(tmp_path):
     int8 = compiled.image_encoder().encode_images(images)
     assert (int8 * reference).sum(axis=1).min() >= 0.99
     compiled, _ = compile_model(ref, cache_dir=tmp_path / "fp32", guard=1.01)
-    assert compiled.backend == ONNX_FP32 and (compiled.folder / IMAGE_INT8).is_file()  # best int8 kept for --precision
+    # the best int8 tower is kept for --precision int8
+    assert compiled.backend == ONNX_FP32 and (compiled.folder / IMAGE_INT8).is_file()
     assert (compiled.folder / (IMAGE_FP32 + ".data")).is_file()
     fp32 = compiled.image_encoder().encode_images(images)
     assert np.abs(fp32 - reference).max() < 1e-5
