@@ -179,3 +179,30 @@ def test_sigkill_during_incremental_update_next_query_correct(tmp_path, ann_min,
         assert set(h.file_id for h in reader.search("m", q, 10)) <= set(ids.tolist())
     assert vectors[-1] @ vectors[-1] == pytest.approx(
         reader.search("m", vectors[-1], 1)[0].score, abs=1e-6)  # the added file is found
+
+
+def test_status_and_cli_show_the_index_and_exact_scans(tmp_path, ann_min):
+    from clipsearch import Library
+    from tests.helpers import cli, cli_json
+
+    world = World(dim=DIM, seed=3)
+    lib = Library(tmp_path / "lib", model="shapes-tiny")
+    model_id = lib.default_model.model_id
+    cat = lib.catalog
+    root = cat.add_root("/p")
+    cat.register_model(model_id, lib.default_model.to_spec(), DIM)
+    records = [FileRecord(f"/p/{i:06d}.jpg", root, 10, 1, f"h{i}", "ok") for i in range(2000)]
+    cat.write_batch(records, dict(zip((f"h{i}" for i in range(2000)),
+                                      world.vectors(0, 2000), strict=True)), model_id)
+    lib.searcher.index_for(model_id, DIM, upkeep=True)
+    info = lib.status().vector_indexes[model_id]
+    assert info["kind"] == "ivf-sq4-ip" and info["recall_at_10"] >= 0.99 and info["up_to_date"]
+    q = world.queries(1)[0]
+    exact = lib.searcher.search(model_id, q, 5, exact=True)
+    ids, vectors = cat.vectors(model_id)
+    assert [h.file_id for h in exact] == [int(i) for i in ids[np.argsort(-(vectors @ q))[:5]]]
+    lib.close()
+    out = cli("status", library=tmp_path / "lib").stdout
+    assert "index: approximate ivf-sq4-ip" in out and "measured recall@10" in out
+    as_json = cli_json("status", library=tmp_path / "lib")
+    assert as_json["vector_indexes"][model_id]["nprobe"] >= 1
