@@ -27,8 +27,10 @@ class Searcher:
         (an index run): also rebuild an index of the wrong kind for the library's size."""
         key = (model_id, self.catalog.generation)
         if key not in self._indexes or upkeep:
+            held = [(gen, index) for (m, gen), index in self._indexes.items() if m == model_id]
             self._indexes = {key: open_vector_index(self.catalog, model_id, self.index_folder,
-                                                     dim, upkeep=upkeep)}
+                                                     dim, upkeep=upkeep,
+                                                     previous=held[0] if held else None)}
         return self._indexes[key]
 
     def search(

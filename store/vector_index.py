@@ -186,11 +186,11 @@ INDEX_KIND = VectorIndex.kind  # cached files of another kind are rebuilt
 
 
 def open_vector_index(catalog: Catalog, model_id: str, folder: Path, dim: int, *,
-                      upkeep: bool = False):
+                      upkeep: bool = False, previous=None):
     """The up-to-date index for `model_id` (store/index_cache.py)."""
     from .index_cache import open_index
 
-    return open_index(catalog, model_id, folder, dim, upkeep=upkeep)
+    return open_index(catalog, model_id, folder, dim, upkeep=upkeep, previous=previous)
 
 
 def save_atomic(index: faiss.Index, path: Path, meta: dict) -> None:

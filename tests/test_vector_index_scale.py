@@ -67,6 +67,9 @@ def test_kind_follows_size_and_exact_below_it(tmp_path, ann_min):
     info = index_cache.describe(cat, tmp_path / "vectors", "m")
     assert info["kind"] == "ivf-sq4-ip" and info["up_to_date"] and not info["exact"]
     assert info["recall_at_10"] >= 0.99 and 1 <= info["nprobe"] <= info["nlist"]
+    sample = index.sample(50)  # relevance grading's score distribution (search/grading.py)
+    _, vectors = cat.vectors("m")
+    assert sample.shape == (50, DIM) and ((sample @ vectors.T).max(axis=1) > 0.95).all()
 
 
 def test_ann_recall_above_floor_scores_exact_and_exact_option(tmp_path, ann_min):
@@ -206,3 +209,17 @@ def test_status_and_cli_show_the_index_and_exact_scans(tmp_path, ann_min):
     assert "index: approximate ivf-sq4-ip" in out and "measured recall@10" in out
     as_json = cli_json("status", library=tmp_path / "lib")
     assert as_json["vector_indexes"][model_id]["nprobe"] >= 1
+
+
+def test_a_long_lived_reader_follows_commits_without_reloading(tmp_path, ann_min):
+    cat, world = library(tmp_path, 3000)
+    searcher = Searcher(cat, tmp_path / "vectors")
+    held = searcher.index_for("m", DIM, upkeep=True)
+    new = world.vectors(5000, 3)
+    add_files(cat, 1, 3000, new)
+    gone = cat.file_id("/p/000/000007.jpg")
+    cat.delete_files([gone])
+    assert searcher.search("m", new[1], 1)[0].file_id == cat.file_id("/p/030/003001.jpg")
+    assert searcher.index_for("m", DIM) is held and len(held) == 3002  # updated in place
+    _, vectors = cat.vectors("m")
+    assert gone not in {h.file_id for h in searcher.search("m", world.vectors(7, 1)[0], 20)}
