@@ -15,7 +15,8 @@ import sqlite3
 
 import numpy as np
 
-_GEN = "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation')"
+# COALESCE: salvage (store/salvage.py) copies rows before a meta row may exist.
+_GEN = "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0)"
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS vector_changes (generation INTEGER NOT NULL,"
     " file_id INTEGER NOT NULL)",
