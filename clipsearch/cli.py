@@ -229,7 +229,8 @@ def _nothing_found(survey: dict) -> str:
 @click.option("--offset", type=click.IntRange(min=0), default=0,
               help="Skip this many results (paging).")
 @click.option("--exact", is_flag=True, help="Scan every vector, also in a library big "
-              "enough for the approximate index (seconds at 1M photos; docs/scale.md).")
+              "enough for the approximate index (seconds at 1M photos; docs/scale.md). "
+              "With a QUERY.")
 @click.option("--in", "within", type=click.Path(file_okay=False),
               help="Only results inside this folder.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array of results.")
@@ -266,6 +267,8 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
     listing = not words and not image and not filters.empty
     if bool(text and text.strip()) == bool(image) and not listing:
         raise click.UsageError("give a TEXT or --image PATH (one of them; TEXT not blank)")
+    if image and exact:
+        raise click.UsageError("--exact goes with a QUERY, not --image")
     if image and (min_score is not None or strong_only):
         raise click.UsageError("--min-score and --strong-only go with a QUERY, not --image")
     parsed = None

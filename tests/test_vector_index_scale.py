@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bench.clip_like import World
 from search.searcher import Searcher
@@ -209,6 +210,10 @@ def test_status_and_cli_show_the_index_and_exact_scans(tmp_path, ann_min):
     assert "index: approximate ivf-sq4-ip" in out and "measured recall@10" in out
     as_json = cli_json("status", library=tmp_path / "lib")
     assert as_json["vector_indexes"][model_id]["nprobe"] >= 1
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    refused = cli("query", "--image", str(image), "--exact", library=tmp_path / "lib", ok=False)
+    assert refused.exit_code == 2 and "--exact goes with a QUERY" in refused.output
 
 
 def test_a_long_lived_reader_follows_commits_without_reloading(tmp_path, ann_min):
