@@ -124,11 +124,6 @@ class AnnIndex:
         if len(ids):
             self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, np.int64)))
 
-    def mistuned(self, count: int) -> bool:
-        """Cells trained for a library 4x smaller or larger than it is now: rebuild."""
-        trained = int(self.params.get("trained_count", 0))
-        return not (trained / 4 <= count <= trained * 4)
-
     def sample(self, n: int) -> np.ndarray:
         """Up to `n` stored vectors (decoded 4-bit codes, cosine ~0.99 to the real ones),
         spread over the cells."""

@@ -59,32 +59,32 @@ def open_index(catalog: Catalog, model_id: str, folder: Path, dim: int, *,
     with catalog.snapshot():  # generation, change list and vectors from one committed state
         generation = catalog.generation
         meta = _meta(path, model_id) if use_cache else None
-        count = catalog.vector_count(model_id) if upkeep or meta is None else None
+        # The sidecar's count is exact at its generation: no pass over every vector (1M:
+        # tens of seconds of reads) just to decide; a rebuild counts for real.
         index = changed = fresh = ids = vectors = None
-        if meta is not None and (not upkeep or meta["kind"] == kind_for(count)):
+        if meta is not None and not (upkeep and _misfit(meta["kind"], meta["count"], meta)):
             if meta["generation"] == generation:
                 index = _load(path, meta, dim, writable=False)
+                if index is not None:
+                    return index
             elif meta["generation"] < generation:
                 changed = change_log.changed_since(catalog.conn, meta["generation"])
-                if changed is not None and upkeep and len(changed) > DELTA_SHARE * count + 1000:
+                if changed is not None and upkeep and \
+                        len(changed) > DELTA_SHARE * meta["count"] + 1000:
                     changed = None  # cheaper to rebuild
                 if changed is not None:
                     fresh = catalog.vectors_for_files(model_id, changed.tolist())
-            if index is not None and upkeep and index.mistuned(count):
-                index = None
-            if index is not None:
-                return index
         if changed is None:
-            count = catalog.vector_count(model_id) if count is None else count
-            ids, vectors = _all_vectors(catalog, model_id, count)
+            ids, vectors = _all_vectors(catalog, model_id, catalog.vector_count(model_id))
     if changed is not None:
         index = _load(path, meta, dim, writable=True)
-        if index is not None and not (upkeep and index.mistuned(len(index) + len(fresh))):
+        if index is not None:
             _apply(index, changed, fresh)
-            if upkeep or index.exact:  # a query never writes the big IVF file
-                _save(catalog, folder, path, index, model_id, generation, upkeep)
-            return index
-        return open_index(catalog, model_id, folder, dim, upkeep=upkeep,  # damaged: rebuild
+            if not (upkeep and _misfit(index.kind, len(index), index.params)):
+                if upkeep or index.exact:  # a query never writes the big IVF file
+                    _save(catalog, folder, path, index, model_id, generation, upkeep)
+                return index
+        return open_index(catalog, model_id, folder, dim, upkeep=upkeep,  # rebuild
                           use_cache=False)
     kind = kind_for(len(ids))
     if kind == ANN_KIND and upkeep:
@@ -94,6 +94,15 @@ def open_index(catalog: Catalog, model_id: str, folder: Path, dim: int, *,
     if upkeep or kind == EXACT_KIND:
         _save(catalog, folder, path, index, model_id, generation, upkeep)
     return index
+
+
+def _misfit(kind: str, count: int, params: dict) -> bool:
+    """An index of the wrong kind for `count` vectors, or IVF cells trained for a library 4x
+    smaller or larger: rebuild (in an index run)."""
+    if kind != kind_for(count):
+        return True
+    trained = int(params.get("trained_count", 0))
+    return kind == ANN_KIND and not (trained / 4 <= count <= trained * 4)
 
 
 def _apply(index: VectorIndex | AnnIndex, changed: np.ndarray,

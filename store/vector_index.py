@@ -169,9 +169,6 @@ class VectorIndex:
             self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, np.int64)))
         self._id_map = self._sorted_ids = None
 
-    def mistuned(self, count: int) -> bool:
-        return False
-
     @classmethod
     def load(cls, path: Path, dim: int) -> VectorIndex:
         return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY), dim)

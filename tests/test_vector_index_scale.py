@@ -71,6 +71,9 @@ def test_kind_follows_size_and_exact_below_it(tmp_path, ann_min):
     sample = index.sample(50)  # relevance grading's score distribution (search/grading.py)
     _, vectors = cat.vectors("m")
     assert sample.shape == (50, DIM) and ((sample @ vectors.T).max(axis=1) > 0.95).all()
+    add_files(cat, 1, 2000, world.vectors(2000, 6500))  # 4x what its cells were trained on
+    retrained = searcher.index_for("m", DIM, upkeep=True)
+    assert retrained.params["trained_count"] == 8500 and len(retrained) == 8500
 
 
 def test_ann_recall_above_floor_scores_exact_and_exact_option(tmp_path, ann_min):
