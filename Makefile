@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO := .demo
 
-.PHONY: install demo test test-fast lint browser fuzz bench fixture-model clean
+.PHONY: install demo test test-fast lint browser fuzz bench bench-scale fixture-model clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ fuzz: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# The vector index at 10k / 100k / 1M CLIP-like vectors -> bench/results/scale.json
+# (docs/scale.md; the 1M library takes ~15 min to write once, into bench/.cache).
+bench-scale: install
+	$(BIN)/python -m bench.scale
 
 fixture-model: install
 	$(BIN)/python data/train_shapes_model.py --out data/models/shapes-tiny

@@ -91,6 +91,8 @@ class LibraryStatus:
     shared_bytes: int = 0  # model files hard-linked with the compile cache (st_nlink > 1)
     unindexed: int = 0  # read fine, but no vector of any model (all removed): to index
     index_model: str = ""  # what `clipsearch index` without --model uses
+    # model id -> its vector index: kind, count, exact, nlist/nprobe/recall_at_10 (docs/scale.md)
+    vector_indexes: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -572,7 +574,7 @@ class Library:
             models = self.catalog.models()
             if not report.interrupted and ref.model_id in models:
                 dim = models[ref.model_id]["embed_dim"]
-                self.searcher.index_for(ref.model_id, dim)  # refresh the FAISS cache file
+                self.searcher.index_for(ref.model_id, dim, upkeep=True)  # the FAISS cache
                 self._repair_text_tower(ref)
             if not report.interrupted:
                 report.empty_roots = self._survey_empty(root_ids, settings)
@@ -630,7 +632,8 @@ class Library:
                 if self.catalog.get_meta("default_model") is None:
                     self.catalog.set_meta("default_model",
                                           json.dumps(models[report.model_id]["spec"]))
-                self.searcher.index_for(report.model_id, models[report.model_id]["embed_dim"])
+                self.searcher.index_for(report.model_id, models[report.model_id]["embed_dim"],
+                                        upkeep=True)
             return report
 
     # -- search --------------------------------------------------------------------------
@@ -670,6 +673,7 @@ class Library:
         strong_only: bool = False,
         filters: Filters | None = None,
         offset: int = 0,
+        exact: bool = False,
     ) -> QueryResults:
         """The `limit` pictures that best match `text`, best first, scored by cosine
         similarity; `within`: only under this folder. `text` is a plain text, a combined
@@ -681,6 +685,8 @@ class Library:
         size, type: search.filters.Filters) select inside the search, exactly; with `text`
         None they list the matching photos newest first. `offset` skips that many results
         (paging; ties are ordered by file id). An empty library gives [].
+        Above ~200k vectors an approximate index picks the results (scores stay exact;
+        recall in `status().vector_indexes`); `exact=True` scans every vector instead.
         Raises ValueError (blank text, bad limit; QuerySyntaxError for a malformed query
         string), ModelNotIndexedError (no vectors of `model` here; it carries suggestions),
         MissingModelError, FileNotFoundError / DecodeError (an image term), LookupError (an
@@ -715,7 +721,7 @@ class Library:
                 return _empty("no photo matches the filters")
         vector, exclude = self._query_vector(parsed, ref)
         found = self.searcher.search(ref.model_id, vector, limit + offset, within,
-                                     exclude or None, allowed)
+                                     exclude or None, allowed, exact=exact)
         return self._graded(found[offset:], ref, parsed.text_only, min_score, strong_only)
 
     def _listing(self, filters: Filters, within: str | os.PathLike | None, limit: int,
@@ -982,7 +988,14 @@ class Library:
             shared_bytes=shared,
             unindexed=unindexed,
             index_model=self._default.model_id,
+            vector_indexes=self._vector_indexes(),
         )
+
+    def _vector_indexes(self) -> dict[str, dict]:
+        from store.index_cache import describe
+
+        return {m: describe(self.catalog, self.path / VECTORS_DIR, m)
+                for m in self.catalog.models()}
 
 
 def classify(

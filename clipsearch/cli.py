@@ -230,6 +230,9 @@ def _nothing_found(survey: dict) -> str:
               help="Camera make or model contains TEXT (any case): Pixel, 'canon eos'.")
 @click.option("--offset", type=click.IntRange(min=0), default=0,
               help="Skip this many results (paging).")
+@click.option("--exact", is_flag=True, help="Scan every vector, also in a library big "
+              "enough for the approximate index (seconds at 1M photos; docs/scale.md). "
+              "With a QUERY.")
 @click.option("--in", "within", type=click.Path(file_okay=False),
               help="Only results inside this folder.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array of results.")
@@ -240,7 +243,7 @@ def _nothing_found(survey: dict) -> str:
 @friendly_errors
 def query(words, image, limit, within, as_json, paths_only, null, library, model, pretrained,
           device, precision, min_score=None, strong_only=False, after=None, before=None,
-          orientation=None, min_size=None, types=(), offset=0, camera=None):
+          orientation=None, min_size=None, types=(), offset=0, camera=None, exact=False):
     """Search the library by [QUERY]... (or --image). Words need no quotes:
     `clipsearch query a dog on a beach`.
 
@@ -266,6 +269,8 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
     listing = not words and not image and not filters.empty
     if bool(text and text.strip()) == bool(image) and not listing:
         raise click.UsageError("give a TEXT or --image PATH (one of them; TEXT not blank)")
+    if image and exact:
+        raise click.UsageError("--exact goes with a QUERY, not --image")
     if image and (min_score is not None or strong_only):
         raise click.UsageError("--min-score and --strong-only go with a QUERY, not --image")
     parsed = None
@@ -283,7 +288,7 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
     results, nothing_indexed = None, False
     plain = (parsed is not None and len(parsed.terms) == 1 and parsed.terms[0].kind == "text"
              and parsed.terms[0].weight == 1 and pretrained is None and filters.empty
-             and min_score is None and not strong_only and offset == 0)
+             and min_score is None and not strong_only and offset == 0 and not exact)
     if plain:  # a running `clipsearch serve` of this library answers plain text queries
         from .remote import query_server
 
@@ -301,7 +306,8 @@ def query(words, image, limit, within, as_json, paths_only, null, library, model
                 try:
                     results = lib.query(parsed, limit=limit, within=within, model=model,
                                         pretrained=pretrained, min_score=min_score,
-                                        strong_only=strong_only, filters=filters, offset=offset)
+                                        strong_only=strong_only, filters=filters, offset=offset,
+                                        exact=exact)
                 except ValueError as exc:  # only negative terms, terms that cancel out
                     raise click.UsageError(str(exc)) from None
             nothing_indexed = not results and not lib.indexed_models
@@ -390,12 +396,25 @@ def status(show_errors, as_json, library):
         click.echo("Models:")
         for model_id, count in st.models.items():
             click.echo(f"  {model_id}: {_count(count, 'vector')}")
+            click.echo(_index_line(st.vector_indexes.get(model_id) or {}))
     if st.error_list:
         click.echo("Errors:")
     for err in st.error_list:
         click.echo(f"  error {human(err['path'])}: {err['error_reason']}: {err['error_message']}")
     if st.errors and not show_errors:
         click.echo("(clipsearch status --errors lists them)")
+
+
+def _index_line(info: dict) -> str:
+    """One line on a model's vector index (docs/scale.md)."""
+    if not info.get("kind"):
+        return "    index: not built yet (the next query or index run builds it)"
+    stale = "" if info.get("up_to_date") else "; behind the catalog, updated on next use"
+    if info.get("exact"):
+        return f"    index: exact scan ({info['kind']}){stale}"
+    return (f"    index: approximate {info['kind']}, {info['nlist']} cells, nprobe "
+            f"{info['nprobe']}, measured recall@10 {info['recall_at_10']:.3f} (--exact scans "
+            f"all){stale}")
 
 
 def _count(n: int, noun: str) -> str:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from store import Catalog, VectorIndex, open_vector_index
+from store import AnnIndex, Catalog, VectorIndex, open_vector_index
 
 from .results import SearchResult
 
 DIRECT_MAX = 2000  # an id selector this small (or under 2% of the index) is scored directly
+RERANK = 100  # candidates the approximate index hands over for exact re-scoring
 
 
 class Searcher:
@@ -21,12 +22,15 @@ class Searcher:
         self.index_folder = index_folder
         self._indexes: dict[tuple[str, int], VectorIndex] = {}
 
-    def index_for(self, model_id: str, dim: int) -> VectorIndex:
-        """Cached per catalog generation, so a long-lived app sees new commits."""
+    def index_for(self, model_id: str, dim: int, upkeep: bool = False) -> VectorIndex | AnnIndex:
+        """Cached per catalog generation, so a long-lived app sees new commits. `upkeep`
+        (an index run): also rebuild an index of the wrong kind for the library's size."""
         key = (model_id, self.catalog.generation)
-        if key not in self._indexes:
+        if key not in self._indexes or upkeep:
+            held = [(gen, index) for (m, gen), index in self._indexes.items() if m == model_id]
             self._indexes = {key: open_vector_index(self.catalog, model_id, self.index_folder,
-                                                     dim)}
+                                                     dim, upkeep=upkeep,
+                                                     previous=held[0] if held else None)}
         return self._indexes[key]
 
     def search(
@@ -37,15 +41,22 @@ class Searcher:
         within: str | os.PathLike | None = None,
         exclude: set[int] | None = None,
         allowed: np.ndarray | None = None,
+        exact: bool = False,
     ) -> list[SearchResult]:
-        """Exact top `limit` by cosine; `within` (a folder) or `allowed` (file ids, from
-        filters: already scoped to `within` when both apply) select inside the scan."""
+        """Top `limit` by cosine; `within` (a folder) or `allowed` (file ids, from
+        filters: already scoped to `within` when both apply) select inside the scan. Exact
+        below the approximate index's size (store/index_cache.py) or with `exact`; above it
+        every score is exact and the set is the approximate index's (recall in status)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
         query = np.asarray(query, np.float32).reshape(1, -1)
         index = self.index_for(model_id, query.shape[1])
         if allowed is None and within is not None:
             allowed = self.catalog.ids_in_folder(os.path.abspath(os.fspath(within)))
+        if not index.exact:
+            if exact or (allowed is not None and len(allowed) <= DIRECT_MAX):
+                return self._scan_catalog(model_id, query[0], limit, allowed, exclude)
+            return self._approximate(model_id, index, query, limit, allowed, exclude)
         if allowed is not None and len(allowed) <= max(DIRECT_MAX, len(index) // 50):
             return self._direct(model_id, index, query[0], limit, allowed, exclude)
         extra = len(exclude) if exclude else 0
@@ -67,6 +78,37 @@ class Searcher:
                              and ranked[limit - 1][0] > float(hits.scores[-1]) + bound):
                 break
             want *= 4
+        return self.results(ranked[:limit])
+
+    def _approximate(self, model_id: str, index: AnnIndex, query: np.ndarray, limit: int,
+                     allowed: np.ndarray | None, exclude: set[int] | None
+                     ) -> list[SearchResult]:
+        """Candidates from the approximate index (a broad filter: its id selector),
+        re-scored with the catalog's exact vectors: exact scores, approximate membership."""
+        extra = len(exclude) if exclude else 0
+        want = max(RERANK, 4 * (limit + extra))
+        hits = index.search(query, want, allowed)[0]
+        exact = self.catalog.vectors_for_files(model_id, hits.ids.tolist())
+        return self.results(_ranked(exact, query[0], exclude)[:limit])
+
+    def _scan_catalog(self, model_id: str, query: np.ndarray, limit: int,
+                      allowed: np.ndarray | None, exclude: set[int] | None
+                      ) -> list[SearchResult]:
+        """Exact: every selected file's fp32 vector from the catalog (a selective filter:
+        a few reads; `exact` over a large library: a streamed scan, seconds at 1M)."""
+        if allowed is not None:
+            exact = self.catalog.vectors_for_files(model_id, allowed.tolist())
+            return self.results(_ranked(exact, query, exclude)[:limit])
+        extra = len(exclude) if exclude else 0
+        keep = limit + extra
+        best_ids, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
+        for ids, vectors in self.catalog.iter_vectors(model_id):
+            scores = np.concatenate([best_scores, vectors @ query])
+            ids = np.concatenate([best_ids, ids])
+            top = np.lexsort((ids, -scores))[:keep]
+            best_ids, best_scores = ids[top], scores[top]
+        ranked = [(float(s), int(i)) for s, i in zip(best_scores, best_ids, strict=True)
+                  if not (exclude and int(i) in exclude)]
         return self.results(ranked[:limit])
 
     def _direct(self, model_id: str, index: VectorIndex, query: np.ndarray, limit: int,
@@ -103,6 +145,12 @@ class Searcher:
                 **_photo_facts(row),
             ))
         return results
+
+
+def _ranked(exact: dict[int, np.ndarray], query: np.ndarray,
+            exclude: set[int] | None) -> list[tuple[float, int]]:
+    return sorted(((float(vec @ query), file_id) for file_id, vec in exact.items()
+                   if not (exclude and file_id in exclude)), key=lambda item: (-item[0], item[1]))
 
 
 def _photo_facts(row: dict) -> dict:

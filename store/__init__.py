@@ -3,6 +3,7 @@
 Knows nothing of models: vectors arrive as numpy arrays tagged with an opaque model id.
 """
 
+from .ann_index import AnnIndex
 from .catalog import (
     Catalog,
     CatalogDamagedError,
@@ -17,7 +18,7 @@ from .paths import printable
 from .vector_index import Hits, VectorIndex, open_vector_index, sweep_temp_files
 
 __all__ = [
-    "Catalog", "CatalogDamagedError", "CatalogError", "FileRecord", "FileRow", "Hits",
+    "AnnIndex", "Catalog", "CatalogDamagedError", "CatalogError", "FileRecord", "FileRow", "Hits",
     "LibraryBusyError", "StorageError", "VectorIndex", "WriterLock", "is_damage",
     "open_vector_index", "printable", "sweep_temp_files",
 ]

@@ -25,6 +25,7 @@ import numpy as np
 
 from clipsearch_errors import StorageError
 
+from . import change_log
 from .paths import folder_range, text_factory, to_db
 
 
@@ -142,6 +143,9 @@ class Catalog:
             self._check_version()
             if not self.readonly and int(self.get_meta("schema_version") or 0) < 2:
                 self._add_meta_columns()
+            if not self.readonly and not change_log.present(self.conn):
+                with self.transaction():  # one-time: libraries made before the change log
+                    change_log.install(self.conn)
             # Beyond that one-time upgrade (writable opens only), opening an existing
             # library writes nothing (readers stay readers).
             return
@@ -173,6 +177,7 @@ class Catalog:
                 )
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
                 self._set_meta("generation", "0")
+                change_log.install(self.conn)
         self._check_version()
 
     def _add_meta_columns(self) -> None:
@@ -507,6 +512,26 @@ class Catalog:
             return np.empty(0, np.int64), np.empty((0, 0), np.float32)
         vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), -1)
         return np.asarray(ids, np.int64), vectors
+
+    def vector_count(self, model_id: str) -> int:
+        return int(self.conn.execute(
+            "SELECT COUNT(*) FROM files f JOIN embeddings e ON e.content_hash = f.content_hash"
+            " AND e.model_id = ? WHERE f.status = 'ok'", (model_id,)).fetchone()[0])
+
+    def iter_vectors(self, model_id: str, chunk: int = 50_000
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(file ids, vectors) of every indexed file for one model, `chunk` rows at a time
+        in file id order: a scale-sized library's vectors without holding them all twice."""
+        cur = self.conn.execute(
+            "SELECT f.id, e.vector FROM files f JOIN embeddings e"
+            " ON e.content_hash = f.content_hash AND e.model_id = ?"
+            " WHERE f.status = 'ok' ORDER BY f.id",
+            (model_id,),
+        )
+        while rows := cur.fetchmany(chunk):
+            ids = np.fromiter((r[0] for r in rows), np.int64, count=len(rows))
+            yield ids, np.frombuffer(b"".join(r[1] for r in rows),
+                                     dtype=np.float32).reshape(len(rows), -1)
 
     def vectors_for_files(self, model_id: str, file_ids: list[int]) -> dict[int, np.ndarray]:
         """Exact fp32 vectors of a few files (to re-score candidates from the FAISS cache)."""

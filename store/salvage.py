@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import change_log
 from .catalog import SCHEMA_VERSION, Catalog, CatalogError, _gc_embeddings
 
 _CHUNK = 256
@@ -232,6 +233,7 @@ def _make_consistent(conn: sqlite3.Connection, old_generation: int) -> None:
         generation = int(meta.get("generation", 0)) + 1
     except ValueError:
         generation = 0
-    for key, value in (("schema_version", str(SCHEMA_VERSION)),
-                       ("generation", str(max(generation, old_generation) + 1))):
+    generation = max(generation, old_generation) + 1
+    for key, value in (("schema_version", str(SCHEMA_VERSION)), ("generation", str(generation)),
+                       (change_log.FLOOR_KEY, str(generation))):  # no cache predates it
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))

@@ -81,7 +81,7 @@ class VectorIndex:
         if len(queries) == 1:
             # One query is scanned by one thread anyway; a second OpenMP thread only adds a
             # barrier that cost ~1.5 ms a query (and far more on a busy machine).
-            with _omp_threads(1):
+            with omp_threads(1):
                 scores, ids = self.index.search(queries, k, params=params)
         else:
             scores, ids = self.index.search(queries, k, params=params)
@@ -152,25 +152,22 @@ class VectorIndex:
 
     def save(self, path: Path, meta: dict) -> None:
         """Write atomically; raises OSError (disk full, read-only) leaving no temp behind."""
-        tmp = _temp_file(path)
-        tmp_meta = None
-        try:
-            try:
-                faiss.write_index(self.index, str(tmp))
-            except RuntimeError as exc:  # FAISS reports a failed fwrite (ENOSPC) this way
-                raise OSError(f"cannot write {tmp}: {exc}") from exc
-            _fsync(tmp)
-            st = tmp.stat()
-            meta = {**meta, "faiss_ino": st.st_ino, "faiss_size": st.st_size}
-            tmp_meta = _temp_file(path.with_suffix(".json"))
-            tmp_meta.write_text(json.dumps(meta))
-            _fsync(tmp_meta)
-            os.replace(tmp, path)
-            os.replace(tmp_meta, path.with_suffix(".json"))
-        finally:
-            for leftover in (tmp, tmp_meta):
-                if leftover is not None:
-                    leftover.unlink(missing_ok=True)
+        save_atomic(self.index, path, meta)
+
+    exact = True  # scores within error_bound of exact: the searcher proves its top k
+    kind = "idmap2-sq-fp16-ip"
+    params: dict = {}
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32),
+                                    np.asarray(ids, np.int64))
+        self._id_map = self._sorted_ids = None
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, np.int64)))
+        self._id_map = self._sorted_ids = None
 
     @classmethod
     def load(cls, path: Path, dim: int) -> VectorIndex:
@@ -182,46 +179,39 @@ def index_path(folder: Path, model_id: str) -> Path:
     return folder / f"{slug}.faiss"
 
 
-INDEX_KIND = "idmap2-sq-fp16-ip"  # cached files of another kind are rebuilt
+INDEX_KIND = VectorIndex.kind  # cached files of another kind are rebuilt
 
 
-def open_vector_index(catalog: Catalog, model_id: str, folder: Path, dim: int) -> VectorIndex:
-    """The up-to-date index for `model_id`: the cached file when it matches the catalog's
-    generation, else rebuilt from the catalog (and cached again when the folder is writable;
-    on a read-only or full disk the in-memory index answers anyway)."""
-    path = index_path(folder, model_id)
-    with catalog.snapshot():  # generation and vectors from one committed state
-        generation = catalog.generation
-        cached = _load_cached(path, model_id, generation, dim)
-        if cached is not None:
-            return cached
-        ids, vectors = catalog.vectors(model_id)
-    index = VectorIndex.build(ids, vectors, dim)
-    if not catalog.readonly:
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private (store/private.py)
-            index.save(path, {"generation": generation, "model_id": model_id, "count": len(ids),
-                              "kind": INDEX_KIND})
-        except OSError:
-            pass  # read-only or full disk: the in-memory index still answers this query
-    return index
+def open_vector_index(catalog: Catalog, model_id: str, folder: Path, dim: int, *,
+                      upkeep: bool = False, previous=None):
+    """The up-to-date index for `model_id` (store/index_cache.py)."""
+    from .index_cache import open_index
+
+    return open_index(catalog, model_id, folder, dim, upkeep=upkeep, previous=previous)
 
 
-def _load_cached(path: Path, model_id: str, generation: int, dim: int) -> VectorIndex | None:
+def save_atomic(index: faiss.Index, path: Path, meta: dict) -> None:
+    """Write a FAISS file and its sidecar atomically; raises OSError (disk full, read-only)
+    leaving no temp behind."""
+    tmp = _temp_file(path)
+    tmp_meta = None
     try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-        if meta.get("generation") != generation or meta.get("model_id") != model_id \
-                or meta.get("kind") != INDEX_KIND:
-            return None
-        before = path.stat()
-        if (before.st_ino, before.st_size) != (meta.get("faiss_ino"), meta.get("faiss_size")):
-            return None  # the FAISS file is not the one this sidecar was written with
-        index = VectorIndex.load(path, dim)
-        if path.stat().st_ino != before.st_ino or len(index) != meta.get("count"):
-            return None  # replaced while loading: rebuild rather than guess
-        return index
-    except (OSError, ValueError, RuntimeError, AttributeError):
-        return None  # missing, partial or foreign: rebuild
+        try:
+            faiss.write_index(index, str(tmp))
+        except RuntimeError as exc:  # FAISS reports a failed fwrite (ENOSPC) this way
+            raise OSError(f"cannot write {tmp}: {exc}") from exc
+        _fsync(tmp)
+        st = tmp.stat()
+        meta = {**meta, "faiss_ino": st.st_ino, "faiss_size": st.st_size}
+        tmp_meta = _temp_file(path.with_suffix(".json"))
+        tmp_meta.write_text(json.dumps(meta))
+        _fsync(tmp_meta)
+        os.replace(tmp, path)
+        os.replace(tmp_meta, path.with_suffix(".json"))
+    finally:
+        for leftover in (tmp, tmp_meta):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
 
 
 def sweep_temp_files(folder: Path) -> int:
@@ -262,7 +252,7 @@ def _scan_pool() -> ThreadPoolExecutor:
 
 
 @contextmanager
-def _omp_threads(count: int) -> Iterator[None]:
+def omp_threads(count: int) -> Iterator[None]:
     old = faiss.omp_get_max_threads()
     if old == count:
         yield

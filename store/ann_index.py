@@ -1,0 +1,167 @@
+"""The approximate index a large library uses (docs/scale.md: why this one, measured).
+
+An inverted file (IVF: k-means cells, a query scans the `nprobe` nearest cells) over 4-bit
+scalar-quantised codes, ids = catalog file ids. The codes only pick candidates: the searcher
+re-scores them with the catalog's exact fp32 vectors, so a returned score is always exact
+and only membership of the top k is approximate. `nprobe` is tuned at build time to the
+smallest value whose measured recall@10 (against brute force, on probe queries) reaches
+RECALL_TARGET, and the figure is kept in the sidecar for `clipsearch status`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .vector_index import Hits, omp_threads, save_atomic
+
+KIND = "ivf-sq4-ip"
+RECALL_TARGET = 0.99
+RERANK = 100  # candidates re-scored exactly per query (at least; more for a larger limit)
+PROBES = 64  # probe queries for measuring recall
+SAFETY = 2  # nprobe = SAFETY x what the probes need (measured: text-like queries need ~2x)
+NPROBES = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def cells_for(count: int) -> int:
+    """Cells for `count` vectors: a power of two near 2 sqrt(n) (1M -> 2048)."""
+    return max(16, 2 ** round(math.log2(2 * math.sqrt(max(count, 1)))))
+
+
+class AnnIndex:
+    exact = False
+
+    def __init__(self, index: faiss.IndexIVF, dim: int, params: dict):
+        self.index = index
+        self.dim = dim
+        self.params = params  # nlist, nprobe, trained_count, recall_at_10
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def kind(self) -> str:
+        return KIND
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, dim: int, seed: int = 0) -> AnnIndex:
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        nlist = cells_for(len(ids))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_4bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10  # k-means: 10 rounds place the cells well enough for re-scoring
+        index.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        train = vectors[np.sort(rng.choice(len(ids), min(len(ids), 32 * nlist), replace=False))]
+        index.train(train)
+        index.add_with_ids(vectors, np.asarray(ids, np.int64))
+        made = cls(index, dim, {"nlist": nlist, "trained_count": len(ids)})
+        made.tune(np.asarray(ids, np.int64), vectors, rng)
+        return made
+
+    def tune(self, ids: np.ndarray, vectors: np.ndarray, rng: np.random.Generator) -> None:
+        """nprobe: SAFETY x the smallest one reaching RECALL_TARGET on probe queries (two
+        stored vectors summed, less the collection's mean direction), scored after exact
+        re-scoring as the searcher does; recall_at_10 is the probes' at the chosen one."""
+        n = len(vectors)
+        mean = vectors[rng.choice(n, min(n, 10_000), replace=False)].mean(axis=0)
+        pairs = rng.choice(n, (PROBES, 2))
+        probes = _unit(vectors[pairs[:, 0]] + vectors[pairs[:, 1]] - mean)
+        truth = _top(probes @ vectors.T, 10)  # rows of `vectors`
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+
+        def recall_at(nprobe: int) -> float:
+            self.params["nprobe"] = nprobe
+            found = []
+            for probe in probes:
+                hits = self.search(probe[None], RERANK)[0]
+                rows = order[np.searchsorted(sorted_ids, hits.ids)]
+                found.append(rows[np.argsort(-(vectors[rows] @ probe), kind="stable")[:10]])
+            return float(np.mean([len(set(f) & set(t)) / 10
+                                  for f, t in zip(found, truth, strict=True)]))
+
+        nprobes = [p for p in NPROBES if p <= self.params["nlist"]]
+        enough = next((p for p in nprobes if recall_at(p) >= RECALL_TARGET), nprobes[-1])
+        # Text queries sit outside the pictures' cone (CLIP's modality gap) and need about
+        # twice the cells of these picture-pair probes for the same recall (docs/scale.md).
+        recall = recall_at(min(self.params["nlist"], SAFETY * enough))
+        self.params["recall_at_10"] = round(recall, 4)
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[Hits]:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+        total = len(self) if allowed is None else len(allowed)
+        k = min(k, total)
+        if k <= 0:
+            return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+        nprobe = int(self.params.get("nprobe", 32))
+        sel = None
+        if allowed is not None:
+            # A filter keeping a fraction f of the files leaves ~f of each cell: scan 1/f
+            # more cells so as many candidates pass (capped at every cell: then exhaustive).
+            sel = faiss.IDSelectorBatch(np.asarray(allowed, np.int64))
+            nprobe = int(min(self.params["nlist"],
+                             math.ceil(nprobe * len(self) / max(1, len(allowed)))))
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        with omp_threads(1 if len(queries) == 1 else faiss.omp_get_max_threads()):
+            scores, ids = self.index.search(queries, k, params=params)
+        out = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            keep = row_ids >= 0
+            out.append(Hits(row_ids[keep], row_scores[keep]))
+        return out
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32),
+                                    np.asarray(ids, np.int64))
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, np.int64)))
+
+    def sample(self, n: int) -> np.ndarray:
+        """Up to `n` stored vectors (decoded 4-bit codes, cosine ~0.99 to the real ones),
+        spread over the cells."""
+        total = len(self)
+        if total == 0:
+            return np.empty((0, self.dim), np.float32)
+        take = set(np.linspace(0, total - 1, min(n, total)).astype(np.int64).tolist())
+        out, seen = [], 0
+        sq = self.index.sq
+        size = self.index.code_size
+        for c in range(self.index.nlist):
+            length = self.index.invlists.list_size(c)
+            wanted = [i - seen for i in range(seen, seen + length) if i in take]
+            if wanted:
+                codes = faiss.rev_swig_ptr(self.index.invlists.get_codes(c), length * size)
+                rows = codes.reshape(length, size)[wanted]
+                decoded = sq.decode(np.ascontiguousarray(rows))
+                if self.index.by_residual:  # codes hold the offset from the cell's centroid
+                    decoded += self.index.quantizer.reconstruct(c)
+                out.append(decoded)
+            seen += length
+        return np.vstack(out).astype(np.float32)
+
+    def save(self, path: Path, meta: dict) -> None:
+        save_atomic(self.index, path, {**meta, **self.params})
+
+    @classmethod
+    def load(cls, path: Path, dim: int, meta: dict) -> AnnIndex:
+        index = faiss.read_index(str(path))  # typed already; downcast would drop ownership
+        keys = ("nlist", "nprobe", "trained_count", "recall_at_10")
+        return cls(index, dim, {k: meta[k] for k in keys if k in meta})
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    part = np.argpartition(-scores, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
