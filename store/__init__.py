@@ -13,9 +13,10 @@ from .catalog import (
     StorageError,
     is_damage,
 )
+from .index_cache import open_vector_index
 from .lock import LibraryBusyError, WriterLock
 from .paths import printable
-from .vector_index import Hits, VectorIndex, open_vector_index, sweep_temp_files
+from .vector_index import Hits, VectorIndex, sweep_temp_files
 
 __all__ = [
     "AnnIndex", "Catalog", "CatalogDamagedError", "CatalogError", "FileRecord", "FileRow", "Hits",

@@ -203,3 +203,10 @@ def _prune_log(catalog: Catalog, folder: Path) -> None:
     if oldest is not None:
         with contextlib.suppress(sqlite3.Error):  # housekeeping: a busy catalog can wait
             change_log.prune(catalog.conn, oldest)
+
+
+def open_vector_index(catalog: Catalog, model_id: str, folder: Path, dim: int, *,
+                      upkeep: bool = False, previous=None):
+    """The up-to-date index for `model_id`: the exact scan or the approximate one, whichever
+    the library's size calls for (open_index)."""
+    return open_index(catalog, model_id, folder, dim, upkeep=upkeep, previous=previous)

@@ -23,8 +23,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .catalog import Catalog
-
 
 @dataclass
 class Hits:
@@ -180,14 +178,6 @@ def index_path(folder: Path, model_id: str) -> Path:
 
 
 INDEX_KIND = VectorIndex.kind  # cached files of another kind are rebuilt
-
-
-def open_vector_index(catalog: Catalog, model_id: str, folder: Path, dim: int, *,
-                      upkeep: bool = False, previous=None):
-    """The up-to-date index for `model_id` (store/index_cache.py)."""
-    from .index_cache import open_index
-
-    return open_index(catalog, model_id, folder, dim, upkeep=upkeep, previous=previous)
 
 
 def save_atomic(index: faiss.Index, path: Path, meta: dict) -> None:
