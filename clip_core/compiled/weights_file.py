@@ -27,9 +27,10 @@ import numpy as np
 
 from clip_core.compiled.vit_weights import Norm, VitBlock, VitWeights
 from clip_core.models.config import guess_preprocess
-from clip_core.models.files import CONFIG_NAME, default_models_dir, locate_pretrained
-from clip_core.models.open_clip_tables import architecture_configs, pretrained_cfg
-from clip_core.models.ref import ModelRef
+from clip_core.models.files import CONFIG_NAME, default_models_dir
+from clip_core.models.open_clip_tables import architecture_configs
+from clip_core.models.ref import LOCAL_DIR_PREFIX, ModelRef
+from clip_core.models.sources import LoadPlan, source_for
 from clip_core.pixels.preprocess import PreprocessSpec
 
 _MODEL_KEYS = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"}
@@ -114,28 +115,25 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], mmap.mmap]:
 
 
 def _config_and_file(ref: ModelRef, models_dir: Path) -> tuple[dict, Path] | None:
-    """(open_clip's model config, the safetensors file open_clip would load) for `ref`."""
+    """(open_clip's model config, the safetensors file open_clip would load) for `ref`, from
+    the plan its ModelSource gives the torch loader (clip_core.models.sources)."""
     try:
-        if ref.kind == "local-dir":
-            folder = Path(ref.name)
+        plan = source_for(ref, models_dir).load_plan()
+        if not isinstance(plan, LoadPlan) or plan.seed is not None or plan.transformers_dir:
+            return None  # missing, random weights (torch's generator) or transformers: torch
+        if plan.name.startswith(LOCAL_DIR_PREFIX):  # an open_clip bundle folder
+            folder = Path(plan.name.removeprefix(LOCAL_DIR_PREFIX))
             checkpoints = [p for p in folder.iterdir()
                            if p.suffix in (".safetensors", ".bin", ".pth")]
             cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))["model_cfg"]
             if len(checkpoints) != 1 or checkpoints[0].suffix != ".safetensors":
                 return None
             return cfg, checkpoints[0]
-        if ref.kind == "file":
-            path = Path(str(ref.pretrained))
-            cfg = architecture_configs().get(ref.name)
-        elif ref.kind == "openclip":
-            tag = pretrained_cfg(ref.name, str(ref.pretrained))
-            path = locate_pretrained(ref, tag, models_dir).weights
-            name = ref.name
-            if tag.get("quick_gelu") and f"{name}-quickgelu" in architecture_configs():
-                name = f"{name}-quickgelu"  # as clip_core.torch_backend.loading picks it
-            cfg = architecture_configs().get(name)
-        else:
-            return None  # random weights come from torch's generator; hub folders: torch
+        path = Path(plan.pretrained) if plan.pretrained else None
+        name = plan.name
+        if plan.quick_gelu and f"{name}-quickgelu" in architecture_configs():
+            name = f"{name}-quickgelu"  # as clip_core.torch_backend.loading picks it
+        cfg = architecture_configs().get(name)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if cfg is None or path is None or path.suffix != ".safetensors":
