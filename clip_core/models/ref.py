@@ -143,9 +143,14 @@ def _abs(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+_FINGERPRINTS: dict[tuple, str] = {}  # (path, every file's name/size/mtime/inode) -> hash
+
+
 def _fingerprint(path: Path) -> str:
     """Hash of the weight files' names and sizes plus their first and last MiB: cheap on
-    multi-GB files yet changes whenever the weights do."""
+    multi-GB files yet changes whenever the weights do. Remembered per process by each file's
+    stat: `model_id` is read several times per query, and reading 2 MiB per file each time
+    was most of a small model's query."""
     files: list[Path] = []
     if path.is_dir():
         files = sorted(
@@ -156,13 +161,19 @@ def _fingerprint(path: Path) -> str:
         files = [path]
     if not files:
         return "missing"
+    stats = [(file, file.stat()) for file in files]
+    key = (str(path), *((f.name, st.st_size, st.st_mtime_ns, st.st_ino) for f, st in stats))
+    known = _FINGERPRINTS.get(key)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
-    for file in files:
-        size = file.stat().st_size
+    for file, st in stats:
+        size = st.st_size
         digest.update(f"{file.name}:{size}".encode())
         with open(file, "rb") as handle:
             digest.update(handle.read(1 << 20))
             if size > 2 << 20:
                 handle.seek(-(1 << 20), os.SEEK_END)
                 digest.update(handle.read())
-    return digest.hexdigest()[:10]
+    _FINGERPRINTS[key] = digest.hexdigest()[:10]
+    return _FINGERPRINTS[key]
