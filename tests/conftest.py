@@ -22,9 +22,21 @@ os.environ.setdefault("CLIPSEARCH_NO_NETWORK_TESTS", "1")
 SLOW_FILES = frozenset({
     "test_compile_messages.py", "test_ctrl_c_models.py", "test_damage.py", "test_pipeline.py",
     "test_powerloss.py", "test_ray.py", "test_serve_browser.py", "test_serve_process.py",
-    "test_serve_watch.py", "test_stored_tokenizer.py",
+    "test_serve_watch.py", "test_stored_tokenizer.py", "test_serve_entry.py",
 })
 SLOW_TESTS = frozenset({  # "file::test" (every parametrization of it)
+    "test_model_store.py::test_dropped_connection_resumes_with_range",
+    "test_images.py::test_draft_decoding_is_faster",
+    "test_vit_graph.py::test_a_vit_compiles_from_the_built_graph_and_matches_torch",
+    "test_api.py::test_library_remembers_its_default_model_once_it_made_vectors",
+    "test_compiled.py::test_int8_that_fails_the_agreement_check_is_not_used_unless_asked",
+    "test_weights_file.py::test_a_compile_from_the_weights_file_keeps_fp32_equal_to_torch",
+    "test_concurrency.py::test_second_indexer_refuses_or_waits",
+    "test_compiled.py::test_ctrl_c_during_a_first_compile_exits_at_once_and_records_nothing",
+    "test_hostile_index.py::test_messy_tree_indexes_everything_indexable",
+    "test_compiled.py::test_concurrent_compiles_of_one_model_compile_once",
+    "test_vector_index_scale.py::test_kind_follows_size_and_exact_below_it",
+    "test_vit_graph.py::test_a_built_graph_onnxruntime_refuses_is_recorded_and_torch_indexes",
     "test_api.py::test_library_api_round_trip",
     "test_api_contract.py::test_one_library_shared_by_eight_threads",
     "test_compiled.py::test_vit_b32_image_tower_stays_within_the_guard_of_fp32_on_any_cpu",
