@@ -16,7 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .vector_index import Hits, omp_threads, save_atomic
+from .vector_index import Hits, omp_threads, save_atomic, search_shape
 
 KIND = "ivf-sq4-ip"
 RECALL_TARGET = 0.99
@@ -93,11 +93,9 @@ class AnnIndex:
         self.params["recall_at_10"] = round(recall, 4)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[Hits]:
-        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        total = len(self) if allowed is None else len(allowed)
-        k = min(k, total)
+        queries, k = search_shape(queries, k, len(self) if allowed is None else len(allowed))
         if k <= 0:
-            return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+            return [Hits.none() for _ in queries]
         nprobe = int(self.params.get("nprobe", 32))
         sel = None
         if allowed is not None:

@@ -29,6 +29,16 @@ class Hits:
     ids: np.ndarray  # int64 file ids, best first
     scores: np.ndarray  # float32 cosine similarities
 
+    @staticmethod
+    def none() -> Hits:
+        return Hits(np.empty(0, np.int64), np.empty(0, np.float32))
+
+
+def search_shape(queries: np.ndarray, k: int, candidates: int) -> tuple[np.ndarray, int]:
+    """Queries as a contiguous float32 batch, and k capped at the candidates searched
+    (exact scan and IVF alike)."""
+    return np.ascontiguousarray(np.atleast_2d(queries), np.float32), min(k, candidates)
+
 
 class VectorIndex:
     """Exact inner-product search over L2-normalised vectors, keyed by catalog file id."""
@@ -65,11 +75,9 @@ class VectorIndex:
         return float(np.linalg.norm(query)) * 2.0 ** -11 + 1e-5
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[Hits]:
-        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        total = len(self) if allowed is None else len(allowed)
-        k = min(k, total)
+        queries, k = search_shape(queries, k, len(self) if allowed is None else len(allowed))
         if k <= 0:
-            return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+            return [Hits.none() for _ in queries]
         params = None
         if allowed is not None:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype(np.int64)))
