@@ -107,11 +107,7 @@ class AnnIndex:
         params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
         with omp_threads(1 if len(queries) == 1 else faiss.omp_get_max_threads()):
             scores, ids = self.index.search(queries, k, params=params)
-        out = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            keep = row_ids >= 0
-            out.append(Hits(row_ids[keep], row_scores[keep]))
-        return out
+        return Hits.per_query(scores, ids)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):

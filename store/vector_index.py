@@ -33,6 +33,12 @@ class Hits:
     def none() -> Hits:
         return Hits(np.empty(0, np.int64), np.empty(0, np.float32))
 
+    @staticmethod
+    def per_query(scores: np.ndarray, ids: np.ndarray) -> list[Hits]:
+        """One Hits per row of a FAISS search, without its -1 padding (fewer than k found)."""
+        return [Hits(row_ids[row_ids >= 0], row_scores[row_ids >= 0])
+                for row_scores, row_ids in zip(scores, ids, strict=True)]
+
 
 def search_shape(queries: np.ndarray, k: int, candidates: int) -> tuple[np.ndarray, int]:
     """Queries as a contiguous float32 batch, and k capped at the candidates searched
@@ -91,11 +97,7 @@ class VectorIndex:
                 scores, ids = self.index.search(queries, k, params=params)
         else:
             scores, ids = self.index.search(queries, k, params=params)
-        out = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            keep = row_ids >= 0
-            out.append(Hits(row_ids[keep], row_scores[keep]))
-        return out
+        return Hits.per_query(scores, ids)
 
     def _split_search(self, query: np.ndarray, k: int) -> Hits:
         """One query over a big index, its rows split in ranges scanned by parallel threads
