@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / "bench" / ".cache"
+# CLIPSEARCH_BENCH_CACHE lets several checkouts (git worktrees) share the made-once inputs.
+CACHE = Path(os.environ.get("CLIPSEARCH_BENCH_CACHE") or REPO / "bench" / ".cache")
 CALTECH = REPO.parent / "shared" / "datasets" / "caltech101-1200"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
