@@ -25,7 +25,7 @@ import numpy as np
 
 from clipsearch_errors import StorageError
 
-from . import change_log
+from . import change_log, tallies
 from .paths import folder_range, text_factory, to_db
 
 
@@ -146,6 +146,10 @@ class Catalog:
             if not self.readonly and not change_log.present(self.conn):
                 with self.transaction():  # one-time: libraries made before the change log
                     change_log.install(self.conn)
+            if not self.readonly and not tallies.present(self.conn):
+                with self.transaction():  # one-time: a full count (about a minute at 1M)
+                    if not tallies.present(self.conn):  # re-checked under the write lock
+                        tallies.install(self.conn)
             # Beyond that one-time upgrade (writable opens only), opening an existing
             # library writes nothing (readers stay readers).
             return
@@ -178,6 +182,7 @@ class Catalog:
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
                 self._set_meta("generation", "0")
                 change_log.install(self.conn)
+                tallies.install(self.conn)
         self._check_version()
 
     def _add_meta_columns(self) -> None:
@@ -333,6 +338,9 @@ class Catalog:
 
     def model_counts(self) -> dict[str, int]:
         """How many catalogued files each model has a vector for."""
+        kept = self._tallies()
+        if kept is not None:
+            return {k[6:]: n for k, n in kept.items() if k.startswith("model:")}
         return {
             m: int(n)
             for m, n in self.conn.execute(
@@ -549,13 +557,24 @@ class Catalog:
         return out
 
     # -- reporting -----------------------------------------------------------------------
+    def _tallies(self) -> dict[str, int] | None:
+        """The trigger-kept counts (store/tallies.py); None on a catalog that has none yet
+        (read-only opens of an older library), which is counted from the rows instead."""
+        return tallies.read(self.conn) if tallies.present(self.conn) else None
+
     def counts(self) -> dict[str, int]:
+        kept = self._tallies()
+        if kept is not None:
+            return {k[6:]: n for k, n in kept.items() if k.startswith("files:")}
         rows = self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status")
         return {status: int(n) for status, n in rows}
 
     def count_without_vectors(self) -> int:
         """Files read fine but with no vector of any model (every model was removed): the
         next index run embeds them again."""
+        kept = self._tallies()
+        if kept is not None:
+            return kept.get("unindexed", 0)
         return int(self.conn.execute(
             "SELECT COUNT(*) FROM files f WHERE f.status = 'ok' AND NOT EXISTS"
             " (SELECT 1 FROM embeddings e WHERE e.content_hash = f.content_hash)").fetchone()[0])
@@ -572,6 +591,8 @@ class Catalog:
             " (SELECT 1 FROM embeddings e WHERE e.content_hash = f.content_hash)").fetchone()
         if bad[0]:
             out.append(f"{bad[0]} indexed files without any vector")
+        if tallies.present(self.conn) and (wrong := tallies.disagreement(self.conn)):
+            out.append(f"status counts disagree with the rows: {wrong}")
         return out
 
     def errors(self) -> list[dict]:
@@ -610,6 +631,9 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         # generation) can be, so even a power cut cannot make a generation number repeat.
         conn.execute("PRAGMA synchronous=FULL")
     conn.text_factory = text_factory
+    # A REPLACE's implicit delete must fire the delete triggers (store/tallies.py keeps
+    # status's counts exact with them); sqlite_utils turns it on too.
+    conn.execute("PRAGMA recursive_triggers=ON")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
     # Reads through a memory map instead of a pread per page: re-scoring a query's ~40

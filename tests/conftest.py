@@ -83,6 +83,8 @@ SLOW_TESTS = frozenset({  # "file::test" (every parametrization of it)
     "test_text_tower.py::test_int8_tower_leaves_the_fp32_pages_out_of_the_process",
     "test_text_tower.py::test_vit_b32_matches_torch",
     "test_tokenizer.py::test_hypothesis_strings_match_open_clip",
+    "test_tallies.py::test_a_library_without_tallies_is_counted_then_migrated_once",
+    "test_tallies.py::test_counts_stay_exact_when_a_writer_is_killed_mid_batch",
 })
 
 
