@@ -10,6 +10,7 @@ torch, building the model) overlaps the first images' decoding instead of preced
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Container
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -26,7 +27,7 @@ from .stages import BatchWriter, Loaded, load_one
 
 
 def load_encode_write(
-    job: Job, todo: list[Candidate], known: set[str], retried: dict[str, FileRow]
+    job: Job, todo: list[Candidate], known: Container[str], retried: dict[str, FileRow]
 ) -> list[str]:
     """Load, encode and commit `todo`; returns the paths that vanished before they could be
     read. A stop (Ctrl-C, `settings.cancel`) commits what is encoded and sets
@@ -41,7 +42,7 @@ class LocalRun:
     """One pass over `todo`, in file order: up to `settings.prefetch` files load in the pool
     while the head of the queue waits to be written."""
 
-    def __init__(self, job: Job, todo: list[Candidate], known: set[str],
+    def __init__(self, job: Job, todo: list[Candidate], known: Container[str],
                  retried: dict[str, FileRow], stop: StopRequest):
         self.job, self.todo, self.known, self.retried, self.stop = job, todo, known, retried, stop
         loader = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model")

@@ -16,11 +16,12 @@ from clip_core.encoders import ImageEncoder
 from clip_core.pixels.decode import IMAGE_EXTENSIONS
 from clip_core.pixels.preprocess import PreprocessSpec
 from store import Catalog, FileRecord, FileRow
+from store.catalog import VectorLookup
 
 from . import local_run, ray_executor
 from .crawl import Candidate, CrawlSkip, crawl
 from .job import IndexReport, IndexSettings, Job, Progress, Skipped
-from .plan import Plan, plan_root
+from .plan import Plan, merge_plan
 
 # Failures that may clear up without the file changing (permissions fixed, HEIF support
 # installed): retried every run instead of being remembered as known errors.
@@ -54,9 +55,16 @@ def run_index(
 
 
 def _run(job: Job, root_ids: list[int]) -> None:
+    known = job.catalog.vector_lookup(job.model_id)
+    try:
+        _run_roots(job, root_ids, known)
+    finally:
+        known.close()
+
+
+def _run_roots(job: Job, root_ids: list[int], known: VectorLookup) -> None:
     catalog, model_id, report = job.catalog, job.model_id, job.report
     roots = catalog.roots()
-    known = catalog.hashes_with_vectors(model_id)
     plans: list[Plan] = []
     retried: dict[str, FileRow] = {}
     for root_id in root_ids:
@@ -69,10 +77,9 @@ def _run(job: Job, root_ids: list[int]) -> None:
                           include_hidden=job.settings.include_hidden,
                           follow_links=job.settings.follow_links):
             (skips if isinstance(item, CrawlSkip) else candidates).append(item)
-        rows = catalog.files_in_root(root_id)
-        retried.update((p, r) for p, r in rows.items()
-                       if r.status == "error" and r.error_reason in RETRY_REASONS)
-        plan = plan_root(candidates, rows, known, skips, retry=RETRY_REASONS)
+        plan = merge_plan(candidates, catalog.plan_rows(root_id, model_id), skips,
+                          retry=RETRY_REASONS)
+        retried.update(plan.retried)
         report.unchanged += plan.unchanged
         report.known_errors += plan.known_errors
         _record_crawl_errors(catalog, plan.errors, root_id, report)

@@ -1,15 +1,18 @@
 """Stage 2: compare the crawl with the catalog and decide what work a run has to do.
 
-Only stat data is used here, so a run over an unchanged tree does no file reads at all.
+Only stat data is used here, so a run over an unchanged tree does no file reads at all. The
+catalog's rows arrive as a stream in path byte order (Catalog.plan_rows) and are merged with
+the sorted crawl: a 1M-file root is planned without holding a Python object per row.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from store import FileRow
+from store.catalog import PlanRow
 
 from .crawl import Candidate, CrawlSkip
 
@@ -21,6 +24,7 @@ class Plan:
     known_errors: int = 0  # unchanged files that failed before: not retried until they change
     gone: list[int] = field(default_factory=list)  # catalog ids whose files disappeared
     errors: list[CrawlSkip] = field(default_factory=list)  # new or changed crawl failures
+    retried: dict[str, FileRow] = field(default_factory=dict)  # todo rows failed for `retry`
 
 
 def plan_root(
@@ -30,32 +34,71 @@ def plan_root(
     skips: Sequence[CrawlSkip] = (),
     retry: frozenset[str] = frozenset(),
 ) -> Plan:
-    """`skips`: what the crawl could not use; `retry`: error reasons worth another try even
-    when the file's stat is unchanged (a permission fix changes no mtime)."""
+    """merge_plan over rows held in a dict, and the hashes with a vector of the model."""
+    ordered = sorted(rows.values(), key=lambda r: os.fsencode(r.path))
+    return merge_plan(candidates, (
+        PlanRow(os.fsencode(r.path), r.id, r.size, r.mtime_ns, r.content_hash, r.status,
+                r.error_reason, r.content_hash in hashes_with_vectors and not r.meta_missing)
+        for r in ordered), skips, retry)
+
+
+def merge_plan(
+    candidates: list[Candidate],
+    rows: Iterable[PlanRow],
+    skips: Sequence[CrawlSkip] = (),
+    retry: frozenset[str] = frozenset(),
+) -> Plan:
+    """`rows`: the root's catalog rows in path byte order (SQLite's order of the stored
+    bytes); `skips`: what the crawl could not use; `retry`: error reasons worth another try
+    even when the file's stat is unchanged (a permission fix changes no mtime)."""
     plan = Plan()
-    seen: set[str] = set()
-    for skip in skips:
-        seen.add(skip.path)
-        row = rows.get(skip.path)
-        if (row is not None and row.status == "error" and row.error_reason == skip.reason
-                and row.size == skip.size and row.mtime_ns == skip.mtime_ns):
-            plan.known_errors += 1
-        else:
-            plan.errors.append(skip)
     # Rows under a folder that could not be listed are kept: unreadable is not deleted.
-    unlisted = tuple(s.path.rstrip(os.sep) + os.sep for s in skips if s.folder)
-    for cand in candidates:
-        seen.add(cand.path)
-        row = rows.get(cand.path)
-        same_stat = row is not None and row.size == cand.size and row.mtime_ns == cand.mtime_ns
-        if same_stat and row.status == "error" and row.error_reason not in retry:
-            plan.known_errors += 1
-        # meta_missing: indexed before photo metadata was stored; redoing it finds the
-        # vector by hash and reads only the header, so it costs a read, never an embedding.
-        elif same_stat and row.content_hash in hashes_with_vectors and not row.meta_missing:
-            plan.unchanged += 1
+    unlisted = tuple(os.fsencode(s.path.rstrip(os.sep) + os.sep) for s in skips if s.folder)
+    entries = sorted(((os.fsencode(e.path), e) for e in (*skips, *candidates)),
+                     key=lambda pair: pair[0])
+    stream: Iterator[PlanRow] = iter(rows)
+    row = next(stream, None)
+    match: PlanRow | None = None
+    for key, entry in entries:
+        if match is None or match.path != key:  # the same path twice: the same row
+            while row is not None and row.path < key:
+                if not (unlisted and row.path.startswith(unlisted)):
+                    plan.gone.append(row.id)
+                row = next(stream, None)
+            match = row if row is not None and row.path == key else None
+            if match is not None:
+                row = next(stream, None)
+        if isinstance(entry, CrawlSkip):
+            _plan_skip(plan, entry, match)
         else:
-            plan.todo.append(cand)
-    plan.gone = [row.id for path, row in rows.items()
-                 if path not in seen and not (unlisted and path.startswith(unlisted))]
+            _plan_candidate(plan, entry, match, retry)
+    while row is not None:
+        if not (unlisted and row.path.startswith(unlisted)):
+            plan.gone.append(row.id)
+        row = next(stream, None)
     return plan
+
+
+def _plan_skip(plan: Plan, skip: CrawlSkip, row: PlanRow | None) -> None:
+    if (row is not None and row.status == "error" and row.error_reason == skip.reason
+            and row.size == skip.size and row.mtime_ns == skip.mtime_ns):
+        plan.known_errors += 1
+    else:
+        plan.errors.append(skip)
+
+
+def _plan_candidate(plan: Plan, cand: Candidate, row: PlanRow | None,
+                    retry: frozenset[str]) -> None:
+    same_stat = row is not None and row.size == cand.size and row.mtime_ns == cand.mtime_ns
+    if same_stat and row.status == "error" and row.error_reason not in retry:
+        plan.known_errors += 1
+    # row.done: its content has a vector of the model and, if indexed before photo metadata
+    # was stored, it was refreshed since (else redoing it reads only the header).
+    elif same_stat and row.done:
+        plan.unchanged += 1
+    else:
+        plan.todo.append(cand)
+        if row is not None and row.status == "error" and row.error_reason in retry:
+            plan.retried[cand.path] = FileRow(row.id, cand.path, cand.root_id, row.size,
+                                              row.mtime_ns, row.content_hash, row.status,
+                                              row.error_reason)

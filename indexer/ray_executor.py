@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -62,7 +62,7 @@ def connected(address: str) -> Iterator[None]:
 
 
 def load_encode_write(
-    job: Job, todo: list[Candidate], known: set[str], retried: dict[str, FileRow]
+    job: Job, todo: list[Candidate], known: Iterable[str], retried: dict[str, FileRow]
 ) -> list[str]:
     """local_run.load_encode_write's contract, run on the cluster: returns the paths that
     vanished before they could be read."""
@@ -73,7 +73,7 @@ def load_encode_write(
         return _stream(job, todo, known, retried)
 
 
-def _stream(job: Job, todo: list[Candidate], known: set[str],
+def _stream(job: Job, todo: list[Candidate], known: Iterable[str],
             retried: dict[str, FileRow]) -> list[str]:
     settings, report, model_id = job.settings, job.report, job.model_id
     # The driver loads the model too: it registers it, exports the text tower, and gives the
@@ -113,7 +113,7 @@ def _stream(job: Job, todo: list[Candidate], known: set[str],
     return vanished
 
 
-def embedded_dataset(todo: list[Candidate], known: set[str], spec: PreprocessSpec,
+def embedded_dataset(todo: list[Candidate], known: Iterable[str], spec: PreprocessSpec,
                      worker_encoder: Callable[[], ImageEncoder], model_id: str,
                      settings: IndexSettings,
                      read: Callable[[str], tuple[bytes, object]] | None = None,

@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import weakref
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,6 +67,19 @@ class FileRow:
     status: str
     error_reason: str | None = None
     meta_missing: bool = False  # indexed before schema 2 stored photo metadata
+
+
+class PlanRow(NamedTuple):
+    """What planning needs of a file row (indexer/plan.py), streamed in path byte order."""
+
+    path: bytes  # as stored: SQLite orders TEXT by these bytes
+    id: int
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    status: str
+    error_reason: str | None
+    done: bool  # its content has a vector of the model, and its photo metadata is stored
 
 
 @dataclass
@@ -358,6 +373,25 @@ class Catalog:
             (root_id,),
         )
         return {r[1]: FileRow(*r[:8], meta_missing=bool(r[8])) for r in rows}
+
+    def plan_rows(self, root_id: int, model_id: str, chunk: int = 10_000
+                  ) -> Iterator[PlanRow]:
+        """The root's file rows in path byte order, streamed: planning a 1M-file root holds
+        no row object per file nor a set of every content hash."""
+        meta_missing = "status = 'ok' AND format IS NULL" if self._has("format") else "0"
+        cur = self.conn.execute(
+            "SELECT CAST(path AS BLOB), id, size, mtime_ns, content_hash, status, error_reason,"
+            f" NOT ({meta_missing}) AND EXISTS (SELECT 1 FROM embeddings e"
+            " WHERE e.content_hash = files.content_hash AND e.model_id = ?)"
+            " FROM files WHERE root_id = ? ORDER BY path", (model_id, root_id))
+        while rows := cur.fetchmany(chunk):
+            for r in rows:
+                yield PlanRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
+
+    def vector_lookup(self, model_id: str) -> VectorLookup:
+        """`digest in lookup`: whether committed content has a vector of `model_id`, asked
+        per file instead of a set of every hash (1M hashes: ~100 MB of str)."""
+        return VectorLookup(self.path, model_id)
 
     def _has(self, column: str) -> bool:
         """Whether `files` has the column: a read-only open of a schema-1 library is not
@@ -667,6 +701,32 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
     conn.execute("SELECT 1 FROM meta LIMIT 1")  # replays the WAL into the copy
     weakref.finalize(conn, shutil.rmtree, tmp, True)  # removed with the connection
     return conn
+
+
+class VectorLookup:
+    """A content-hash membership test on a connection of its own (the index run's loader
+    threads ask while its writer commits on the catalog's): it sees committed rows only."""
+
+    def __init__(self, path: Path, model_id: str):
+        self.model_id = model_id
+        self.conn = _open_uri(path, "mode=ro")
+        self._lock = threading.Lock()
+
+    def __contains__(self, digest: object) -> bool:
+        with self._lock:
+            return self.conn.execute(
+                "SELECT 1 FROM embeddings WHERE content_hash = ? AND model_id = ?",
+                (digest, self.model_id)).fetchone() is not None
+
+    def __iter__(self) -> Iterator[str]:
+        """Every hash (a Ray run ships them to its workers as a set)."""
+        with self._lock:
+            rows = self.conn.execute("SELECT content_hash FROM embeddings WHERE model_id = ?",
+                                     (self.model_id,)).fetchall()
+        return (h for (h,) in rows)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class _CopyConnection(sqlite3.Connection):
