@@ -379,11 +379,19 @@ class Catalog:
         """The root's file rows in path byte order, streamed: planning a 1M-file root holds
         no row object per file nor a set of every content hash."""
         meta_missing = "status = 'ok' AND format IS NULL" if self._has("format") else "0"
+        done = (f"NOT ({meta_missing}) AND EXISTS (SELECT 1 FROM embeddings e"
+                " WHERE e.content_hash = files.content_hash AND e.model_id = :model)")
+        if tallies.present(self.conn):
+            # When the tallies say every ok file has a vector of the model (the usual case),
+            # an ok row needs no lookup into the multi-GB vector table: one per row at 1M
+            # reads it all. Evaluated once, in the statement's own snapshot.
+            every = ("(SELECT n FROM tallies WHERE key = 'model:' || :model) IS"
+                     " (SELECT n FROM tallies WHERE key = 'files:ok')")
+            done = f"CASE WHEN status = 'ok' AND {every} THEN NOT ({meta_missing}) ELSE {done} END"
         cur = self.conn.execute(
             "SELECT CAST(path AS BLOB), id, size, mtime_ns, content_hash, status, error_reason,"
-            f" NOT ({meta_missing}) AND EXISTS (SELECT 1 FROM embeddings e"
-            " WHERE e.content_hash = files.content_hash AND e.model_id = ?)"
-            " FROM files WHERE root_id = ? ORDER BY path", (model_id, root_id))
+            f" {done} FROM files WHERE root_id = :root ORDER BY path",
+            {"model": model_id, "root": root_id})
         while rows := cur.fetchmany(chunk):
             for r in rows:
                 yield PlanRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
