@@ -162,9 +162,7 @@ class Catalog:
                 with self.transaction():  # one-time: libraries made before the change log
                     change_log.install(self.conn)
             if not self.readonly and not tallies.present(self.conn):
-                with self.transaction():  # one-time: a full count (about a minute at 1M)
-                    if not tallies.present(self.conn):  # re-checked under the write lock
-                        tallies.install(self.conn)
+                self._install_tallies()
             # Beyond that one-time upgrade (writable opens only), opening an existing
             # library writes nothing (readers stay readers).
             return
@@ -199,6 +197,18 @@ class Catalog:
                 change_log.install(self.conn)
                 tallies.install(self.conn)
         self._check_version()
+
+    def _install_tallies(self) -> None:
+        """One-time: a full count of every row (tens of seconds at 1M files). Another
+        process installing them right now holds the write lock past busy_timeout: go on
+        without (counts come from the rows until then)."""
+        try:
+            with self.transaction():
+                if not tallies.present(self.conn):  # re-checked under the write lock
+                    tallies.install(self.conn)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (5, 6):  # BUSY, LOCKED
+                raise
 
     def _add_meta_columns(self) -> None:
         """Schema 1 -> 2: ALTER TABLE ADD COLUMN rewrites no row, so every file row and
