@@ -7,6 +7,7 @@ the sorted crawl: a 1M-file root is planned without holding a Python object per 
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,12 +55,14 @@ def merge_plan(
     plan = Plan()
     # Rows under a folder that could not be listed are kept: unreadable is not deleted.
     unlisted = tuple(os.fsencode(s.path.rstrip(os.sep) + os.sep) for s in skips if s.folder)
-    entries = sorted(((os.fsencode(e.path), e) for e in (*skips, *candidates)),
-                     key=lambda pair: pair[0])
+    # Sorted copies of the lists (references only); keys are made again while merging
+    # rather than held beside a million entries.
+    entries = heapq.merge(sorted(skips, key=_key), sorted(candidates, key=_key), key=_key)
     stream: Iterator[PlanRow] = iter(rows)
     row = next(stream, None)
     match: PlanRow | None = None
-    for key, entry in entries:
+    for entry in entries:
+        key = _key(entry)
         if match is None or match.path != key:  # the same path twice: the same row
             while row is not None and row.path < key:
                 if not (unlisted and row.path.startswith(unlisted)):
@@ -77,6 +80,10 @@ def merge_plan(
             plan.gone.append(row.id)
         row = next(stream, None)
     return plan
+
+
+def _key(entry: Candidate | CrawlSkip) -> bytes:
+    return os.fsencode(entry.path)  # the stored bytes: SQLite's order, not str's
 
 
 def _plan_skip(plan: Plan, skip: CrawlSkip, row: PlanRow | None) -> None:
