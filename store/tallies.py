@@ -37,14 +37,16 @@ def _file(row: str, sign: str) -> str:
 
 def _vector(row: str, sign: str, first: str) -> str:
     """One vector's part: its model gains (loses) the ok files with its content; those
-    leave (join) 'unindexed' when `first` (no other vector of the content exists) holds."""
-    files = _OK_FILES.format(h=f"{row}.content_hash")
+    leave (join) 'unindexed' when `first` (no other vector of the content exists) holds.
+    The files are counted once per statement (a subquery in FROM), not per use."""
+    files = "(SELECT COUNT(*) AS c FROM files WHERE content_hash = {h} AND status = 'ok')" \
+        .format(h=f"{row}.content_hash")
     other = "-" if sign == "+" else "+"
     return (
-        f" INSERT INTO tallies(key, n) SELECT 'model:' || {row}.model_id, {sign}{files}"
-        f" WHERE {files} > 0 {_ADD};"
-        f" INSERT INTO tallies(key, n) SELECT 'unindexed', {other}{files}"
-        f" WHERE {files} > 0 AND {first} {_ADD};"
+        f" INSERT INTO tallies(key, n) SELECT 'model:' || {row}.model_id, {sign}c"
+        f" FROM {files} WHERE c > 0 {_ADD};"
+        f" INSERT INTO tallies(key, n) SELECT 'unindexed', {other}c"
+        f" FROM {files} WHERE c > 0 AND {first} {_ADD};"
     )
 
 
