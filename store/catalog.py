@@ -727,11 +727,13 @@ class VectorLookup:
 
     def __init__(self, path: Path, model_id: str):
         self.model_id = model_id
-        self.conn = _open_uri(path, "mode=ro")
+        self.conn: sqlite3.Connection | None = _open_uri(path, "mode=ro")
         self._lock = threading.Lock()
 
     def __contains__(self, digest: object) -> bool:
         with self._lock:
+            if self.conn is None:
+                return False  # a loader left behind by a stopped run: its result is dropped
             return self.conn.execute(
                 "SELECT 1 FROM embeddings WHERE content_hash = ? AND model_id = ?",
                 (digest, self.model_id)).fetchone() is not None
@@ -739,12 +741,18 @@ class VectorLookup:
     def __iter__(self) -> Iterator[str]:
         """Every hash (a Ray run ships them to its workers as a set)."""
         with self._lock:
+            assert self.conn is not None, "used after close"
             rows = self.conn.execute("SELECT content_hash FROM embeddings WHERE model_id = ?",
                                      (self.model_id,)).fetchall()
         return (h for (h,) in rows)
 
     def close(self) -> None:
-        self.conn.close()
+        """Waits for a question in flight: loader threads of a stopped or failed run may
+        still be asking (closing under them would crash SQLite)."""
+        with self._lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
 
 
 class _CopyConnection(sqlite3.Connection):

@@ -138,3 +138,5 @@ def test_vector_lookup_sees_committed_vectors(tmp_path):
     assert "h1" in lookup and "h1" not in cat.vector_lookup("other")
     assert set(lookup) == {"h1"}
     lookup.close()
+    assert "h1" not in lookup  # a loader thread asking after the run closed it: no crash
+    lookup.close()
