@@ -141,6 +141,7 @@ class Catalog:
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
+        self._armed = False  # this connection keeps the tallies (store/tallies.py)
         try:
             self.conn = _connect(self.path, readonly)
             self.db = sqlite_utils.Database(self.conn)
@@ -161,8 +162,11 @@ class Catalog:
             if not self.readonly and not change_log.present(self.conn):
                 with self.transaction():  # one-time: libraries made before the change log
                     change_log.install(self.conn)
-            if not self.readonly and not tallies.present(self.conn):
-                self._install_tallies()
+            if not self.readonly:
+                if tallies.present(self.conn):
+                    self._arm()
+                if not tallies.exact(self.conn):
+                    self._install_tallies()
             # Beyond that one-time upgrade (writable opens only), opening an existing
             # library writes nothing (readers stay readers).
             return
@@ -196,16 +200,23 @@ class Catalog:
                 self._set_meta("generation", "0")
                 change_log.install(self.conn)
                 tallies.install(self.conn)
+                self._arm()
         self._check_version()
 
+    def _arm(self) -> None:
+        tallies.arm(self.conn)
+        self._armed = True
+
     def _install_tallies(self) -> None:
-        """One-time: a full count of every row (tens of seconds at 1M files). Another
-        process installing them right now holds the write lock past busy_timeout: go on
-        without (counts come from the rows until then)."""
+        """A full count of every row (about half a minute at 1M files): once for a library
+        made before the tallies, again after a writer without them changed it. Another
+        process counting right now holds the write lock past busy_timeout: go on without
+        (counts come from the rows until then)."""
         try:
             with self.transaction():
-                if not tallies.present(self.conn):  # re-checked under the write lock
+                if not tallies.exact(self.conn):  # re-checked under the write lock
                     tallies.install(self.conn)
+                    self._arm()
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (5, 6):  # BUSY, LOCKED
                 raise
@@ -241,6 +252,8 @@ class Catalog:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                if self._armed:  # the counts stay exact with this generation if they were
+                    self.conn.execute(tallies.ADVANCE)
                 self.conn.execute(
                     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
                 )
@@ -395,8 +408,8 @@ class Catalog:
             # When the tallies say every ok file has a vector of the model (the usual case),
             # an ok row needs no lookup into the multi-GB vector table: one per row at 1M
             # reads it all. Evaluated once, in the statement's own snapshot.
-            every = ("(SELECT n FROM tallies WHERE key = 'model:' || :model) IS"
-                     " (SELECT n FROM tallies WHERE key = 'files:ok')")
+            every = (f"{tallies.EXACT} AND (SELECT CAST(value AS INTEGER) FROM meta WHERE"
+                     f" key = 'tally:model:' || :model) IS {tallies.value('files:ok')}")
             done = f"CASE WHEN status = 'ok' AND {every} THEN NOT ({meta_missing}) ELSE {done} END"
         cur = self.conn.execute(
             "SELECT CAST(path AS BLOB), id, size, mtime_ns, content_hash, status, error_reason,"
@@ -610,9 +623,10 @@ class Catalog:
 
     # -- reporting -----------------------------------------------------------------------
     def _tallies(self) -> dict[str, int] | None:
-        """The trigger-kept counts (store/tallies.py); None on a catalog that has none yet
-        (read-only opens of an older library), which is counted from the rows instead."""
-        return tallies.read(self.conn) if tallies.present(self.conn) else None
+        """The trigger-kept counts (store/tallies.py); None where they are not exact (a
+        read-only open of an older library, a write by a clipsearch without them): counted
+        from the rows instead."""
+        return tallies.read(self.conn)
 
     def counts(self) -> dict[str, int]:
         kept = self._tallies()

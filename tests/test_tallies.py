@@ -99,10 +99,7 @@ def test_a_library_without_tallies_is_counted_then_migrated_once(tmp_path):
         before = lib.status()
     db = lib_path / "catalog.db"
     conn = sqlite3.connect(db)
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
-                                " AND name LIKE 'tallies%'").fetchall():
-        conn.execute(f"DROP TRIGGER {name}")
-    conn.execute("DROP TABLE tallies")
+    conn.execute("DELETE FROM meta WHERE key LIKE 'tally:%'")  # as before the tallies
     conn.commit()
     rows = conn.execute("SELECT * FROM files ORDER BY id").fetchall()
     conn.close()
@@ -121,6 +118,35 @@ def test_a_library_without_tallies_is_counted_then_migrated_once(tmp_path):
         assert (st.files, st.indexed, st.errors, st.models, st.unindexed) == (
             before.files, before.indexed, before.errors, before.models, before.unindexed)
     assert before.errors == 1 and before.indexed == before.files - 1
+
+
+def test_a_write_without_the_triggers_is_not_miscounted(tmp_path):
+    """A writer that does not keep the tallies (an older clipsearch, the sqlite3 shell):
+    status counts from the rows, and the next writable open counts them again."""
+    db = tmp_path / "catalog.db"
+    cat = Catalog(db)
+    root = cat.add_root("/p")
+    cat.write_batch([FileRecord(f"/p/{i}.jpg", root, 1, 1, f"h{i}", "ok") for i in range(6)],
+                    {f"h{i}": vec(i) for i in range(6)}, "m")
+    reader = Catalog(db, readonly=True)
+    assert tallies_mod.read(reader.conn) is not None
+    foreign = sqlite3.connect(db)  # no TEMP triggers; bumps the generation as writers do
+    foreign.execute("DELETE FROM files WHERE path = '/p/0.jpg'")
+    foreign.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1"
+                    " WHERE key = 'generation'")
+    foreign.commit()
+    foreign.close()
+    for c in (cat, reader):  # the open writer and a reader: counted from the rows
+        assert tallies_mod.read(c.conn) is None
+        assert kept(c) == joined(c) and c.counts() == {"ok": 5}
+    cat.write_batch([FileRecord("/p/new.jpg", root, 1, 1, "h9", "ok")], {"h9": vec(9)}, "m")
+    assert tallies_mod.read(cat.conn) is None  # still not trusted after our own write
+    assert kept(cat) == joined(cat)
+    cat.close()
+    reader.close()
+    again = Catalog(db)  # a writable open counts again
+    assert tallies_mod.read(again.conn) is not None
+    assert kept(again) == joined(again) and again.counts() == {"ok": 6}
 
 
 def test_salvage_keeps_the_counts_exact(tmp_path):
