@@ -24,6 +24,7 @@ RECALL_TARGET = 0.97  # on the off-cone probes, harder than text-like queries (d
 # catalog read (~60 us at 1M); 4-bit scores rank well enough that recall@10 saturates near
 # 30-50 candidates (measured: 100k, 30 -> 0.962, 100 -> 0.965).
 RERANK = 40
+TRAIN_PER_CELL = 16
 PROBES = 100  # probe queries for measuring recall
 GAP = 1.0  # weight of a probe's own direction, relative to its picture part
 NPROBES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -60,8 +61,12 @@ class AnnIndex:
                                               faiss.METRIC_INNER_PRODUCT)
         index.cp.niter = 10  # k-means: 10 rounds place the cells well enough for re-scoring
         index.cp.seed = seed
+        index.cp.min_points_per_centroid = TRAIN_PER_CELL  # (FAISS warns below 39)
         rng = np.random.default_rng(seed)
-        train = vectors[np.sort(rng.choice(len(ids), min(len(ids), 32 * nlist), replace=False))]
+        # 16 vectors a cell: at 1M (4096 cells) the same recall as 32 (0.982 at nprobe 32,
+        # 40 candidates) for half the k-means time (46 against 90 s of CPU).
+        train = vectors[np.sort(rng.choice(len(ids), min(len(ids), TRAIN_PER_CELL * nlist),
+                                           replace=False))]
         index.train(train)
         index.add_with_ids(vectors, np.asarray(ids, np.int64))
         made = cls(index, dim, {"nlist": nlist, "trained_count": len(ids)})
