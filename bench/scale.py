@@ -2,6 +2,7 @@
 real storage (Catalog + index cache + Searcher; no model: queries are generated vectors).
 
     python -m bench.scale [--sizes 10000,100000,1000000] [--queries 200] [--out FILE]
+                          [--no-baseline] [--lock /work/cpu.lock]
 
 Per size and index (the chosen one, and the exact scan as the baseline): count, kind,
 recall_at_10 against brute force over the catalog's fp32 vectors, p50_ms / p99_ms of a warm
@@ -15,8 +16,11 @@ Libraries are cached in bench/.cache/scale-N (made once; minutes at 1M).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -32,6 +36,33 @@ MODEL = "clip-like"
 DIM = 512
 BATCH = 10_000
 OUT = Path(__file__).resolve().parent / "results" / "scale.json"
+_lock: list = []  # --lock: the open lock file (shared between timed parts)
+_loads: list = []  # 1-minute load average as each timed part began (and whether locked)
+LOCK_WAIT_S = 300  # a timed part waits this long for the lock, then runs without it
+
+
+@contextlib.contextmanager
+def _timed():
+    """A timed part: with --lock, hold the lock exclusively (other jobs on a shared machine
+    wait), then go back to sharing it; notes the load average either way, and "unlocked"
+    when the lock could not be had within LOCK_WAIT_S (the figure is then a busy one)."""
+    held = False
+    if _lock:
+        fcntl.flock(_lock[0], fcntl.LOCK_UN)  # a waiting reader must not block the others
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while not held and time.monotonic() < deadline:
+            try:
+                fcntl.flock(_lock[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                time.sleep(0.5)
+    load = round(os.getloadavg()[0], 2)
+    _loads.append(load if held or not _lock else f"{load} unlocked")
+    try:
+        yield
+    finally:
+        if _lock:
+            fcntl.flock(_lock[0], fcntl.LOCK_SH)
 
 
 def _records(start: int, n: int, root_id: int):
@@ -83,31 +114,37 @@ def measure(count: int, queries: int, ann_min: int) -> dict:
     work.mkdir()
     cat = Catalog(src / "catalog.db")
     searcher = Searcher(cat, work / "vectors")
-    start = time.perf_counter()
-    index = searcher.index_for(MODEL, DIM, upkeep=True)
-    build_s = time.perf_counter() - start
+    _loads.clear()
+    with _timed():
+        start = time.perf_counter()
+        index = searcher.index_for(MODEL, DIM, upkeep=True)
+        build_s = time.perf_counter() - start
     world = World()
     qs = world.queries(queries)
     truth = _truth(cat, qs)
-    searcher.search(MODEL, qs[0], 10)  # warm
     times, cpu, recall = [], [], []
-    for q, t in zip(qs, truth, strict=True):
-        s, c = time.perf_counter(), time.process_time()
-        hits = searcher.search(MODEL, q, 10)
-        times.append((time.perf_counter() - s) * 1000)
-        cpu.append((time.process_time() - c) * 1000)
-        recall.append(len(set(t) & {h.file_id for h in hits}) / 10)
+    with _timed():
+        searcher.search(MODEL, qs[0], 10)  # warm
+        for q in qs:
+            s, c = time.perf_counter(), time.process_time()
+            hits = searcher.search(MODEL, q, 10)
+            times.append((time.perf_counter() - s) * 1000)
+            cpu.append((time.process_time() - c) * 1000)
+            recall.append(hits)
+    recall = [len(set(t) & {h.file_id for h in hits}) / 10
+              for t, hits in zip(truth, recall, strict=True)]
     index_bytes = next((work / "vectors").glob("*.faiss")).stat().st_size
     info = index_cache.describe(cat, work / "vectors", MODEL)
-    s = time.perf_counter()
-    write(cat, world, count, 10_000)
-    u = time.perf_counter()
-    searcher.index_for(MODEL, DIM, upkeep=True)
-    add_s, update_s = time.perf_counter() - s, time.perf_counter() - u
-    s = time.perf_counter()
-    Searcher(Catalog(src / "catalog.db", readonly=True), work / "vectors").search(MODEL, qs[1],
-                                                                                   10)
-    first_ms = (time.perf_counter() - s) * 1000
+    with _timed():
+        s = time.perf_counter()
+        write(cat, world, count, 10_000)
+        u = time.perf_counter()
+        searcher.index_for(MODEL, DIM, upkeep=True)
+        add_s, update_s = time.perf_counter() - s, time.perf_counter() - u
+        s = time.perf_counter()
+        Searcher(Catalog(src / "catalog.db", readonly=True), work / "vectors").search(
+            MODEL, qs[1], 10)
+        first_ms = (time.perf_counter() - s) * 1000
     # Back to `count` files (the library is reused by the next measurement and run).
     cat.delete_files(range(count + 1, count + 10_001))
     cat.close()
@@ -123,12 +160,13 @@ def measure(count: int, queries: int, ann_min: int) -> dict:
             "resident_bytes_per_vector": round(index_bytes / count, 1),
             "build_s": round(build_s, 1), "add_10k_s": round(add_s, 1),
             "index_update_10k_s": round(update_s, 1),
-            "first_query_after_add_ms": round(first_ms, 1)}
+            "first_query_after_add_ms": round(first_ms, 1),
+            "load_avg": list(_loads)}  # as the build, queries and add began
 
 
 def _truth(cat, qs: np.ndarray) -> list[list[int]]:
     best = [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in qs]
-    for ids, vectors in cat.iter_vectors(MODEL, 100_000):
+    for ids, vectors in cat.iter_vectors(MODEL, 100_000, stored_order=True):
         scores = qs @ vectors.T
         for row, (bi, bs) in enumerate(best):
             all_ids = np.concatenate([bi, ids])
@@ -145,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the exact scan where the approximate index is chosen")
+    parser.add_argument("--lock", type=Path,
+                        help="a lock file shared with other jobs: held exclusively only while "
+                             "timing, shared otherwise (flock)")
     args = parser.parse_args(argv)
+    if args.lock:
+        _lock.append(open(args.lock, "a"))  # noqa: SIM115 (held until exit)
+        fcntl.flock(_lock[0], fcntl.LOCK_SH)
     from store import index_cache
 
     chosen_min = index_cache.ANN_MIN

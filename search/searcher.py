@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from store import AnnIndex, Catalog, VectorIndex, open_vector_index
+from store.ann_index import RERANK  # candidates the approximate index hands over
 
 from .results import SearchResult
 
 DIRECT_MAX = 2000  # an id selector this small (or under 2% of the index) is scored directly
-RERANK = 100  # candidates the approximate index hands over for exact re-scoring
 
 
 class Searcher:
@@ -102,7 +102,7 @@ class Searcher:
         extra = len(exclude) if exclude else 0
         keep = limit + extra
         best_ids, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
-        for ids, vectors in self.catalog.iter_vectors(model_id):
+        for ids, vectors in self.catalog.iter_vectors(model_id, stored_order=True):
             scores = np.concatenate([best_scores, vectors @ query])
             ids = np.concatenate([best_ids, ids])
             top = np.lexsort((ids, -scores))[:keep]

@@ -591,16 +591,20 @@ class Catalog:
             "SELECT COUNT(*) FROM files f JOIN embeddings e ON e.content_hash = f.content_hash"
             " AND e.model_id = ? WHERE f.status = 'ok'", (model_id,)).fetchone()[0])
 
-    def iter_vectors(self, model_id: str, chunk: int = 50_000
+    def iter_vectors(self, model_id: str, chunk: int = 50_000, *, stored_order: bool = False
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(file ids, vectors) of every indexed file for one model, `chunk` rows at a time
-        in file id order: a scale-sized library's vectors without holding them all twice."""
-        cur = self.conn.execute(
-            "SELECT f.id, e.vector FROM files f JOIN embeddings e"
-            " ON e.content_hash = f.content_hash AND e.model_id = ?"
-            " WHERE f.status = 'ok' ORDER BY f.id",
-            (model_id,),
-        )
+        in file id order: a scale-sized library's vectors without holding them all twice.
+        `stored_order`: in the vectors' own (content hash) order instead, reading the
+        vector table front to back rather than one random page per file (1M files: ~6x
+        faster, docs/scale.md); for callers that do not care about the order."""
+        sql = ("SELECT f.id, e.vector FROM embeddings e CROSS JOIN files f"  # CROSS: e first
+               " ON f.content_hash = e.content_hash WHERE e.model_id = ? AND f.status = 'ok'"
+               if stored_order else
+               "SELECT f.id, e.vector FROM files f JOIN embeddings e"
+               " ON e.content_hash = f.content_hash AND e.model_id = ?"
+               " WHERE f.status = 'ok' ORDER BY f.id")
+        cur = self.conn.execute(sql, (model_id,))
         while rows := cur.fetchmany(chunk):
             ids = np.fromiter((r[0] for r in rows), np.int64, count=len(rows))
             yield ids, np.frombuffer(b"".join(r[1] for r in rows),
@@ -684,6 +688,7 @@ def _gc_embeddings(conn: sqlite3.Connection) -> None:
 
 
 MMAP_BYTES = 1 << 30
+WRITER_CACHE_KB = 128 * 1024
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -696,6 +701,11 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         # FULL: a commit is on disk before the next step (a FAISS cache stamped with this
         # generation) can be, so even a power cut cannot make a generation number repeat.
         conn.execute("PRAGMA synchronous=FULL")
+        # A writer's page cache (SQLite's default: 2 MB). Adding 10k files to a 1M library
+        # touches ~30k random pages (vector rows keyed by hash, the hash index); with 2 MB
+        # they were spilled and read again: 4.0 -> 2.3 s of CPU with 128 MB (docs/scale.md).
+        # Only pages actually touched are held.
+        conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KB}")
     conn.text_factory = text_factory
     # A REPLACE's implicit delete must fire the delete triggers (store/tallies.py keeps
     # status's counts exact with them); sqlite_utils turns it on too.

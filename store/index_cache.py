@@ -133,7 +133,7 @@ def _all_vectors(catalog: Catalog, model_id: str, count: int) -> tuple[np.ndarra
     ids = np.empty(count, np.int64)
     vectors: np.ndarray | None = None
     at = 0
-    for chunk_ids, chunk in catalog.iter_vectors(model_id):
+    for chunk_ids, chunk in catalog.iter_vectors(model_id, stored_order=True):
         if vectors is None:
             vectors = np.empty((count, chunk.shape[1]), np.float32)
         ids[at:at + len(chunk_ids)] = chunk_ids

@@ -19,10 +19,11 @@ from PIL import Image
 from bench.clip_like import World
 from search.searcher import Searcher
 from store import AnnIndex, Catalog, FileRecord, VectorIndex, index_cache
+from store.ann_index import RECALL_TARGET
 from store.vector_index import index_path
 
 DIM = 64
-RECALL_FLOOR = 0.95  # docs/scale.md: the tuned index measures >= 0.99 on its own probes
+RECALL_FLOOR = 0.95  # docs/scale.md: the tuned index measures >= RECALL_TARGET on its probes
 
 
 def add_files(cat: Catalog, root: int, start: int, vectors: np.ndarray) -> None:
@@ -67,7 +68,7 @@ def test_kind_follows_size_and_exact_below_it(tmp_path, ann_min):
     assert isinstance(index, AnnIndex) and len(index) == 2000
     info = index_cache.describe(cat, tmp_path / "vectors", "m")
     assert info["kind"] == "ivf-sq4-ip" and info["up_to_date"] and not info["exact"]
-    assert info["recall_at_10"] >= 0.99 and 1 <= info["nprobe"] <= info["nlist"]
+    assert info["recall_at_10"] >= RECALL_TARGET and 1 <= info["nprobe"] <= info["nlist"]
     sample = index.sample(50)  # relevance grading's score distribution (search/grading.py)
     _, vectors = cat.vectors("m")
     assert sample.shape == (50, DIM) and ((sample @ vectors.T).max(axis=1) > 0.95).all()
@@ -203,7 +204,8 @@ def test_status_and_cli_show_the_index_and_exact_scans(tmp_path, ann_min):
                                       world.vectors(0, 2000), strict=True)), model_id)
     lib.searcher.index_for(model_id, DIM, upkeep=True)
     info = lib.status().vector_indexes[model_id]
-    assert info["kind"] == "ivf-sq4-ip" and info["recall_at_10"] >= 0.99 and info["up_to_date"]
+    assert info["kind"] == "ivf-sq4-ip" and info["recall_at_10"] >= RECALL_TARGET
+    assert info["up_to_date"]
     q = world.queries(1)[0]
     exact = lib.searcher.search(model_id, q, 5, exact=True)
     ids, vectors = cat.vectors(model_id)
@@ -231,3 +233,16 @@ def test_a_long_lived_reader_follows_commits_without_reloading(tmp_path, ann_min
     assert searcher.index_for("m", DIM) is held and len(held) == 3002  # updated in place
     _, vectors = cat.vectors("m")
     assert gone not in {h.file_id for h in searcher.search("m", world.vectors(7, 1)[0], 20)}
+
+
+def test_stored_order_reads_the_same_vectors(tmp_path):
+    """A build reads vectors in the table's own order (docs/scale.md: 6x faster at 1M):
+    the same (file, vector) pairs as file-id order, a shared vector once per file."""
+    cat, world = library(tmp_path, 1200)
+    cat.write_batch([FileRecord("/p/dup/copy.jpg", 1, 10, 1, "h7", "ok")], {}, "m")
+    by_id = {int(i): v for ids, vs in cat.iter_vectors("m", 500)
+             for i, v in zip(ids, vs, strict=True)}
+    stored = {int(i): v for ids, vs in cat.iter_vectors("m", 500, stored_order=True)
+              for i, v in zip(ids, vs, strict=True)}
+    assert len(by_id) == 1201 and by_id.keys() == stored.keys()
+    assert all(np.array_equal(by_id[i], stored[i]) for i in by_id)
