@@ -36,6 +36,7 @@ SLOW_TESTS = frozenset({  # "file::test" (every parametrization of it)
     "test_hostile_index.py::test_messy_tree_indexes_everything_indexable",
     "test_compiled.py::test_concurrent_compiles_of_one_model_compile_once",
     "test_vector_index_scale.py::test_kind_follows_size_and_exact_below_it",
+    "test_scale_10m.py::test_the_script_at_100k_has_a_true_truth_and_the_recall_it_claims",
     "test_vit_graph.py::test_a_built_graph_onnxruntime_refuses_is_recorded_and_torch_indexes",
     "test_api.py::test_library_api_round_trip",
     "test_api_contract.py::test_one_library_shared_by_eight_threads",
