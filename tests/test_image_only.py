@@ -113,3 +113,21 @@ def test_an_index_on_torch_caches_the_text_tower_from_the_file_and_queries_work(
     assert mine.keys() == theirs.keys()
     for name, array in theirs.items():  # the same tower the whole model would have cached
         np.testing.assert_array_equal(mine[name], array)
+
+
+def test_loading_on_the_cpu_leaves_triton_out_of_the_process(tmp_path):
+    """triton serves GPU kernels only; torch._dynamo (under open_clip's torchvision) maps it
+    (85 MB) unless it is hidden while open_clip loads. Hidden only then: importable after."""
+    import subprocess
+    import sys
+
+    from tests.reliability_support import subprocess_env
+
+    code = ("import sys; from clip_core.models.ref import parse_model; "
+            "from clip_core.torch_backend.encoder import ClipEncoder; "
+            f"ClipEncoder.load(parse_model({str(SHAPES_TINY)!r}), device='cpu', "
+            "precision='fp32', towers=frozenset({'image'})); "
+            "print('triton' in sys.modules, sys.modules.get('triton', 0) is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=subprocess_env(tmp_path)).stdout.split()
+    assert out == ["False", "False"]
