@@ -35,8 +35,11 @@ def build_image_only(open_clip: Any, name: str, pretrained: str | None, seed: in
     if seed is None and weights is None:
         return None
     with torch.device("meta"):
+        # pretrained_text=False: with load_weights=False open_clip would otherwise fetch a
+        # Hugging Face text tower's base weights for the skeleton.
         model = open_clip.create_model(name, pretrained=pretrained, load_weights=False,
-                                       precision=precision, device="meta")
+                                       pretrained_text=False, precision=precision,
+                                       device="meta")
     if type(model) not in (CLIP, CustomTextCLIP):
         return None  # CoCa and others: the whole model, as before
     _drop_all_but_visual(model)
