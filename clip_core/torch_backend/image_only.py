@@ -34,12 +34,16 @@ def build_image_only(open_clip: Any, name: str, pretrained: str | None, seed: in
     weights = None if seed is not None else _checkpoint(name, pretrained)
     if seed is None and weights is None:
         return None
-    with torch.device("meta"):
-        # pretrained_text=False: with load_weights=False open_clip would otherwise fetch a
-        # Hugging Face text tower's base weights for the skeleton.
-        model = open_clip.create_model(name, pretrained=pretrained, load_weights=False,
-                                       pretrained_text=False, precision=precision,
-                                       device="meta")
+    try:
+        with torch.device("meta"):
+            # pretrained_text=False: with load_weights=False open_clip would otherwise fetch
+            # a Hugging Face text tower's base weights for the skeleton.
+            model = open_clip.create_model(name, pretrained=pretrained, load_weights=False,
+                                           pretrained_text=False, precision=precision,
+                                           device="meta")
+    except Exception as exc:  # a model whose construction needs real tensors: build whole
+        log.info("image tower of %s not built alone: %s", name, exc)
+        return None
     if type(model) not in (CLIP, CustomTextCLIP):
         return None  # CoCa and others: the whole model, as before
     _drop_all_but_visual(model)
