@@ -378,7 +378,8 @@ class Library:
     def _torch_image_encoder(self, ref: ModelRef, embedder: TextEmbedder) -> ClipEncoder:
         """While the whole model is loaded anyway, cache its text tower for torch-free
         queries, then keep only the image tower."""
-        if not (embedder.writable and not embedder.cached):
+        if not (embedder.writable and not embedder.cached) or \
+                embedder.export_from_weights_file(ref, self.models_dir):
             return self.encoder(ref, IMAGE_ONLY)
         enc = self.encoder(ref)
         embedder.export_from(enc)

@@ -91,9 +91,21 @@ def open_index(catalog: Catalog, model_id: str, folder: Path, dim: int, *,
         index = AnnIndex.build(ids, vectors, dim)
     else:
         index = VectorIndex.build(ids, vectors, dim)  # a query's stand-in: exact, in memory
+    del ids, vectors
+    _give_back_heap()
     if upkeep or kind == EXACT_KIND:
         _save(catalog, folder, path, index, model_id, generation, upkeep)
     return index
+
+
+def _give_back_heap() -> None:
+    """The build's fp32 copy of every vector (100k: 205 MB) is freed in chunks that glibc
+    keeps for reuse: hand them back, or a warm app that built the index in its first query
+    stays ~100 MB bigger for its whole life (docs/benchmarks.md)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _misfit(kind: str, count: int, params: dict) -> bool:

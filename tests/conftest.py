@@ -25,6 +25,8 @@ SLOW_FILES = frozenset({
     "test_serve_watch.py", "test_stored_tokenizer.py", "test_serve_entry.py",
 })
 SLOW_TESTS = frozenset({  # "file::test" (every parametrization of it)
+    "test_image_only.py::test_random_vit_b_32_image_tower_alone_draws_the_same_weights",
+    "test_image_only.py::test_loading_on_the_cpu_leaves_triton_out_of_the_process",
     "test_model_store.py::test_dropped_connection_resumes_with_range",
     "test_images.py::test_draft_decoding_is_faster",
     "test_vit_graph.py::test_a_vit_compiles_from_the_built_graph_and_matches_torch",

@@ -24,6 +24,7 @@ from clip_core.models.ref import ModelRef
 from clip_core.models.sources import source_for
 from clip_core.pixels.preprocess import PreprocessSpec
 from clip_core.quiet import quiet_libraries
+from clip_core.torch_backend.image_only import build_image_only
 from clip_core.torch_backend.open_clip_import import import_open_clip
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,11 @@ def load_model(
     ensure_local(ref, models_dir)
     import torch
 
-    open_clip = import_open_clip(ref)
+    open_clip = import_open_clip(ref, cpu_only=device == "cpu")
 
     plan = require(ref, source_for(ref, models_dir).load_plan())
     if plan.transformers_dir is not None:
         return _load_hf_folder(ref, plan.transformers_dir, device, precision, towers)
-    if plan.seed is not None:
-        torch.manual_seed(plan.seed)
     name, pretrained = plan.name, plan.pretrained
     if plan.quick_gelu and not name.endswith("-quickgelu"):
         # OpenAI-style weights were trained with QuickGELU; without it embeddings drift.
@@ -77,9 +76,15 @@ def load_model(
     tokenizer = _tokenizer(open_clip, name, ref, models_dir) if "text" in towers else None
     try:
         with quiet_libraries():  # "No pretrained weights loaded" (--pretrained none)
-            model = open_clip.create_model(
-                name, pretrained=pretrained, precision=precision, device=device,
-                weights_only=True)
+            # An index run's image tower alone: ~0.6 GB less at peak for ViT-B-32.
+            model = build_image_only(open_clip, name, pretrained, plan.seed, precision,
+                                     device) if towers == {"image"} else None
+            if model is None:
+                if plan.seed is not None:
+                    torch.manual_seed(plan.seed)
+                model = open_clip.create_model(
+                    name, pretrained=pretrained, precision=precision, device=device,
+                    weights_only=True)
     except MissingModelError:
         raise
     except Exception as exc:  # open_clip raises many types; give one clear message
