@@ -177,7 +177,8 @@ class Library:
     """A photo library: roots, a catalog, vectors per model.
 
     Safe to share between threads (a web server's workers): calls run one at a time, so
-    each waits for the one in progress. An `index()` run holds the library until it ends;
+    each waits for the one in progress (`reader()` gives a thread its own handle that
+    answers at the same time). An `index()` run holds the library until it ends;
     to answer queries meanwhile, index through a second `Library` on the same folder (SQLite
     WAL lets its readers see each committed batch).
 
@@ -277,6 +278,19 @@ class Library:
         for enc in encoders:
             enc.close()
         self.catalog.close()
+
+    def reader(self) -> Library:
+        """Another handle on this library for queries from another thread, answered at the
+        same time as this one's calls: its own catalog connection, vector index cache and
+        lock, this library's loaded models and default model (clipsearch/reader.py). Close
+        it (or use `with`) before this library; closing it keeps the models.
+
+            with lib.reader() as r:  # in a worker thread
+                r.query("a dog")
+        """
+        from .reader import Reader
+
+        return Reader(self)
 
     def _keep(self, key: tuple[str, frozenset[str]], enc: ImageEncoder) -> None:
         """Remember a loaded encoder (replacing any other entry of the same object)."""
