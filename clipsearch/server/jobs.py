@@ -124,8 +124,6 @@ class IndexJobs:
 def _same_code() -> dict[str, str]:
     """The environment with this process's clipsearch first on the path: the worker runs
     the server's code, not another copy installed in the same Python."""
-    import clipsearch
-
-    here = str(Path(clipsearch.__file__).resolve().parent.parent)
+    here = str(Path(__file__).resolve().parents[2])  # holds clipsearch/server/jobs.py
     paths = [here, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
