@@ -33,19 +33,23 @@ def lower_priority() -> int | None:
     return os.nice(0)
 
 
+STOP = threading.Event()  # the run's cancel: set when the server is gone or asks
+
+
 def emit(message: dict) -> None:
-    sys.stdout.write(json.dumps(message, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(message, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):  # nobody reads: the server is gone, stop as asked
+        STOP.set()
 
 
 def main() -> int:
     nice = lower_priority()  # first: before any thread is started
     job = json.loads(sys.stdin.readline())
-    cancel = threading.Event()
-
     def until_stdin_ends() -> None:
         sys.stdin.read()  # returns at EOF: the server closed it, or is gone
-        cancel.set()
+        STOP.set()
 
     threading.Thread(target=until_stdin_ends, daemon=True).start()
 
@@ -63,7 +67,7 @@ def main() -> int:
 
     try:
         with Library(job["path"], **job["options"]) as lib:
-            report = lib.index(job["roots"], settings=IndexSettings(cancel=cancel),
+            report = lib.index(job["roots"], settings=IndexSettings(cancel=STOP),
                                progress=progress)
             model_id = lib.default_model.model_id
     except Exception as exc:  # shown on the page and in the events, never lost
