@@ -212,9 +212,9 @@ def part_b(clients: int, per_client: int) -> dict:
             timed_gets(port, search_paths(10))
             single, _ = timed_gets(port, search_paths(per_client))
             single_qps = per_client / (sum(single) / 1000)
-            # 1440 to index: enough that the run is still writing when the clients end
+            # 3600 to index: enough that the run is still writing when the clients end
             # (index_run_overlap says which share of their time it was)
-            write_corpus(photos / "new", per_pair=60, seed=2, size=256)
+            write_corpus(photos / "new", per_pair=150, seed=2, size=256)
             conn = http.client.HTTPConnection("127.0.0.1", port)
             conn.request("POST", "/api/index")
             conn.getresponse().read()
