@@ -288,6 +288,8 @@ class Library:
             with lib.reader() as r:  # in a worker thread
                 r.query("a dog")
         """
+        if "_readers_share" not in self.__dict__:  # before the first reader copies this
+            self._readers_share = _ReadersShare()
         return Reader(self)
 
     def _keep(self, key: tuple[str, frozenset[str]], enc: ImageEncoder) -> None:
@@ -1228,7 +1230,13 @@ class Reader(Library):
         self._parent = parent
         self._lock = threading.RLock()
         self.catalog = Catalog(parent.path / CATALOG_NAME, readonly=parent.readonly)
-        self.searcher = Searcher(self.catalog, parent.path / VECTORS_DIR)
+        self.searcher = _SharedSearcher(self.catalog, parent.path / VECTORS_DIR,
+                                        parent._readers_share)
+
+    def calibration(self, model: str | None = None) -> Calibration:
+        # A new generation's bars are measured by one reader, and the others reuse them.
+        with self._readers_share.lock:
+            return super().calibration(model)
 
     # The parent's state, not a copy taken at creation: a default set after an index run,
     # a model loaded by one reader, the parent closing.
@@ -1249,6 +1257,14 @@ class Reader(Library):
         self._parent._encoders = value
 
     @property  # type: ignore[override]
+    def _calibrations(self) -> dict:
+        return self._parent._calibrations
+
+    @_calibrations.setter
+    def _calibrations(self, value: dict) -> None:
+        self._parent._calibrations = value
+
+    @property  # type: ignore[override]
     def _closed(self) -> bool:
         return self._parent._closed
 
@@ -1263,3 +1279,37 @@ class Reader(Library):
         """Close this reader's connection; the models stay with the parent."""
         with self._lock:
             self.catalog.close()
+
+
+@dataclass
+class _ReadersShare:
+    """What a library's readers share: the exact vector index of the current generation,
+    and a lock under which a new generation's index and grading bars are made once. While
+    an index run commits batch after batch, each reader reloading them was the tail of the
+    server's latency (8 clients: p99 15x p50 against 3.5x with one Library)."""
+
+    indexes: dict = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # calibration -> index_for
+
+
+class _SharedSearcher(Searcher):
+    """A reader's searcher: an exact index is loaded once per generation for all readers
+    (searching it is read-only). An approximate one is brought up to date in place
+    (store/index_cache.py), so each reader keeps its own."""
+
+    def __init__(self, catalog: Catalog, folder: Path, share: _ReadersShare):
+        super().__init__(catalog, folder)
+        self.share = share
+
+    def index_for(self, model_id: str, dim: int, upkeep: bool = False):
+        if upkeep:
+            return super().index_for(model_id, dim, upkeep)
+        key = (model_id, self.catalog.generation)
+        with self.share.lock:
+            index = self.share.indexes.get(key)
+            if index is None:
+                index = super().index_for(model_id, dim)
+                if index.exact:
+                    kept = {k: v for k, v in self.share.indexes.items() if k[0] != model_id}
+                    self.share.indexes = {**kept, key: index}
+            return index
