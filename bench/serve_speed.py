@@ -5,8 +5,9 @@
 A. On LIBRARY (the 100k synthetic library of `make bench`): the warm in-process query p50
    against the same query over HTTP to a real server; `clipsearch query` with the server
    running against the cold in-process CLI query.
-B. On a temporary shapes-tiny library: the first thumbnail of a 12 MP JPEG (one core) and a
-   cached one over HTTP; 8 clients x 200 queries each while an index run writes.
+B. On a temporary shapes-tiny library: the first thumbnail of a 12 MP JPEG (one core): a
+   photo-like one (the target figure), the phone set's (when cached) and a noise worst case;
+   a cached one over HTTP; 8 clients x 200 queries each while an index run writes.
 Prints one JSON object.
 """
 
@@ -25,9 +26,13 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import proc
 from bench.warm_query import TEXTS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The console script as pip writes it for pyproject's `clipsearch = "clipsearch_entry:main"`
 # (an installed .venv/bin/clipsearch can predate that entry point until it is reinstalled).
@@ -120,33 +125,83 @@ def part_a(library: Path, model: list[str], queries: int, cold_runs: int) -> dic
             "cli_with_server_vs_cold": statistics.median(served) / statistics.median(cold)}
 
 
-def part_b(clients: int, per_client: int) -> dict:
-    import io
+def noise_12mp() -> np.ndarray:
+    """The worst case: strong per-pixel noise over a gradient (7.9 MB at q90), whose
+    Huffman decoding alone costs ~65 ms on one core, whatever the scale decoded."""
+    import numpy as np
 
+    rng = np.random.default_rng(0)
+    base = np.linspace(0, 255, 4000, dtype=np.float32)[None, :, None]
+    return np.clip(base + rng.normal(0, 40, (3000, 4000, 3)), 0, 255).astype(np.uint8)
+
+
+def photo_12mp() -> np.ndarray:
+    """A phone photo's kind of content (3.7 MB at q90, like 12 MP phone JPEGs of 3-5 MB;
+    the phone set's are 2.9 MB): smooth shading, mid-frequency texture, sensor noise."""
     import numpy as np
     from PIL import Image
 
-    from clipsearch import Library
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), np.uint8))
+    scene = np.asarray(coarse.resize((4000, 3000), Image.Resampling.BICUBIC), np.float32)
+    texture = Image.fromarray(rng.integers(0, 256, (375, 500), np.uint8)).resize(
+        (4000, 3000), Image.Resampling.BILINEAR)
+    scene += (np.asarray(texture, np.float32)[..., None] - 128) * 0.35
+    scene += rng.normal(0, 8, scene.shape).astype(np.float32)
+    return np.clip(scene, 0, 255).astype(np.uint8)
+
+
+def first_thumbnails(paths: list[Path], runs: int) -> tuple[list[float], list[float]]:
+    """Wall and thread CPU ms of make_thumbnail (256 px), in this thread: one core."""
     from clipsearch.server.thumbnails import make_thumbnail
+
+    wall, cpu = [], []
+    for _ in range(runs):
+        for path in paths:
+            start, cpu0 = time.perf_counter(), time.thread_time()
+            make_thumbnail(str(path), 256)
+            wall.append((time.perf_counter() - start) * 1000)
+            cpu.append((time.thread_time() - cpu0) * 1000)  # what other load adds less to
+    return wall, cpu
+
+
+def phone_photos(count: int = 20) -> list[Path]:
+    """The first `count` of bench.images' cached phone set ([] when it was never made)."""
+    from bench import images
+
+    if not images.phone_ready():
+        return []
+    return images.list_images(images.CACHE / "phone")[:count]
+
+
+def part_b(clients: int, per_client: int) -> dict:
+    from PIL import Image
+
+    from clipsearch import Library
     from clipsearch.shapes import write_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         photos = folder / "photos"
         write_corpus(photos, per_pair=2, seed=1, size=128)
-        rng = np.random.default_rng(0)  # a 12 MP photo-like JPEG (noise over gradients)
-        base = np.linspace(0, 255, 4000, dtype=np.float32)[None, :, None]
-        pixels = np.clip(base + rng.normal(0, 40, (3000, 4000, 3)), 0, 255).astype(np.uint8)
         big = photos / "big-12mp.jpg"
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-        big.write_bytes(buffer.getvalue())
-        first, first_cpu = [], []
-        for _ in range(5):
-            start, cpu = time.perf_counter(), time.thread_time()
-            make_thumbnail(str(big), 256)
-            first.append((time.perf_counter() - start) * 1000)
-            first_cpu.append((time.thread_time() - cpu) * 1000)  # what other load adds less to
+        Image.fromarray(noise_12mp()).save(big, "JPEG", quality=90)
+        photo = folder / "photo-12mp.jpg"
+        Image.fromarray(photo_12mp()).save(photo, "JPEG", quality=90)
+        first, first_cpu = first_thumbnails([photo], 7)
+        noise, noise_cpu = first_thumbnails([big], 7)
+        phone = phone_photos()
+        _, phone_cpu = first_thumbnails(phone, 1) if phone else ([], [])
+        thumbs = {"thumb_first_12mp_p50_ms": statistics.median(first),
+                  "thumb_first_12mp_cpu_p50_ms": statistics.median(first_cpu),
+                  "thumb_first_12mp_bytes": photo.stat().st_size,
+                  "thumb_first_12mp_noise_p50_ms": statistics.median(noise),
+                  "thumb_first_12mp_noise_cpu_p50_ms": statistics.median(noise_cpu),
+                  "thumb_first_12mp_noise_bytes": big.stat().st_size,
+                  "thumb_first_phone_set_cpu_p50_ms": (statistics.median(phone_cpu)
+                                                       if phone_cpu else None),
+                  "thumb_first_phone_set_cpu_max_ms": max(phone_cpu) if phone_cpu else None,
+                  "thumb_first_phone_set_files": len(phone)}
         with Library(folder / "lib", model="shapes-tiny") as lib:
             lib.index([photos])
             big_id = lib.query_image(str(big), limit=1, include_self=True)[0].file_id
@@ -157,7 +212,9 @@ def part_b(clients: int, per_client: int) -> dict:
             timed_gets(port, search_paths(10))
             single, _ = timed_gets(port, search_paths(per_client))
             single_qps = per_client / (sum(single) / 1000)
-            write_corpus(photos / "new", per_pair=20, seed=2, size=256)  # 480 to index
+            # 3600 to index: enough that the run is still writing when the clients end
+            # (index_run_overlap says which share of their time it was)
+            write_corpus(photos / "new", per_pair=150, seed=2, size=256)
             conn = http.client.HTTPConnection("127.0.0.1", port)
             conn.request("POST", "/api/index")
             conn.getresponse().read()
@@ -167,28 +224,30 @@ def part_b(clients: int, per_client: int) -> dict:
                 results.append(timed_gets(port, search_paths(per_client)))
 
             threads = [threading.Thread(target=client) for _ in range(clients)]
-            start = time.perf_counter()
+            start, began = time.perf_counter(), time.time()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             wall = time.perf_counter() - start
+            ended = time.time()
             conn.close()  # idle past uvicorn's keep-alive (5 s) while the clients ran
             conn = http.client.HTTPConnection("127.0.0.1", port)
             conn.request("GET", "/api/status")
-            index_state = json.loads(conn.getresponse().read())["index"]["state"]
+            index = json.loads(conn.getresponse().read())["index"]
+            writing = min(index.get("finished") or ended, ended) - max(index["started"], began)
         finally:
             stop(server)
     times = [t for ms, _ in results for t in ms]
-    return {"thumb_first_12mp_p50_ms": statistics.median(first),
-            "thumb_first_12mp_cpu_p50_ms": statistics.median(first_cpu),
+    return {**thumbs,
             "thumb_cached_p50_ms": statistics.median(cached),
             "concurrent_errors": sum(e for _, e in results),
             "concurrent_p50_ms": statistics.median(times), "concurrent_p99_ms": p(times, 0.99),
             "concurrent_p99_over_p50": p(times, 0.99) / statistics.median(times),
             "concurrent_qps": len(times) / wall, "single_client_qps": single_qps,
             "concurrent_vs_single": len(times) / wall / single_qps,
-            "index_run_during_clients": index_state}
+            "index_run_during_clients": index["state"],
+            "index_run_overlap": max(0.0, writing) / (ended - began)}
 
 
 def main(argv: list[str] | None = None) -> int:

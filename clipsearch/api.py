@@ -177,7 +177,8 @@ class Library:
     """A photo library: roots, a catalog, vectors per model.
 
     Safe to share between threads (a web server's workers): calls run one at a time, so
-    each waits for the one in progress. An `index()` run holds the library until it ends;
+    each waits for the one in progress (`reader()` gives a thread its own handle that
+    answers at the same time). An `index()` run holds the library until it ends;
     to answer queries meanwhile, index through a second `Library` on the same folder (SQLite
     WAL lets its readers see each committed batch).
 
@@ -277,6 +278,19 @@ class Library:
         for enc in encoders:
             enc.close()
         self.catalog.close()
+
+    def reader(self) -> Library:
+        """Another handle on this library for queries from another thread, answered at the
+        same time as this one's calls: its own catalog connection, vector index cache and
+        lock, this library's loaded models and default model (Reader, below). Close
+        it (or use `with`) before this library; closing it keeps the models.
+
+            with lib.reader() as r:  # in a worker thread
+                r.query("a dog")
+        """
+        if "_readers_share" not in self.__dict__:  # before the first reader copies this
+            self._readers_share = _ReadersShare()
+        return Reader(self)
 
     def _keep(self, key: tuple[str, frozenset[str]], enc: ImageEncoder) -> None:
         """Remember a loaded encoder (replacing any other entry of the same object)."""
@@ -1195,3 +1209,108 @@ def _is_within(path: str, folder: str) -> bool:
 
 def _abspath(path: str | os.PathLike) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+# -- Library.reader(): a second handle for queries from another thread -------------------
+# A `Library` answers one call at a time: its SQLite connection, its vector index cache and
+# its caches are shared state behind one lock. A server answering several clients at once
+# gives each worker a reader instead: its own catalog connection and index cache and lock,
+# and the parent's loaded models (an ONNX Runtime session and the numpy towers answer
+# concurrent calls), so N readers search N queries at a time for the cost of one
+# connection each. The exact index is memory-mapped from its file, so readers of an
+# up-to-date library share its pages; an approximate one (store/ann_index.py, from ~200k
+# vectors) is held once per reader.
+
+
+class Reader(Library):
+    """A view on `parent`: its own connection, searcher and lock; the parent's models and
+    default model (a default set through either is the other's too)."""
+
+    def __init__(self, parent: Library):  # not Library.__init__: nothing is loaded anew
+        self.__dict__.update(parent.__dict__)
+        self._parent = parent
+        self._lock = threading.RLock()
+        self.catalog = Catalog(parent.path / CATALOG_NAME, readonly=parent.readonly)
+        self.searcher = _SharedSearcher(self.catalog, parent.path / VECTORS_DIR,
+                                        parent._readers_share)
+
+    def calibration(self, model: str | None = None) -> Calibration:
+        # A new generation's bars are measured by one reader, and the others reuse them.
+        with self._readers_share.lock:
+            return super().calibration(model)
+
+    # The parent's state, not a copy taken at creation: a default set after an index run,
+    # a model loaded by one reader, the parent closing.
+    @property  # type: ignore[override]
+    def _default(self) -> ModelRef:
+        return self._parent._default
+
+    @_default.setter
+    def _default(self, ref: ModelRef) -> None:
+        self._parent._default = ref
+
+    @property  # type: ignore[override]
+    def _encoders(self) -> dict:
+        return self._parent._encoders
+
+    @_encoders.setter
+    def _encoders(self, value: dict) -> None:
+        self._parent._encoders = value
+
+    @property  # type: ignore[override]
+    def _calibrations(self) -> dict:
+        return self._parent._calibrations
+
+    @_calibrations.setter
+    def _calibrations(self, value: dict) -> None:
+        self._parent._calibrations = value
+
+    @property  # type: ignore[override]
+    def _closed(self) -> bool:
+        return self._parent._closed
+
+    @_closed.setter
+    def _closed(self, value: bool) -> None:
+        self._parent._closed = value
+
+    def reader(self) -> Library:
+        return self._parent.reader()
+
+    def close(self) -> None:
+        """Close this reader's connection; the models stay with the parent."""
+        with self._lock:
+            self.catalog.close()
+
+
+@dataclass
+class _ReadersShare:
+    """What a library's readers share: the exact vector index of the current generation,
+    and a lock under which a new generation's index and grading bars are made once. While
+    an index run commits batch after batch, each reader reloading them was the tail of the
+    server's latency (8 clients: p99 15x p50 against 3.5x with one Library)."""
+
+    indexes: dict = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # calibration -> index_for
+
+
+class _SharedSearcher(Searcher):
+    """A reader's searcher: an exact index is loaded once per generation for all readers
+    (searching it is read-only). An approximate one is brought up to date in place
+    (store/index_cache.py), so each reader keeps its own."""
+
+    def __init__(self, catalog: Catalog, folder: Path, share: _ReadersShare):
+        super().__init__(catalog, folder)
+        self.share = share
+
+    def index_for(self, model_id: str, dim: int, upkeep: bool = False):
+        if upkeep:
+            return super().index_for(model_id, dim, upkeep)
+        key = (model_id, self.catalog.generation)
+        with self.share.lock:
+            index = self.share.indexes.get(key)
+            if index is None:
+                index = super().index_for(model_id, dim)
+                if index.exact:
+                    kept = {k: v for k, v in self.share.indexes.items() if k[0] != model_id}
+                    self.share.indexes = {**kept, key: index}
+            return index

@@ -23,6 +23,7 @@ SLOW_FILES = frozenset({
     "test_compile_messages.py", "test_ctrl_c_models.py", "test_damage.py", "test_pipeline.py",
     "test_powerloss.py", "test_ray.py", "test_serve_browser.py", "test_serve_process.py",
     "test_serve_watch.py", "test_stored_tokenizer.py", "test_serve_entry.py",
+    "test_serve_jobs.py",
 })
 SLOW_TESTS = frozenset({  # "file::test" (every parametrization of it)
     "test_image_only.py::test_random_vit_b_32_image_tower_alone_draws_the_same_weights",

@@ -1,11 +1,13 @@
-"""A server's index runs yield the CPU to its searches: the run's thread, and what it starts,
-run at a lower priority (Linux keeps a niceness per thread); the serving threads keep theirs."""
+"""A server's index runs yield the CPU to its searches: each runs in a child process at a
+lower priority, with a GIL of its own; the server's threads keep theirs. Stopping the jobs
+stops the run, which commits what it encoded."""
 
 from __future__ import annotations
 
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -18,23 +20,55 @@ def nice(thread_id: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, thread_id)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness")
-def test_index_runs_yield_the_cpu_to_searches(tmp_path):
+def indexed(tmp_path):
     photos = tmp_path / "photos"
     draw_photos(photos, per_pair=1, seed=5)
     with Library(tmp_path / "lib", model="shapes-tiny") as lib:
         lib.index([photos])
+    return photos
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness")
+def test_index_runs_yield_the_cpu_to_searches(tmp_path):
+    photos = indexed(tmp_path)
     mine = nice(threading.get_native_id())
-    seen: dict[str, int] = {}
-
-    def in_the_run(model_id: str) -> None:  # runs in the run's own thread
-        seen["run"] = nice(threading.get_native_id())
-
-    jobs = IndexJobs(tmp_path / "lib", {"model": "shapes-tiny"}, on_finish=in_the_run)
+    finished: list[str] = []
+    jobs = IndexJobs(tmp_path / "lib", {"model": "shapes-tiny"}, on_finish=finished.append)
     draw_photos(photos / "new", per_pair=1, seed=6)
     jobs.start()
     jobs.wait(timeout=300)
     assert jobs.state["state"] == "done", jobs.state
-    assert jobs.state["report"]["indexed"] > 0
-    assert seen["run"] == min(19, mine + BACKGROUND_NICE)
+    assert jobs.state["report"]["indexed"] == 24
+    assert jobs.state["done"] == jobs.state["total"] == 24  # progress came through
+    assert jobs.state["nice"] == min(19, mine + BACKGROUND_NICE)  # the worker's priority
     assert nice(threading.get_native_id()) == mine  # this (the serving) thread: unchanged
+    assert finished and finished[0].startswith("shapes-tiny")
+    with Library(tmp_path / "lib") as lib:
+        assert lib.status().indexed == 48
+
+
+def test_a_stopped_run_commits_what_it_encoded_and_the_next_resumes(tmp_path):
+    photos = indexed(tmp_path)
+    draw_photos(photos / "new", per_pair=16, seed=7, size=256)  # 384: a dozen batches
+    jobs = IndexJobs(tmp_path / "lib", {"model": "shapes-tiny"})
+    jobs.start()
+    deadline = time.monotonic() + 120
+    while jobs.state.get("done", 0) < 40:  # past the first committed batch
+        assert jobs.running and time.monotonic() < deadline, jobs.state
+        time.sleep(0.02)
+    jobs.stop(timeout=120)
+    assert not jobs.running and jobs.state["state"] == "stopped", jobs.state
+    with Library(tmp_path / "lib") as lib:
+        assert lib.catalog.problems() == []
+        kept = lib.status().indexed
+        assert 24 + 32 <= kept < 24 + 384
+        assert lib.index().indexed == 24 + 384 - kept
+
+
+def test_a_run_that_fails_says_why(tmp_path):
+    indexed(tmp_path)
+    jobs = IndexJobs(tmp_path / "lib", {"model": "no-such-model-here"})
+    jobs.start()
+    jobs.wait(timeout=120)
+    assert jobs.state["state"] == "failed"
+    assert jobs.state["error_type"] != "WorkerDied" and "no-such-model-here" in jobs.state["error"]

@@ -50,3 +50,29 @@ def test_real_server_answers_and_stops_cleanly_mid_index(tmp_path, sig):
         assert seen <= kept <= 24 + N  # what was committed before the stop is kept
         report = lib.index()  # and the next run resumes
         assert report.indexed == 24 + N - kept and lib.status().indexed == 24 + N
+
+
+def test_a_killed_server_leaves_no_index_run_behind(tmp_path):
+    """SIGKILL gives the server no chance to stop its run: the worker sees its pipe close,
+    commits the batch in flight and exits, so the writer lock is free again soon."""
+    lib_dir = indexed_library(tmp_path)
+    draw_photos(lib_dir.parent / "photos" / "new", per_pair=N // 24, seed=4, size=256)
+    proc, base = start_server(lib_dir)
+    try:
+        assert get(f"{base}/api/index", "POST")[0] == 202
+        deadline = time.monotonic() + 60
+        while get(f"{base}/api/status")[1]["indexed"] <= 24:  # a batch committed
+            assert time.monotonic() < deadline, "no batch was committed"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    started = time.monotonic()
+    with Library(lib_dir) as lib:
+        report = lib.index(wait=60)  # waits for the orphaned run to let go of the lock
+        assert time.monotonic() - started < 30  # a batch's time, not the whole run's
+        assert lib.catalog.problems() == [] and lib.status().indexed == 24 + N
+        assert 0 < report.indexed < N  # the orphan committed some, then stopped early

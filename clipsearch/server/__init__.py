@@ -7,8 +7,22 @@ Uses only the public `clipsearch` API (tests/test_architecture.py checks it).
     app = create_app(Library.open("/data/photo-index"))   # any ASGI server can run it
 """
 
-from .app import create_app
+from __future__ import annotations
+
+from typing import Any
+
 from .config import ServeConfig, check_binding
-from .run import serve
 
 __all__ = ["ServeConfig", "check_binding", "create_app", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the index worker (python -m clipsearch.server.index_worker)
+    # needs none of the web stack.
+    if name == "create_app":
+        from .app import create_app
+        return create_app
+    if name == "serve":
+        from .run import serve
+        return serve
+    raise AttributeError(name)

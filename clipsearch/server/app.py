@@ -1,6 +1,8 @@
 """The HTTP API (under /api/) and the page (at /), over one warm `Library`.
 
-FastAPI runs the plain `def` endpoints in its thread pool; the Library serialises them.
+FastAPI runs the plain `def` endpoints in its thread pool. A Library answers one call at a
+time, so searches and file look-ups go through a pool of its readers (readers.py) and run
+side by side; the rest go to the Library itself.
 Answers are shaped like the CLI's --json; every error is `{"error": message, "status": N}`.
 """
 
@@ -38,6 +40,7 @@ from clipsearch.remote import LIBRARY_HEADER, library_tag
 from .config import ServeConfig
 from .fast import FastSearch, search_route
 from .jobs import IndexJobs
+from .readers import Readers
 from .security import Guard
 from .thumbnails import SIZES, ThumbnailError, cached_thumbnail
 
@@ -80,6 +83,8 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
     jobs = IndexJobs(lib.path, options, on_finish=default_is_indexed)
     app.state.jobs = jobs
     app.state.lib = lib
+    readers = Readers(lib, config.readers)
+    app.state.readers = readers
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSON:
@@ -156,6 +161,10 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
         finally:
             os.unlink(tmp)
 
+    def with_reader(call, data: bytes, method: str, **kwargs: Any):
+        with readers.one() as reader:
+            return call(data, getattr(reader, method), **kwargs)
+
     # -- search --------------------------------------------------------------------------
     @app.get("/api/search", summary="Text search, combined queries, metadata filters")
     def search(q: str | None = Query(None, description="what to look for (plain text)"),
@@ -197,8 +206,9 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
                            "indexed photo as id:N")
         if query is None and filters is None:
             raise ApiError(400, "give q, expr or a filter (after, before, camera, ...)")
-        hits = searching(lib.query, query, limit=offset + limit + 1, within=within(folder),
-                         model=model, filters=filters)
+        with readers.one() as reader:
+            hits = searching(reader.query, query, limit=offset + limit + 1,
+                             within=within(folder), model=model, filters=filters)
         # Which library answered: `clipsearch query` checks it before trusting the answer.
         return JSON(answer(hits, offset, limit, query=text), headers={LIBRARY_HEADER: library})
 
@@ -222,7 +232,7 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
                            model: str | None = None) -> JSON:
         page(offset, limit)
         data = await upload(request)
-        hits = await run_in_threadpool(with_upload, data, lib.query_image,
+        hits = await run_in_threadpool(with_reader, with_upload, data, "query_image",
                                        limit=offset + limit + 1, within=within(folder),
                                        model=model)
         return JSON(answer(hits, offset, limit, query={"image": len(data)}))
@@ -231,9 +241,9 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
     def similar(file_id: str, limit: int = 20, offset: int = 0,
                 folder: str | None = Query(None, alias="in"), model: str | None = None) -> JSON:
         page(offset, limit)
-        hits = searching(lib.query_similar, file_of(file_id)["file_id"],
-                         limit=offset + limit + 1,
-                         within=within(folder), model=model)
+        with readers.one() as reader:
+            hits = searching(reader.query_similar, file_of(file_id)["file_id"],
+                             limit=offset + limit + 1, within=within(folder), model=model)
         return JSON(answer(hits, offset, limit, query={"similar": int(file_id)}))
 
     @app.post("/api/classify", summary="Zero-shot labels for an uploaded image")
@@ -294,7 +304,8 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
         if not file_id.isascii() or not file_id.isdigit():  # ../../etc/passwd and the like
             raise ApiError(404, f"no file with id {file_id!r} in this library")
         try:
-            return lib.file_info(int(file_id))
+            with readers.one() as reader:
+                return reader.file_info(int(file_id))
         except LookupError as exc:
             raise ApiError(404, str(exc)) from exc
 

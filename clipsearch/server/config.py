@@ -21,6 +21,7 @@ class ServeConfig:
     max_query_chars: int = 1000
     max_limit: int = 500
     max_offset: int = 10_000
+    readers: int | None = None  # searches at once (server/readers.py; None: by the cores)
     # Passed to the Library that runs index jobs (the warm one answers queries).
     library_options: dict = field(default_factory=dict)
 

@@ -1,18 +1,21 @@
-"""Index runs started over HTTP. A run goes through a second `Library` on the same folder:
-`Library.index` holds its instance for the whole run, and the warm one must keep answering
-queries (SQLite WAL: its readers see each committed batch)."""
+"""Index runs started over HTTP, each in a child process (index_worker.py) at a lower CPU
+priority: the warm library keeps answering queries with the GIL to itself (SQLite WAL: its
+readers see each committed batch)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from clipsearch import IndexSettings, Library, Progress
+from .index_worker import BACKGROUND_NICE  # noqa: F401  (tests and docs name it here)
 
 
 class IndexJobs:
@@ -25,7 +28,7 @@ class IndexJobs:
         self.on_finish = on_finish
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._cancel = threading.Event()
+        self._worker: subprocess.Popen | None = None
         self.version = 0  # bumped on every change: subscribers send when it moved
         self.state: dict = {"state": "idle"}
 
@@ -38,11 +41,11 @@ class IndexJobs:
         with self._lock:
             if self.running:
                 raise RuntimeError("an index run is already going")
-            self._cancel.clear()
             roots = list(roots) if roots else None
             self._set({"state": "running", "roots": roots, "done": 0, "total": None, "errors": 0,
                        "rate": 0.0, "path": None, "started": time.time()})
-            self._thread = threading.Thread(target=self._run, args=(roots,),
+            job = {"path": str(self.path), "options": self.library_options, "roots": roots}
+            self._thread = threading.Thread(target=self._run, args=(job,),
                                             name="clipsearch-index", daemon=True)
             self._thread.start()
             return dict(self.state)
@@ -54,7 +57,10 @@ class IndexJobs:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Ask the run to stop (it commits what is encoded) and wait for it."""
-        self._cancel.set()
+        worker = self._worker
+        if worker is not None and worker.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                worker.stdin.close()  # the worker's stop request (index_worker.py)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -62,43 +68,62 @@ class IndexJobs:
         self.state = state
         self.version += 1
 
-    def _progress(self, p: Progress) -> None:
+    def _progress(self, p: dict) -> None:
         started = self.state.get("started") or time.time()
-        rate = p.done / max(time.time() - started, 1e-6)
-        self._set({**self.state, "done": p.done, "total": p.total, "path": p.path,
-                   "errors": p.errors, "rate": round(rate, 2)})
+        rate = p["done"] / max(time.time() - started, 1e-6)
+        self._set({**self.state, **p, "rate": round(rate, 2)})
 
-    def _run(self, roots: list[str] | None) -> None:
-        yield_to_searches()
-        settings = IndexSettings(cancel=self._cancel)
-        try:
-            with Library(self.path, **self.library_options) as lib:
-                report = lib.index(roots, settings=settings,
-                                   progress=self._progress)
-                model_id = lib.default_model.model_id
-        except Exception as exc:  # shown on the page and in the events, never lost
-            self._set({**self.state, "state": "failed", "error": str(exc),
-                       "error_type": type(exc).__name__, "finished": time.time()})
+    def _run(self, job: dict) -> None:
+        with tempfile.TemporaryFile("w+") as stderr:
+            end = self._talk(job, stderr)
+            if end is None:  # it died without a word: say how, with its last lines
+                stderr.seek(0)
+                tail = "\n".join(stderr.read().strip().splitlines()[-5:])
+                code = self._worker.returncode if self._worker else None
+                end = {"error": f"the index process exited with code {code}: {tail}",
+                       "error_type": "WorkerDied"}
+        if "error" in end:
+            self._set({**self.state, "state": "failed", "error": end["error"],
+                       "error_type": end["error_type"], "finished": time.time()})
             return
+        report = end["report"]
         if self.on_finish is not None:  # before "done": a query that follows sees it
             with contextlib.suppress(Exception):  # the run's own outcome is what counts
-                self.on_finish(model_id)
-        final = "stopped" if report.interrupted else "done"
-        self._set({**self.state, "state": final, "report": report.to_dict(),
-                   "errors": len(report.skipped), "finished": time.time()})
+                self.on_finish(end["model_id"])
+        final = "stopped" if report.get("interrupted") else "done"
+        self._set({**self.state, "state": final, "report": report, "nice": end.get("nice"),
+                   "errors": len(report.get("skipped", ())), "finished": time.time()})
+
+    def _talk(self, job: dict, stderr) -> dict | None:
+        """Start the worker, follow its progress; its last message (None: it said none)."""
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "clipsearch.server.index_worker"], text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=_same_code(),
+            start_new_session=True)  # a Ctrl-C in the terminal is the server's to pass on
+        self._worker = worker
+        end = None
+        try:
+            worker.stdin.write(json.dumps(job) + "\n")
+            worker.stdin.flush()
+            for line in worker.stdout:
+                message = json.loads(line)
+                if "progress" in message:
+                    self._progress(message["progress"])
+                else:
+                    end = message
+        except (OSError, ValueError):  # a broken pipe or line: the exit code tells
+            pass
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                worker.stdin.close()
+            worker.wait()
+            worker.stdout.close()
+        return end
 
 
-BACKGROUND_NICE = 10  # added to the server's own niceness for its index runs
-
-
-def yield_to_searches() -> None:
-    """Run this thread, and the threads and processes it starts (decoders, the encoder's
-    pool), at a lower CPU priority: on a busy machine a search answered meanwhile takes the
-    cores it needs, and the run takes the rest. Linux keeps a niceness per thread; elsewhere
-    a thread id is no process id, so nothing is changed there."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError):
-        me = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, me,
-                       min(19, os.getpriority(os.PRIO_PROCESS, me) + BACKGROUND_NICE))
+def _same_code() -> dict[str, str]:
+    """The environment with this process's clipsearch first on the path: the worker runs
+    the server's code, not another copy installed in the same Python."""
+    here = str(Path(__file__).resolve().parents[2])  # holds clipsearch/server/jobs.py
+    paths = [here, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}

@@ -95,6 +95,7 @@ def serve(lib: Library, config: ServeConfig,
     finally:
         remove_server_file(lib.path)
         app.state.jobs.stop(timeout=120)  # the run commits its batch in flight
+        app.state.readers.close()  # before the caller closes the library
         sock.close()
 
 
