@@ -1222,6 +1222,12 @@ def _abspath(path: str | os.PathLike) -> str:
 # vectors) is held once per reader.
 
 
+
+def _parents(name: str) -> property:
+    """An attribute a Reader reads and writes on its parent Library."""
+    return property(lambda self: getattr(self._parent, name),
+                    lambda self, value: setattr(self._parent, name, value))
+
 class Reader(Library):
     """A view on `parent`: its own connection, searcher and lock; the parent's models and
     default model (a default set through either is the other's too)."""
@@ -1241,37 +1247,10 @@ class Reader(Library):
 
     # The parent's state, not a copy taken at creation: a default set after an index run,
     # a model loaded by one reader, the parent closing.
-    @property  # type: ignore[override]
-    def _default(self) -> ModelRef:
-        return self._parent._default
-
-    @_default.setter
-    def _default(self, ref: ModelRef) -> None:
-        self._parent._default = ref
-
-    @property  # type: ignore[override]
-    def _encoders(self) -> dict:
-        return self._parent._encoders
-
-    @_encoders.setter
-    def _encoders(self, value: dict) -> None:
-        self._parent._encoders = value
-
-    @property  # type: ignore[override]
-    def _calibrations(self) -> dict:
-        return self._parent._calibrations
-
-    @_calibrations.setter
-    def _calibrations(self, value: dict) -> None:
-        self._parent._calibrations = value
-
-    @property  # type: ignore[override]
-    def _closed(self) -> bool:
-        return self._parent._closed
-
-    @_closed.setter
-    def _closed(self, value: bool) -> None:
-        self._parent._closed = value
+    _default = _parents("_default")  # type: ignore[assignment]
+    _encoders = _parents("_encoders")  # type: ignore[assignment]
+    _calibrations = _parents("_calibrations")  # type: ignore[assignment]
+    _closed = _parents("_closed")  # type: ignore[assignment]
 
     def reader(self) -> Library:
         return self._parent.reader()
