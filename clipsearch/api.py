@@ -1222,11 +1222,11 @@ def _abspath(path: str | os.PathLike) -> str:
 # vectors) is held once per reader.
 
 
-
 def _parents(name: str) -> property:
     """An attribute a Reader reads and writes on its parent Library."""
     return property(lambda self: getattr(self._parent, name),
                     lambda self, value: setattr(self._parent, name, value))
+
 
 class Reader(Library):
     """A view on `parent`: its own connection, searcher and lock; the parent's models and
