@@ -28,21 +28,6 @@ class Plan:
     retried: dict[str, FileRow] = field(default_factory=dict)  # todo rows failed for `retry`
 
 
-def plan_root(
-    candidates: list[Candidate],
-    rows: dict[str, FileRow],
-    hashes_with_vectors: set[str],
-    skips: Sequence[CrawlSkip] = (),
-    retry: frozenset[str] = frozenset(),
-) -> Plan:
-    """merge_plan over rows held in a dict, and the hashes with a vector of the model."""
-    ordered = sorted(rows.values(), key=lambda r: os.fsencode(r.path))
-    return merge_plan(candidates, (
-        PlanRow(os.fsencode(r.path), r.id, r.size, r.mtime_ns, r.content_hash, r.status,
-                r.error_reason, r.content_hash in hashes_with_vectors and not r.meta_missing)
-        for r in ordered), skips, retry)
-
-
 def merge_plan(
     candidates: list[Candidate],
     rows: Iterable[PlanRow],

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from indexer.crawl import Candidate, CrawlSkip, crawl
-from indexer.plan import plan_root
+from indexer.plan import Plan, merge_plan
 from store import FileRow
+from store.catalog import PlanRow
+
+
+def plan_root(
+    candidates: list[Candidate],
+    rows: dict[str, FileRow],
+    hashes_with_vectors: set[str],
+    skips: Sequence[CrawlSkip] = (),
+    retry: frozenset[str] = frozenset(),
+) -> Plan:
+    """merge_plan over rows held in a dict (as a test writes them), in path byte order."""
+    ordered = sorted(rows.values(), key=lambda r: os.fsencode(r.path))
+    return merge_plan(candidates, (
+        PlanRow(os.fsencode(r.path), r.id, r.size, r.mtime_ns, r.content_hash, r.status,
+                r.error_reason, r.content_hash in hashes_with_vectors and not r.meta_missing)
+        for r in ordered), skips, retry)
+
 
 EXTS = frozenset({".jpg", ".png"})
 
