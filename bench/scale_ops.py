@@ -11,8 +11,8 @@ disk: planning is fed a generated crawl with the paths and stats bench.scale wro
 before the step, untimed: a real crawl's list costs the same), merged with the catalog's
 streamed rows as an index run does (indexer/plan.py). The
 baseline, measured last in the same process (its memory growth is then a lower bound), is
-what planning read before: every row into a dict (`files_in_root`) and every hash into a set
-(`hashes_with_vectors`).
+what planning read before: every row into a dict and every hash into a set
+(`old_files_in_root`, `old_hashes_with_vectors`: the catalog's methods of then).
 
 `--prepare` (run once on a copy, before): the first writable open of a library made before
 the status tallies (store/tallies.py) counts every row once (reported as "open"); and
@@ -28,6 +28,7 @@ import resource
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 from bench.scale import MODEL, library
 
@@ -44,6 +45,35 @@ def _anon_mb() -> float:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+class OldRow(NamedTuple):
+    """A row as `Catalog.files_in_root` returned it (a FileRow with its meta_missing)."""
+
+    id: int
+    path: str
+    root_id: int
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    status: str
+    error_reason: str | None
+    meta_missing: bool
+
+
+def old_files_in_root(cat, root_id: int) -> dict[str, OldRow]:
+    """What planning and the shard import read before they streamed (the catalog's
+    `files_in_root`, removed since): every row of the root. With `old_hashes_with_vectors`:
+    the baseline here, the oracle in tests."""
+    return {r[1]: OldRow(*r[:8], bool(r[8])) for r in cat.conn.execute(
+        "SELECT id, path, root_id, size, mtime_ns, content_hash, status, error_reason,"
+        " status = 'ok' AND format IS NULL FROM files WHERE root_id = ?", (root_id,))}
+
+
+def old_hashes_with_vectors(cat, model_id: str) -> set[str]:
+    """Every content hash with a vector of the model (the catalog's method of then)."""
+    return {h for (h,) in cat.conn.execute(
+        "SELECT content_hash FROM embeddings WHERE model_id = ?", (model_id,))}
 
 
 def _crawl(count: int, root_id: int) -> list:
@@ -113,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     crawl.clear()  # the crawl and plan are not the steps below's memory
     del plan
     step("gc_nothing_to_do", lib.catalog.collect_garbage)
-    step("baseline_plan_catalog_reads_before", lambda: (  # held while measured
-        lib.catalog.files_in_root(root), lib.catalog.hashes_with_vectors(MODEL)))
+    step("baseline_plan_catalog_reads_before",  # held while measured
+         lambda: (old_files_in_root(lib.catalog, root),
+                  old_hashes_with_vectors(lib.catalog, MODEL)))
     lib.close()
     print(json.dumps({"count": args.count, **out}))
     return 0

@@ -30,7 +30,7 @@ from clip_core.encoders import ImageEncoder
 from clip_core.pixels.decode import IMAGE_EXTENSIONS
 from clip_core.pixels.preprocess import PreprocessSpec
 from store import Catalog, FileRecord
-from store.catalog import META_COLUMNS
+from store.catalog import META_COLUMNS, PlanRow, VectorLookup
 
 from .crawl import Candidate, crawl
 from .job import IndexSettings
@@ -147,15 +147,20 @@ def read_object(uri: str) -> tuple[bytes, ObjectStat]:
 
 def _columns(batch: dict[str, np.ndarray], root: str, model_id: str,
              model_spec: str) -> object:
-    """Pickled rows -> a pyarrow table (paths as raw bytes: any file name survives)."""
+    """Pickled rows -> a pyarrow table."""
+    rows = [pickle.loads(blob) for blob in batch["loaded"]]
+    rows = [(record, vector) for _, record, vector in rows if record is not None]
+    return shard_table(root, [r for r, _ in rows], [v for _, v in rows], model_id, model_spec)
+
+
+def shard_table(root: str, records: list[FileRecord], vectors: list[np.ndarray | None],
+                model_id: str, model_spec: str) -> object:
+    """The shard's pyarrow table of these rows (paths as raw bytes: any name survives)."""
     import pyarrow as pa
 
-    rows = [pickle.loads(blob) for blob in batch["loaded"]]
-    rows = [(cand, record, vector) for cand, record, vector in rows if record is not None]
-    records = [record for _, record, _ in rows]
-    vectors = [None if v is None else np.asarray(v, np.float32).tolist() for *_, v in rows]
+    vectors = [None if v is None else np.asarray(v, np.float32).tolist() for v in vectors]
     return pa.table({
-        "root": pa.array([os.fsencode(root)] * len(rows), pa.binary()),
+        "root": pa.array([os.fsencode(root)] * len(records), pa.binary()),
         "path": pa.array([os.fsencode(r.path) for r in records], pa.binary()),
         "size": pa.array([r.size for r in records], pa.int64()),
         "mtime_ns": pa.array([r.mtime_ns for r in records], pa.int64()),
@@ -170,8 +175,8 @@ def _columns(batch: dict[str, np.ndarray], root: str, model_id: str,
         **{name: pa.array([getattr(r, name) for r in records],
                           pa.int64() if kind is int else pa.string())
            for name, kind in META_COLUMNS.items()},
-        "model_id": pa.array([model_id] * len(rows), pa.string()),
-        "model_spec": pa.array([model_spec] * len(rows), pa.string()),
+        "model_id": pa.array([model_id] * len(records), pa.string()),
+        "model_spec": pa.array([model_spec] * len(records), pa.string()),
         "vector": pa.array(vectors, pa.list_(pa.float32())),
     })
 
@@ -199,80 +204,119 @@ def import_shards(catalog: Catalog, folder: str, batch_size: int = 256) -> Shard
         except (OSError, ValueError):  # pyarrow.ArrowInvalid is a ValueError: cut short
             report.ignored.append(shard)
             continue
-        _import_table(catalog, table.to_pylist(), report, batch_size)
+        _import_table(catalog, table.drop_columns(["vector"]).to_pylist(),
+                      _vectors(table.column("vector")), report, batch_size)
     return report
 
 
-class _Library:
-    """What the import compares with, read once per shard (not per row)."""
+def _vectors(column: object) -> list[np.ndarray | None]:
+    """Each row's vector, a view into one float32 array (None for an error row): a shard's
+    512 floats a row never become Python objects (to_pylist made them: 5x the import's
+    time at 200k rows, docs/scale.md)."""
+    import pyarrow.compute as pc
 
-    def __init__(self, catalog: Catalog):
-        self.catalog = catalog
-        self.root_ids: dict[str, int] = {}
-        self.rows: dict[int, dict] = {}
-        self.hashes: dict[str, set[str]] = {}
-
-    def root_id(self, root: str) -> int:
-        if root not in self.root_ids:
-            self.root_ids[root] = self.catalog.add_root(root)
-            self.rows[self.root_ids[root]] = self.catalog.files_in_root(self.root_ids[root])
-        return self.root_ids[root]
-
-    def has_vector(self, model_id: str, digest: str) -> bool:
-        if model_id not in self.hashes:
-            self.hashes[model_id] = self.catalog.hashes_with_vectors(model_id)
-        return digest in self.hashes[model_id]
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy()
+    flat = pc.list_flatten(column).to_numpy().astype(np.float32, copy=False)
+    ends = np.cumsum(lengths)
+    valid = pc.is_valid(column).to_numpy()
+    return [flat[end - n:end] if ok else None
+            for n, end, ok in zip(lengths, ends, valid, strict=True)]
 
 
-def _import_table(catalog: Catalog, rows: list[dict], report: ShardImport,
-                  batch_size: int) -> None:
-    library = _Library(catalog)
-    for start in range(0, len(rows), batch_size):
-        records: list[FileRecord] = []
-        vectors: dict[str, np.ndarray] = {}
-        model_id = ""
-        for row in rows[start:start + batch_size]:
-            model_id = row["model_id"]
-            record = _current_record(library, row, report)
-            if record is None:
-                continue
-            records.append(record)
-            if row["vector"] is not None:
-                vectors[str(record.content_hash)] = np.asarray(row["vector"], np.float32)
-        if vectors:
-            catalog.register_model(model_id, json.loads(rows[start]["model_spec"]),
-                                   len(next(iter(vectors.values()))))
-        if records:  # one transaction per batch, as an index run
-            catalog.write_batch(records, vectors, model_id)
-            report.imported += len(records)
-        report.model_id = report.model_id or model_id or None
+def _import_table(catalog: Catalog, rows: list[dict], row_vectors: list[np.ndarray | None],
+                  report: ShardImport, batch_size: int) -> None:
+    found = _stored_rows(catalog, rows)
+    lookups: dict[str, VectorLookup] = {}  # opened only for a row whose vector was missing
+
+    def has_vector(model_id: str, digest: str) -> bool:
+        """Asked at write time: an earlier batch of this shard may have stored it."""
+        if model_id not in lookups:
+            lookups[model_id] = catalog.vector_lookup(model_id)
+        return digest in lookups[model_id]
+
+    try:
+        for start in range(0, len(rows), batch_size):
+            records: list[FileRecord] = []
+            vectors: dict[str, np.ndarray] = {}
+            model_id = ""
+            for row, match, vector in zip(rows[start:start + batch_size],
+                                          found[start:start + batch_size],
+                                          row_vectors[start:start + batch_size], strict=True):
+                model_id = row["model_id"]
+                if match is None:
+                    report.stale += 1  # changed or gone since it was embedded: the next run
+                    continue
+                root_id, known = match
+                if known is not None and _stored_as(row, known, has_vector):
+                    report.unchanged += 1
+                    continue
+                records.append(_record(row, root_id))
+                if vector is not None:
+                    vectors[row["content_hash"]] = vector
+            if vectors:
+                catalog.register_model(model_id, json.loads(rows[start]["model_spec"]),
+                                       len(next(iter(vectors.values()))))
+            if records:  # one transaction per batch, as an index run
+                catalog.write_batch(records, vectors, model_id)
+                report.imported += len(records)
+            report.model_id = report.model_id or model_id or None
+    finally:
+        for lookup in lookups.values():
+            lookup.close()
 
 
-def _current_record(library: _Library, row: dict, report: ShardImport) -> FileRecord | None:
-    """The row as a FileRecord if it still describes the file and is not already stored."""
-    path, root = os.fsdecode(row["path"]), os.fsdecode(row["root"])
+def _stored_rows(catalog: Catalog, rows: list[dict]
+                 ) -> list[tuple[int, PlanRow | None] | None]:
+    """Per shard row: None when its file changed or is gone since it was embedded, else
+    (its root's id, the catalog's row of its path as it was before the shard wrote anything,
+    or None). Per root and model, the stored rows between the shard's first and last path
+    are streamed in path byte order (Catalog.plan_rows) and merged with the shard's rows
+    sorted the same way: no Python object per row of the root, whose other rows are never
+    read (a shard is a stretch of one crawl)."""
+    out: list[tuple[int, PlanRow | None] | None] = [None] * len(rows)
+    root_ids: dict[bytes, int] = {}
+    groups: dict[tuple[int, str], list[tuple[bytes, int]]] = {}
+    for i, row in enumerate(rows):
+        if _same_on_disk(row):
+            if row["root"] not in root_ids:
+                root_ids[row["root"]] = catalog.add_root(os.fsdecode(row["root"]))
+            key = (root_ids[row["root"]], row["model_id"])
+            groups.setdefault(key, []).append((row["path"], i))
+    for (root_id, model_id), members in groups.items():
+        members.sort()
+        stored = catalog.plan_rows(root_id, model_id, first=members[0][0], last=members[-1][0])
+        known = next(stored, None)
+        for path, i in members:
+            while known is not None and known.path < path:
+                known = next(stored, None)
+            out[i] = (root_id, known if known is not None and known.path == path else None)
+        stored.close()  # its statement ends here, before the batches write
+    return out
+
+
+def _record(row: dict, root_id: int) -> FileRecord:
+    return FileRecord(os.fsdecode(row["path"]), root_id, row["size"], row["mtime_ns"],
+                      row["content_hash"], row["status"], row["width"], row["height"],
+                      row["taken_at"], row["error_reason"], row["error_message"],
+                      **{name: row.get(name) for name in META_COLUMNS})
+
+
+def _same_on_disk(row: dict) -> bool:
+    """Whether the file (or object) still has the size and mtime it was embedded with."""
+    path = os.fsdecode(row["path"])
     try:
         st = stat_object(path) if is_uri(path) else os.stat(path)
     except OSError:
-        st = None
-    if st is None:
-        report.stale += 1
-        return None
-    if (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"]):
-        report.stale += 1  # changed since it was embedded: the next index run redoes it
-        return None
-    root_id = library.root_id(root)
-    known = library.rows[root_id].get(path)
-    if (known is not None and (known.size, known.mtime_ns, known.content_hash, known.status,
-                               known.error_reason)
+        return False
+    return st is not None and (st.st_size, st.st_mtime_ns) == (row["size"], row["mtime_ns"])
+
+
+def _stored_as(row: dict, known: PlanRow, has_vector: Callable[[str, str], bool]) -> bool:
+    """The shard's row is already in the catalog: the same state, its vector (an error row
+    has none), and its photo metadata unless the shard has none to add."""
+    return ((known.size, known.mtime_ns, known.content_hash, known.status, known.error_reason)
             == (row["size"], row["mtime_ns"], row["content_hash"], row["status"],
                 row["error_reason"])
-            and (row["status"] == "error"
-                 or library.has_vector(row["model_id"], row["content_hash"]))
-            and not (known.meta_missing and row.get("format"))):
-        report.unchanged += 1
-        return None
-    return FileRecord(path, root_id, row["size"], row["mtime_ns"], row["content_hash"],
-                      row["status"], row["width"], row["height"], row["taken_at"],
-                      row["error_reason"], row["error_message"],
-                      **{name: row.get(name) for name in META_COLUMNS})
+            and (row["status"] == "error" or known.has_vector
+                 or has_vector(row["model_id"], row["content_hash"]))
+            and not (known.meta_missing and row.get("format")))

@@ -51,7 +51,7 @@ sqlite_utils = _import_sqlite_utils()
 
 SCHEMA_VERSION = 2
 # Schema 2 (issue 14.2): photo metadata. A row of schema 1 has them NULL, `format` included
-# (every decoded image has one), which marks it for a header-only refresh (FileRow.meta_missing).
+# (every decoded image has one), which marks it for a header-only refresh (PlanRow.meta_missing).
 META_COLUMNS = {"taken_offset": str, "camera_make": str, "camera_model": str,
                 "exif_orientation": int, "format": str}
 
@@ -66,7 +66,6 @@ class FileRow:
     content_hash: str | None
     status: str
     error_reason: str | None = None
-    meta_missing: bool = False  # indexed before schema 2 stored photo metadata
 
 
 class PlanRow(NamedTuple):
@@ -79,7 +78,13 @@ class PlanRow(NamedTuple):
     content_hash: str | None
     status: str
     error_reason: str | None
-    done: bool  # its content has a vector of the model, and its photo metadata is stored
+    has_vector: bool  # its content has a vector of the model
+    meta_missing: bool = False  # indexed before schema 2 stored photo metadata
+
+    @property
+    def done(self) -> bool:
+        """Nothing to redo: a vector of the model, and its photo metadata stored."""
+        return self.has_vector and not self.meta_missing
 
 
 @dataclass
@@ -388,36 +393,34 @@ class Catalog:
         }
 
     # -- files ---------------------------------------------------------------------------
-    def files_in_root(self, root_id: int) -> dict[str, FileRow]:
-        rows = self.conn.execute(
-            "SELECT id, path, root_id, size, mtime_ns, content_hash, status, error_reason, "
-            + ("status = 'ok' AND format IS NULL " if self._has("format") else "0 ") +
-            "FROM files WHERE root_id = ?",
-            (root_id,),
-        )
-        return {r[1]: FileRow(*r[:8], meta_missing=bool(r[8])) for r in rows}
-
-    def plan_rows(self, root_id: int, model_id: str, chunk: int = 10_000
+    def plan_rows(self, root_id: int, model_id: str, chunk: int = 10_000, *,
+                  first: bytes | None = None, last: bytes | None = None
                   ) -> Iterator[PlanRow]:
         """The root's file rows in path byte order, streamed: planning a 1M-file root holds
-        no row object per file nor a set of every content hash."""
+        no row object per file nor a set of every content hash. `first`..`last` (stored
+        bytes, both included): only that stretch of the root, read through the path index
+        (a shard's import asks for its own paths' stretch, not the whole root)."""
         meta_missing = "status = 'ok' AND format IS NULL" if self._has("format") else "0"
-        done = (f"NOT ({meta_missing}) AND EXISTS (SELECT 1 FROM embeddings e"
-                " WHERE e.content_hash = files.content_hash AND e.model_id = :model)")
+        has_vector = ("EXISTS (SELECT 1 FROM embeddings e"
+                      " WHERE e.content_hash = files.content_hash AND e.model_id = :model)")
         if tallies.present(self.conn):
             # When the tallies say every ok file has a vector of the model (the usual case),
             # an ok row needs no lookup into the multi-GB vector table: one per row at 1M
             # reads it all. Evaluated once, in the statement's own snapshot.
             every = (f"{tallies.EXACT} AND (SELECT CAST(value AS INTEGER) FROM meta WHERE"
                      f" key = 'tally:model:' || :model) IS {tallies.value('files:ok')}")
-            done = f"CASE WHEN status = 'ok' AND {every} THEN NOT ({meta_missing}) ELSE {done} END"
+            has_vector = f"CASE WHEN status = 'ok' AND {every} THEN 1 ELSE {has_vector} END"
+        where = "root_id = :root"
+        if first is not None:  # `+`: SQLite must not sort the whole root by its root_id index
+            where = ("+root_id = :root AND path >= CAST(:first AS TEXT)"
+                     " AND path <= CAST(:last AS TEXT)")
         cur = self.conn.execute(
             "SELECT CAST(path AS BLOB), id, size, mtime_ns, content_hash, status, error_reason,"
-            f" {done} FROM files WHERE root_id = :root ORDER BY path",
-            {"model": model_id, "root": root_id})
+            f" {has_vector}, {meta_missing} FROM files WHERE {where} ORDER BY path",
+            {"model": model_id, "root": root_id, "first": first, "last": last})
         while rows := cur.fetchmany(chunk):
             for r in rows:
-                yield PlanRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
+                yield PlanRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bool(r[8]))
 
     def vector_lookup(self, model_id: str) -> VectorLookup:
         """`digest in lookup`: whether committed content has a vector of `model_id`, asked
@@ -453,13 +456,6 @@ class Catalog:
         ):
             groups.setdefault(content_hash, []).append(int(file_id))
         return list(groups.values())
-
-    def hashes_with_vectors(self, model_id: str) -> set[str]:
-        return {
-            h for (h,) in self.conn.execute(
-                "SELECT content_hash FROM embeddings WHERE model_id = ?", (model_id,)
-            )
-        }
 
     def write_batch(
         self,

@@ -26,6 +26,7 @@ SLOW_FILES = frozenset({
     "test_serve_jobs.py",
 })
 SLOW_TESTS = frozenset({  # "file::test" (every parametrization of it)
+    "test_shard_import.py::test_streamed_import_equals_the_dict_import",
     "test_image_only.py::test_random_vit_b_32_image_tower_alone_draws_the_same_weights",
     "test_image_only.py::test_loading_on_the_cpu_leaves_triton_out_of_the_process",
     "test_model_store.py::test_dropped_connection_resumes_with_range",

@@ -22,7 +22,7 @@ def plan_root(
     ordered = sorted(rows.values(), key=lambda r: os.fsencode(r.path))
     return merge_plan(candidates, (
         PlanRow(os.fsencode(r.path), r.id, r.size, r.mtime_ns, r.content_hash, r.status,
-                r.error_reason, r.content_hash in hashes_with_vectors and not r.meta_missing)
+                r.error_reason, r.content_hash in hashes_with_vectors)
         for r in ordered), skips, retry)
 
 

@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 
+from bench.scale_ops import OldRow, old_files_in_root, old_hashes_with_vectors
 from indexer.crawl import Candidate, CrawlSkip
 from indexer.plan import Plan, merge_plan
 from store import Catalog, FileRecord, FileRow
@@ -16,7 +17,7 @@ from store import Catalog, FileRecord, FileRow
 RETRY = frozenset({"unreadable"})
 
 
-def old_plan_root(candidates, rows: dict[str, FileRow], hashes: set[str], skips=(),
+def old_plan_root(candidates, rows: dict[str, OldRow], hashes: set[str], skips=(),
                   retry=frozenset()) -> Plan:
     """The planner before the streamed merge (main at 157a2ba), kept as the oracle."""
     plan = Plan()
@@ -99,11 +100,11 @@ def test_streamed_plan_equals_the_dict_plan(tmp_path):
     checked = {"unchanged": 0, "gone": 0, "todo": 0, "known": 0, "every": 0}
     for seed in range(40):
         cat, root, cands, skips = _scenario(tmp_path, seed)
-        rows = cat.files_in_root(root)
+        rows, hashes = old_files_in_root(cat, root), old_hashes_with_vectors(cat, "m")
         kept = cat.model_counts().get("m"), cat.counts().get("ok")
         checked["every"] += kept[0] == kept[1]
         assert kept[0] == kept[1] or not seed % 2
-        old = old_plan_root(cands, rows, cat.hashes_with_vectors("m"), skips, RETRY)
+        old = old_plan_root(cands, rows, hashes, skips, RETRY)
         new = merge_plan(cands, cat.plan_rows(root, "m"), skips, RETRY)
         _same(new, old)
         for path, row in new.retried.items():  # what the loaders compare a retry with
@@ -122,7 +123,7 @@ def test_streamed_plan_equals_the_dict_plan(tmp_path):
 def test_plan_rows_come_in_the_order_sqlite_compares_paths(tmp_path):
     cat, root, _, _ = _scenario(tmp_path, 1)
     keys = [r.path for r in cat.plan_rows(root, "m", chunk=3)]
-    assert keys == sorted(keys) and len(keys) == len(cat.files_in_root(root))
+    assert keys == sorted(keys) and len(keys) == len(old_files_in_root(cat, root))
     # str order differs from byte order here, which is why the merge sorts by bytes
     assert sorted(["\ue000", os.fsdecode(b"\xff")]) != sorted(
         ["\ue000", os.fsdecode(b"\xff")], key=os.fsencode)

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from clipsearch import Library
-from clipsearch.server.jobs import BACKGROUND_NICE, IndexJobs
+from clipsearch.server.index_worker import BACKGROUND_NICE
+from clipsearch.server.jobs import IndexJobs
 from tests.helpers import draw_photos
 
 

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .index_worker import BACKGROUND_NICE  # noqa: F401  (tests and docs name it here)
-
 
 class IndexJobs:
     """At most one run at a time; its state is a dict that SSE subscribers poll."""
