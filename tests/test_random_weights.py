@@ -156,6 +156,12 @@ def test_none_compiles_without_torch_and_every_path_gives_the_same_vectors(tmp_p
     assert not torch_imported and not open_clip_imported
 
     monkeypatch.setenv("CLIPSEARCH_CACHE", str(cache))  # this process finds the child's file
+    from bench.weights_file import main as bench_weights_file
+
+    bench_weights_file(tmp_path / "bench.safetensors")  # the bench's file: the same bytes
+    assert (tmp_path / "bench.safetensors").read_bytes() == (
+        random_weights.cache_dir() / random_weights.file_name("ViT-B-32")).read_bytes()
+    (tmp_path / "bench.safetensors").unlink()
     ref = parse_model("ViT-B-32", "none")
     compiled = find_compiled(ref, cache_dir=cache / "compiled")
     assert compiled is not None and compiled.backend == backend

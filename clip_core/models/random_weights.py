@@ -210,8 +210,13 @@ def random_weights_file(name: str, seed: int = SEED) -> Path | None:
         return None
     path = cache_dir() / found
     if not path.is_file():
-        tensors = layout(architecture_configs()[name])
-        assert tensors is not None  # file_name checked the config
-        write_file(tensors, seed, path, f"random weights of {name}, seed {seed}, "
-                   f"init {INIT_VERSION}")
+        write_random(name, seed, path)
     return path
+
+
+def write_random(name: str, seed: int, path: Path) -> None:
+    """Architecture `name`'s random weights (a plain CLIP) into `path`."""
+    tensors = layout(architecture_configs()[name])
+    if tensors is None:
+        raise ValueError(f"{name} is not a plain CLIP: torch makes its random weights")
+    write_file(tensors, seed, path, f"random weights of {name}, seed {seed}, init {INIT_VERSION}")
