@@ -177,3 +177,15 @@ def test_none_compiles_without_torch_and_every_path_gives_the_same_vectors(tmp_p
     tower = NumpyTextTower.load(compiled.text_tower, release_pages=False)
     ours = tower.encode_tokens(ClipTokenizer()(texts))
     assert np.abs(ours - whole.encode_texts(texts)).max() < 1e-5
+
+
+def test_an_unwritable_cache_is_one_clear_message(tmp_path, monkeypatch):
+    """No silent switch to torch's other random weights: the vectors would not match."""
+    from clip_core.models.files import ModelLoadError
+    from clip_core.torch_backend.loading import load_model
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(blocker))
+    with pytest.raises(ModelLoadError, match="Could not write the random weights of ViT-B-32"):
+        load_model(parse_model("ViT-B-32", "none"), models_dir=tmp_path / "models")
