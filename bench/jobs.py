@@ -43,7 +43,8 @@ def compile_model(env: dict[str, str], pretrained: str | None = None) -> dict:
     """`clipsearch models compile --force`: what the first index run with a model does once
     (export, quantise, check against fp32, measure); every later run reuses it. With
     `pretrained` (a weights file: weights_file_model) as a user's downloaded model is
-    compiled, without torch; else the random weights, which only torch can make."""
+    compiled, without torch; else `--pretrained none` (random weights made in numpy into
+    the cache once, then read the same way)."""
     model = MODEL_ARGS[1]
     run = proc.run(proc.clipsearch("models", "compile", model, "--pretrained",
                                    pretrained or MODEL_ARGS[3], "--force", "--json"),

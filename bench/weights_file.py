@@ -1,10 +1,10 @@
 """Write ViT-B-32's random weights (those of `--pretrained none`) as a safetensors file.
 
 A user's model is a weights file (open_clip's laion2b_s34b_b79k is open_clip_model.safetensors
-in the Hugging Face cache), and the compile reads such a file without torch
-(clip_core.compiled.weights_file); random weights exist only inside torch. The bench's
-compile and first-run jobs use this file: the same architecture and compute as the
-random model, read the way a user's model is read.
+in the Hugging Face cache). `--pretrained none` is such a file too now, made in numpy
+(clip_core.models.random_weights) into the model cache; this writes the same bytes to OUT,
+without torch, for the bench's compile and first-run jobs: the same architecture, compute
+and weights as the random model, named by path as a user's own file is.
 
 Usage: python -m bench.weights_file OUT.safetensors
 """
@@ -16,15 +16,9 @@ from pathlib import Path
 
 
 def main(out: Path) -> None:
-    from safetensors.torch import save_file
+    from clip_core.models import random_weights
 
-    from clip_core.models.ref import parse_model
-    from clip_core.torch_backend.loading import load_model
-
-    model = load_model(parse_model("ViT-B-32", "none"), precision="fp32").model
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.rename(out)
+    random_weights.write_random("ViT-B-32", random_weights.SEED, out)
 
 
 if __name__ == "__main__":

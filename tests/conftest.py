@@ -29,6 +29,8 @@ SLOW_TESTS = frozenset({  # "file::test" (every parametrization of it)
     "test_shard_import.py::test_streamed_import_equals_the_dict_import",
     "test_image_only.py::test_random_vit_b_32_image_tower_alone_draws_the_same_weights",
     "test_image_only.py::test_loading_on_the_cpu_leaves_triton_out_of_the_process",
+    "test_random_weights.py::test_numpy_init_follows_open_clips_init_on_vit_b_32",
+    "test_random_weights.py::test_every_plain_architecture_has_open_clips_names_and_shapes",
     "test_model_store.py::test_dropped_connection_resumes_with_range",
     "test_images.py::test_draft_decoding_is_faster",
     "test_vit_graph.py::test_a_vit_compiles_from_the_built_graph_and_matches_torch",

@@ -43,7 +43,8 @@ def test_shapes_tiny_image_tower_alone_gives_the_whole_models_vectors(precision)
 
 
 def test_random_vit_b_32_image_tower_alone_draws_the_same_weights():
-    """`--pretrained none`: the tower is seeded and built first, as open_clip's CLIP does."""
+    """`--pretrained none`: the tower alone read from the numpy-made weights file
+    (clip_core.models.random_weights) gives the whole model's vectors."""
     alone, whole = _alone_and_whole(parse_model("ViT-B-32", "none"))
     assert _text_free(alone.loaded.model)
     pixels = _pixels(alone, 3)

@@ -139,8 +139,13 @@ def find_compiled(ref: ModelRef, models_dir: Path | None = None,
 
 
 def _weights_stamp(ref: ModelRef, models_dir: Path) -> list | None:
-    """Path, size and mtime of the files behind `ref` (random weights have none)."""
-    files = source_for(ref, models_dir).weight_files()
+    """Path, size and mtime of the files behind `ref`; for weights made here (random), the
+    name of their recipe."""
+    source = source_for(ref, models_dir)
+    made = source.made_weights()
+    if made is not None:
+        return [made]
+    files = source.weight_files()
     stamp = []
     for file in files:
         try:

@@ -29,24 +29,12 @@ from clip_core.compiled.vit_weights import Norm, VitBlock, VitWeights
 from clip_core.models.config import guess_preprocess
 from clip_core.models.files import CONFIG_NAME, default_models_dir
 from clip_core.models.open_clip_tables import architecture_configs
+from clip_core.models.plain_clip import BLOCK, CLIP_BPE_VOCAB, is_plain, text_cfg, vision_cfg
 from clip_core.models.ref import LOCAL_DIR_PREFIX, ModelRef
 from clip_core.models.sources import LoadPlan, source_for
 from clip_core.pixels.preprocess import PreprocessSpec
 
-_MODEL_KEYS = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"}
-_VISION_DEFAULTS = {"head_width": 64, "mlp_ratio": 4.0, "ls_init_value": None,
-                    "pool_type": "tok", "final_ln_after_pool": False, "no_ln_pre": False,
-                    "patch_dropout": 0.0, "attentional_pool": False,
-                    "pos_embed_type": "learnable", "output_tokens": False}
-_TEXT_DEFAULTS = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8,
-                  "layers": 12, "mlp_ratio": 4.0, "ls_init_value": None,
-                  "pool_type": "argmax", "proj_bias": False, "no_causal_mask": False,
-                  "embed_cls": False, "output_tokens": False}
-_BLOCK = ("ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias",
-          "attn.out_proj.weight", "attn.out_proj.bias", "ln_2.weight", "ln_2.bias",
-          "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
 _EPS = 1e-5  # open_clip's LayerNorm (no norm_kwargs in an accepted config)
-CLIP_BPE_VOCAB = 49408
 
 
 @dataclass
@@ -75,7 +63,7 @@ def open_weights_file(ref: ModelRef, models_dir: Path | None = None) -> FileMode
     cfg, path = found
     preprocess = guess_preprocess(ref)
     try:
-        if preprocess is None or not _known(cfg):
+        if preprocess is None or not is_plain(cfg):
             return None
         tensors, mapping = read_safetensors(path)
         return _model(cfg, tensors, mapping, preprocess)
@@ -141,31 +129,9 @@ def _config_and_file(ref: ModelRef, models_dir: Path) -> tuple[dict, Path] | Non
     return cfg, path
 
 
-def _known(cfg: dict) -> bool:
-    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-    return (set(cfg) <= _MODEL_KEYS and set(vision) <= {*_VISION_DEFAULTS, "image_size",
-                                                         "layers", "width", "patch_size"}
-            and isinstance(vision.get("layers"), int) and set(text) <= set(_TEXT_DEFAULTS)
-            and _vision(cfg)["pool_type"] in ("tok", "avg")
-            and not _vision(cfg)["attentional_pool"] and not _vision(cfg)["output_tokens"]
-            and _vision(cfg)["pos_embed_type"] == "learnable"
-            and {k: _text(cfg)[k] for k in ("vocab_size", "pool_type", "proj_bias",
-                                             "no_causal_mask", "embed_cls", "output_tokens")}
-            == {"vocab_size": CLIP_BPE_VOCAB, "pool_type": "argmax", "proj_bias": False,
-                "no_causal_mask": False, "embed_cls": False, "output_tokens": False})
-
-
-def _vision(cfg: dict) -> dict:
-    return {**_VISION_DEFAULTS, **cfg["vision_cfg"]}
-
-
-def _text(cfg: dict) -> dict:
-    return {**_TEXT_DEFAULTS, **cfg["text_cfg"]}
-
-
 def _model(cfg: dict, t: dict[str, np.ndarray], mapping: Any,
            preprocess: PreprocessSpec) -> FileModel | None:
-    vision, text = _vision(cfg), _text(cfg)
+    vision, text = vision_cfg(cfg), text_cfg(cfg)
     act = "quick_gelu" if cfg.get("quick_gelu") else "gelu"
     size = vision["image_size"]
     hw = (size, size) if isinstance(size, int) else tuple(size)
@@ -181,7 +147,7 @@ def _model(cfg: dict, t: dict[str, np.ndarray], mapping: Any,
     for prefix, layers, ls in (("visual.transformer", vision["layers"], scaled[0]),
                                ("transformer", text["layers"], scaled[1])):
         for i in range(layers):
-            names = _BLOCK + (("ls_1.gamma", "ls_2.gamma") if ls else ())
+            names = BLOCK + (("ls_1.gamma", "ls_2.gamma") if ls else ())
             expected |= {f"{prefix}.resblocks.{i}.{n}" for n in names}
     if set(t) != expected:
         return None
@@ -224,7 +190,7 @@ def _model(cfg: dict, t: dict[str, np.ndarray], mapping: Any,
              "text_projection": t["text_projection"]}
     for i in range(text["layers"]):  # the order clip_core.torch_backend.text_export writes
         p = f"transformer.resblocks.{i}."
-        tower.update({f"resblocks.{i}.{n}": t[p + n] for n in _BLOCK})
+        tower.update({f"resblocks.{i}.{n}": t[p + n] for n in BLOCK})
         if scaled[1]:
             tower.update({f"resblocks.{i}.{n}": t[p + n] for n in ("ls_1.gamma", "ls_2.gamma")})
     from clip_core.text.tower import FORMAT_VERSION

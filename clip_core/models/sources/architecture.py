@@ -20,6 +20,9 @@ from clip_core.models.places import (
     pretrained_files,
     store_name,
 )
+from clip_core.models.random_weights import SEED, random_weights_file
+from clip_core.models.random_weights import cache_dir as random_weights_cache_dir
+from clip_core.models.random_weights import file_name as random_weights_name
 from clip_core.models.ref import ModelRef
 from clip_core.models.sources.base import (
     ExportFiles,
@@ -187,7 +190,20 @@ class RandomSource(_Architecture):
     no_files = "Random weights (--pretrained none) have no files to export."
 
     def load_plan(self) -> LoadPlan | Problem:
-        return LoadPlan(self.ref.name, seed=0)  # same weights everywhere: indexes stay usable
+        """A plain CLIP's weights file, made in numpy the first time (every path then loads
+        the same weights: clip_core.models.random_weights); other architectures are built by
+        torch after seeding it. Both are the same weights in every process."""
+        try:
+            path = random_weights_file(self.ref.name, SEED)
+        except OSError as exc:
+            return Unusable(f"Could not write the random weights of {self.ref.name} into "
+                            f"{random_weights_cache_dir()}: {exc}")
+        if path is None:
+            return LoadPlan(self.ref.name, seed=SEED)
+        return LoadPlan(self.ref.name, str(path))
+
+    def made_weights(self) -> str | None:
+        return random_weights_name(self.ref.name, SEED)
 
 
 class WeightsFileSource(OwnFiles, _Architecture):

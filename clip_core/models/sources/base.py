@@ -99,6 +99,12 @@ class ModelSource:
         """The files whose stat stamps a compiled model (a change recompiles)."""
         return []
 
+    def made_weights(self) -> str | None:
+        """Weights this machine makes from a recipe (random weights): the name that says
+        which, stamped into a compiled model's key in place of files' stats (the file is
+        derived: made again, it holds the same bytes)."""
+        return None
+
     def export_files(self) -> ExportFiles | Problem:
         return Unusable(self.no_files or f"Nothing to export for {self.ref.display}.")
 
