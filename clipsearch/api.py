@@ -356,8 +356,14 @@ class Library:
 
         # int8 exists only as the compiled image tower; torch gets its own best precision.
         precision = "auto" if self.precision == "int8" else self.precision
-        enc = ClipEncoder.load(ref, device=self.device, precision=precision, towers=towers,
-                               models_dir=self.models_dir)
+        if towers == IMAGE_ONLY:  # a plain ViT's file runs without open_clip (~0.3 GB less)
+            from clip_core.compiled.vit_torch import image_encoder
+
+            enc = image_encoder(ref, device=self.device, precision=precision,
+                                models_dir=self.models_dir)
+        else:
+            enc = ClipEncoder.load(ref, device=self.device, precision=precision,
+                                   towers=towers, models_dir=self.models_dir)
         self._keep((ref.model_id, towers), enc)
         return enc
 

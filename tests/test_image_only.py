@@ -132,3 +132,21 @@ def test_loading_on_the_cpu_leaves_triton_out_of_the_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=subprocess_env(tmp_path)).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_bf16_vit_with_layer_scale_encodes_within_the_guard_of_fp32(tmp_path):
+    """open_clip's bf16 cast leaves LayerScale's gamma fp32 (QuickGELU, average pooling, no
+    pre-norm besides): the next Linear raised a dtype error. Now bf16 runs, alone or whole,
+    with the same vectors, within the guard of fp32."""
+    from clip_core.encoders import GUARD_MIN_COS
+    from tests.vit_bundles import VISION_KINDS
+
+    bundle = write_bundle(tmp_path / "ls", seed=6, quick_gelu=True,
+                          **VISION_KINDS["quickgelu-avg-layerscale"])
+    ref = parse_model(str(bundle))
+    alone, whole = _alone_and_whole(ref, "bf16")
+    fp32 = ClipEncoder.load(ref, device="cpu", precision="fp32", towers=IMAGE)
+    pixels = _pixels(alone)
+    bf16 = alone.encode_pixels(pixels)
+    np.testing.assert_array_equal(bf16, whole.encode_pixels(pixels))
+    assert (bf16 * fp32.encode_pixels(pixels)).sum(axis=1).min() >= GUARD_MIN_COS

@@ -96,10 +96,10 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
             if force:
                 break
     if torch_encoder is None:
-        from clip_core.torch_backend.encoder import ClipEncoder
+        from clip_core.compiled.vit_torch import image_encoder
 
-        torch_encoder = ClipEncoder.load(ref, device="cpu", precision="auto",
-                                         towers=frozenset({"image"}), models_dir=models_dir)
+        torch_encoder = image_encoder(ref, device="cpu", precision="auto",
+                                      models_dir=models_dir)
     return compiled, torch_encoder
 
 

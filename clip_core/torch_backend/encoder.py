@@ -28,11 +28,12 @@ class ClipEncoder:
         self._torch = torch
         model = loaded.model
         # After a whole-model cast, inputs must match the weights' dtype (open_clip casts none).
-        conv = getattr(getattr(model, "visual", None), "conv1", None)
+        visual = getattr(model, "visual", model)  # an image tower alone (compiled.vit_torch)
+        conv = getattr(visual, "conv1", None)
         if conv is not None:
             self._image_dtype = conv.weight.dtype
         else:
-            params = list(model.visual.parameters()) if model.visual is not None else []
+            params = list(visual.parameters()) if visual is not None else []
             self._image_dtype = params[-1].dtype if params else torch.float32
 
     @classmethod

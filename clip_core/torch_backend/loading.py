@@ -97,9 +97,25 @@ def load_model(
                 "to safetensors from a trusted source.") from exc
         raise ModelLoadError(f"Could not load {ref.display}: {_short(exc)}") from exc
     model.eval()
+    _layer_scales_to(model, precision)
     spec = PreprocessSpec.from_open_clip(dict(model.visual.preprocess_cfg))
     drop_unused_towers(model, towers)
     return LoadedModel(ref, model, tokenizer, spec, device, precision, _embed_dim(model))
+
+
+def _layer_scales_to(model: Any, precision: str) -> None:
+    """open_clip's bf16/fp16 cast (convert_weights_to_lp) leaves LayerScale's gamma in
+    fp32, so `x * gamma` turns a block's output fp32 and the next bf16 Linear raises a dtype
+    error: cast the gammas too, as the rest of the block is."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return
+    for module in model.modules():
+        gamma = getattr(module, "gamma", None)
+        if type(module).__name__ == "LayerScale" and isinstance(gamma, torch.Tensor):
+            gamma.data = gamma.data.to(dtype)
 
 
 def _load_hf_folder(ref: ModelRef, folder: Path, device: str, precision: str,
