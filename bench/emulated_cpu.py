@@ -3,7 +3,8 @@ CPU model, so onnxruntime (MLAS) dispatches that model's kernels by cpuid.
 
     python -m bench.emulated_cpu flags [--cpu EPYC-Rome-v1]
     python -m bench.emulated_cpu variants --weights FILE.safetensors [--cpu ...] [--compile]
-    python -m bench.emulated_cpu variants --model shapes-tiny      # the bundled tiny model
+    python -m bench.emulated_cpu variants --model local-dir:DIR    # an open_clip ViT bundle
+    python -m bench.emulated_cpu text --weights FILE               # the int8 text tower only
     python -m bench.emulated_cpu variants --weights FILE --native    # the same, not emulated
     python -m bench.emulated_cpu run [--cpu ...] -- python -m clipsearch.cli ...
     (needs qemu-user: apt-get install qemu-user; Debian 12's QEMU 7.2 emulates AVX2, FMA,
@@ -12,9 +13,11 @@ CPU model, so onnxruntime (MLAS) dispatches that model's kernels by cpuid.
 `variants` builds the image tower's graph from a weights file as the compile does
 (clip_core.compiled.vit_graph; ViT-B-32's random weights: `python -m bench.weights_file OUT`),
 takes its fp32 vectors of the 16 probe images as the reference, then every int8 variant's
-min and mean cosine to it, and the order clip_core.compiled.int8_variants gives for the flags
-the emulated CPU reports. `--compile` adds the compiler's own choice (compile_model with those
-flags, into a temporary cache): which variant it kept and the figures of those it tried.
+min and mean cosine to it, the order clip_core.compiled.int8_variants gives for the flags
+the emulated CPU reports, and the int8 text tower's agreement with fp32 (as a long-lived
+process checks it before keeping it; `text` does only that). `--compile` adds the compiler's
+own choice (compile_model with those flags, into a temporary cache): which variant it kept
+and the figures of those it tried.
 
 The CPU's flags come from cpuid (numpy's dispatch table), not /proc/cpuinfo: under qemu-user
 that file is the host's (AVX-512 VNNI on a Zen 4), so clip_core.cpu.CpuFeatures.here()
@@ -117,9 +120,29 @@ def variants_report(model: str, weights: Path | None, compile_too: bool) -> dict
             shutil.rmtree(path.parent)
         report["variants"] = figures
         report["guard"] = compiler.GUARD_MIN_COS
+        report["text_int8"] = text_report(model, weights, Path(tmp))["text_int8"]
         if compile_too:
             report["compile"] = _compile(ref, Path(tmp) / "cache")
     return report
+
+
+def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> dict:
+    """The int8 text tower (MatMulNBits) against the fp32 one on the probe texts, as a
+    long-lived process checks it (NumpyTextTower.use_onnxruntime; untimed here)."""
+    from clip_core.compiled.weights_file import open_weights_file, write_text_tower
+    from clip_core.models.ref import parse_model
+    from clip_core.text.tower import NumpyTextTower
+
+    source = open_weights_file(parse_model(model, str(weights) if weights else None))
+    if source is None:
+        raise SystemExit(f"{model}: not a weights file the compile reads without torch")
+    with tempfile.TemporaryDirectory(dir=tmp) as folder:
+        path = Path(folder) / "text.safetensors"
+        write_text_tower(source, path)
+        tower = NumpyTextTower.load(path, release_pages=False, check=False)
+        tower.use_onnxruntime(int8=True)
+        figures = {"min_cos": round(float(tower.int8_agreement), 6), "kept": tower.precision}
+    return {**flags_report(), "text_int8": figures}
 
 
 def _compile(ref, cache: Path) -> dict:
@@ -145,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     variants.add_argument("--model", default="ViT-B-32")
     variants.add_argument("--weights", type=Path, help="a safetensors file (--pretrained)")
     variants.add_argument("--compile", action="store_true")
+    text = sub.add_parser("text")
+    text.add_argument("--model", default="ViT-B-32")
+    text.add_argument("--weights", type=Path, help="a safetensors file (--pretrained)")
     run = sub.add_parser("run")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -157,9 +183,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(done.stderr)
         raise SystemExit(done.returncode)
     if args.native or os.environ.get(INSIDE):
+        weights = getattr(args, "weights", None)
+        weights = weights and weights.resolve()
         report = (flags_report() if args.job == "flags"
-                  else variants_report(args.model, args.weights and args.weights.resolve(),
-                                         args.compile))
+                  else text_report(args.model, weights) if args.job == "text"
+                  else variants_report(args.model, weights, args.compile))
         print(json.dumps(report, indent=2))
         return
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
