@@ -13,11 +13,12 @@ CPU model, so onnxruntime (MLAS) dispatches that model's kernels by cpuid.
 `variants` builds the image tower's graph from a weights file as the compile does
 (clip_core.compiled.vit_graph; ViT-B-32's random weights: `python -m bench.weights_file OUT`),
 takes its fp32 vectors of the 16 probe images as the reference, then every int8 variant's
-min and mean cosine to it, the order clip_core.compiled.int8_variants gives for the flags
-the emulated CPU reports, and the int8 text tower's agreement with fp32 (as a long-lived
-process checks it before keeping it; `text` does only that). `--compile` adds the compiler's
-own choice (compile_model with those flags, into a temporary cache): which variant it kept
-and the figures of those it tried.
+min and mean cosine to it, then the compiler's selection step (compiler._quantise_and_check:
+the variants in the order clip_core.compiled.int8_variants gives for the flags the emulated
+CPU reports, until one passes the guard), and the int8 text tower's agreement with fp32 (as a
+long-lived process checks it before keeping it; `text` does only that). `--compile` adds a
+whole compile_model with those flags into a temporary cache (slow under emulation: where
+int8 lacks dot products it imports torch and times it, ~30 min for ViT-B-32 on TCG).
 
 The CPU's flags come from cpuid (numpy's dispatch table), not /proc/cpuinfo: under qemu-user
 that file is the host's (AVX-512 VNNI on a Zen 4), so clip_core.cpu.CpuFeatures.here()
@@ -92,8 +93,9 @@ def variants_report(model: str, weights: Path | None, compile_too: bool) -> dict
     """Every int8 variant's cosines to the fp32 graph on this (maybe emulated) CPU."""
     from clip_core.compiled import compiler
     from clip_core.compiled.built import Built
-    from clip_core.compiled.int8_variants import VARIANTS, Int8Variant
+    from clip_core.compiled.int8_variants import VARIANTS, Int8Variant, variant_order
     from clip_core.compiled.weights_file import open_weights_file
+    from clip_core.cpu import CpuFeatures
     from clip_core.models.ref import parse_model
     from clip_core.pixels.preprocess import preprocess_batch
     from clip_core.pixels.probes import probe_images
@@ -121,6 +123,17 @@ def variants_report(model: str, weights: Path | None, compile_too: bool) -> dict
         report["variants"] = figures
         report["guard"] = compiler.GUARD_MIN_COS
         report["text_int8"] = text_report(model, weights, Path(tmp))["text_int8"]
+        cpu = CpuFeatures("x86_64", cpuid_flags())
+        work = Path(tmp) / "selection"
+        work.mkdir()
+        # The compiler's own selection step: its variant order for these flags, each tried
+        # until one passes the guard against the same fp32 reference.
+        checked = compiler._quantise_and_check(
+            work, probes, reference, {"preprocess": source.preprocess.to_dict()},
+            variant_order(cpu), compiler.GUARD_MIN_COS, built)
+        passed = checked["best"] and checked["best"]["min_cos"] >= compiler.GUARD_MIN_COS
+        report["selection"] = {"tried": checked["tried"],
+                               "kept": checked["best"]["variant"] if passed else None}
         if compile_too:
             report["compile"] = _compile(ref, Path(tmp) / "cache")
     return report

@@ -37,6 +37,8 @@ def test_an_emulated_avx2_only_cpu_passes_with_the_variant_its_flags_put_first(t
     assert report["saturating_int8"] and report["variant_order"][0] == REDUCE_RANGE.name
     assert {v.name for v in VARIANTS} <= set(report["variants"])
     assert report["variants"][REDUCE_RANGE.name]["min_cos"] >= GUARD_MIN_COS, report
+    assert report["selection"]["kept"] == REDUCE_RANGE.name, report  # the compiler's step
+    assert [t["variant"] for t in report["selection"]["tried"]] == [REDUCE_RANGE.name]
     # 7-bit weights cannot saturate: the AVX2 kernels agree with this CPU's own on them
     assert native["emulated_cpu"] is None
     for key in ("min_cos", "mean_cos"):
