@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.job == "run":
-        command = [c for c in args.command if c != "--"]
+        command = args.command[1:] if args.command[:1] == ["--"] else list(args.command)
         if command and command[0] in ("python", "python3"):
             command[0] = sys.executable  # qemu runs ELF programs, not PATH names or scripts
         done = emulated(args.cpu, command, args.timeout)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                   else variants_report(args.model, weights, args.compile))
         print(json.dumps(report, indent=2))
         return
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    forwarded = list(argv if argv is not None else sys.argv[1:])
     done = emulated(args.cpu, [sys.executable, "-m", "bench.emulated_cpu", *forwarded],
                     args.timeout)
     sys.stderr.write(done.stderr)
