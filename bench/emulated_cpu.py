@@ -1,0 +1,216 @@
+"""The int8 numerics of another x86 CPU kind, emulated: qemu-user runs this Python with a named
+CPU model, so onnxruntime (MLAS) dispatches that model's kernels by cpuid.
+
+    python -m bench.emulated_cpu flags [--cpu EPYC-Rome-v1]
+    python -m bench.emulated_cpu variants --weights FILE.safetensors [--cpu ...] [--compile]
+    python -m bench.emulated_cpu variants --model local-dir:DIR    # an open_clip ViT bundle
+    python -m bench.emulated_cpu text --weights FILE               # the int8 text tower only
+    python -m bench.emulated_cpu variants --weights FILE --native    # the same, not emulated
+    python -m bench.emulated_cpu run [--cpu ...] -- python -m clipsearch.cli ...
+    (needs qemu-user: apt-get install qemu-user; Debian 12's QEMU 7.2 emulates AVX2, FMA,
+    F16C but no AVX-512, AVX-VNNI or AMX, so every CPU model it runs is an "AVX2-only" one)
+
+`variants` builds the image tower's graph from a weights file as the compile does
+(clip_core.compiled.vit_graph; ViT-B-32's random weights: `python -m bench.weights_file OUT`),
+takes its fp32 vectors of the 16 probe images as the reference, then every int8 variant's
+min and mean cosine to it, then the compiler's selection step (compiler._quantise_and_check:
+the variants in the order clip_core.compiled.int8_variants gives for the flags the emulated
+CPU reports, until one passes the guard), and the int8 text tower's agreement with fp32 (as a
+long-lived process checks it before keeping it; `text` does only that). `--compile` adds a
+whole compile_model with those flags into a temporary cache (slow under emulation: where
+int8 lacks dot products it imports torch and times it, ~30 min for ViT-B-32 on TCG).
+
+The CPU's flags come from cpuid (numpy's dispatch table), not /proc/cpuinfo: under qemu-user
+that file is the host's (AVX-512 VNNI on a Zen 4), so clip_core.cpu.CpuFeatures.here()
+describes the host, not the emulated CPU. Both are printed.
+
+What it cannot show: speed. TCG translates each AVX2 instruction into many host ones, so
+emulated timings say nothing about the CPU kind (the compile's torch-vs-onnxruntime timing
+under emulation is meaningless too; only the variant and its cosines are figures). Child
+processes run natively (no binfmt handler for the host's own architecture): keep `run` to
+one process. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_CPU = "EPYC-Rome-v1"  # AMD Zen 2: AVX2, FMA, no AVX-512 (issue 12's kind of EPYC)
+INSIDE = "CLIPSEARCH_EMULATED_CPU"  # set for the emulated child: its CPU model's name
+# numpy's cpuid-based feature names -> /proc/cpuinfo's (what clip_core.cpu reads)
+CPUID_TO_PROC = {"AVX": "avx", "AVX2": "avx2", "FMA3": "fma", "F16C": "f16c",
+                 "AVX512F": "avx512f", "AVX512BW": "avx512bw", "AVX512VL": "avx512vl",
+                 "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16",
+                 "AVX512FP16": "avx512_fp16"}
+
+
+def qemu() -> str | None:
+    return shutil.which("qemu-x86_64")
+
+
+def emulated(cpu: str, argv: list[str], timeout: float | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `argv` (an ELF program first, such as sys.executable) under qemu-user as `cpu`.
+    qemu's warnings about CPUID bits TCG lacks (rdseed, sha-ni, ...) are dropped."""
+    binary = qemu()
+    if binary is None:
+        raise SystemExit("qemu-x86_64 not found: apt-get install qemu-user")
+    done = subprocess.run([binary, "-cpu", cpu, *argv], capture_output=True, text=True,
+                          timeout=timeout, env={**(env or os.environ), INSIDE: cpu})
+    done.stderr = "".join(line for line in done.stderr.splitlines(keepends=True)
+                          if "TCG doesn't support requested feature" not in line)
+    return done
+
+
+def cpuid_flags() -> frozenset[str]:
+    """The x86 flags this process sees by cpuid, in /proc/cpuinfo's names."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return frozenset(proc for key, proc in CPUID_TO_PROC.items() if features.get(key))
+
+
+def flags_report() -> dict:
+    from clip_core.compiled.int8_variants import variant_order
+    from clip_core.cpu import CpuFeatures
+
+    cpu = CpuFeatures("x86_64", cpuid_flags())
+    proc = CpuFeatures.here().flags & set(CPUID_TO_PROC.values())
+    return {"emulated_cpu": os.environ.get(INSIDE), "cpuid_flags": sorted(cpu.flags),
+            "proc_cpuinfo_flags": sorted(proc), "saturating_int8": cpu.saturating_int8,
+            "variant_order": [v.name for v in variant_order(cpu)]}
+
+
+def variants_report(model: str, weights: Path | None, compile_too: bool) -> dict:
+    """Every int8 variant's cosines to the fp32 graph on this (maybe emulated) CPU."""
+    from clip_core.compiled import compiler
+    from clip_core.compiled.built import Built
+    from clip_core.compiled.int8_variants import VARIANTS, Int8Variant, variant_order
+    from clip_core.compiled.weights_file import open_weights_file
+    from clip_core.cpu import CpuFeatures
+    from clip_core.models.ref import parse_model
+    from clip_core.pixels.preprocess import preprocess_batch
+    from clip_core.pixels.probes import probe_images
+
+    report = flags_report()
+    ref = parse_model(model, str(weights) if weights else None)
+    source = open_weights_file(ref)
+    if source is None:
+        raise SystemExit(f"{ref.display}: not a weights file the compile reads without torch")
+    probes = preprocess_batch(probe_images(), source.preprocess)
+    built = Built(source, source.vision)
+    reference = built.fp32_vectors(probes)
+    extra = (Int8Variant("reduce_range", reduce_range=True),
+             Int8Variant("per_channel", per_channel=True))
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in (*VARIANTS, *extra):
+            path = Path(tmp) / variant.name / "image.int8.onnx"
+            path.parent.mkdir()
+            built.save(path, variant)
+            cos = compiler._cosines(path, source.preprocess, probes, reference)
+            figures[variant.name] = {"min_cos": round(float(cos.min()), 6),
+                                     "mean_cos": round(float(cos.mean()), 6)}
+            shutil.rmtree(path.parent)
+        report["variants"] = figures
+        report["guard"] = compiler.GUARD_MIN_COS
+        report["text_int8"] = text_report(model, weights, Path(tmp))["text_int8"]
+        cpu = CpuFeatures("x86_64", cpuid_flags())
+        work = Path(tmp) / "selection"
+        work.mkdir()
+        # The compiler's own selection step: its variant order for these flags, each tried
+        # until one passes the guard against the same fp32 reference.
+        checked = compiler._quantise_and_check(
+            work, probes, reference, {"preprocess": source.preprocess.to_dict()},
+            variant_order(cpu), compiler.GUARD_MIN_COS, built)
+        passed = checked["best"] and checked["best"]["min_cos"] >= compiler.GUARD_MIN_COS
+        report["selection"] = {"tried": checked["tried"],
+                               "kept": checked["best"]["variant"] if passed else None}
+        if compile_too:
+            report["compile"] = _compile(ref, Path(tmp) / "cache")
+    return report
+
+
+def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> dict:
+    """The int8 text tower (MatMulNBits) against the fp32 one on the probe texts, as a
+    long-lived process checks it (NumpyTextTower.use_onnxruntime; untimed here)."""
+    from clip_core.compiled.weights_file import open_weights_file, write_text_tower
+    from clip_core.models.ref import parse_model
+    from clip_core.text.tower import NumpyTextTower
+
+    source = open_weights_file(parse_model(model, str(weights) if weights else None))
+    if source is None:
+        raise SystemExit(f"{model}: not a weights file the compile reads without torch")
+    with tempfile.TemporaryDirectory(dir=tmp) as folder:
+        path = Path(folder) / "text.safetensors"
+        write_text_tower(source, path)
+        tower = NumpyTextTower.load(path, release_pages=False, check=False)
+        tower.use_onnxruntime(int8=True)
+        figures = {"min_cos": round(float(tower.int8_agreement), 6), "kept": tower.precision}
+    return {**flags_report(), "text_int8": figures}
+
+
+def _compile(ref, cache: Path) -> dict:
+    """compile_model's choice with the flags cpuid reports (not /proc/cpuinfo's)."""
+    from clip_core.compiled.compiler import compile_model
+    from clip_core.cpu import CpuFeatures
+
+    compiled, _ = compile_model(ref, cache_dir=cache, force=True,
+                                cpu=CpuFeatures("x86_64", cpuid_flags()))
+    image = compiled.meta["image"]
+    return {k: image[k] for k in ("backend", "variant", "variants", "reason") if k in image}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", default=DEFAULT_CPU, help="a qemu-x86_64 -cpu model")
+    parser.add_argument("--native", action="store_true", help="this CPU, not emulated")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds, emulated run")
+    sub = parser.add_subparsers(dest="job", required=True)
+    sub.add_parser("flags")
+    variants = sub.add_parser("variants")
+    variants.add_argument("--model", default="ViT-B-32")
+    variants.add_argument("--weights", type=Path, help="a safetensors file (--pretrained)")
+    variants.add_argument("--compile", action="store_true")
+    text = sub.add_parser("text")
+    text.add_argument("--model", default="ViT-B-32")
+    text.add_argument("--weights", type=Path, help="a safetensors file (--pretrained)")
+    run = sub.add_parser("run")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.job == "run":
+        command = args.command[1:] if args.command[:1] == ["--"] else list(args.command)
+        if command and command[0] in ("python", "python3"):
+            command[0] = sys.executable  # qemu runs ELF programs, not PATH names or scripts
+        done = emulated(args.cpu, command, args.timeout)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
+        raise SystemExit(done.returncode)
+    if args.native or os.environ.get(INSIDE):
+        weights = getattr(args, "weights", None)
+        weights = weights and weights.resolve()
+        report = (flags_report() if args.job == "flags"
+                  else text_report(args.model, weights) if args.job == "text"
+                  else variants_report(args.model, weights, args.compile))
+        print(json.dumps(report, indent=2))
+        return
+    forwarded = list(argv if argv is not None else sys.argv[1:])
+    done = emulated(args.cpu, [sys.executable, "-m", "bench.emulated_cpu", *forwarded],
+                    args.timeout)
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        raise SystemExit(done.returncode)
+    sys.stdout.write(done.stdout)
+
+
+if __name__ == "__main__":
+    main()
