@@ -223,9 +223,10 @@ def compile_cmd(ctx: click.Context, model: str, pretrained: str | None, force: b
     click.echo(f"image tower: {image['backend']} ({image.get('reason', '')})")
     if "agreement_int8_vs_fp32" in image:
         agree = image["agreement_int8_vs_fp32"]
-        speeds = ", ".join(f"{k} {v} img/s" for k, v in image["images_per_second"].items())
+        speeds = ", ".join(f"{k} {v} img/s"
+                           for k, v in image.get("images_per_second", {}).items())
         click.echo(f"int8 vs fp32: min cosine {agree['min_cos']} over {agree['probes']} "
-                   f"probe images; measured {speeds}")
+                   f"probe images" + (f"; measured {speeds}" if speeds else ""))
 
 
 @models.command()

@@ -83,11 +83,11 @@ def test_compiled_tiny_model_passes_its_checks_and_is_reused(tmp_path):
     assert_int8_only_where_it_passed(image)
     assert image["variants"][0]["variant"] == DEFAULT.name
     assert image["backend"] in (ONNX, ONNX_FP32) and torch_encoder is None, image
-    # With VNNI a kept int8 tower is not timed against torch; the fp32 one (int8 failed
-    # on the CPU at hand) is.
-    timed_against = set(image["images_per_second"]) - {image["backend"]}
-    assert image["backend"] in image["images_per_second"]
-    assert bool(timed_against) == (image["backend"] == ONNX_FP32), image
+    # With VNNI a kept int8 tower is not timed at all (nothing to compare it with); the
+    # fp32 one (int8 failed on the CPU at hand) is timed against torch.
+    timed = set(image.get("images_per_second", ()))
+    fp32 = image["backend"] == ONNX_FP32
+    assert (ONNX_FP32 in timed and len(timed) == 2) if fp32 else not timed, image
     # The best int8 tower tried stays for `--precision int8`, passed or not.
     assert compiled.text_tower is not None and (compiled.folder / IMAGE_INT8).is_file()
     # No work folders left (the lock file beside the folder stays).

@@ -293,21 +293,19 @@ def _choose(work: Path, probes: np.ndarray, checked: dict, meta: dict, guard: fl
         why = ("int8 rejected on this CPU " + (
             f"(best min cosine {best['min_cos']:.5f} < {guard})" if best else
             "(quantisation failed)") + ", using onnxruntime fp32")
-    _say("  [4/4] timing the chosen tower" + ("" if cpu.int8_dot_product and backend == ONNX
-                                             else " against torch"))
+    if backend == ONNX and cpu.int8_dot_product:
+        # int8 products run on dot-product instructions here, which no torch precision on a
+        # CPU beats twice over: with nothing to compare, nothing is timed (timing int8 alone
+        # cost a first index run ~1 CPU s of a 2-core machine for a figure nobody read).
+        return {"backend": ONNX, "reason": why + "; this CPU has int8 dot-product "
+                "instructions", **choice}, None
+    _say("  [4/4] timing the chosen tower against torch")
     encoder = OnnxImageEncoder(path, meta["model_id"], spec, meta["embed_dim"],
                                precision="int8" if backend == ONNX else "fp32")
-    alone = backend == ONNX and cpu.int8_dot_product  # a figure for compiled.json only
     try:
-        speed = {backend: _images_per_second(encoder.encode_pixels, probes,
-                                             rounds=1 if alone else 2)}
+        speed = {backend: _images_per_second(encoder.encode_pixels, probes)}
     finally:
         encoder.close()
-    if alone:
-        # int8 products run on dot-product instructions here, which no torch precision on a
-        # CPU beats twice over; timing torch would add ~3 s to a first run for nothing.
-        return {"backend": ONNX, "reason": why + "; this CPU has int8 dot-product "
-                "instructions", **choice, "images_per_second": _rounded(speed)}, None
     torch_encoder = load_torch()
     torch_name = f"torch-{torch_encoder.loaded.precision}"
     speed[torch_name] = _images_per_second(torch_encoder.encode_pixels, probes)
