@@ -43,6 +43,12 @@ def test_index_runs_yield_the_cpu_to_searches(tmp_path):
     assert jobs.state["done"] == jobs.state["total"] == 24  # progress came through
     assert jobs.state["nice"] == min(19, mine + BACKGROUND_NICE)  # the worker's priority
     assert nice(threading.get_native_id()) == mine  # this (the serving) thread: unchanged
+    # In the server's session (with autogroups a new session is a CPU group of its own,
+    # where nice +10 would not yield to the server), in a process group of its own (a
+    # Ctrl-C in the terminal reaches the server only, which stops the run itself).
+    if sys.version_info >= (3, 11):
+        assert jobs.state["session"] == os.getsid(0)
+        assert jobs.state["group"] not in (None, os.getpgid(0))
     assert finished and finished[0].startswith("shapes-tiny")
     with Library(tmp_path / "lib") as lib:
         assert lib.status().indexed == 48

@@ -33,6 +33,14 @@ def lower_priority() -> int | None:
     return os.nice(0)
 
 
+def placement() -> dict:
+    """The session and process group this run is in (the server checks it kept its own
+    session, whose CPU group its nice value counts in: jobs.py)."""
+    if not hasattr(os, "getsid"):
+        return {}
+    return {"session": os.getsid(0), "group": os.getpgid(0)}
+
+
 STOP = threading.Event()  # the run's cancel: set when the server is gone or asks
 
 
@@ -73,7 +81,7 @@ def main() -> int:
     except Exception as exc:  # shown on the page and in the events, never lost
         emit({"error": str(exc), "error_type": type(exc).__name__, "nice": nice})
         return 1
-    emit({"report": report.to_dict(), "model_id": model_id, "nice": nice})
+    emit({"report": report.to_dict(), "model_id": model_id, "nice": nice, **placement()})
     return 0
 
 

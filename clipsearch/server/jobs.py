@@ -90,6 +90,7 @@ class IndexJobs:
                 self.on_finish(end["model_id"])
         final = "stopped" if report.get("interrupted") else "done"
         self._set({**self.state, "state": final, "report": report, "nice": end.get("nice"),
+                   "session": end.get("session"), "group": end.get("group"),
                    "errors": len(report.get("skipped", ())), "finished": time.time()})
 
     def _talk(self, job: dict, stderr) -> dict | None:
@@ -97,7 +98,11 @@ class IndexJobs:
         worker = subprocess.Popen(
             [sys.executable, "-m", "clipsearch.server.index_worker"], text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=_same_code(),
-            start_new_session=True)  # a Ctrl-C in the terminal is the server's to pass on
+            # A process group of its own: a Ctrl-C in the terminal is the server's to pass on.
+            # Not a session of its own: with the kernel's autogroups (most desktops and
+            # servers) a new session is a new CPU group that gets a share equal to the
+            # server's whatever its nice value; in the server's session the nice +10 holds.
+            **_OWN_GROUP)
         self._worker = worker
         end = None
         try:
@@ -117,6 +122,11 @@ class IndexJobs:
             worker.wait()
             worker.stdout.close()
         return end
+
+
+# Python 3.10 has no process_group: a session of its own there (the old behaviour).
+_OWN_GROUP: dict = ({"process_group": 0} if sys.version_info >= (3, 11)
+                    else {"start_new_session": True})
 
 
 def _same_code() -> dict[str, str]:
