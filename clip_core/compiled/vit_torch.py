@@ -34,13 +34,17 @@ def image_encoder(ref: ModelRef, *, device: str, precision: str,
     weights file is one it reads and the device is the CPU, else open_clip's."""
     from clip_core.torch_backend.device import choose_device, choose_precision
     from clip_core.torch_backend.encoder import ClipEncoder
+    from clip_core.torch_backend.memory import keep_cpu_tower_small
 
     enc = None
     dev = choose_device(device)
     if dev == "cpu":
         enc = _file_encoder(ref, choose_precision(dev, precision), models_dir)
-    return enc or ClipEncoder.load(ref, device=device, precision=precision, towers=IMAGE,
-                                   models_dir=models_dir)
+    enc = enc or ClipEncoder.load(ref, device=device, precision=precision, towers=IMAGE,
+                                  models_dir=models_dir)
+    if dev == "cpu":  # after loading: the CUDA libraries' pages it read go too
+        keep_cpu_tower_small()
+    return enc
 
 
 def _file_encoder(ref: ModelRef, precision: str, models_dir: Path | None) -> Any:
