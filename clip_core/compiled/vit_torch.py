@@ -42,7 +42,7 @@ def image_encoder(ref: ModelRef, *, device: str, precision: str,
         enc = _file_encoder(ref, choose_precision(dev, precision), models_dir)
     enc = enc or ClipEncoder.load(ref, device=device, precision=precision, towers=IMAGE,
                                   models_dir=models_dir)
-    if dev == "cpu":  # after loading: the CUDA libraries' pages it read go too
+    if dev == "cpu":  # after loading: the pages of torch's libraries it read go too
         keep_cpu_tower_small()
     return enc
 

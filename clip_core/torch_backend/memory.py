@@ -1,16 +1,17 @@
 """Keeping the torch fallback's resident memory small on the CPU (issue 12: at most 1 GB).
 
-Two process-wide measures, taken when a torch image tower is loaded for the CPU:
+Importing torch reads pages of its shared libraries that a CPU index run never uses again:
+its CUDA build loads the CUDA libraries whatever the device (~140 MB of their pages resident
+after the import, libcublasLt alone ~60 MB), and the import's static set-up walks libtorch_cpu
+(~70 MB resident). Once the tower is loaded those pages leave this process's resident set:
+only read-only mappings with no written (copied) page are dropped, so whatever is needed
+after all (the CPU kernels a batch runs) is read back from the page cache, unchanged. ViT-B-32
+fp32: 145 MB of CUDA pages and ~55 MB of libtorch's dropped for good (docs/benchmarks.md).
 
-- glibc's malloc hands tensors of 2 MB and more back to the OS when freed. By default its
-  mmap threshold rises to the largest block freed so far (up to 32 MB), after which each
-  batch's activations come from the heap and stay there: ViT-B-32 fp32, 16 images a call,
-  grew the heap by ~90 MB; with the threshold held at 2 MB, ~40 MB less at the peak and no
-  slower (docs/benchmarks.md).
-- torch's CUDA build loads its CUDA libraries whatever the device, and loading them reads
-  ~140 MB of their pages (libcublasLt alone ~60 MB) that a CPU run never touches again.
-  Those pages leave this process's resident set: only read-only, never-written mappings of
-  those libraries are dropped, so a page needed after all is read back from the file.
+Tried and left out: holding glibc's mmap threshold at 2 MB, so that each batch's activations
+go back to the OS when freed (~40 MB less at the peak), cost 28% more CPU per ViT-B-32 fp32
+batch (1.56 -> 2.0 CPU s for 16 images: page faults), far over the few percent allowed; a
+single malloc arena (MALLOC_ARENA_MAX=1) saved ~8 MB.
 """
 
 from __future__ import annotations
@@ -21,24 +22,17 @@ import mmap
 import sys
 from functools import lru_cache
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 2 << 20
-# Libraries only a CUDA device uses: NVIDIA's wheels (nvidia/...) and torch's own CUDA part.
-CUDA_LIBRARIES = ("/nvidia/", "/libtorch_cuda", "/libc10_cuda", "/libcudnn", "/libnccl",
-                  "/libcusparseLt", "/libnvrtc", "/libnvJitLink", "/libcublas")
+# torch's libraries (torch/lib: libtorch_cpu, libtorch_cuda, ...) and NVIDIA's wheels.
+TORCH_LIBRARIES = ("/torch/lib/", "/nvidia/", "/libcudnn", "/libnccl", "/libcusparseLt",
+                   "/libnvrtc", "/libnvJitLink", "/libcublas")
 
 
-def keep_cpu_tower_small() -> None:
-    """Both measures above; each does nothing where it does not apply (not Linux, not
-    glibc, torch's CPU-only build)."""
+def keep_cpu_tower_small() -> int:
+    """Drop the pages above; returns the bytes dropped (0 where nothing could be: not Linux,
+    no /proc)."""
     if not sys.platform.startswith("linux"):
-        return
-    libc = _libc()
-    if libc is None:
-        return
-    if hasattr(libc, "mallopt"):
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    drop_library_pages(CUDA_LIBRARIES, libc)
+        return 0
+    return drop_library_pages(TORCH_LIBRARIES)
 
 
 def drop_library_pages(markers: tuple[str, ...], libc: ctypes.CDLL | None = None) -> int:
@@ -58,8 +52,8 @@ def drop_library_pages(markers: tuple[str, ...], libc: ctypes.CDLL | None = None
 def _clean_readonly_mappings(markers: tuple[str, ...]) -> list[tuple[int, int, int]]:
     """(start, end, resident bytes) of each mapping of /proc/self/smaps that matches: not
     writable, a file path with a marker, no anonymous (copied-on-write) page, some resident."""
-    found: list[tuple[int, int, int]] = []
-    current: list | None = None
+    found: list[list[int]] = []  # start, end, Rss, Anonymous
+    current: list[int] | None = None
     try:
         with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -70,7 +64,7 @@ def _clean_readonly_mappings(markers: tuple[str, ...]) -> list[tuple[int, int, i
                     if "w" not in first[1] and any(m in path for m in markers):
                         lo, hi = (int(x, 16) for x in first[0].split("-"))
                         current = [lo, hi, 0, 0]
-                        found.append(current)  # type: ignore[arg-type]
+                        found.append(current)
                 elif current is not None and first[0] == "Rss:":
                     current[2] = int(first[1]) * 1024
                 elif current is not None and first[0] == "Anonymous:":
@@ -82,11 +76,8 @@ def _clean_readonly_mappings(markers: tuple[str, ...]) -> list[tuple[int, int, i
 
 @lru_cache(maxsize=1)
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
         return None
-    if not hasattr(libc, "gnu_get_libc_version"):
-        return None  # mallopt's parameter numbers are glibc's
-    return libc
+    return libc if hasattr(libc, "madvise") else None
