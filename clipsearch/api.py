@@ -585,6 +585,7 @@ class Library:
 
             from clip_core.models.config import guess_preprocess
 
+            settings = self._index_settings(ref, settings)
             report = run_index(self.catalog, [i for i in root_ids if i is not None],
                                ref.model_id, get_encoder, settings, progress,
                                preprocess_hint=guess_preprocess(ref),
@@ -600,6 +601,18 @@ class Library:
             if not report.interrupted:
                 report.empty_roots = self._survey_empty(root_ids, settings)
             return report
+
+    def _index_settings(self, ref: ModelRef, settings: IndexSettings | None) -> IndexSettings:
+        """The run's settings: fewer files decoded ahead on torch (indexer.job.TORCH_PREFETCH)."""
+        from clip_core.compiled.load import runs_on_torch
+        from indexer.job import TORCH_PREFETCH
+
+        settings = settings or IndexSettings()
+        if settings.ray is None and settings.prefetch > TORCH_PREFETCH and runs_on_torch(
+                ref, device=self.device, precision=self.precision,
+                models_dir=self.models_dir, cache_dir=self.cache_dir):
+            settings = dataclasses.replace(settings, prefetch=TORCH_PREFETCH)
+        return settings
 
     def _worker_encoder(self, ref: ModelRef, settings: IndexSettings | None):
         """For a Ray run: how each worker builds the encoder image_encoder would pick."""

@@ -56,6 +56,13 @@ class Progress:
     errors: int = 0  # files that failed so far in this run (committed as error rows)
 
 
+# Files decoded ahead when the image tower runs on torch: at its ~10 img/s (ViT-B-32 fp32, 2
+# cores) the decoders keep any queue full, and 192 decoded files (~115 MB of pixels) only
+# held memory beside torch and its weights (fp32 index of 200 phone photos: 968 -> 894 MB
+# peak at 48; docs/benchmarks.md). Library.index lowers `prefetch` to it for such runs.
+TORCH_PREFETCH = 48
+
+
 @dataclass
 class IndexSettings:
     batch_size: int = 32

@@ -68,6 +68,11 @@ class LocalRun:
             tally(self.job.report, self.writer.flush())  # after a stop: only what is encoded
         finally:
             self._drop_queue()
+            # The writer's encode (a bound method) closes a cycle over this run, and through
+            # it the encoder: freed by a full garbage collection only, which the CLI skips
+            # at exit. Broken here, the encoder goes when its Library lets go of it (the
+            # torch fallback's 335 MB weights mapping was still resident at exit).
+            del self.writer
         return self.vanished
 
     def _step(self) -> bool:

@@ -47,6 +47,22 @@ def compiled_applies(device: str, precision: str) -> bool:
     return compile_supported()
 
 
+def runs_on_torch(ref: ModelRef, *, device: str = "auto", precision: str = "auto",
+                  models_dir: Path | None = None, cache_dir: Path | None = None) -> bool:
+    """Whether `ref`'s image tower will run on torch, as far as is known before it loads and
+    without importing torch: a torch precision or device, no onnxruntime, or a compiled model
+    that chose torch. False where it is not known yet: a first compile may still choose
+    torch, and `--device auto` with a GPU present is torch's to decide."""
+    if precision not in ("auto", "int8") or device not in ("auto", "cpu"):
+        return True
+    if device == "auto" and _gpu_present():
+        return False
+    if not compile_supported():
+        return True
+    compiled = find_compiled(ref, models_dir, cache_dir)
+    return compiled is not None and compiled.backend == TORCH
+
+
 def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto",
                   models_dir: Path | None = None, cache_dir: Path | None = None):
     """(CompiledModel, image encoder) for CPU use, compiling on first use; None when the

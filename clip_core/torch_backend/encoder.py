@@ -78,8 +78,10 @@ class ClipEncoder:
         with torch.inference_mode():
             for start in range(0, len(pixels), size):
                 chunk = pixels[start : start + size]
-                padded = np.zeros((size, *pixels.shape[1:]), np.float32)
-                padded[: len(chunk)] = chunk
+                padded = np.ascontiguousarray(chunk)  # a full chunk as it is (no 10 MB copy)
+                if len(chunk) < size or not padded.flags.writeable:
+                    padded = np.zeros((size, *pixels.shape[1:]), np.float32)
+                    padded[: len(chunk)] = chunk
                 batch = torch.from_numpy(padded).to(self.loaded.device, self._image_dtype)
                 features = self.loaded.model.encode_image(batch)[: len(chunk)]
                 out[start : start + len(chunk)] = features.float().cpu().numpy()
