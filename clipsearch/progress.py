@@ -18,8 +18,14 @@ class ProgressBar:
     def update(self, progress: Progress) -> None:
         if self.disable:
             return
+        # A first run with a model compiles it for this CPU (seconds) before any file is
+        # written: the bar says so rather than sit at 0.
+        note = progress.note if progress.stage != "indexing" and progress.note else None
+        desc = note[:1].upper() + note[1:] if note else "Indexing"
         if self.bar is None:
-            self.bar = tqdm(total=progress.total, unit="img", desc="Indexing", dynamic_ncols=True)
+            self.bar = tqdm(total=progress.total, unit="img", desc=desc, dynamic_ncols=True)
+        elif self.bar.desc.rstrip(": ") != desc:
+            self.bar.set_description(desc, refresh=False)
         if progress.workers is not None:  # a Ray run: the rate shown is the cluster's
             self.bar.set_postfix_str(f"{progress.workers} workers", refresh=False)
         self.bar.update(progress.done - self.bar.n)

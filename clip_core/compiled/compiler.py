@@ -45,7 +45,7 @@ from clip_core.compiled.int8_variants import Int8Variant, variant_order
 from clip_core.compiled.onnx_encoder import OnnxImageEncoder
 from clip_core.compiled.onnx_export import export_image_tower, quantise
 from clip_core.cpu import CpuFeatures
-from clip_core.encoders import GUARD_MIN_COS
+from clip_core.encoders import GUARD_MIN_COS, notify_loading
 from clip_core.models.files import ensure_local
 from clip_core.models.ref import ModelRef
 from clip_core.pixels.preprocess import PreprocessSpec, preprocess_batch
@@ -77,6 +77,9 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
     with these library versions) is recorded in the cache; any other error propagates, so
     one that may pass (disk full, no memory, shutdown under Ctrl-C) is retried next time."""
     ensure_local(ref, models_dir)  # a missing model: its message, not "Preparing ..." first
+    # An index run waiting for this model shows it (its progress bar): compiling here, or
+    # waiting below for another process's compile of it.
+    notify_loading("compiling", f"compiling {ref.name.rsplit('/', 1)[-1]} for this CPU (once)")
     target = folder_for(ref.model_id, cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "a+") as lock:
