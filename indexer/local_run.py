@@ -46,10 +46,6 @@ class LocalRun:
     def __init__(self, job: Job, todo: list[Candidate], known: Container[str],
                  retried: dict[str, FileRow], stop: StopRequest):
         self.job, self.todo, self.known, self.retried, self.stop = job, todo, known, retried, stop
-        self._progress_lock = threading.Lock()  # the loader thread reports a compile
-        loader = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model")
-        self.model: Future[ImageEncoder] = loader.submit(self._load_model)
-        loader.shutdown(wait=False)
         self.encoder: ImageEncoder | None = None
         self.spec = job.preprocess_hint  # until the model says otherwise
         settings = job.settings
@@ -60,6 +56,11 @@ class LocalRun:
         self.pending = iter(todo)
         self.done = 0
         self.vanished: list[str] = []
+        self._progress_lock = threading.Lock()  # the loader thread reports a compile
+        # Last: the loader thread may report progress at once, with all of the above set.
+        loader = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model")
+        self.model: Future[ImageEncoder] = loader.submit(self._load_model)
+        loader.shutdown(wait=False)
 
     def run(self) -> list[str]:
         try:

@@ -63,7 +63,8 @@ FP32_ONNX = IMAGE_FP32  # kept as the tower when no int8 variant passes
 
 def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
                   cache_dir: Path | None = None, force: bool = False,
-                  guard: float | None = None, cpu: CpuFeatures | None = None):
+                  guard: float | None = None, cpu: CpuFeatures | None = None,
+                  keep_encoder: bool = False):
     """Compile `ref` into the cache; returns (CompiledModel, torch encoder or None).
 
     `guard` (default GUARD_MIN_COS) is the min cosine an int8 variant must reach; `cpu`
@@ -73,7 +74,9 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
     One compile per model at a time on this machine (a lock file beside the folder): a second
     process waits, then uses the first one's result unless `force`. The torch encoder (image
     tower only, at the precision clipsearch picks) is returned when it was timed and won, so
-    the caller does not load the model a second time. Only an ExportFailure (the model's fate
+    the caller does not load the model a second time; with `keep_encoder`, so is the int8
+    tower it checked when that tower was chosen (its onnxruntime session, already built:
+    a first index run does not build it again). Only an ExportFailure (the model's fate
     with these library versions) is recorded in the cache; any other error propagates, so
     one that may pass (disk full, no memory, shutdown under Ctrl-C) is retried next time."""
     ensure_local(ref, models_dir)  # a missing model: its message, not "Preparing ..." first
@@ -89,11 +92,11 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
             return found, None
         return _compile_locked(ref, models_dir, target,
                                GUARD_MIN_COS if guard is None else guard,
-                               cpu or CpuFeatures.here())
+                               cpu or CpuFeatures.here(), keep_encoder)
 
 
 def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path,
-                    guard: float, cpu: CpuFeatures):
+                    guard: float, cpu: CpuFeatures, keep_encoder: bool = False):
     started = time.monotonic()
     # Said where people see it (stderr), step by step: the first run otherwise looks stuck.
     _say(f"Preparing {ref.display} for this CPU, once per model and machine (ViT-B-32: "
@@ -102,24 +105,36 @@ def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path,
     _sweep_stale(target)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     work.chmod(0o755)
+    encoder = None
     try:
         with quiet_libraries():
-            meta, torch_encoder = _compile_into(ref, models_dir, work, guard, cpu)
+            meta, encoder = _compile_into(ref, models_dir, work, guard, cpu)
         meta["key"] = key
         meta["compile_seconds"] = round(time.monotonic() - started, 2)
         (work / META_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         _install(work, target, key)
+    except BaseException:
+        if encoder is not None:
+            encoder.close()
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     compiled = CompiledModel(target, meta)
     log.info("compiled %s: %s", ref.display, meta["image"])
-    return compiled, (torch_encoder if compiled.backend == TORCH else None)
+    if compiled.backend == ONNX and encoder is not None:  # the checked int8 tower
+        if keep_encoder:
+            encoder.path = target / IMAGE_INT8  # its file, now in place
+        else:
+            encoder.close()
+            encoder = None
+    return compiled, encoder
 
 
 def _compile_into(ref: ModelRef, models_dir: Path | None, work: Path, guard: float,
                   cpu: CpuFeatures) -> tuple[dict, object | None]:
-    """Write the compiled files into `work`; returns (meta less its key, torch encoder when
-    torch won and was loaded to be timed)."""
+    """Write the compiled files into `work`; returns (meta less its key, the encoder of the
+    choice when one was made: torch when it won and was loaded to be timed, the int8 tower
+    that passed the check)."""
     from clip_core.torch_backend.encoder import ClipEncoder
 
     meta, probes, reference, failure, built = _export(ref, models_dir, work)
@@ -136,16 +151,16 @@ def _compile_into(ref: ModelRef, models_dir: Path | None, work: Path, guard: flo
     if failure is not None:
         meta["image"] = {"backend": TORCH, "reason": f"could not compile for onnxruntime, "
                          f"using torch (slower): {failure}"[:500]}
-    torch_encoder = None
+    encoder = None
     if checked is not None:
-        meta["image"], torch_encoder = _choose(
+        meta["image"], encoder = _choose(
             work, probes, checked, meta, guard, cpu,
             lambda: ClipEncoder.load(ref, device="cpu", precision="auto",
                                      towers=frozenset({"image"}), models_dir=models_dir))
     if meta["image"]["backend"] != ONNX_FP32:
         shutil.rmtree(work / FP32_DIR, ignore_errors=True)
     _say(f"  image tower: {meta['image']['reason']}")
-    return meta, torch_encoder
+    return meta, encoder
 
 
 def _export(ref: ModelRef, models_dir: Path | None, work: Path):
@@ -228,7 +243,8 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
     """Check the fp32 export (torch's exporter), then quantise with each variant in turn
     until one is within `guard` of fp32 on every probe. The best int8 tower tried becomes
     IMAGE_INT8 (for `--precision int8`); a built graph's fp32 file is written only when
-    none passed. Returns {"tried": [figures per variant], "best": figures or None}."""
+    none passed. Returns {"tried": [figures per variant], "best": figures or None,
+    "encoder": the passing variant's OnnxImageEncoder, still open, or None}."""
     spec = PreprocessSpec.from_open_clip(meta["preprocess"])
     if built is None:
         exported = _cosines(work / FP32_ONNX, spec, probes, reference)
@@ -237,6 +253,7 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
                                 f"(cosine {exported.min():.6f})")
     tried: list[dict] = []
     best: tuple[dict, Path] | None = None
+    passed = None  # its session is the one a first index run encodes with
     for i, variant in enumerate(variants):
         _say(f"  [3/4] int8 ({variant.name}): quantising, checking {len(probes)} probe images")
         folder = work / f"int8-{i}"  # its own folder: external-data files keep their names
@@ -249,7 +266,8 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
                     quantise(work / FP32_ONNX, folder / IMAGE_INT8, variant)
                 else:
                     built.save(folder / IMAGE_INT8, variant)
-            cos = _cosines(folder / IMAGE_INT8, spec, probes, reference)
+            cos, encoder = _checked(folder / IMAGE_INT8, spec, probes, reference,
+                                    meta["model_id"])
         except ExportFailure as exc:  # this variant's fate: the next may work
             tried.append({**figures, "error": str(exc)[:300]})
             shutil.rmtree(folder, ignore_errors=True)
@@ -263,8 +281,10 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
             best = (figures, folder)
         else:
             shutil.rmtree(folder, ignore_errors=True)
-        if figures["min_cos"] >= guard:
+        if figures["min_cos"] >= guard:  # the first to pass, so the best: the loop ends
+            passed = encoder
             break
+        encoder.close()
     if best is not None:
         for file in best[1].iterdir():
             file.rename(work / file.name)
@@ -272,12 +292,13 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
     if built is not None and (best is None or best[0]["min_cos"] < guard):
         with _recorded("writing the fp32 graph failed"):
             built.save(work / FP32_ONNX, None)
-    return {"tried": tried, "best": best[0] if best else None}
+    return {"tried": tried, "best": best[0] if best else None, "encoder": passed}
 
 
 def _choose(work: Path, probes: np.ndarray, checked: dict, meta: dict, guard: float,
             cpu: CpuFeatures, load_torch: Callable) -> tuple[dict, object | None]:
-    """(compiled.json's "image" entry, the torch encoder when it was loaded and won).
+    """(compiled.json's "image" entry, the encoder to index with when one is open: torch
+    when it was loaded and won, the checked int8 tower when it was not timed).
 
     The int8 tower that passed the guard, else the onnxruntime fp32 export (checked within
     EXPORT_MIN_COS), unless torch is measured over twice as fast."""
@@ -301,7 +322,9 @@ def _choose(work: Path, probes: np.ndarray, checked: dict, meta: dict, guard: fl
         # CPU beats twice over: with nothing to compare, nothing is timed (timing int8 alone
         # cost a first index run ~1 CPU s of a 2-core machine for a figure nobody read).
         return {"backend": ONNX, "reason": why + "; this CPU has int8 dot-product "
-                "instructions", **choice}, None
+                "instructions", **choice}, checked["encoder"]
+    if checked["encoder"] is not None:  # closed before torch loads: the compile's peak
+        checked["encoder"].close()
     _say("  [4/4] timing the chosen tower against torch")
     encoder = OnnxImageEncoder(path, meta["model_id"], spec, meta["embed_dim"],
                                precision="int8" if backend == ONNX else "fp32")
@@ -335,15 +358,24 @@ def _rounded(speed: dict[str, float]) -> dict[str, float]:
 
 def _cosines(onnx_path: Path, spec: PreprocessSpec, probes: np.ndarray,
              reference: np.ndarray) -> np.ndarray:
+    cos, encoder = _checked(onnx_path, spec, probes, reference, "probe")
+    encoder.close()
+    return cos
+
+
+def _checked(onnx_path: Path, spec: PreprocessSpec, probes: np.ndarray, reference: np.ndarray,
+             model_id: str) -> tuple[np.ndarray, OnnxImageEncoder]:
     """Cosine of each probe's vector from `onnx_path` (run as the encoder runs it: one image
-    a call, a call per core) with the fp32 torch model's. A graph onnxruntime refuses is
-    this model's fate; a failed run may not be (no memory, executors shut down at exit)."""
+    a call, a call per core) with the fp32 reference's, and that encoder, open. A graph
+    onnxruntime refuses is this model's fate; a failed run may not be (no memory, executors
+    shut down at exit)."""
     with _recorded(f"onnxruntime cannot load {onnx_path.name}"):
-        encoder = OnnxImageEncoder(onnx_path, "probe", spec, reference.shape[1])
+        encoder = OnnxImageEncoder(onnx_path, model_id, spec, reference.shape[1])
     try:
-        return (encoder.encode_pixels(probes) * reference).sum(axis=1)
-    finally:
+        return (encoder.encode_pixels(probes) * reference).sum(axis=1), encoder
+    except BaseException:
         encoder.close()
+        raise
 
 
 @contextlib.contextmanager
