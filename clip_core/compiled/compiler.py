@@ -3,11 +3,11 @@
 Steps, freeing memory as they go: load the model in fp32; write its text tower; build the
 image tower's fp32 ONNX graph from its weights (clip_core.compiled.vit_graph; a tower it
 does not know is exported by torch's exporter and checked against torch's forward instead)
-and take its vectors of 16 probe images as the reference; quantise to int8 with each variant
-in this CPU's order (clip_core.compiled.int8_variants) until one is within GUARD_MIN_COS of
-the reference, else keep the fp32 graph; drop the model; time the choice against torch
-unless int8 runs on dot-product instructions; write compiled.json; rename the folder into
-place. Each step is said on stderr.
+and take its vectors of 8 probe images (GUARD_PROBES) as the reference; quantise to int8
+with each variant in this CPU's order (clip_core.compiled.int8_variants) until one is within
+GUARD_MIN_COS of the reference, else keep the fp32 graph; drop the model; time the choice
+against torch unless int8 runs on dot-product instructions; write compiled.json; rename the
+folder into place. Each step is said on stderr.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ TORCH_MUST_BE_FASTER = 0.5  # int8 kept unless its isolated speed is under half 
 EXPORT_MIN_COS = 0.99999  # fp32 ONNX vs fp32 torch: only summation order may differ
 FP32_DIR = "fp32"  # the fp32 export, with any external-data files (towers > 2 GB)
 FP32_ONNX = IMAGE_FP32  # kept as the tower when no int8 variant passes
+# Probe images the guard checks (the int8 text tower checks 8 probe texts). 8, not 16: the
+# fp32 reference of each costs ViT-B-32 ~120 CPU ms, on a first index run's critical path.
+# The worst of the first 8 was within 4e-5 of the worst of 16 for every variant (ViT-B-32
+# random, shapes-tiny), where the guard's margin is 1e-3 and a saturating CPU's failure
+# (AVX2 without VNNI: mean 0.970) shows on every probe (docs/benchmarks.md).
+GUARD_PROBES = 8
 
 
 def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
@@ -182,7 +188,7 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
         meta = {"model_id": ref.model_id, "embed_dim": source.embed_dim,
                 "preprocess": source.preprocess.to_dict(),
                 "loaded_from": "weights file, without torch"}
-        probes = preprocess_batch(probe_images(), source.preprocess)
+        probes = preprocess_batch(probe_images(GUARD_PROBES), source.preprocess)
         (work / FP32_DIR).mkdir()
         return _reference(meta, probes, Built(source, source.vision))
 
@@ -200,7 +206,7 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
     except UnsupportedTextTower as exc:
         meta["text"] = f"stays on torch: {exc}"
     drop_unused_towers(full.loaded.model, frozenset({"image"}))
-    probes = preprocess_batch(probe_images(), full.preprocess)
+    probes = preprocess_batch(probe_images(GUARD_PROBES), full.preprocess)
     (work / FP32_DIR).mkdir()
     try:
         weights = vit_weights(full.loaded.model.visual, full.preprocess.hw)
