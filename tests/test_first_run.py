@@ -52,6 +52,7 @@ def test_the_bar_says_compiling_then_indexing(capsys):
         bar.update(Progress(3, 3, "c.jpg"))
     shown = capsys.readouterr().err  # what the terminal gets (tqdm redraws on one line)
     at = shown.index("Compiling ViT-B-32 for this CPU (once):   0%")
+    assert "\n" in shown[at:shown.index("Indexing")]  # the compile's lines come below it
     assert "Indexing: 100%" in shown[at:]
     assert "Compiling" not in shown[shown.index("Indexing"):]
 
