@@ -144,7 +144,7 @@ def session(model: Any, arrays: dict[str, np.ndarray], threads: int = 1,
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    # Prepacking copies every fp32 matrix (ViT-B-32: +350 MB) for a run over 16 probes.
+    # Prepacking copies every fp32 matrix (ViT-B-32: +350 MB) for a run over a few probes.
     options.add_session_config_entry("session.disable_prepacking", "1")
     if not fusions:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
