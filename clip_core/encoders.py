@@ -6,6 +6,9 @@ compiled onnxruntime encoder (clip_core.compiled) and the text towers all import
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -58,3 +61,28 @@ class ImageEncoder(Protocol):
 def l2_normalise(features: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+# What making an encoder is busy with, said to whoever waits for it (indexer.local_run shows a
+# first run's compile in its progress). Per thread: set where the encoder is made.
+_loading_notice: ContextVar[Callable[[str, str], None] | None] = ContextVar(
+    "clipsearch_loading_notice", default=None)
+
+
+@contextlib.contextmanager
+def loading_notices(callback: Callable[[str, str], None]) -> Iterator[None]:
+    """Encoders made in this block (this thread) tell `callback(stage, note)` what they
+    are doing."""
+    token = _loading_notice.set(callback)
+    try:
+        yield
+    finally:
+        _loading_notice.reset(token)
+
+
+def notify_loading(stage: str, note: str) -> None:
+    """Said by an encoder's maker before a long step: ("compiling", "compiling ViT-B-32 for
+    this CPU (once)")."""
+    callback = _loading_notice.get()
+    if callback is not None:
+        callback(stage, note)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
@@ -18,8 +19,18 @@ class ProgressBar:
     def update(self, progress: Progress) -> None:
         if self.disable:
             return
+        # A first run with a model compiles it for this CPU (seconds) before any file is
+        # written: the bar says so rather than sit at 0.
+        note = progress.note if progress.stage != "indexing" and progress.note else None
+        desc = note[:1].upper() + note[1:] if note else "Indexing"
         if self.bar is None:
-            self.bar = tqdm(total=progress.total, unit="img", desc="Indexing", dynamic_ncols=True)
+            self.bar = tqdm(total=progress.total, unit="img", desc=desc, dynamic_ncols=True)
+            if note:  # the compile's own lines (stderr) then start on a line of their own
+                sys.stderr.write("\n")
+        elif self.bar.desc.rstrip(": ") != desc:
+            self.bar.set_description(desc, refresh=False)
+            if not note:  # the rate and time left count from the first file, not the compile
+                self.bar.reset(total=progress.total)
         if progress.workers is not None:  # a Ray run: the rate shown is the cluster's
             self.bar.set_postfix_str(f"{progress.workers} workers", refresh=False)
         self.bar.update(progress.done - self.bar.n)

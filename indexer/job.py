@@ -54,6 +54,10 @@ class Progress:
     path: str | None = None
     workers: int | None = None  # encoder workers of a Ray cluster run (None: this process)
     errors: int = 0  # files that failed so far in this run (committed as error rows)
+    # "indexing", or "compiling" while a first run compiles the model for this CPU (files
+    # are decoded meanwhile; none is written yet): `note` then says what, for people.
+    stage: str = "indexing"
+    note: str | None = None
 
 
 # Files decoded ahead when the image tower runs on torch: at its ~10 img/s (ViT-B-32 fp32, 2

@@ -9,6 +9,7 @@ torch, building the model) overlaps the first images' decoding instead of preced
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Container
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,7 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
-from clip_core.encoders import ImageEncoder
+from clip_core.encoders import ImageEncoder, loading_notices
 from clip_core.pixels.preprocess import same_preprocess
 from store import FileRow
 
@@ -45,9 +46,6 @@ class LocalRun:
     def __init__(self, job: Job, todo: list[Candidate], known: Container[str],
                  retried: dict[str, FileRow], stop: StopRequest):
         self.job, self.todo, self.known, self.retried, self.stop = job, todo, known, retried, stop
-        loader = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model")
-        self.model: Future[ImageEncoder] = loader.submit(job.get_encoder)
-        loader.shutdown(wait=False)
         self.encoder: ImageEncoder | None = None
         self.spec = job.preprocess_hint  # until the model says otherwise
         settings = job.settings
@@ -58,6 +56,11 @@ class LocalRun:
         self.pending = iter(todo)
         self.done = 0
         self.vanished: list[str] = []
+        self._progress_lock = threading.Lock()  # the loader thread reports a compile
+        # Last: the loader thread may report progress at once, with all of the above set.
+        loader = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model")
+        self.model: Future[ImageEncoder] = loader.submit(self._load_model)
+        loader.shutdown(wait=False)
 
     def run(self) -> list[str]:
         try:
@@ -119,6 +122,20 @@ class LocalRun:
                                  f"run expects {self.job.model_id}")
             return encoder
 
+    def _load_model(self) -> ImageEncoder:
+        with loading_notices(self._loading):
+            return self.job.get_encoder()
+
+    def _loading(self, stage: str, note: str) -> None:
+        """The model's maker says what it is doing (a first run's compile): progress says
+        so until the first file is written."""
+        self._report(Progress(self.done, len(self.todo), stage=stage, note=note))
+
+    def _report(self, progress: Progress) -> None:
+        if self.job.progress:
+            with self._progress_lock:
+                self.job.progress(progress)
+
     def _use(self, encoder: ImageEncoder) -> bool:
         """Take the loaded model; False when the preprocessing guessed from its config was
         wrong, so the files loaded with the guess must be loaded again."""
@@ -149,9 +166,7 @@ class LocalRun:
             report.known_errors += 1  # retried, failed the same way: no rewrite
         else:
             tally(report, self.writer.add(loaded))
-        if self.job.progress:
-            self.job.progress(Progress(self.done, len(self.todo), path,
-                                       errors=len(report.skipped)))
+        self._report(Progress(self.done, len(self.todo), path, errors=len(report.skipped)))
 
     def _drop_queue(self) -> None:
         """Drop queued work at once (Ctrl-C, error, or done); committed batches stay."""

@@ -452,13 +452,13 @@ def test_a_variant_that_fails_the_guard_hands_over_to_the_next(tmp_path, monkeyp
     """The first variant tried (U8S8 on a VNNI CPU) made to fail as on an AVX2-only CPU: the
     next one is tried and recorded with both variants' figures, and kept where it passes (on
     whatever CPU runs this)."""
-    real = compiler._cosines
+    real = compiler._checked
 
     def first_saturates(path, *args):
-        cos = real(path, *args)
-        return cos - 0.05 if path.parent.name == "int8-0" else cos  # 0.95 as on that EPYC
+        cos, encoder = real(path, *args)
+        return (cos - 0.05 if path.parent.name == "int8-0" else cos), encoder  # as on that EPYC
 
-    monkeypatch.setattr(compiler, "_cosines", first_saturates)
+    monkeypatch.setattr(compiler, "_checked", first_saturates)
     ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
     compiled, _ = compile_model(ref, cache_dir=tmp_path / "cache", cpu=AVX512_VNNI)
     image = compiled.meta["image"]

@@ -34,7 +34,7 @@ class Built:
         from clip_core.encoders import l2_normalise
 
         model, arrays = vit_graph.build(self.weights)
-        session = vit_graph.session(model, arrays)
+        session = vit_graph.session(model, arrays, fusions=False)  # run once: no fusing
         self._release_pages()  # onnxruntime made its own copy of every weight
         try:
             with ThreadPoolExecutor(available_cores()) as pool:

@@ -10,7 +10,7 @@ plain ViT's safetensors file without torch: clip_core.compiled.weights_file) and
   by torch) quantised to int8 (dynamic), used by default only when it passes two checks
   made here, on this machine
   (`--precision int8` uses it regardless):
-  1. agreement: on 16 photo-like probe images (clip_core.pixels.probes) every int8 vector is
+  1. agreement: on 8 photo-like probe images (clip_core.pixels.probes) every int8 vector is
      within cosine GUARD_MIN_COS (0.999) of the fp32 model's. The int8 variants
      (clip_core.compiled.int8_variants: 7-bit weights on x86 without VNNI, whose kernels saturate
      otherwise) are tried in an order chosen for this CPU until one passes; the best is kept;

