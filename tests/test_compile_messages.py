@@ -31,7 +31,7 @@ def test_a_first_index_run_shows_the_compile_steps_and_the_towers_choice(tmp_pat
     # the timing step runs unless int8 won on dot-product instructions, and the line says so
     timed = steps[-1].startswith("[4/4]")
     assert timed != chosen[0].endswith("this CPU has int8 dot-product instructions"), out.stderr
-    # e.g. "image tower: int8 (u8s8) kept: min cosine 0.99996 >= 0.999 on 8 probe images"
+    # e.g. "image tower: int8 (u8s8) kept: min cosine 0.99996 >= 0.999 on 16 probe images"
     assert " kept: min cosine " in chosen[0] or "int8 rejected on this CPU" in chosen[0]
     assert lines[0].startswith("Preparing local-dir:")
     assert not [line for line in lines if line.startswith(("WARNING:", "Traceback"))
