@@ -1,4 +1,5 @@
-"""Running the server: bind, print the URL, answer until Ctrl-C or SIGTERM, stop cleanly.
+"""Running the server: bind, print the URL, answer until Ctrl-C or SIGTERM, stop cleanly
+(with `--workers N`, in N processes on one port: workers.py).
 
 On a stop signal the index run in flight is asked to stop (it commits the batch it holds),
 event streams end, and the warm library is closed after uvicorn has finished its requests.
@@ -18,6 +19,7 @@ from clipsearch.remote import remove_server_file, write_server_file
 
 from .app import create_app
 from .config import ServeConfig, check_binding
+from .workers import Workers, warm
 
 
 class _Server(uvicorn.Server):
@@ -40,12 +42,16 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, spread: bool = False) -> socket.socket:
+    """`spread`: a socket of several on one port (SO_REUSEPORT), one per serving process;
+    the kernel spreads new connections over them (server/workers.py)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are
     # TCP, and without it a keep-alive response waits ~40 ms for the client's delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if spread:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host.strip("[]"), port))
     sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     sock.set_inheritable(True)
@@ -65,8 +71,11 @@ def serve(lib: Library, config: ServeConfig,
     check_binding(config)
     guard = create_app(lib, config)
     app = guard.app
-    sock = bind(config.host, config.port)
+    spread = config.workers > 1
+    sock = bind(config.host, config.port, spread)
     port = sock.getsockname()[1]
+    # --workers N: N-1 more serving processes on this port; this one owns index runs.
+    workers = (Workers(lib, config, app.state.jobs, port, say=announce) if spread else None)
 
     stop = threading.Event()
 
@@ -74,6 +83,8 @@ def serve(lib: Library, config: ServeConfig,
         stop.set()
         app.state.stopping = True
         app.state.jobs.stop(timeout=0)  # only ask here; joined below
+        if workers is not None:
+            workers.stop()  # they stop at the same time as this one
 
     if config.watch:
         if app.state.read_only:
@@ -85,16 +96,25 @@ def serve(lib: Library, config: ServeConfig,
         with contextlib.suppress(OSError):  # a read-only library: the CLI works in-process
             write_server_file(lib.path, config.host, port, config.token)
         announce(f"clipsearch serves {lib.path} at {url_of(config, port)}"
+                 + (f"  ({config.workers} processes)" if spread else "")
                  + ("  (read-only)" if app.state.read_only else "")
                  + ("  (watching the roots)" if config.watch else ""))
 
     server = _Server(uvicorn.Config(guard, log_level="warning", lifespan="off",
                                     timeout_graceful_shutdown=5), stopping, ready)
     try:
+        if workers is not None:
+            workers.start(config.workers - 1)
+            warm(app)  # meanwhile the others warm up too
+            workers.wait_ready(timeout=300)
         server.run(sockets=[sock])
     finally:
         remove_server_file(lib.path)
+        if workers is not None:
+            workers.stop()
         app.state.jobs.stop(timeout=120)  # the run commits its batch in flight
+        if workers is not None:
+            workers.join(timeout=30)
         app.state.readers.close()  # before the caller closes the library
         sock.close()
 
