@@ -182,3 +182,19 @@ def test_workers_above_one_are_refused_where_the_port_cannot_be_shared(monkeypat
     assert check_binding(ServeConfig(workers=1)).workers == 1
     monkeypatch.setattr(config.sys, "platform", "linux")
     assert 1 <= config.default_workers() <= min(4, os.cpu_count() or 1)
+
+
+def test_read_only_holds_in_every_process(tmp_path):
+    lib_dir = indexed_library(tmp_path)
+    proc, base = start_server(lib_dir, "--workers", "2", "--read-only")
+    try:
+        conns = connections_by_pid(base, 2)
+        assert len(conns) == 2
+        for conn in conns.values():
+            status, body = ask(conn, "/api/index", "POST")
+            assert status == 403 and "read-only" in body["error"]
+            assert ask(conn, "/api/status")[1]["read_only"] is True
+            conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
