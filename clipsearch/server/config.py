@@ -32,8 +32,8 @@ class ServeConfig:
 
 def default_workers() -> int:
     """Serving processes for `clipsearch serve`: one per usable core, at most 4 (each holds
-    a warm Library of its own), and 1 where the kernel does not spread one port's
-    connections over several processes (SO_REUSEPORT balancing: Linux)."""
+    a warm Library of its own), and 1 where connections cannot be passed between
+    processes (server/workers.py)."""
     if not can_spread():
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -41,7 +41,8 @@ def default_workers() -> int:
 
 
 def can_spread() -> bool:
-    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+    # Sockets passed over Unix sockets (SCM_RIGHTS); tried and tested on Linux.
+    return sys.platform.startswith("linux") and hasattr(socket, "send_fds")
 
 
 def is_loopback(host: str) -> bool:
@@ -69,6 +70,6 @@ def check_binding(config: ServeConfig) -> ServeConfig:
     if config.workers < 1:
         raise ValueError("--workers must be at least 1")
     if config.workers > 1 and not can_spread():
-        raise ValueError("--workers above 1 needs a kernel that spreads one port's "
-                         "connections over several processes (SO_REUSEPORT on Linux)")
+        raise ValueError("--workers above 1 passes connections between processes over Unix "
+                         "sockets, which clipsearch does only on Linux: use --workers 1")
     return config

@@ -1,11 +1,12 @@
 """A serving process of `clipsearch serve --workers N` other than the owner (workers.py):
-`python -m clipsearch.server.serve_worker FD`, FD its end of the link to the owner.
+`python -m clipsearch.server.serve_worker LINK CONNS`, the file descriptors of its link to
+the owner (JSON lines) and of the socket the owner passes it connections through.
 
-It opens the library with the owner's model and settings, answers one query to warm up,
-binds a socket of its own on the owner's port (SO_REUSEPORT) and serves the same app.
-Index runs are the owner's: `POST /api/index` asks it over the link, and the run's state
-(/api/status, the progress events) is the one the owner last sent. The link's end (the
-owner stopping, or dying) stops this process.
+It opens the library with the owner's model and settings, answers one query to warm up
+and serves the same app on every connection the owner passes it, reporting how many have
+ended. Index runs are the owner's: `POST /api/index` asks it over the link, and the run's
+state (/api/status, the progress events) is the one the owner last sent. The link's end
+(the owner stopping, or dying) stops this process.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class OwnersJobs:
 
 def main(argv: list[str]) -> int:
     link = Link(socket.socket(fileno=int(argv[1])))
+    conns = socket.socket(fileno=int(argv[2]))
     messages = link.messages()
     first = next(messages, None)
     if first is None:  # the owner ended before it said anything
@@ -112,28 +114,48 @@ def main(argv: list[str]) -> int:
 
     from .app import create_app
     from .config import ServeConfig
-    from .run import _Server, bind
+    from .run import _Server
 
     config = ServeConfig(**setup["config"])
     with Library(setup["path"], **setup["options"]) as lib:
         guard = create_app(lib, config, jobs=jobs)
         app = guard.app
         warm(app)
-        sock = bind(config.host, setup["port"], spread=True)
 
         def stopping() -> None:  # a signal sent to this process itself
             app.state.stopping = True
 
+        reported = [0]
+
+        def report(server: _Server) -> None:  # how many have ended: the owner deals by it
+            if server.closed != reported[0]:
+                reported[0] = server.closed
+                link.send({"closed": server.closed})
+
         server = _Server(uvicorn.Config(guard, log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=5),
-                         stopping, lambda: link.send({"ready": os.getpid()}))
+                         stopping, lambda: link.send({"ready": os.getpid()}), report)
         running.update(server=server, app=app)
+        threading.Thread(target=take_connections, args=(conns, server), daemon=True,
+                         name="clipsearch-connections").start()
         try:
-            server.run(sockets=[sock])
+            server.run(sockets=[])  # no socket of its own: the owner's connections
         finally:
             app.state.readers.close()  # before the library closes
-            sock.close()
     return 0
+
+
+def take_connections(conns: socket.socket, server: object) -> None:
+    """Serve each connection the owner passes, until it closes its end."""
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(conns, 1, 8)
+        except OSError:
+            return
+        if not data and not fds:  # the owner's end is closed
+            return
+        for fd in fds:
+            server.take(socket.socket(fileno=fd))  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

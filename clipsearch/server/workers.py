@@ -2,18 +2,25 @@
 
 One process's searches share one GIL: one client already kept it busy, and 8 clients got
 0.84x of one client's rate (docs/benchmarks.md). So the process the CLI started (the
-owner) serves as a single server does and alone runs index runs, `--watch` and the server
-file, and it starts N-1 more (serve_worker.py), each with a warm Library and a socket of
-its own on the same port: with SO_REUSEPORT the kernel spreads new connections over them.
+owner) starts N-1 more (serve_worker.py), each with a warm Library, and it alone runs
+index runs, `--watch` and the server file.
 
-Each is linked to the owner by a socketpair carrying JSON lines: the owner sends the setup,
-then every change of its index run's state (so /api/status and the progress events read
-the same everywhere); a worker asks it to start a run and passes on its answer. The end of
-the link (the owner stopping, or dying) stops the worker.
+The owner alone listens: it accepts each connection and deals it to the process with the
+fewest open connections (itself included), passing the socket over a Unix socketpair
+(SCM_RIGHTS); the process serves it to its end (keep-alive included). The kernel's own
+spreading (SO_REUSEPORT) hashes connections: 8 clients on 2 processes landed 6/2 or 7/1
+often enough that one process idled while the other was GIL-bound.
+
+Each worker is also linked to the owner by a stream socketpair carrying JSON lines: the
+owner sends the setup, then every change of its index run's state (so /api/status and the
+progress events read the same everywhere); a worker asks it to start a run and passes on
+its answer, and reports how many of its connections have ended. The end of the link (the
+owner stopping, or dying) stops the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -64,8 +71,11 @@ class Link:
 class _Worker:
     proc: subprocess.Popen
     link: Link
+    conns: socket.socket  # where accepted connections go (SCM_RIGHTS)
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)
     gone: bool = False
+    dealt: int = 0  # connections passed to it
+    closed: int = 0  # of those, ended (as it last reported)
 
 
 def child_options(lib: Any) -> dict:
@@ -76,19 +86,21 @@ def child_options(lib: Any) -> dict:
 
 
 class Workers:
-    """The owner's side: starts the other serving processes, tells them every change of
-    the index run's state, starts the runs they ask for, stops them."""
+    """The owner's side: starts the other serving processes, deals them connections, tells
+    them every change of the index run's state, starts the runs they ask for, stops them."""
 
-    def __init__(self, lib: Any, config: Any, jobs: Any, port: int,
-                 say: Callable[[str], None] = print):
+    def __init__(self, lib: Any, config: Any, jobs: Any, say: Callable[[str], None] = print):
         self.jobs = jobs
         self.say = say
-        self.setup = {"path": str(lib.path), "options": child_options(lib), "port": port,
+        self.setup = {"path": str(lib.path), "options": child_options(lib),
                       "config": dataclasses.asdict(config)}
         self.workers: list[_Worker] = []
         self._lock = threading.Lock()  # the list, and the order of state messages
         self._changed = threading.Event()
         self._stopping = False
+        self._listener: socket.socket | None = None
+        self._own: Any = None  # this process's server (run._Server)
+        self._own_dealt = 0
 
     def start(self, count: int) -> None:
         self.jobs.on_change = self._changed.set
@@ -99,14 +111,17 @@ class Workers:
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
+        conns, their_conns = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = (theirs.fileno(), their_conns.fileno())
         proc = subprocess.Popen(
-            [sys.executable, "-m", "clipsearch.server.serve_worker", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=_same_code(),
+            [sys.executable, "-m", "clipsearch.server.serve_worker", *map(str, fds)],
+            pass_fds=fds, stdin=subprocess.DEVNULL, env=_same_code(),
             # A group of its own, like the index worker: a Ctrl-C in the terminal is the
             # owner's, which stops the workers by ending their links.
             **_OWN_GROUP)
         theirs.close()
-        worker = _Worker(proc, Link(ours))
+        their_conns.close()
+        worker = _Worker(proc, Link(ours), conns)
         with self._lock:  # the state in the setup, then every later change, in order
             worker.link.send({"setup": self.setup, "index": self._index_state()})
             self.workers.append(worker)
@@ -118,7 +133,9 @@ class Workers:
 
     def _follow(self, worker: _Worker) -> None:
         for message in worker.link.messages():
-            if "ready" in message:
+            if "closed" in message:
+                worker.closed = message["closed"]
+            elif "ready" in message:
                 worker.ready.set()
             elif "ask" in message:
                 worker.link.send({"reply": message["ask"], **self._start_run(message)})
@@ -154,14 +171,57 @@ class Workers:
             worker.ready.wait(timeout)
         return sum(1 for w in self.workers if w.ready.is_set() and not w.gone)
 
+    # -- dealing connections (in the owner's event loop) ----------------------------------
+    def deal(self, listener: socket.socket, own: Any) -> None:
+        """Accept on `listener` from now on, in the running event loop, and deal each
+        connection to the process with the fewest open ones (`own`: this process's)."""
+        self._listener, self._own = listener, own
+        listener.setblocking(False)
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        while self._listener is not None:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # BlockingIOError: none left for now
+                return
+            self._hand(conn)
+
+    def _hand(self, conn: socket.socket) -> None:
+        ready = [w for w in self.workers if w.ready.is_set() and not w.gone]
+        own_open = self._own_dealt - self._own.closed
+        worker = min(ready, key=lambda w: w.dealt - w.closed, default=None)
+        if worker is not None and worker.dealt - worker.closed < own_open:
+            try:
+                socket.send_fds(worker.conns, [b"c"], [conn.fileno()])
+            except OSError:  # it has ended: serve it here
+                worker.gone = True
+            else:
+                worker.dealt += 1
+                conn.close()  # this process's copy
+                return
+        self._own_dealt += 1
+        self._own.take(conn)
+
+    def _stop_dealing(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(listener.fileno())
+
     @property
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self.workers]
 
     def stop(self) -> None:
-        """Ask every worker to stop (the end of its link); returns at once."""
+        """Stop dealing and ask every worker to stop (the end of its link); returns at
+        once (from a signal handler too)."""
         self._stopping = True
         self._changed.set()
+        own = self._own
+        if own is not None and own._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended
+                own._loop.call_soon_threadsafe(self._stop_dealing)
         for worker in self.workers:
             worker.link.end_sending()
 
@@ -175,6 +235,7 @@ class Workers:
                 worker.proc.kill()
                 worker.proc.wait()
             worker.link.close()
+            worker.conns.close()
 
 
 def warm(app: Any) -> None:
