@@ -62,15 +62,15 @@ def start_server(library: Path, *args: str) -> tuple[subprocess.Popen, int]:
     return server, int(match.group(1))
 
 
-def serving(port: int) -> dict:
-    """The server's processes (`--workers`) and their memory (MB): resident, and the
-    proportional share (PSS: pages shared between them, such as the mapped vector index
-    and model files, counted once in the sum)."""
+def serving(port: int, owner: int) -> dict:
+    """The server's processes (`--workers`; `owner`: the one started) and their memory
+    (MB): resident, and the proportional share (PSS: pages shared between them, such as
+    the mapped vector index and model files, counted once in the sum)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", "/api/status")
-    owner = json.loads(conn.getresponse().read())["serving"]
+    workers = json.loads(conn.getresponse().read())["serving"]["workers"]
     conn.close()
-    pids = [owner["pid"], *_serving_children(owner["pid"])]
+    pids = [owner, *_serving_children(owner)]
     rss = pss = 0.0
     for pid in pids:
         with contextlib.suppress(OSError):
@@ -78,7 +78,8 @@ def serving(port: int) -> dict:
                 if line.startswith(("Rss:", "Pss:")):
                     kb = int(line.split()[1]) / 1024
                     rss, pss = (rss + kb, pss) if line.startswith("Rss:") else (rss, pss + kb)
-    return {"workers": owner["workers"], "rss_mb": round(rss, 1), "pss_mb": round(pss, 1)}
+    return {"workers": workers, "processes": len(pids), "rss_mb": round(rss, 1),
+            "pss_mb": round(pss, 1)}
 
 
 def _serving_children(pid: int) -> list[int]:
@@ -155,7 +156,7 @@ def part_a(library: Path, model: list[str], queries: int, cold_runs: int) -> dic
         # Every process warm: each answered queries (one connection each lands anywhere).
         for _ in range(8):
             timed_gets(port, search_paths(3))
-        memory = serving(port)
+        memory = serving(port, server.pid)
     finally:
         conn.close()
         stop(server)
@@ -164,7 +165,8 @@ def part_a(library: Path, model: list[str], queries: int, cold_runs: int) -> dic
             "http_errors": errors, "cli_cold_s": statistics.median(cold),
             "cli_with_server_s": statistics.median(served),
             "cli_with_server_vs_cold": statistics.median(served) / statistics.median(cold),
-            "serve_workers_a": memory["workers"], "server_rss_mb_100k": memory["rss_mb"],
+            "serve_workers_a": memory["workers"], "server_processes_a": memory["processes"],
+            "server_rss_mb_100k": memory["rss_mb"],
             "server_pss_mb_100k": memory["pss_mb"]}
 
 
@@ -253,7 +255,7 @@ def part_b(clients: int, per_client: int) -> dict:
             timed_gets(port, [f"/api/thumbnail/{big_id}?size=256"])  # made and cached
             cached, _ = timed_gets(port, [f"/api/thumbnail/{big_id}?size=256"] * 100)
             timed_gets(port, search_paths(10))
-            workers = serving(port)["workers"]
+            workers = serving(port, server.pid)["workers"]
             single, _ = timed_gets(port, search_paths(per_client))
             single_qps = per_client / (sum(single) / 1000)
             # 3600 to index: enough that the run is still writing when the clients end
