@@ -1,7 +1,8 @@
 """`clipsearch serve --workers N`: several real serving processes on one port. Searches are
-answered by more than one process; an index run started through any of them is one run
-whose progress reaches clients of every process, and whose vectors every process finds;
-a stop signal to the server stops them all; `--workers 1` is one process, as before."""
+answered by more than one process, each new connection by the one with the fewest open; an
+index run started through any of them is one run whose progress reaches clients of every
+process, and whose vectors every process finds; a stop signal to the server stops them all;
+`--workers 1` is one process, as before."""
 
 from __future__ import annotations
 
@@ -84,6 +85,11 @@ def test_several_processes_answer_on_one_port_and_stop_together(tmp_path, sig):
         assert len(workers) == 1  # the other serving process, nothing else yet
         conns = connections_by_pid(base, 2)
         assert set(conns) == {proc.pid, *workers}, "one process answered every connection"
+        # Each new connection goes to the process with the fewest open: 2 more, one each.
+        more = [connect(base) for _ in range(2)]
+        assert sorted(ask(c, "/api/status")[1]["serving"]["pid"] for c in more) == sorted(conns)
+        for c in more:
+            c.close()
         for pid, conn in conns.items():  # each answers searches on its own connections
             status, body = ask(conn, "/api/search?q=a+red+circle&limit=3")
             assert status == 200 and "red-circle" in body["results"][0]["path"], pid
@@ -172,7 +178,7 @@ def test_one_worker_is_one_process_as_before(tmp_path):
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
 
 
-def test_workers_above_one_are_refused_where_the_port_cannot_be_shared(monkeypatch):
+def test_workers_above_one_are_refused_where_connections_cannot_be_passed(monkeypatch):
     from clipsearch.server import ServeConfig, check_binding, config
 
     monkeypatch.setattr(config.sys, "platform", "darwin")
