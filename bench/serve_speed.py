@@ -8,12 +8,15 @@ A. On LIBRARY (the 100k synthetic library of `make bench`): the warm in-process 
 B. On a temporary shapes-tiny library: the first thumbnail of a 12 MP JPEG (one core): a
    photo-like one (the target figure), the phone set's (when cached) and a noise worst case;
    a cached one over HTTP; 8 clients x 200 queries each while an index run writes.
+The server runs with its default number of processes (`--workers`: one per core, at most
+4) unless --workers says; the JSON names the count and (part A) their memory at 100k.
 Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -43,9 +46,13 @@ def console(*args: str) -> list[str]:
     return [sys.executable, "-c", CONSOLE_SCRIPT, *args]
 
 
+WORKERS: list[str] = []  # ["--workers", N] when asked; else the server's default
+
+
 def start_server(library: Path, *args: str) -> tuple[subprocess.Popen, int]:
     server = subprocess.Popen(proc.clipsearch("serve", "--library", str(library), "--port", "0",
-                                              *args), stderr=subprocess.PIPE, text=True,
+                                              *WORKERS, *args),
+                              stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(proc.REPO)})
     line = server.stderr.readline()
     match = re.search(r"127\.0\.0\.1:(\d+)/", line)
@@ -53,6 +60,37 @@ def start_server(library: Path, *args: str) -> tuple[subprocess.Popen, int]:
         server.kill()
         raise RuntimeError(f"the server did not start: {line}{server.stderr.read()}")
     return server, int(match.group(1))
+
+
+def serving(port: int, owner: int) -> dict:
+    """The server's processes (`--workers`; `owner`: the one started) and their memory
+    (MB): resident, and the proportional share (PSS: pages shared between them, such as
+    the mapped vector index and model files, counted once in the sum)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/api/status")
+    workers = json.loads(conn.getresponse().read())["serving"]["workers"]
+    conn.close()
+    pids = [owner, *_serving_children(owner)]
+    rss = pss = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith(("Rss:", "Pss:")):
+                    kb = int(line.split()[1]) / 1024
+                    rss, pss = (rss + kb, pss) if line.startswith("Rss:") else (rss, pss + kb)
+    return {"workers": workers, "processes": len(pids), "rss_mb": round(rss, 1),
+            "pss_mb": round(pss, 1)}
+
+
+def _serving_children(pid: int) -> list[int]:
+    """The owner's child processes that serve (not an index run's worker)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            for kid in (task / "children").read_text().split():
+                if b"serve_worker" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                    found.add(int(kid))
+    return sorted(found)
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -115,6 +153,10 @@ def part_a(library: Path, model: list[str], queries: int, cold_runs: int) -> dic
                 http_ms += ms
                 errors += failed
         served = [proc.run(query).check().seconds for _ in range(cold_runs)]
+        # Every process warm: each answered queries (one connection each lands anywhere).
+        for _ in range(8):
+            timed_gets(port, search_paths(3))
+        memory = serving(port, server.pid)
     finally:
         conn.close()
         stop(server)
@@ -122,7 +164,10 @@ def part_a(library: Path, model: list[str], queries: int, cold_runs: int) -> dic
             "http_over_warm_ms": statistics.median(http_ms) - statistics.median(warm),
             "http_errors": errors, "cli_cold_s": statistics.median(cold),
             "cli_with_server_s": statistics.median(served),
-            "cli_with_server_vs_cold": statistics.median(served) / statistics.median(cold)}
+            "cli_with_server_vs_cold": statistics.median(served) / statistics.median(cold),
+            "serve_workers_a": memory["workers"], "server_processes_a": memory["processes"],
+            "server_rss_mb_100k": memory["rss_mb"],
+            "server_pss_mb_100k": memory["pss_mb"]}
 
 
 def noise_12mp() -> np.ndarray:
@@ -210,6 +255,7 @@ def part_b(clients: int, per_client: int) -> dict:
             timed_gets(port, [f"/api/thumbnail/{big_id}?size=256"])  # made and cached
             cached, _ = timed_gets(port, [f"/api/thumbnail/{big_id}?size=256"] * 100)
             timed_gets(port, search_paths(10))
+            workers = serving(port, server.pid)["workers"]
             single, _ = timed_gets(port, search_paths(per_client))
             single_qps = per_client / (sum(single) / 1000)
             # 3600 to index: enough that the run is still writing when the clients end
@@ -244,6 +290,7 @@ def part_b(clients: int, per_client: int) -> dict:
             "concurrent_errors": sum(e for _, e in results),
             "concurrent_p50_ms": statistics.median(times), "concurrent_p99_ms": p(times, 0.99),
             "concurrent_p99_over_p50": p(times, 0.99) / statistics.median(times),
+            "serve_workers": workers,
             "concurrent_qps": len(times) / wall, "single_client_qps": single_qps,
             "concurrent_vs_single": len(times) / wall / single_qps,
             "index_run_during_clients": index["state"],
@@ -259,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--parts", default="ab", help="a, b or ab (see above)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="serving processes (default: the server's, one per core, <= 4)")
     args = parser.parse_args(argv)
+    WORKERS[:] = ["--workers", str(args.workers)] if args.workers else []
     model = ["--model", args.model] + (["--pretrained", args.pretrained] if args.pretrained
                                        else [])
     # Figures from a shared machine mean little without its load (docs/benchmarks.md).

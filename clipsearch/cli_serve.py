@@ -31,17 +31,21 @@ def make_serve(library_options: Callable, model_options: Callable,
                   help="Let pages from ORIGIN call the API (repeatable). Default: none.")
     @click.option("--max-upload-mb", type=click.IntRange(1, 4096), default=50, show_default=True,
                   help="Largest image accepted by search-by-image and classify.")
+    @click.option("--workers", type=click.IntRange(min=1), default=None,
+                  help="Serving processes on the port, each with a warm library (default: "
+                       "one per core, at most 4; 1 where the OS cannot share a port).")
     @friendly_errors
     def serve(library, model, pretrained, device, precision, host, port, token, read_only, cors,
-              max_upload_mb, watch):
+              max_upload_mb, watch, workers):
         """Serve the library: a web page at / and an HTTP API under /api/ (docs/api.md)."""
-        from .server import ServeConfig, check_binding
+        from .server import ServeConfig, check_binding, default_workers
         from .server import serve as run
 
         if watch and read_only:
             raise click.UsageError("--watch indexes, --read-only does not: pick one")
         config = ServeConfig(host=host, port=port, token=token, read_only=read_only, watch=watch,
                              cors=list(cors), max_upload_bytes=max_upload_mb * 2**20,
+                             workers=workers or default_workers(),
                              library_options={"model": model, "pretrained": pretrained,
                                               "device": device, "precision": precision})
         try:

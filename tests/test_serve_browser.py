@@ -100,3 +100,30 @@ def test_search_page_in_a_real_browser(tmp_path, browser):
         proc.terminate()
         proc.wait(timeout=60)
     assert Path(SCREENSHOTS / "search.png").stat().st_size > 10_000
+
+
+def test_progress_bar_of_a_run_started_from_the_page(tmp_path, browser):
+    """With several serving processes (--workers 2) the page's requests and its event
+    stream may land on any of them: the bar still follows the one run to its end."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.helpers import draw_photos
+
+    lib_dir = indexed_library(tmp_path)
+    draw_photos(lib_dir.parent / "photos" / "new", per_pair=10, seed=6, size=256)
+    proc, base = start_server(lib_dir, "--token", TOKEN, "--workers", "2")
+    wait = WebDriverWait(browser, 60, poll_frequency=0.05)
+    try:
+        browser.get(f"{base}/?token={TOKEN}")
+        wait.until(lambda d: "24 photos" in d.find_element(By.ID, "status-text").text)
+        browser.find_element(By.ID, "reindex").click()
+        wait.until(lambda d: d.find_element(By.ID, "progress").is_displayed()
+                   and d.find_element(By.ID, "status-text").text.startswith("Indexing")
+                   and d.find_element(By.ID, "progress-bar").value_of_css_property("width")
+                   not in ("0px", "auto"))
+        wait.until(lambda d: "264 photos" in d.find_element(By.ID, "status-text").text)
+        assert not browser.find_element(By.ID, "progress").is_displayed()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

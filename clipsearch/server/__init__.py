@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ServeConfig, check_binding
+from .config import ServeConfig, check_binding, default_workers
 
-__all__ = ["ServeConfig", "check_binding", "create_app", "serve"]
+__all__ = ["ServeConfig", "check_binding", "create_app", "default_workers", "serve"]
 
 
 def __getattr__(name: str) -> Any:

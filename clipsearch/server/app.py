@@ -66,7 +66,9 @@ class JSON(Response):
         return text.encode("utf-8", "backslashreplace")
 
 
-def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
+def create_app(lib: Library, config: ServeConfig | None = None, jobs: Any = None) -> Guard:
+    """`jobs`: where index runs start and report (default: IndexJobs, runs of this process;
+    the other serving processes of `--workers` pass the link to the one that owns them)."""
     config = config or ServeConfig()
     read_only = config.read_only or lib.readonly
     library = library_tag(lib.path)
@@ -80,7 +82,8 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
 
     # Runs use the warm library's model (its default, or the one `serve --model` named).
     options = {**config.library_options, **lib.default_model.to_spec()}
-    jobs = IndexJobs(lib.path, options, on_finish=default_is_indexed)
+    if jobs is None:
+        jobs = IndexJobs(lib.path, options, on_finish=default_is_indexed)
     app.state.jobs = jobs
     app.state.lib = lib
     readers = Readers(lib, config.readers)
@@ -261,7 +264,8 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
     @app.get("/api/status", summary="Roots, counts, models, the index run")
     def status() -> JSON:
         st = lib.status().to_dict()
-        return JSON({**st, "read_only": read_only, "index": jobs.state})
+        return JSON({**st, "read_only": read_only, "index": jobs.state,
+                     "serving": {"pid": os.getpid(), "workers": config.workers}})
 
     @app.get("/api/roots", summary="The folders this library indexes")
     def roots() -> JSON:
@@ -275,7 +279,8 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
             raise ApiError(400, f"{root!r} is not a root of this library",
                            roots=lib.roots)
         try:
-            return JSON(jobs.start([root] if root else None), 202)
+            # In a thread: another serving process asks the owner of index runs and waits.
+            return JSON(await run_in_threadpool(jobs.start, [root] if root else None), 202)
         except RuntimeError as exc:
             raise ApiError(409, str(exc)) from exc
 

@@ -29,6 +29,8 @@ class IndexJobs:
         self._worker: subprocess.Popen | None = None
         self.version = 0  # bumped on every change: subscribers send when it moved
         self.state: dict = {"state": "idle"}
+        # Called after every change (server/workers.py passes it on to the other processes).
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -65,6 +67,8 @@ class IndexJobs:
     def _set(self, state: dict) -> None:
         self.state = state
         self.version += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def _progress(self, p: dict) -> None:
         started = self.state.get("started") or time.time()
