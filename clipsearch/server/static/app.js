@@ -178,7 +178,10 @@ function showProgress(state) {
   if (running) {
     const pct = state.total ? (100 * state.done) / state.total : 0;
     $("progress-bar").style.width = `${pct}%`;
-    $("status-text").textContent = state.total
+    $("status-text").textContent = state.stage === "compiling"
+      ? "Preparing the model for this CPU (once per model)…" +
+        (state.total ? ` · ${state.total.toLocaleString()} photos to index` : "")
+      : state.total
       ? `Indexing ${state.done.toLocaleString()} of ${state.total.toLocaleString()}` +
         (state.rate ? ` · ${state.rate.toFixed(0)}/s` : "") +
         (state.errors ? ` · ${state.errors} unreadable` : "")
