@@ -129,8 +129,11 @@ def variants_report(model: str, weights: Path | None, compile_too: bool) -> dict
         # The compiler's own selection step: its variant order for these flags, each tried
         # until one passes the guard against the same fp32 reference.
         checked = compiler._quantise_and_check(
-            work, probes, reference, {"preprocess": source.preprocess.to_dict()},
+            work, probes, reference, {"preprocess": source.preprocess.to_dict(),
+                                      "model_id": ref.model_id},
             variant_order(cpu), compiler.GUARD_MIN_COS, built)
+        if checked["encoder"] is not None:  # the session a first index run would encode with
+            checked["encoder"].close()
         passed = checked["best"] and checked["best"]["min_cos"] >= compiler.GUARD_MIN_COS
         report["selection"] = {"tried": checked["tried"],
                                "kept": checked["best"]["variant"] if passed else None}
