@@ -4,10 +4,13 @@ errors included, still goes to the route."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from clipsearch import Library
-from clipsearch.server.fast import FastSearch, search_route
+from clipsearch.server.app import _result
+from clipsearch.server.fast import Counting, FastSearch, Inline, search_route
 from tests.serve_support import client, indexed_library
 
 PLAIN = [  # answered by the fast path
@@ -61,3 +64,74 @@ def test_fast_path_answers_as_the_route_does(lib_dir):
         schema = fast.get("/api/openapi.json").json()
         assert "/api/search" in schema["paths"]
         assert "in" in {p["name"] for p in schema["paths"]["/api/search"]["get"]["parameters"]}
+
+
+def test_a_lone_warm_search_runs_on_the_event_loop_and_answers_the_same(lib_dir):
+    """The first search of a model goes to the thread pool (it may load the model); once one
+    was quick enough (here: any), a lone search runs on the event loop's thread with the same
+    answer (errors included), and another model's first search goes to the pool again."""
+    with Library(lib_dir) as lib, client(lib) as c:
+        fast = next(r.app for r in c.app.app.router.routes
+                    if isinstance(getattr(r, "app", None), FastSearch))
+        where: list[str] = []
+        run = fast.run_search
+
+        def spy(**kwargs):
+            try:
+                asyncio.get_running_loop()
+                where.append("loop")
+            except RuntimeError:  # a worker thread has no running loop
+                where.append("pool")
+            return run(**kwargs)
+
+        fast.run_search = spy
+        fast.inline.max_s = 60.0  # the first search loads the model: however slow this machine
+        urls = ["/api/search?q=a+red+circle&limit=3"] * 2 + ["/api/search?q=a&limit=0"] * 2 + [
+            "/api/search?q=a+red+circle&limit=3&model=shapes-tiny",
+            "/api/search?q=a+blue+star&model=ViT-B-99", "/api/search?q=a+blue+star&model=ViT-B-99"]
+        answers = [c.get(url) for url in urls]
+        assert where == ["pool", "loop", "loop", "loop", "pool", "pool", "pool"]
+        assert answers[0].content == answers[1].content and answers[0].json()["results"]
+        assert answers[2].status_code == 400 and answers[2].content == answers[3].content
+        assert answers[5].status_code == 400 and answers[5].content == answers[6].content
+        assert fast.inline.in_flight == 0  # every answered request was counted out
+
+
+def test_inline_only_when_alone_warm_quick_and_no_index_run():
+    running = [False]
+    inline = Inline(lambda: running[0], max_s=0.05)
+    inline.in_flight = 1  # the search itself
+    assert not inline.ok(None)  # no search of this model yet
+    inline.last_s[None] = 0.01
+    assert inline.ok(None) and not inline.ok("ViT-B-16")
+    inline.in_flight = 2  # another request is being answered
+    assert not inline.ok(None)
+    inline.in_flight = 1
+    running[0] = True  # the server's index run commits batches: searches reload
+    assert not inline.ok(None)
+    running[0] = False
+    inline.last_s[None] = 0.2  # slower than a request should wait behind
+    assert not inline.ok(None)
+
+
+def test_results_carry_the_dataclass_fields_and_the_urls(lib_dir):
+    with Library(lib_dir) as lib:
+        hits = lib.query("a red circle", limit=5)
+    assert hits
+    for r in hits:
+        assert _result(r) == {**r.to_dict(), "thumbnail": f"/api/thumbnail/{r.file_id}?size=256",
+                              "file": f"/api/file/{r.file_id}"}
+
+
+def test_event_streams_are_not_counted_as_requests_in_flight():
+    """An open event stream (hours, idle) must not keep searches off the event loop."""
+    inline = Inline(lambda: False)
+    seen: list[int] = []
+
+    async def inner(scope, receive, send):
+        seen.append(inline.in_flight)
+
+    counting = Counting(inner, inline, frozenset({"/api/index/events"}))
+    for path in ("/api/search", "/api/index/events", "/api/thumbnail/1"):
+        asyncio.run(counting({"type": "http", "path": path}, None, None))
+    assert seen == [1, 0, 1] and inline.in_flight == 0

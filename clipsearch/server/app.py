@@ -38,7 +38,7 @@ from clipsearch import Query as SearchQuery
 from clipsearch.remote import LIBRARY_HEADER, library_tag
 
 from .config import ServeConfig
-from .fast import FastSearch, search_route
+from .fast import Counting, FastSearch, Inline, search_route
 from .jobs import IndexJobs
 from .readers import Readers
 from .security import Guard
@@ -213,9 +213,12 @@ def create_app(lib: Library, config: ServeConfig | None = None) -> Guard:
         return JSON(answer(hits, offset, limit, query=text), headers={LIBRARY_HEADER: library})
 
     # The hot path without FastAPI's per-request parameter solving (~0.6 ms): plain
-    # q/limit/offset/in/model requests; every other one goes on to the route above.
-    fast = Route("/api/search", FastSearch(run_search, search_route(app)), methods=["GET"],
-                 include_in_schema=False)
+    # q/limit/offset/in/model requests; every other one goes on to the route above. Alone,
+    # it runs on the event loop's thread (fast.py: Inline; Counting counts the requests).
+    inline = Inline(lambda: jobs.running)
+    app.add_middleware(Counting, inline=inline, left_out=frozenset({"/api/index/events"}))
+    fast = Route("/api/search", FastSearch(run_search, search_route(app), inline),
+                 methods=["GET"], include_in_schema=False)
     fast.methods = {"GET"}  # not Starlette's implicit HEAD: the same 405s as FastAPI's route
     app.router.routes.insert(0, fast)
 
