@@ -23,7 +23,7 @@ SLOW_FILES = frozenset({
     "test_compile_messages.py", "test_ctrl_c_models.py", "test_damage.py", "test_pipeline.py",
     "test_powerloss.py", "test_ray.py", "test_serve_browser.py", "test_serve_process.py",
     "test_serve_watch.py", "test_stored_tokenizer.py", "test_serve_entry.py",
-    "test_serve_jobs.py", "test_serve_workers.py",
+    "test_serve_jobs.py", "test_serve_workers.py", "test_serve_inline.py",
 })
 SLOW_TESTS = frozenset({  # "file::test" (every parametrization of it)
     "test_shard_import.py::test_streamed_import_equals_the_dict_import",
