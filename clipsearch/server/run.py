@@ -24,10 +24,13 @@ from .workers import Workers, warm
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None],
+    """uvicorn serving `app` as every serving process does (the owner and serve_worker.py's)."""
+
+    def __init__(self, app: Callable, on_exit: Callable[[], None],
                  on_ready: Callable[[], None],
                  on_tick: Callable[[_Server], None] | None = None):
-        super().__init__(config)
+        super().__init__(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                        timeout_graceful_shutdown=5))
         self._on_exit = on_exit
         self._on_ready = on_ready
         self._on_tick = on_tick
@@ -134,8 +137,7 @@ def serve(lib: Library, config: ServeConfig,
                  + ("  (read-only)" if app.state.read_only else "")
                  + ("  (watching the roots)" if config.watch else ""))
 
-    server = _Server(uvicorn.Config(guard, log_level="warning", lifespan="off",
-                                    timeout_graceful_shutdown=5), stopping, ready)
+    server = _Server(guard, stopping, ready)
     try:
         if workers is not None:
             workers.start(config.workers - 1)

@@ -108,8 +108,6 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=jobs.follow, args=(messages, owner_gone), daemon=True,
                      name="clipsearch-owner-link").start()
 
-    import uvicorn
-
     from clipsearch import Library
 
     from .app import create_app
@@ -132,9 +130,7 @@ def main(argv: list[str]) -> int:
                 reported[0] = server.closed
                 link.send({"closed": server.closed})
 
-        server = _Server(uvicorn.Config(guard, log_level="warning", lifespan="off",
-                                        timeout_graceful_shutdown=5),
-                         stopping, lambda: link.send({"ready": os.getpid()}), report)
+        server = _Server(guard, stopping, lambda: link.send({"ready": os.getpid()}), report)
         running.update(server=server, app=app)
         threading.Thread(target=take_connections, args=(conns, server), daemon=True,
                          name="clipsearch-connections").start()
