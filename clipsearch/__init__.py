@@ -7,6 +7,7 @@ StorageError, LibraryBusyError, BadInputError):
     from clipsearch import ClipsearchError, Library, ModelNotIndexedError
 """
 
+from clip_core.crowd import CROWD as crowd  # count concurrent requests: clip_core/crowd.py
 from clip_core.models.files import MissingModelError, ModelLoadError
 from clip_core.pixels.decode import DecodeError
 from clipsearch_errors import (
@@ -51,7 +52,7 @@ __all__ = [
     "IndexReport", "IndexSettings", "LabelScore", "Library", "LibraryBusyError",
     "LibrarySettings", "LibraryStatus", "MissingExtraError", "MissingModelError", "ModelLoadError",
     "ModelNotIndexedError", "Progress", "Query", "QueryResults", "QuerySyntaxError",
-    "SearchResult", "StorageError", "check_model", "classify", "default_library_dir",
+    "SearchResult", "StorageError", "check_model", "classify", "crowd", "default_library_dir",
     "embed_shards", "watch", "watch_roots",
 ]
 __version__ = "0.1.0"

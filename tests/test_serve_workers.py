@@ -93,7 +93,8 @@ def test_several_processes_answer_on_one_port_and_stop_together(tmp_path, sig):
         for pid, conn in conns.items():  # each answers searches on its own connections
             status, body = ask(conn, "/api/search?q=a+red+circle&limit=3")
             assert status == 200 and "red-circle" in body["results"][0]["path"], pid
-            assert ask(conn, "/api/status")[1]["serving"] == {"pid": pid, "workers": 2}
+            assert ask(conn, "/api/status")[1]["serving"] == {"pid": pid, "workers": 2,
+                                                               "requests": 1}
             conn.close()
         # The server file names the process that owns the others (`clipsearch query`).
         assert json.loads((lib_dir / "server.json").read_text())["pid"] == proc.pid
@@ -169,7 +170,8 @@ def test_one_worker_is_one_process_as_before(tmp_path):
     proc, base = start_server(lib_dir, "--workers", "1")
     try:
         conn = connect(base)
-        assert ask(conn, "/api/status")[1]["serving"] == {"pid": proc.pid, "workers": 1}
+        assert ask(conn, "/api/status")[1]["serving"] == {"pid": proc.pid, "workers": 1,
+                                                           "requests": 1}
         assert "red-circle" in ask(conn, "/api/search?q=a+red+circle")[1]["results"][0]["path"]
         assert children(proc.pid) == set()
         conn.close()
@@ -204,3 +206,30 @@ def test_read_only_holds_in_every_process(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
+
+
+def test_every_process_counts_the_requests_all_are_answering(tmp_path):
+    """The table the processes share (clip_core.crowd): a search alone spreads over the
+    cores, one among others' requests does not."""
+    proc, base = start_server(indexed_library(tmp_path), "--workers", "2")
+    try:
+        (pid_a, slow), (pid_b, other) = connections_by_pid(base, 2).items()
+        assert ask(other, "/api/status")[1]["serving"]["requests"] == 1  # itself
+        # An upload whose body is still coming: a request in progress in process A.
+        slow.putrequest("POST", "/api/search/image")
+        slow.putheader("Content-Length", "100000")
+        slow.endheaders(b"\xff\xd8" * 5)
+        deadline = time.monotonic() + 30
+        while (seen := ask(other, "/api/status")[1]["serving"])["requests"] != 2 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen == {"pid": pid_b, "workers": 2, "requests": 2}
+        slow.close()  # A's request ends with its connection
+        while (seen := ask(other, "/api/status")[1]["serving"])["requests"] != 1 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen["requests"] == 1
+        other.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

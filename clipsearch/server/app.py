@@ -32,6 +32,7 @@ from clipsearch import (
     ModelNotIndexedError,
     SearchResult,
     __version__,
+    crowd,
 )
 from clipsearch import Query as SearchQuery
 from clipsearch.remote import LIBRARY_HEADER, library_tag
@@ -267,7 +268,8 @@ def create_app(lib: Library, config: ServeConfig | None = None, jobs: Any = None
     def status() -> JSON:
         st = lib.status().to_dict()
         return JSON({**st, "read_only": read_only, "index": jobs.state,
-                     "serving": {"pid": os.getpid(), "workers": config.workers}})
+                     "serving": {"pid": os.getpid(), "workers": config.workers,
+                                 "requests": crowd.in_progress()}})
 
     @app.get("/api/roots", summary="The folders this library indexes")
     def roots() -> JSON:

@@ -23,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.concurrency import run_in_threadpool
+from clipsearch import crowd
 
 KEYS = {"q": "q", "limit": "limit", "offset": "offset", "in": "folder", "model": "model"}
 NUMBERS = ("limit", "offset")
+SEARCH_THREADS = 8  # searches answered at once (each waits for one of the readers)
 INLINE_MAX_S = 0.05  # the longest a search may hold the event loop (others wait that long)
 
 
@@ -66,11 +68,15 @@ class FastSearch:
         self.error = error
         self.on_error = on_error
         self.left_out = left_out
+        # Its own threads, not anyio's to_thread (capacity limiter, backend lookups: ~19%
+        # of a busy process's GIL time): a search waits for a free reader anyway.
+        self.pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="clipsearch-search")
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] in self.left_out:
             return await self.app(scope, receive, send)
         self.inline.in_flight += 1
+        crowd.enter()  # meanwhile a search's compute does not spread over the cores
         try:
             kwargs = (plain(scope["query_string"]) if scope["path"] == "/api/search"
                       and scope["method"] == "GET" and not scope.get("root_path") else None)
@@ -80,6 +86,7 @@ class FastSearch:
                 await self.search(kwargs, scope, receive, send)
         finally:
             self.inline.in_flight -= 1
+            crowd.leave()
 
     async def search(self, kwargs: dict[str, Any], scope: dict, receive: Callable,
                      send: Callable) -> None:
@@ -90,7 +97,8 @@ class FastSearch:
             if self.inline.ok(model):
                 response = self.timed(kwargs)
             else:
-                response = await run_in_threadpool(self.timed, kwargs)
+                response = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self.timed, kwargs)
         except self.error as exc:
             response = self.on_error(exc)
         await response(scope, receive, send)

@@ -1,6 +1,7 @@
 """A serving process of `clipsearch serve --workers N` other than the owner (workers.py):
-`python -m clipsearch.server.serve_worker LINK CONNS`, the file descriptors of its link to
-the owner (JSON lines) and of the socket the owner passes it connections through.
+`python -m clipsearch.server.serve_worker LINK CONNS CROWD SLOT`, the file descriptors of its
+link to the owner (JSON lines), of the socket the owner passes it connections through and of
+the table every serving process counts its requests in (clip_core.crowd), and its slot there.
 
 It opens the library with the owner's model and settings, answers one query to warm up
 and serves the same app on every connection the owner passes it, reporting how many have
@@ -17,6 +18,8 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+
+from clipsearch import crowd
 
 from .workers import Link, warm
 
@@ -90,6 +93,7 @@ class OwnersJobs:
 def main(argv: list[str]) -> int:
     link = Link(socket.socket(fileno=int(argv[1])))
     conns = socket.socket(fileno=int(argv[2]))
+    crowd.share(int(argv[3]), int(argv[4]))
     messages = link.messages()
     first = next(messages, None)
     if first is None:  # the owner ended before it said anything

@@ -32,6 +32,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from clipsearch import crowd
+
 from .jobs import _OWN_GROUP, _same_code
 
 
@@ -72,6 +74,7 @@ class _Worker:
     proc: subprocess.Popen
     link: Link
     conns: socket.socket  # where accepted connections go (SCM_RIGHTS)
+    slot: int  # its count's in the crowd table
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)
     gone: bool = False
     dealt: int = 0  # connections passed to it
@@ -101,27 +104,33 @@ class Workers:
         self._listener: socket.socket | None = None
         self._own: Any = None  # this process's server (run._Server)
         self._own_dealt = 0
+        self._crowd_fd = -1  # the table all count their requests in (clip_core.crowd)
 
     def start(self, count: int) -> None:
         self.jobs.on_change = self._changed.set
         threading.Thread(target=self._tell_changes, name="clipsearch-workers",
                          daemon=True).start()
-        for _ in range(count):
-            self._spawn()
+        # Requests in progress in every process, so that a search alone on the machine
+        # spreads over the cores and one among others does not (a crowd of 8 clients: 1.6x
+        # one client's rate against 1.3x).
+        self._crowd_fd = crowd.host(count + 1)
+        for slot in range(1, count + 1):
+            self._spawn(slot)
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: int) -> None:
         ours, theirs = socket.socketpair()
         conns, their_conns = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        fds = (theirs.fileno(), their_conns.fileno())
+        fds = (theirs.fileno(), their_conns.fileno(), self._crowd_fd)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "clipsearch.server.serve_worker", *map(str, fds)],
+            [sys.executable, "-m", "clipsearch.server.serve_worker", *map(str, fds),
+             str(slot)],
             pass_fds=fds, stdin=subprocess.DEVNULL, env=_same_code(),
             # A group of its own, like the index worker: a Ctrl-C in the terminal is the
             # owner's, which stops the workers by ending their links.
             **_OWN_GROUP)
         theirs.close()
         their_conns.close()
-        worker = _Worker(proc, Link(ours), conns)
+        worker = _Worker(proc, Link(ours), conns, slot)
         with self._lock:  # the state in the setup, then every later change, in order
             worker.link.send({"setup": self.setup, "index": self._index_state()})
             self.workers.append(worker)
@@ -141,6 +150,7 @@ class Workers:
                 worker.link.send({"reply": message["ask"], **self._start_run(message)})
         worker.gone = True
         worker.ready.set()  # nobody waits for a worker that has ended
+        crowd.clear(worker.slot)  # requests it was answering when it ended
         if not self._stopping:
             code = worker.proc.wait()
             self.say(f"clipsearch: serving process {worker.proc.pid} ended (exit code {code});"
