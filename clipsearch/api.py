@@ -27,7 +27,7 @@ import numpy as np
 
 from clip_core.encoders import ImageEncoder
 from clip_core.models.files import ensure_local
-from clip_core.models.ref import ModelRef, parse_model
+from clip_core.models.ref import ModelRef, one_look, parse_model
 from clip_core.text.file_check import sidecar
 from clipsearch_errors import BadInputError, UsageError
 from indexer import IndexReport, IndexSettings, Progress, run_index
@@ -169,6 +169,16 @@ def _serialized(method: Callable) -> Callable:
     def wrapper(self: Library, *args, **kwargs):
         with self._lock:
             return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _looks_once(method: Callable) -> Callable:
+    """For queries: each model's files are looked at once per call (ref.one_look)."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with one_look():
+            return method(*args, **kwargs)
 
     return wrapper
 
@@ -694,6 +704,7 @@ class Library:
                 self._text_embedders[ref.model_id] = embedder
             return embedder
 
+    @_looks_once
     @_serialized
     def query(
         self,
@@ -872,6 +883,7 @@ class Library:
             self._calibrations = {key: cal}
         return self._calibrations[key]
 
+    @_looks_once
     @_serialized
     def query_image(
         self,
