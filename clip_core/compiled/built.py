@@ -4,9 +4,6 @@ memory they took handed back as soon as it is not needed."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ import numpy as np
 from clip_core.compiled.int8_variants import Int8Variant
 from clip_core.compiled.vit_weights import VitWeights
 from clip_core.cpu import available_cores
+from clip_core.heap import give_back
 
 
 class Built:
@@ -59,8 +57,6 @@ class Built:
 
 
 def release_freed_memory() -> None:
-    """Hand freed heap memory back to the system: onnxruntime's copies of the weights are
-    thousands of blocks of a few MB, which glibc keeps for reuse after they are freed."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    """onnxruntime's copies of the weights are thousands of blocks of a few MB, which glibc
+    keeps for reuse after they are freed."""
+    give_back()

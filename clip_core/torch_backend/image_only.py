@@ -17,10 +17,11 @@ whole model as before.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
+
+from clip_core.heap import give_back
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,10 @@ def build_image_only(open_clip: Any, name: str, pretrained: str | None, seed: in
         return None
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         return None  # a buffer that neither the file nor the seed makes
-    _give_back_heap()
+    # The file's tensors that were cast (bf16, fp16) are freed in blocks glibc keeps for
+    # reuse: hand them back, or the index run carries them to its end.
+    give_back()
     return model.eval()
-
-
-def _give_back_heap() -> None:
-    """The file's tensors that were cast (bf16, fp16) are freed in blocks glibc keeps for
-    reuse: hand them back, or the index run carries them to its end."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _checkpoint(name: str, pretrained: str | None) -> Path | None:
