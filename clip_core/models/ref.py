@@ -185,6 +185,16 @@ def one_look() -> Iterator[None]:
 
 
 def _fingerprint(path: Path) -> str:
+    seen = getattr(_ONE_LOOK, "seen", None)
+    if seen is None:
+        return _fingerprint_now(path)
+    key = ("fingerprint", str(path))  # refs parsed from different specs share files
+    if key not in seen:
+        seen[key] = _fingerprint_now(path)
+    return seen[key]
+
+
+def _fingerprint_now(path: Path) -> str:
     """Hash of the weight files' names and sizes plus their first and last MiB: cheap on
     multi-GB files yet changes whenever the weights do. Remembered per process by each file's
     stat: `model_id` is read several times per query, and reading 2 MiB per file each time
