@@ -7,7 +7,10 @@ A. On LIBRARY (the 100k synthetic library of `make bench`): the warm in-process 
    running against the cold in-process CLI query.
 B. On a temporary shapes-tiny library: the first thumbnail of a 12 MP JPEG (one core): a
    photo-like one (the target figure), the phone set's (when cached) and a noise worst case;
-   a cached one over HTTP; 8 clients x 200 queries each while an index run writes.
+   a cached one over HTTP; 8 clients x 200 queries each while an index run writes against
+   one client x 200 alone, 3 times (`--trials`): a 2-core machine's share of noise moved
+   single trials' ratio from 1.33 to 1.86 for the same code; the median is the figure,
+   each trial's is printed beside it, and errors and p99/p50 hold in every trial.
 The server runs with its default number of processes (`--workers`: one per core, at most
 4) unless --workers says; the JSON names the count and (part A) their memory at 100k.
 Prints one JSON object.
@@ -219,7 +222,7 @@ def phone_photos(count: int = 20) -> list[Path]:
     return images.list_images(images.CACHE / "phone")[:count]
 
 
-def part_b(clients: int, per_client: int) -> dict:
+def part_b(clients: int, per_client: int, trials: int) -> dict:
     from PIL import Image
 
     from clipsearch import Library
@@ -250,51 +253,79 @@ def part_b(clients: int, per_client: int) -> dict:
         with Library(folder / "lib", model="shapes-tiny") as lib:
             lib.index([photos])
             big_id = lib.query_image(str(big), limit=1, include_self=True)[0].file_id
+        # Each trial indexes 3600 new photos: enough that the run is still writing when
+        # its clients end (index_run_overlap says which share of their time it was).
+        waiting = [folder / "waiting" / f"new-{t}" for t in range(trials)]  # not in a root
+        for t, new in enumerate(waiting):
+            write_corpus(new, per_pair=150, seed=2 + t, size=256)
         server, port = start_server(folder / "lib")
         try:
             timed_gets(port, [f"/api/thumbnail/{big_id}?size=256"])  # made and cached
             cached, _ = timed_gets(port, [f"/api/thumbnail/{big_id}?size=256"] * 100)
             timed_gets(port, search_paths(10))
             workers = serving(port, server.pid)["workers"]
-            single, _ = timed_gets(port, search_paths(per_client))
-            single_qps = per_client / (sum(single) / 1000)
-            # 3600 to index: enough that the run is still writing when the clients end
-            # (index_run_overlap says which share of their time it was)
-            write_corpus(photos / "new", per_pair=150, seed=2, size=256)
-            conn = http.client.HTTPConnection("127.0.0.1", port)
-            conn.request("POST", "/api/index")
-            conn.getresponse().read()
-            results: list[tuple[list[float], int]] = []
-
-            def client() -> None:
-                results.append(timed_gets(port, search_paths(per_client)))
-
-            threads = [threading.Thread(target=client) for _ in range(clients)]
-            start, began = time.perf_counter(), time.time()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - start
-            ended = time.time()
-            conn.close()  # idle past uvicorn's keep-alive (5 s) while the clients ran
-            conn = http.client.HTTPConnection("127.0.0.1", port)
-            conn.request("GET", "/api/status")
-            index = json.loads(conn.getresponse().read())["index"]
-            writing = min(index.get("finished") or ended, ended) - max(index["started"], began)
+            runs = [trial(port, new, photos, clients, per_client) for new in waiting]
         finally:
             stop(server)
-    times = [t for ms, _ in results for t in ms]
+    ratios = [r["ratio"] for r in runs]
+    times = [t for r in runs for t in r["times"]]
+    middle = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
     return {**thumbs,
             "thumb_cached_p50_ms": statistics.median(cached),
-            "concurrent_errors": sum(e for _, e in results),
+            "concurrent_errors": sum(r["errors"] for r in runs),
             "concurrent_p50_ms": statistics.median(times), "concurrent_p99_ms": p(times, 0.99),
-            "concurrent_p99_over_p50": p(times, 0.99) / statistics.median(times),
+            # the worst trial's: the target holds in each
+            "concurrent_p99_over_p50": max(r["p99_over_p50"] for r in runs),
             "serve_workers": workers,
-            "concurrent_qps": len(times) / wall, "single_client_qps": single_qps,
-            "concurrent_vs_single": len(times) / wall / single_qps,
-            "index_run_during_clients": index["state"],
-            "index_run_overlap": max(0.0, writing) / (ended - began)}
+            "concurrent_trials": len(runs),
+            "concurrent_qps": middle["qps"], "single_client_qps": middle["single_qps"],
+            "concurrent_vs_single": statistics.median(ratios),
+            "concurrent_vs_single_each": [round(r, 3) for r in ratios],
+            "concurrent_qps_each": [round(r["qps"], 1) for r in runs],
+            "single_client_qps_each": [round(r["single_qps"], 1) for r in runs],
+            "index_run_during_clients": [r["index_state"] for r in runs],
+            "index_run_overlap": min(r["overlap"] for r in runs)}
+
+
+def trial(port: int, new: Path, root: Path, clients: int, per_client: int) -> dict:
+    """One client's throughput alone (no index run), then `clients` clients' while an index
+    run writes the photos in `new`, moved into `root` for it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    while index_state(conn)["state"] == "running":  # the previous trial's run: let it end
+        time.sleep(0.2)
+    timed_gets(port, search_paths(10))
+    single, _ = timed_gets(port, search_paths(per_client))
+    single_qps = per_client / (sum(single) / 1000)
+    new.rename(root / new.name)
+    conn.request("POST", "/api/index")
+    conn.getresponse().read()
+    results: list[tuple[list[float], int]] = []
+
+    def client() -> None:
+        results.append(timed_gets(port, search_paths(per_client)))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start, began = time.perf_counter(), time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ended = time.time()
+    conn.close()  # idle past uvicorn's keep-alive (5 s) while the clients ran
+    index = index_state(http.client.HTTPConnection("127.0.0.1", port))
+    writing = min(index.get("finished") or ended, ended) - max(index["started"], began)
+    times = [t for ms, _ in results for t in ms]
+    qps = len(times) / wall
+    return {"times": times, "errors": sum(e for _, e in results), "qps": qps,
+            "single_qps": single_qps, "ratio": qps / single_qps,
+            "p99_over_p50": p(times, 0.99) / statistics.median(times),
+            "index_state": index["state"], "overlap": max(0.0, writing) / (ended - began)}
+
+
+def index_state(conn: http.client.HTTPConnection) -> dict:
+    conn.request("GET", "/api/status")
+    return json.loads(conn.getresponse().read())["index"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=3,
+                        help="part b: one client then the clients while indexing, this many "
+                             "times (the ratio's median and each trial's are printed)")
     parser.add_argument("--parts", default="ab", help="a, b or ab (see above)")
     parser.add_argument("--workers", type=int, default=None,
                         help="serving processes (default: the server's, one per core, <= 4)")
@@ -317,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if "a" in args.parts:
         result.update(part_a(args.library, model, args.queries, args.cold_runs))
     if "b" in args.parts:
-        result.update(part_b(args.clients, args.queries))
+        result.update(part_b(args.clients, args.queries, args.trials))
     result["load_average_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                       for k, v in result.items()}))
