@@ -8,9 +8,10 @@ A. On LIBRARY (the 100k synthetic library of `make bench`): the warm in-process 
 B. On a temporary shapes-tiny library: the first thumbnail of a 12 MP JPEG (one core): a
    photo-like one (the target figure), the phone set's (when cached) and a noise worst case;
    a cached one over HTTP; 8 clients x 200 queries each while an index run writes against
-   one client x 200 alone, 3 times (`--trials`): a 2-core machine's share of noise moved
-   single trials' ratio from 1.33 to 1.86 for the same code; the median is the figure,
-   each trial's is printed beside it, and errors and p99/p50 hold in every trial.
+   one client x 200 alone, 3 times (`--trials`), each by a server of its own on a copy of
+   the same library: a 2-core machine's share of noise moved single trials' ratio from 1.33
+   to 1.86 for the same code; the median is the figure, each trial's is printed beside it,
+   and errors and p99/p50 hold in every trial.
 The server runs with its default number of processes (`--workers`: one per core, at most
 4) unless --workers says; the JSON names the count and (part A) their memory at 100k.
 Prints one JSON object.
@@ -24,6 +25,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -258,15 +260,20 @@ def part_b(clients: int, per_client: int, trials: int) -> dict:
         waiting = [folder / "waiting" / f"new-{t}" for t in range(trials)]  # not in a root
         for t, new in enumerate(waiting):
             write_corpus(new, per_pair=150, seed=2 + t, size=256)
+        if hasattr(os, "sync"):  # their writeback, not during the trials
+            os.sync()
         server, port = start_server(folder / "lib")
         try:
             timed_gets(port, [f"/api/thumbnail/{big_id}?size=256"])  # made and cached
             cached, _ = timed_gets(port, [f"/api/thumbnail/{big_id}?size=256"] * 100)
-            timed_gets(port, search_paths(10))
             workers = serving(port, server.pid)["workers"]
-            runs = [trial(port, new, photos, clients, per_client) for new in waiting]
         finally:
             stop(server)
+        runs = []
+        for t, new in enumerate(waiting):
+            # Each on a copy of the library as it was, by a server of its own: trials alike.
+            shutil.copytree(folder / "lib", folder / f"lib-{t}")
+            runs.append(trial(folder / f"lib-{t}", new, photos, clients, per_client))
     ratios = [r["ratio"] for r in runs]
     times = [t for r in runs for t in r["times"]]
     middle = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
@@ -287,34 +294,37 @@ def part_b(clients: int, per_client: int, trials: int) -> dict:
             "index_run_overlap": min(r["overlap"] for r in runs)}
 
 
-def trial(port: int, new: Path, root: Path, clients: int, per_client: int) -> dict:
-    """One client's throughput alone (no index run), then `clients` clients' while an index
-    run writes the photos in `new`, moved into `root` for it."""
-    conn = http.client.HTTPConnection("127.0.0.1", port)
-    while index_state(conn)["state"] == "running":  # the previous trial's run: let it end
-        time.sleep(0.2)
-    timed_gets(port, search_paths(10))
-    single, _ = timed_gets(port, search_paths(per_client))
-    single_qps = per_client / (sum(single) / 1000)
-    new.rename(root / new.name)
-    conn.request("POST", "/api/index")
-    conn.getresponse().read()
-    results: list[tuple[list[float], int]] = []
+def trial(library: Path, new: Path, root: Path, clients: int, per_client: int) -> dict:
+    """A server on `library`: one client's throughput alone, then `clients` clients' while
+    an index run writes the photos in `new` (moved into `root` meanwhile, then back out)."""
+    server, port = start_server(library)
+    try:
+        timed_gets(port, search_paths(10))
+        single, _ = timed_gets(port, search_paths(per_client))
+        single_qps = per_client / (sum(single) / 1000)
+        new.rename(root / new.name)
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        conn.request("POST", "/api/index")
+        conn.getresponse().read()
+        results: list[tuple[list[float], int]] = []
 
-    def client() -> None:
-        results.append(timed_gets(port, search_paths(per_client)))
+        def client() -> None:
+            results.append(timed_gets(port, search_paths(per_client)))
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    start, began = time.perf_counter(), time.time()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    ended = time.time()
-    conn.close()  # idle past uvicorn's keep-alive (5 s) while the clients ran
-    index = index_state(http.client.HTTPConnection("127.0.0.1", port))
-    writing = min(index.get("finished") or ended, ended) - max(index["started"], began)
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        start, began = time.perf_counter(), time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        ended = time.time()
+        conn.close()  # idle past uvicorn's keep-alive (5 s) while the clients ran
+        index = index_state(http.client.HTTPConnection("127.0.0.1", port))
+        writing = min(index.get("finished") or ended, ended) - max(index["started"], began)
+    finally:
+        stop(server)  # the run stops, committing its batch in flight
+        (root / new.name).rename(new)
     times = [t for ms, _ in results for t in ms]
     qps = len(times) / wall
     return {"times": times, "errors": sum(e for _, e in results), "qps": qps,
