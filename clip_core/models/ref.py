@@ -10,10 +10,11 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -75,13 +76,7 @@ class ModelRef:
     tag_defaulted: bool = field(default=False, compare=False, repr=False)
 
     def _format(self, pattern: str) -> str:
-        seen = getattr(_ONE_LOOK, "seen", None)
-        if seen is None:
-            return self._format_now(pattern)
-        key = (self, pattern)
-        if key not in seen:
-            seen[key] = self._format_now(pattern)
-        return seen[key]
+        return _looked((self, pattern), lambda: self._format_now(pattern))
 
     def _format_now(self, pattern: str) -> str:
         names = KINDS[self.kind]
@@ -116,13 +111,7 @@ class ModelRef:
 
 def parse_model(model: str | None = None, pretrained: str | None = None) -> ModelRef:
     """Turn CLI/API strings into a ModelRef. No file is read beyond existence checks."""
-    seen = getattr(_ONE_LOOK, "seen", None)
-    if seen is None:
-        return _parse_now(model, pretrained)
-    key = ("parse", model, pretrained)
-    if key not in seen:
-        seen[key] = _parse_now(model, pretrained)
-    return seen[key]
+    return _looked(("parse", model, pretrained), lambda: _parse_now(model, pretrained))
 
 
 def _parse_now(model: str | None, pretrained: str | None) -> ModelRef:
@@ -165,6 +154,7 @@ def _abs(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+T = TypeVar("T")
 _FINGERPRINTS: dict[tuple, str] = {}  # (path, every file's name/size/mtime/inode) -> hash
 _ONE_LOOK = threading.local()  # .seen, inside one_look(): what was parsed and formatted
 
@@ -184,14 +174,19 @@ def one_look() -> Iterator[None]:
         _ONE_LOOK.seen = None
 
 
-def _fingerprint(path: Path) -> str:
+def _looked(key: tuple, look: Callable[[], T]) -> T:
+    """`look()`, once per key inside one_look(); every time outside it."""
     seen = getattr(_ONE_LOOK, "seen", None)
     if seen is None:
-        return _fingerprint_now(path)
-    key = ("fingerprint", str(path))  # refs parsed from different specs share files
+        return look()
     if key not in seen:
-        seen[key] = _fingerprint_now(path)
+        seen[key] = look()
     return seen[key]
+
+
+def _fingerprint(path: Path) -> str:
+    # Keyed by the path: refs parsed from different specs share files.
+    return _looked(("fingerprint", str(path)), lambda: _fingerprint_now(path))
 
 
 def _fingerprint_now(path: Path) -> str:
