@@ -5,7 +5,8 @@ not scan this way yet.
     python -m bench.int8_scan [--count 100000] [--queries 50] [--rounds 50]
 
 Over CLIP-like vectors (bench.clip_like) it times one query's exhaustive scan:
-- FAISS fp16 codes, the rows split in one range per core as store.vector_index does;
+- FAISS fp16 codes through store.vector_index, as clipsearch scans today (the rows split in
+  one range per core);
 - onnxruntime's MatMulNBits over the same vectors as 8-bit codes with a scale per block of
   32 values, the query quantised per block too (accuracy_level 4: int8 arithmetic).
 
@@ -24,7 +25,6 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -95,21 +95,12 @@ def median_ms(step: Callable[[], object], rounds: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def fp16_split_scan(vectors: np.ndarray, parts: int) -> Callable[[np.ndarray], object]:
-    import faiss
+def fp16_scan(vectors: np.ndarray) -> Callable[[np.ndarray], object]:
+    """clipsearch's own exact index (store.vector_index): one query's scan split by rows."""
+    from store.vector_index import VectorIndex
 
-    index = faiss.IndexScalarQuantizer(vectors.shape[1], faiss.ScalarQuantizer.QT_fp16,
-                                       faiss.METRIC_INNER_PRODUCT)
-    index.add(vectors)
-    bounds = np.linspace(0, len(vectors), parts + 1).astype(np.int64)
-    pool = ThreadPoolExecutor(parts)
-
-    def part(lo: int, hi: int, query: np.ndarray):
-        faiss.omp_set_num_threads(1)
-        sel = faiss.IDSelectorRange(int(lo), int(hi))
-        return index.search(query[None], 10, params=faiss.SearchParameters(sel=sel))
-
-    return lambda query: list(pool.map(part, bounds[:-1], bounds[1:], [query] * parts))
+    index = VectorIndex.build(np.arange(len(vectors)), vectors, vectors.shape[1])
+    return lambda query: index.search(query[None], 10)
 
 
 def measure(count: int, queries: int, rounds: int, k: int = 10) -> dict:
@@ -122,7 +113,7 @@ def measure(count: int, queries: int, rounds: int, k: int = 10) -> dict:
     codes, scales = quantise(vectors)
     l1 = decoded_l1(codes, scales)
     cores = available_cores()
-    fp16 = fp16_split_scan(vectors, cores)
+    fp16 = fp16_scan(vectors)
     sessions = {threads: nbits_session(codes, scales, threads) for threads in sorted({1, cores})}
     worst_ratio, worst_error, candidates, bound = 0.0, 0.0, [], 0.0
     for query in texts:
