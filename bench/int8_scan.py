@@ -1,6 +1,7 @@
-"""Is an int8 scan with a provable error bound faster than the fp16 FAISS scan? A measurement
-for the warm query's next step (docs/benchmarks.md, "Intel Xeon AMX details"); clipsearch does
-not scan this way yet.
+"""Is an int8 scan with a provable error bound faster than the fp16 FAISS scan? The
+measurement that led to store/int8_scan.py (docs/benchmarks.md, "Intel Xeon AMX details"),
+kept as a check of the kernel alone; clipsearch's own scan adds each row's bound to the graph
+and re-scores its candidates from the fp16 copy.
 
     python -m bench.int8_scan [--count 100000] [--queries 50] [--rounds 50]
 

@@ -227,7 +227,8 @@ class Library:
         models_dir, cache_dir = settings.models_dir, settings.cache_dir
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
         self.cache_dir = Path(cache_dir).expanduser() / "compiled" if cache_dir else None
-        self.searcher = Searcher(self.catalog, self.path / VECTORS_DIR)
+        self.searcher = Searcher(self.catalog, self.path / VECTORS_DIR,
+                                 int8_scan=_int8_scan_mode(self.low_memory))
         self._encoders: dict[tuple[str, frozenset[str]], ImageEncoder] = {}
         # Models load in the indexer's background thread: close() may run meanwhile.
         self._encoders_lock = threading.Lock()
@@ -1132,6 +1133,18 @@ def check_model(model: str | None = None, pretrained: str | None = None, *,
     return ref
 
 
+def _int8_scan_mode(low_memory: bool) -> str:
+    """The searcher's int8 scan (store/int8_scan.py): long-lived processes only (a one-shot
+    query would build it for one scan), kept only where measured faster on CPUs whose int8
+    products lack dot-product instructions (the same rule as the int8 text tower).
+    CLIPSEARCH_INT8_SCAN=off turns it off (a comparison, or a doubt)."""
+    if low_memory or os.environ.get("CLIPSEARCH_INT8_SCAN") == "off":
+        return "off"
+    from clip_core.cpu import CpuFeatures, text_int8_timed
+
+    return "timed" if text_int8_timed(CpuFeatures.here()) else "on"
+
+
 def _check_precision(device: str, precision: str) -> None:
     from clip_core.compiled.load import check_precision
 
@@ -1269,7 +1282,7 @@ class Reader(Library):
         self._lock = threading.RLock()
         self.catalog = Catalog(parent.path / CATALOG_NAME, readonly=parent.readonly)
         self.searcher = _SharedSearcher(self.catalog, parent.path / VECTORS_DIR,
-                                        parent._readers_share)
+                                        parent._readers_share, parent.searcher.int8_scan)
 
     def calibration(self, model: str | None = None) -> Calibration:
         # A new generation's bars are measured by one reader, and the others reuse them.
@@ -1308,8 +1321,8 @@ class _SharedSearcher(Searcher):
     (searching it is read-only). An approximate one is brought up to date in place
     (store/index_cache.py), so each reader keeps its own."""
 
-    def __init__(self, catalog: Catalog, folder: Path, share: _ReadersShare):
-        super().__init__(catalog, folder)
+    def __init__(self, catalog: Catalog, folder: Path, share: _ReadersShare, int8_scan: str):
+        super().__init__(catalog, folder, int8_scan)
         self.share = share
 
     def index_for(self, model_id: str, dim: int, upkeep: bool = False):

@@ -10,10 +10,16 @@ removed on failure; a killed writer's leftovers are swept by the next writer.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import logging
+import mmap
 import os
 import re
 import tempfile
+import threading
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,11 +29,18 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from . import int8_scan
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Hits:
     ids: np.ndarray  # int64 file ids, best first
     scores: np.ndarray  # float32 cosine similarities
+    # Exact index: no vector left out scores above this exactly (fp32), which is what the
+    # searcher's stopping rule needs; -inf when every vector searched was returned.
+    ceiling: float = np.inf
 
     @staticmethod
     def none() -> Hits:
@@ -54,6 +67,15 @@ class VectorIndex:
         self.dim = dim
         self._id_map: np.ndarray | None = None  # row -> file id, read on first split search
         self._sorted_ids: tuple[np.ndarray, np.ndarray] | None = None  # see approx_scores
+        self.int8: int8_scan.Int8Scan | None = None  # see use_int8_scan
+        self.int8_note = "not asked for"
+        self.int8_build: threading.Thread | None = None  # the background build, once started
+        self._int8_asks = 0
+        self._int8_tried = -1  # the version a build last ran for
+        self._rows_lock = threading.Lock()  # rows change (add, remove) or are read to quantise
+        self._version = 0  # bumped by every change: a scan built before one is dropped
+        self._path: Path | None = None  # the file mapped read-only (load)
+        self._file: tuple[int, int] | None = None  # (fd, offset of the fp16 rows) in it
 
     @classmethod
     def build(cls, ids: np.ndarray, vectors: np.ndarray, dim: int) -> VectorIndex:
@@ -75,37 +97,130 @@ class VectorIndex:
 
     @staticmethod
     def error_bound(query: np.ndarray) -> float:
-        """Largest difference between a scanned score and the exact fp32 one, for unit
-        vectors: fp16 rounds each component by at most 2^-11 of its size, so the score moves
-        by at most 2^-11 * |q| * |x| (Cauchy-Schwarz), plus fp32 summation slack."""
+        """Largest difference between a score on the fp16 copies and the exact fp32 one, for
+        unit vectors: fp16 rounds each component by at most 2^-11 of its size, so the score
+        moves by at most 2^-11 * |q| * |x| (Cauchy-Schwarz), plus fp32 summation slack."""
         return float(np.linalg.norm(query)) * 2.0 ** -11 + 1e-5
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[Hits]:
+        """The k best of each query by its score on the fp16 copies, with their ceiling
+        (Hits); a single unfiltered query through the int8 scan where it is built."""
         queries, k = search_shape(queries, k, len(self) if allowed is None else len(allowed))
         if k <= 0:
             return [Hits.none() for _ in queries]
+        scan = self.int8
+        if len(queries) == 1 and allowed is None and scan is not None:
+            return [self._int8_search(scan, queries[0], k)]
         params = None
         if allowed is not None:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype(np.int64)))
         if len(queries) == 1 and allowed is None and len(self) >= SPLIT_MIN \
                 and _scan_parts() > 1:
-            return [self._split_search(queries, k)]
-        if len(queries) == 1:
+            found = [self._split_search(queries, k)]
+        elif len(queries) == 1:
             # One query is scanned by one thread anyway; a second OpenMP thread only adds a
             # barrier that cost ~1.5 ms a query (and far more on a busy machine).
             with omp_threads(1):
-                scores, ids = self.index.search(queries, k, params=params)
+                found = Hits.per_query(*self.index.search(queries, k, params=params))
         else:
-            scores, ids = self.index.search(queries, k, params=params)
-        return Hits.per_query(scores, ids)
+            found = Hits.per_query(*self.index.search(queries, k, params=params))
+        for hits, query in zip(found, queries, strict=True):
+            hits.ceiling = float(hits.scores[-1]) + self.error_bound(query) \
+                if len(hits.ids) == k else -np.inf
+        return found
+
+    def _int8_search(self, scan: int8_scan.Int8Scan, query: np.ndarray, k: int) -> Hits:
+        """The fp16 scan's answer, from the fp16 rows of the int8 scan's candidates only
+        (100k CLIP-like vectors, k = 36: 300-500 rows): the same top k, scores and
+        ceiling."""
+        rows = scan.candidates(query, k)
+        scores = np.einsum("ij,j->i", self._fp16_rows(rows), np.asarray(query, np.float32))
+        best = np.argsort(-scores, kind="stable")[:k]
+        ceiling = float(scores[best[-1]]) + self.error_bound(query) if k < len(self) \
+            else -np.inf
+        return Hits(self._ids()[rows[best]], scores[best], ceiling)
+
+    def use_int8_scan(self, timed: bool = False, now: bool = False) -> None:
+        """Score single queries with the int8 scan (store/int8_scan.py): for long-lived
+        processes, asked before each query. Built in a background thread at the second ask,
+        so a one-off query never pays for it (100k: ~1 s of CPU, +~70 MB resident once the
+        fp16 copy's pages are left out); the fp16 scan answers until it is ready, or for
+        good where its guard fails. `timed`: keep it only if measured faster (CPUs without
+        int8 dot products). `now`: build it (or wait for the build) before returning."""
+        if self.int8 is not None or len(self) < SPLIT_MIN:
+            return
+        self._int8_asks += 1
+        if now:
+            self._build_int8(timed)
+        elif self._int8_asks == 2:
+            self.int8_note = "building"
+            self.int8_build = threading.Thread(target=self._build_int8, args=(timed,),
+                                               daemon=True, name="clipsearch-int8-scan")
+            self.int8_build.start()
+
+    def _build_int8(self, timed: bool) -> None:
+        with _int8_builds, self._rows_lock:  # one build at a time: each holds its codes
+            if self.int8 is not None or self._int8_tried == self._version:
+                return  # built, or refused, meanwhile
+            self._int8_tried = version = self._version
+            try:
+                scan, self.int8_note = int8_scan.build(
+                    self._rows16(), _scan_parts(),
+                    (lambda q: self._split_search(q[None], 64)) if timed else None)
+            except Exception as exc:  # noqa: BLE001 - the fp16 scan answers on
+                scan, self.int8_note = None, f"int8 scan failed: {exc}"
+            log.info("%s", self.int8_note)
+            if scan is not None and version == self._version:
+                self._file = _rows_file(self._path, self._rows16()) if self._path else None
+                if self._file is not None:
+                    weakref.finalize(self, os.close, self._file[0])
+                self.int8 = scan
+                if self._file is not None:
+                    self._drop_fp16_pages()
+
+    def _fp16_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Some rows of the fp16 copy, as float32 [len(rows), dim]. Once the int8 scan
+        answers, read from the index file (a pread a row: 100 rows in ~0.2 ms) so that
+        the copy's pages stay out of this process's memory."""
+        if self._file is None:
+            return self._rows16()[rows].astype(np.float32)
+        fd, offset = self._file
+        width = self.dim * 2
+        buffer = b"".join(os.pread(fd, width, offset + int(r) * width) for r in rows)
+        return np.frombuffer(buffer, np.float16).reshape(len(rows), self.dim).astype(
+            np.float32)
+
+    def _rows16(self) -> np.ndarray:
+        """The fp16 copies, [n, dim], without a copy."""
+        inner = faiss.downcast_index(self.index.index)
+        codes = faiss.rev_swig_ptr(inner.codes.data(), inner.codes.size())
+        return codes.view(np.float16).reshape(len(self), self.dim)
+
+    def _drop_fp16_pages(self) -> None:
+        """The int8 scan answers and rows are read from the file: leave the fp16 copy's
+        pages (100k: 102 MB) out of this process's memory. A read-only file mapping: a
+        page read again comes back from the file."""
+        inner = faiss.downcast_index(self.index.index)
+        start = int(inner.codes.data())
+        page = mmap.PAGESIZE
+        first = -(-start // page) * page  # whole pages inside the copy only
+        end = (start + int(inner.codes.size())) // page * page
+        if end > first:
+            with contextlib.suppress(AttributeError, OSError):  # no madvise: pages stay
+                ctypes.CDLL(None, use_errno=True).madvise(
+                    ctypes.c_void_p(first), ctypes.c_size_t(end - first), MADV_DONTNEED)
+
+    def _ids(self) -> np.ndarray:
+        if self._id_map is None:
+            self._id_map = faiss.vector_to_array(self.index.id_map)
+        return self._id_map
 
     def _split_search(self, query: np.ndarray, k: int) -> Hits:
         """One query over a big index, its rows split in ranges scanned by parallel threads
         (FAISS scans a single query on one thread): 100k vectors 5.1 -> 3.4 ms on 2 cores,
         same results. Each range's top k holds every global top-k member of that range."""
         inner = faiss.downcast_index(self.index.index)
-        if self._id_map is None:
-            self._id_map = faiss.vector_to_array(self.index.id_map)
+        id_map = self._ids()
         bounds = np.linspace(0, len(self), _scan_parts() + 1).astype(np.int64)
 
         def scan(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +235,7 @@ class VectorIndex:
         keep = rows >= 0
         scores, rows = scores[keep], rows[keep]
         best = np.argsort(-scores, kind="stable")[:k]
-        return Hits(self._id_map[rows[best]], scores[best])
+        return Hits(id_map[rows[best]], scores[best])
 
     def approx_scores(self, ids: np.ndarray, query: np.ndarray) -> tuple[np.ndarray,
                                                                          np.ndarray]:
@@ -130,9 +245,6 @@ class VectorIndex:
         ids = np.asarray(ids, np.int64)
         if len(self) == 0 or not len(ids):
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        inner = faiss.downcast_index(self.index.index)
-        codes = faiss.rev_swig_ptr(inner.codes.data(), inner.codes.size())  # no copy
-        rows16 = codes.view(np.float16).reshape(len(self), self.dim)
         if self._sorted_ids is None:
             id_map = faiss.vector_to_array(self.index.id_map)
             order = np.argsort(id_map, kind="stable")
@@ -143,7 +255,7 @@ class VectorIndex:
         rows = order[at[found]]
         # einsum, not BLAS: OpenBLAS's threaded matrix-vector product took 20 ms here on a
         # busy 2-core machine, einsum 0.1 ms.
-        return ids[found], np.einsum("ij,j->i", rows16[rows].astype(np.float32),
+        return ids[found], np.einsum("ij,j->i", self._fp16_rows(rows),
                                      np.asarray(query, np.float32))
 
     def sample(self, n: int) -> np.ndarray:
@@ -167,19 +279,48 @@ class VectorIndex:
     params: dict = {}
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32),
-                                    np.asarray(ids, np.int64))
-        self._id_map = self._sorted_ids = None
+        with self._rows_lock:
+            if len(ids):
+                self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32),
+                                        np.asarray(ids, np.int64))
+            self._changed()
 
     def remove(self, ids: np.ndarray) -> None:
-        if len(ids):
-            self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, np.int64)))
-        self._id_map = self._sorted_ids = None
+        with self._rows_lock:
+            if len(ids):
+                self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, np.int64)))
+            self._changed()
+
+    def _changed(self) -> None:
+        self._id_map = self._sorted_ids = self.int8 = self._file = None
+        self._version += 1
+        self._int8_asks = 0
 
     @classmethod
     def load(cls, path: Path, dim: int) -> VectorIndex:
-        return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY), dim)
+        index = cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY),
+                    dim)
+        index._path = path
+        return index
+
+
+def _rows_file(path: Path, rows16: np.ndarray) -> tuple[int, int] | None:
+    """(an open descriptor of the index file, the offset of its fp16 rows), found by
+    looking for the first rows' bytes near the start (FAISS's headers before them are a
+    few hundred bytes) and checked on the last row; None if not found."""
+    if not len(rows16):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    head = os.pread(fd, 1 << 16, 0)
+    offset = head.find(rows16[:2].tobytes())
+    last = offset + (len(rows16) - 1) * rows16.shape[1] * 2
+    if offset < 0 or os.pread(fd, rows16.shape[1] * 2, last) != rows16[-1].tobytes():
+        os.close(fd)
+        return None
+    return fd, offset
 
 
 def index_path(folder: Path, model_id: str) -> Path:
@@ -232,7 +373,9 @@ def sweep_temp_files(folder: Path) -> int:
     return removed
 
 
-SPLIT_MIN = 20_000  # below this a single scan is too short for threads to pay off
+SPLIT_MIN = 20_000  # below this a single scan is too short for threads (or int8) to pay off
+MADV_DONTNEED = 4  # Linux
+_int8_builds = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 

@@ -1,0 +1,276 @@
+"""One query scored against every vector of an exact index in int8 arithmetic, with a proven
+bound on each score's error: the warm query's scan for long-lived processes.
+
+The exact index scans fp16 copies (store/vector_index.py); FAISS's fp16 kernel converts each
+value to float and streams ~6.5 GB/s a core on the AMX VM: 8.5-9 ms for 100k ViT-B-32
+vectors on two threads. Here the same vectors are 8-bit codes with one scale per 32 values,
+scored by onnxruntime's MatMulNBits with the query quantised per 32 values as well (int8
+products summed in 32 bits, VNNI/AMX kernels): ~1.5 ms for 100k (docs/benchmarks.md).
+
+Error bound. The codes quantise the fp16 copy x (each block b of 32 values to a scale s_b =
+max|x_b|/127 and codes round(x/s_b)); decoded, x^ is within s_b/2 of x per value. The query q
+becomes q^, within s_qb/2 per value (s_qb = max|q_b|/127). Then, block by block,
+    |x^.q^ - x.q| <= sum_b  s_b/2 |q_b|_1  +  s_qb/2 |x^_b|_1
+and over all vectors at once the per-block maxima of s_b and |x^_b|_1 bound it. The searcher
+widens its candidates by that bound (plus the fp16 copy's own) and re-scores them with the
+catalog's fp32 vectors, so results stay exact.
+
+Guard. Without int8 dot-product instructions (AVX2-only x86) a kernel may sum pairs of u8 x s8
+products in 16 bits with saturation, which no bound covers. A scan is kept only after every
+score of rows built to saturate such sums, and of a sample of the index's own rows against a
+few queries, lies within its bound; where the caller asks (CPUs without int8 dot products) it
+must also be measured faster than the fp16 scan. Otherwise the fp16 scan answers.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK = 32  # values per scale, in the vectors and in the query (MatMulNBits' block_size)
+SLACK = 1e-5  # float32 sums of the block products
+MARGIN = 1.1  # the searcher's bound over the proven one: a query's rounding mode is ORT's
+SAMPLE = 4096  # rows of the index checked against exact arithmetic before use
+
+
+@dataclass(frozen=True)
+class Codes:
+    """Vectors as 8-bit codes: value round(x / scale) + 128 per block of BLOCK values."""
+
+    codes: np.ndarray  # uint8 [n, blocks, BLOCK]
+    scales: np.ndarray  # float32 [n, blocks]
+    l1: np.ndarray  # float32 [n, blocks]: |x^_b|_1, the other term of a row's bound
+
+    @classmethod
+    def of(cls, rows: np.ndarray, chunk: int = 4096) -> Codes:
+        """Quantise [n, dim] rows (fp16 or fp32), `chunk` rows at a time: no fp32 copy of
+        the whole index (100k ViT-B-32: 205 MB) is ever made."""
+        n, dim = rows.shape
+        if dim % BLOCK:
+            raise ValueError(f"dimension {dim} is not a multiple of {BLOCK}")
+        blocks = dim // BLOCK
+        codes = np.empty((n, blocks, BLOCK), np.uint8)
+        scales = np.empty((n, blocks), np.float32)
+        l1 = np.empty((n, blocks), np.float32)
+        for lo in range(0, n, chunk):
+            part = rows[lo:lo + chunk].astype(np.float32).reshape(-1, blocks, BLOCK)
+            scale = np.abs(part).max(axis=2) / np.float32(127)
+            scale[scale == 0] = 1.0
+            part /= scale[..., None]
+            np.clip(np.rint(part, out=part), -127, 127, out=part)
+            scales[lo:lo + chunk] = scale
+            l1[lo:lo + chunk] = np.abs(part).sum(axis=2) * scale
+            part += 128
+            codes[lo:lo + chunk] = part
+        return cls(codes, scales, l1)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def decoded(self, rows: np.ndarray) -> np.ndarray:
+        """x^ of the given rows, float32 [len(rows), dim]."""
+        values = self.codes[rows].astype(np.float32) - 128
+        return (values * self.scales[rows][..., None]).reshape(len(rows), -1)
+
+    def row_bounds(self, rows: np.ndarray, query: np.ndarray, margin: float = 1.0
+                   ) -> np.ndarray:
+        """The proven bound of each given row's score (the module's docstring), times
+        `margin`."""
+        of_scales, of_l1 = bound_weights(query, margin)
+        return self.scales[rows] @ of_scales + self.l1[rows] @ of_l1 + SLACK
+
+
+def bound_weights(query: np.ndarray, margin: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A query's weights of a row's bound terms, times `margin`: its blocks' |q_b|_1 / 2
+    for the row's scales (the codes' rounding), and s_qb / 2 = max|q_b| / 254 for the
+    row's |x^_b|_1 (its own rounding)."""
+    q = np.abs(np.asarray(query, np.float32).reshape(-1, BLOCK))
+    half = np.float32(margin / 2)
+    return q.sum(axis=1) * half, q.max(axis=1) / np.float32(127) * half
+
+
+class Int8Scan:
+    """Bounds on one query's score of every row of `codes` (row order), from int8
+    arithmetic on `threads` threads; they pick the few rows worth scoring exactly."""
+
+    def __init__(self, codes: Codes, threads: int):
+        self.codes = codes  # the session borrows these buffers: keep them alive
+        self.session = _session(codes, threads)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def bounds(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper): each row's int8 score minus / plus its bound x MARGIN + SLACK.
+        The score of the vector the codes quantise lies between them."""
+        feed = np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1))
+        of_scales, of_l1 = bound_weights(feed, MARGIN)
+        lower, upper = self.session.run(None, {"q": feed, "ws": of_scales[None],
+                                               "wl": of_l1[None]})
+        return lower[0], upper[0]
+
+    def candidates(self, query: np.ndarray, k: int) -> np.ndarray:
+        """Rows that may be among the k best by their exact score: each one whose upper
+        bound reaches the k-th best lower bound (the k rows of best lower bound score at
+        least that, so no row below it can be among the k best). Row order."""
+        lower, upper = self.bounds(query)
+        n = len(lower)
+        if k >= n:
+            return np.arange(n, dtype=np.int64)
+        kth = np.partition(lower, n - k)[n - k]
+        return np.flatnonzero(upper >= kth)
+
+
+def build(rows: np.ndarray, threads: int, fp16_scan: Callable[[np.ndarray], object] | None
+          = None) -> tuple[Int8Scan | None, str]:
+    """A guarded scan over `rows` ([n, dim] fp16 or fp32 copies of unit vectors), or None,
+    and why. `fp16_scan(query)`: the scan it would replace, timed against it where the caller
+    asks (CPUs without int8 dot products: faster is not sure there)."""
+    dim = rows.shape[1]
+    if dim % BLOCK:
+        return None, f"dimension {dim} is not a multiple of {BLOCK}"
+    if not saturation_free(dim, threads):
+        return None, "int8 sums saturate on this CPU (guard rows out of their bound)"
+    codes = Codes.of(rows)
+    scan = Int8Scan(codes, threads)
+    worst = agreement(scan, rows)
+    if worst > 1.0:
+        return None, f"int8 scores off by {worst:.2f}x their bound on the index's rows"
+    if fp16_scan is not None:
+        query = _check_queries(rows)[0]
+        int8_ms, fp16_ms = _median_ms(lambda: scan.candidates(query, 64)), _median_ms(
+            lambda: fp16_scan(query))
+        if int8_ms >= fp16_ms:
+            return None, f"int8 scan not faster here ({int8_ms:.2f} vs {fp16_ms:.2f} ms)"
+    return scan, f"int8 scan kept (worst error {worst:.2f} of its bound)"
+
+
+Bounds = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # query -> (lower, upper)
+
+
+def worst_error(bounds: Bounds, codes: Codes, rows: np.ndarray, queries: list[np.ndarray],
+                sample: np.ndarray) -> float:
+    """The largest |int8 score - exact score| over its row's proven bound, for the `sample`
+    rows of `rows` (what `codes` quantise) and each query; `bounds`: a kernel's (lower,
+    upper), whose middle is its int8 score. Above 1: the kernel is wrong here."""
+    exact_rows = rows[sample].astype(np.float32)
+    worst = 0.0
+    for query in queries:
+        lower, upper = bounds(query)
+        scores = ((lower + upper) / 2)[sample]  # the int8 score, up to float rounding
+        errors = np.abs(scores - exact_rows @ query)
+        worst = max(worst, float((errors / codes.row_bounds(sample, query)).max()))
+    return worst
+
+
+def agreement(scan: Int8Scan, rows: np.ndarray) -> float:
+    """worst_error on a sample of the index's own rows against a few queries (random ones,
+    and rows of the index: near-duplicates score high, where rounding adds up most)."""
+    n = len(rows)
+    sample = np.unique(np.linspace(0, n - 1, min(n, SAMPLE)).astype(np.int64))
+    return worst_error(scan.bounds, scan.codes, rows, _check_queries(rows), sample)
+
+
+def guard_case(dim: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(rows, queries) built to overflow 16-bit sums of u8 x s8 products: every code at
+    +-127 (u8 1 or 255), queries of matching and random signs (every value at +-127)."""
+    rng = np.random.default_rng(0)
+    signs = rng.choice(np.float32([-1, 1]), (254, dim))
+    rows = np.vstack([np.ones((1, dim), np.float32), -np.ones((1, dim), np.float32), signs])
+    rows /= np.sqrt(dim)
+    return rows, [rows[0], rows[1], rows[2], rows[3], -rows[4]]
+
+
+@functools.lru_cache(maxsize=8)
+def saturation_free(dim: int, threads: int) -> bool:
+    """Whether this CPU's kernel keeps every score of guard_case's rows within its bound."""
+    rows, queries = guard_case(dim)
+    scan = Int8Scan(Codes.of(rows), threads)
+    return worst_error(scan.bounds, scan.codes, rows, queries, np.arange(len(rows))) <= 1.0
+
+
+def _check_queries(rows: np.ndarray) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    picked = [rows[int(i)].astype(np.float32) for i in rng.integers(0, len(rows), 3)]
+    randoms = list(rng.standard_normal((2, rows.shape[1])).astype(np.float32))
+    return [q / max(float(np.linalg.norm(q)), 1e-12) for q in picked + randoms]
+
+
+def _median_ms(step: Callable[[], object], rounds: int = 7) -> float:
+    step()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+_session_lock = threading.Lock()  # one session made at a time: each copies its codes once
+
+
+def _session(codes: Codes, threads: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n, blocks, _ = codes.codes.shape
+    dim = blocks * BLOCK
+    nodes = [
+        helper.make_node("MatMulNBits", ["q", "codes", "scales"], ["scores"],
+                         domain="com.microsoft", K=dim, N=n, bits=8, block_size=BLOCK,
+                         accuracy_level=4),  # int8 arithmetic: the bound above
+        # Every row's bound at once: weights [1, blocks] x terms [n, blocks]^T, twice.
+        helper.make_node("Gemm", ["ws", "scales2d"], ["of_scales"], transB=1),
+        helper.make_node("Gemm", ["wl", "l1"], ["of_l1"], transB=1),
+        helper.make_node("Add", ["of_scales", "of_l1"], ["raw_bounds"]),
+        helper.make_node("Add", ["raw_bounds", "slack"], ["bounds"]),
+        helper.make_node("Sub", ["scores", "bounds"], ["lower"]),
+        helper.make_node("Add", ["scores", "bounds"], ["upper"]),
+    ]
+    supplied = [_placeholder("codes", codes.codes.shape, TensorProto.UINT8),
+                _placeholder("scales", (n * blocks,), TensorProto.FLOAT),
+                _placeholder("scales2d", (n, blocks), TensorProto.FLOAT),
+                _placeholder("l1", (n, blocks), TensorProto.FLOAT)]
+    graph = helper.make_graph(
+        nodes, "int8_scan",
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, dim]),
+         *(helper.make_tensor_value_info(w, TensorProto.FLOAT, [1, blocks])
+           for w in ("ws", "wl"))],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, n])
+         for name in ("lower", "upper")],
+        [helper.make_tensor("slack", TensorProto.FLOAT, [], [SLACK])])
+    graph.initializer.extend(supplied)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # One operator a run: nothing to spin for between ops, and a spinning pool thread
+    # would take a core from the request beside it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Handed over without a copy (a serialised graph holds one more: +~90 MB at 100k).
+    # The scales twice, flat for MatMulNBits and [n, blocks] for the bounds: one buffer.
+    options.add_external_initializers(
+        ["codes", "scales", "scales2d", "l1"],
+        [ort.OrtValue.ortvalue_from_numpy(a) for a in (
+            codes.codes, codes.scales.reshape(-1), codes.scales, codes.l1)])
+    with _session_lock:
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+
+
+def _placeholder(name: str, shape: tuple[int, ...], dtype: int):
+    from onnx import TensorProto
+
+    tensor = TensorProto(name=name, data_type=dtype, dims=list(shape),
+                         data_location=TensorProto.EXTERNAL)
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "supplied-at-session-creation"
+    return tensor

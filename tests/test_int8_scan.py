@@ -1,0 +1,212 @@
+"""The warm query's int8 scan (store/int8_scan.py): its error bound, its guard, and a
+searcher that stays exact with it, on whatever CPU runs them (the scan is used only where
+its guard passes; either way results are the exact fp32 top k)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from search import Searcher
+from store import Catalog, FileRecord, int8_scan, vector_index
+from store.int8_scan import BLOCK, MARGIN, Codes, Int8Scan, bound_weights
+
+DIM = 512
+
+
+def clip_like(n: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors in clusters, a few dimensions much larger than the rest (as in CLIP),
+    and a burst of near-copies: where rounding errors and ties are worst."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, DIM))
+    vectors = centres[rng.integers(0, 40, n)] + rng.normal(0, 0.5, (n, DIM))
+    vectors[:, :3] *= 8
+    burst = min(n, 200)
+    vectors[:burst] = vectors[0] + rng.normal(0, 0.002, (burst, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def int8_scores(codes: Codes, query: np.ndarray, saturate: bool = False) -> np.ndarray:
+    """The int8 arithmetic the bound is proven for, in exact integers: the query quantised
+    per block (s_q = max|q_b| / 127), code x query summed per block, scaled. `saturate`: a
+    kernel without int8 dot products (AVX2's vpmaddubsw) summing pairs of u8 x s8 products in
+    16 bits with saturation."""
+    q = query.reshape(-1, BLOCK).astype(np.float64)
+    s_q = np.abs(q).max(axis=1) / 127
+    r = np.rint(q / np.where(s_q > 0, s_q, 1)[:, None]).astype(np.int64)
+    products = codes.codes.astype(np.int64) * r  # u8 codes (value + 128) x s8 query
+    if saturate:
+        pairs = products.reshape(*products.shape[:2], BLOCK // 2, 2).sum(axis=3)
+        products = np.clip(pairs, -32768, 32767)
+    sums = products.sum(axis=2) - 128 * r.sum(axis=1)  # the zero point, exactly
+    return (sums * codes.scales * s_q).sum(axis=1)
+
+
+def emulated_bounds(codes: Codes, saturate: bool):
+    def bounds(query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = int8_scores(codes, query, saturate)
+        margin = codes.row_bounds(np.arange(len(codes)), query, MARGIN)
+        return scores - margin, scores + margin
+    return bounds
+
+
+def test_bound_holds_for_every_row_of_exact_int8_arithmetic():
+    rows = clip_like(3000).astype(np.float16)
+    codes = Codes.of(rows)
+    queries = [rows[5].astype(np.float32), clip_like(2, seed=9)[1]]
+    for query in queries:
+        exact = rows.astype(np.float32) @ query
+        error = np.abs(int8_scores(codes, query) - exact)
+        bound = codes.row_bounds(np.arange(len(rows)), query)
+        assert (error <= bound).all()
+        assert error.max() > 0.02 * bound.max()  # a real rounding, not a zero one
+    # The codes decode to within half a step of each value.
+    step = np.repeat(codes.scales, BLOCK, axis=1)
+    assert (np.abs(codes.decoded(np.arange(50)) - rows[:50]) <= step[:50] / 2 + 1e-7).all()
+
+
+def test_guard_catches_a_kernel_that_saturates():
+    """The rows the guard scores are built so that 16-bit pair sums overflow: a kernel that
+    saturates there lands outside its bound, the exact one inside."""
+    rows, queries = int8_scan.guard_case(DIM)
+    codes = Codes.of(rows)
+    every = np.arange(len(rows))
+    exact = int8_scan.worst_error(emulated_bounds(codes, False), codes, rows, queries, every)
+    saturating = int8_scan.worst_error(emulated_bounds(codes, True), codes, rows, queries,
+                                       every)
+    assert exact <= 1.0 < saturating
+
+
+def test_scan_is_kept_only_where_it_passes_its_guard():
+    """On this CPU: either the onnxruntime scan passed its guard and every row's bounds hold
+    the exact score, its candidates holding the true top k; or it was refused, saying why."""
+    rows = clip_like(6000, seed=1).astype(np.float16)
+    scan, why = int8_scan.build(rows, threads=2)
+    if not int8_scan.saturation_free(DIM, 2):
+        assert scan is None and "saturate" in why
+        return
+    assert scan is not None, why
+    exact_rows = rows.astype(np.float32)
+    for query in (exact_rows[3], clip_like(3, seed=5)[2], exact_rows[4000]):
+        lower, upper = scan.bounds(query)
+        exact = exact_rows @ query
+        assert (lower <= exact).all() and (exact <= upper).all()
+        for k in (1, 36, 200):
+            picked = scan.candidates(query, k)
+            assert set(np.argsort(-exact)[:k]) <= set(picked.tolist())
+            assert len(picked) < len(rows) / 4  # it does narrow the scan down
+            # Exactly the rows that may beat the k-th best lower bound: none left out can.
+            kth_lower = np.sort(lower)[-k]
+            left_out = np.setdiff1d(np.arange(len(rows)), picked)
+            assert upper[left_out].max() < kth_lower <= upper[picked].min()
+
+
+def test_query_weights_match_the_proven_terms():
+    query = clip_like(1, seed=3)[0]
+    of_scales, of_l1 = bound_weights(query, margin=2.0)
+    blocks = np.abs(query.reshape(-1, BLOCK))
+    np.testing.assert_allclose(of_scales, blocks.sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(of_l1, blocks.max(axis=1) / 127, rtol=1e-6)
+
+
+def _catalog(tmp_path, vectors: np.ndarray) -> tuple[Catalog, np.ndarray, np.ndarray]:
+    cat = Catalog(tmp_path / "c.db")
+    root = cat.add_root("/p")
+    records = [FileRecord(f"/p/{i}.jpg", root, 10, 1, f"h{i}", "ok")
+               for i in range(len(vectors))]
+    cat.write_batch(records, {f"h{i}": v for i, v in enumerate(vectors)}, "m")
+    ids, stored = cat.vectors("m")
+    return cat, ids, stored
+
+
+@pytest.fixture
+def small_split(monkeypatch):
+    monkeypatch.setattr(vector_index, "SPLIT_MIN", 1000)  # the int8 scan from 1000 vectors
+
+
+def test_searcher_with_the_int8_scan_stays_exact(tmp_path, small_split):
+    """Results (order and scores) are the exact fp32 top k, with and without exclusions,
+    and the scan answers the single queries once its guard passed."""
+    vectors = clip_like(6000, seed=2)
+    cat, ids, stored = _catalog(tmp_path, vectors)
+    Searcher(cat, tmp_path / "vectors").search("m", vectors[0], limit=5)  # the file, saved
+    searcher = Searcher(Catalog(cat.path, readonly=True), tmp_path / "vectors", int8_scan="on")
+    index = searcher.prepare("m", DIM)
+    assert (index.int8 is not None) == int8_scan.saturation_free(DIM, vector_index._scan_parts())
+    rng = np.random.default_rng(4)
+    for q in range(15):
+        query = vectors[rng.integers(len(vectors))] + rng.normal(0, 0.01, DIM)
+        query = (query / np.linalg.norm(query)).astype(np.float32)
+        exact = stored @ query
+        order = np.lexsort((ids, -exact))
+        got = searcher.search("m", query, limit=25)
+        assert [r.file_id for r in got] == ids[order[:25]].tolist(), q
+        assert np.allclose([r.score for r in got], exact[order[:25]], atol=1e-6)
+        hits = index.search(query[None], 36)[0]  # what the searcher builds on
+        left_out = ~np.isin(ids, hits.ids)
+        assert exact[left_out].max() <= hits.ceiling < exact[order[9]]
+        skip = set(ids[order[:7]].tolist())
+        got = searcher.search("m", query, limit=10, exclude=skip)
+        assert [r.file_id for r in got] == ids[order[7:17]].tolist(), q
+
+
+def test_scan_is_built_in_the_background_from_the_second_query(tmp_path, small_split):
+    vectors = clip_like(3000, seed=6)
+    cat, _, _ = _catalog(tmp_path, vectors)
+    searcher = Searcher(cat, tmp_path / "vectors", int8_scan="on")
+    searcher.search("m", vectors[1], limit=3)
+    index = searcher.index_for("m", DIM)
+    assert index.int8_build is None and index.int8 is None  # a one-off query pays nothing
+    searcher.search("m", vectors[2], limit=3)
+    assert index.int8_build is not None
+    index.int8_build.join(timeout=60)
+    assert index.int8_note != "building"
+    kept = int8_scan.saturation_free(DIM, vector_index._scan_parts())
+    assert (index.int8 is not None) == kept, index.int8_note
+    if kept:  # it answers now, and a change to the index drops it
+        assert searcher.search("m", vectors[2], limit=1)[0].score == pytest.approx(1, abs=1e-6)
+        index.add(np.array([10**6]), vectors[:1])
+        assert index.int8 is None
+
+
+def test_off_never_builds_it(tmp_path, small_split):
+    vectors = clip_like(2000, seed=7)
+    cat, _, _ = _catalog(tmp_path, vectors)
+    searcher = Searcher(cat, tmp_path / "vectors")
+    for i in range(4):
+        searcher.search("m", vectors[i], limit=3)
+    index = searcher.prepare("m", DIM)
+    assert index.int8 is None and index.int8_build is None
+    with pytest.raises(ValueError):
+        Searcher(cat, tmp_path / "vectors", int8_scan="yes")
+
+
+@pytest.mark.skipif(not hasattr(vector_index.os, "pread"), reason="POSIX pread")
+def test_rows_come_from_the_file_once_the_scan_answers(tmp_path, small_split):
+    """With the int8 scan the fp16 copy's pages leave the process; the rows the search then
+    reads come from the index file, the same values."""
+    vectors = clip_like(3000, seed=8)
+    cat, _, _ = _catalog(tmp_path, vectors)
+    Searcher(cat, tmp_path / "vectors").search("m", vectors[0], limit=5)
+    path = vector_index.index_path(tmp_path / "vectors", "m")
+    index = vector_index.VectorIndex.load(path, DIM)
+    rows = np.array([0, 17, 2999, 1500])
+    mapped = index._rows16()[rows].astype(np.float32)
+    index.use_int8_scan(now=True)
+    if index.int8 is None:
+        pytest.skip(f"no int8 scan on this CPU: {index.int8_note}")
+    assert index._file is not None
+    np.testing.assert_array_equal(index._fp16_rows(rows), mapped)
+
+
+def test_the_scan_of_a_real_graph_matches_exact_int8_arithmetic():
+    """onnxruntime's MatMulNBits computes what the bound is proven for (where the guard
+    passes): its scores equal exact int8 arithmetic up to float32 rounding."""
+    rows = clip_like(2000, seed=10).astype(np.float16)
+    if not int8_scan.saturation_free(DIM, 1):
+        pytest.skip("int8 sums saturate on this CPU: the scan is refused there")
+    scan = Int8Scan(Codes.of(rows), threads=1)
+    query = rows[11].astype(np.float32)
+    lower, upper = scan.bounds(query)
+    np.testing.assert_allclose((lower + upper) / 2, int8_scores(scan.codes, query), atol=2e-6)
+
