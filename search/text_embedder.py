@@ -158,6 +158,12 @@ class TextEmbedder:
             temp.unlink(missing_ok=True)
             log.info("could not cache text tower: %s", exc)
 
+    @property
+    def precision(self) -> str:
+        """What runs the tower now: "int8" / "fp32" (onnxruntime), "numpy", or "torch"
+        (not exported, or not loaded yet)."""
+        return self._fast[0].precision if self._fast is not None else "torch"
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         fast = self._numpy_tower()
         if fast is not None:

@@ -210,3 +210,33 @@ def test_the_scan_of_a_real_graph_matches_exact_int8_arithmetic():
     lower, upper = scan.bounds(query)
     np.testing.assert_allclose((lower + upper) / 2, int8_scores(scan.codes, query), atol=2e-6)
 
+
+def test_library_warm_up_readies_the_scan_of_a_long_lived_app(tmp_path, monkeypatch):
+    """Library.warm_up (an app or server at start): text tower, index and its int8 scan
+    ready before the first query, which answers the same as without it; a one-shot
+    (low-memory) Library or CLIPSEARCH_INT8_SCAN=off never builds the scan."""
+    from clipsearch import Library
+    from tests.helpers import draw_photos, pair_of
+
+    monkeypatch.setattr(vector_index, "SPLIT_MIN", 10)
+    draw_photos(tmp_path / "p", per_pair=2, seed=3)
+    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+        assert lib.warm_up() == {}  # nothing indexed yet
+        lib.index([tmp_path / "p"])
+    with Library(tmp_path / "lib") as lib:
+        ready = lib.warm_up()
+        assert ready["vectors"] >= 10 and ready["text_tower"] in ("int8", "fp32", "numpy")
+        index = lib.searcher.index_for(ready["model"], lib.embed_text(["x"]).shape[1])
+        assert (ready["scan"] == "int8") == (index.int8 is not None)
+        if index.int8 is None:  # the shapes model's width may not be a multiple of 32
+            assert ready["scan"] == index.int8_note != "not asked for"
+        hits = lib.query("a green star", limit=3)
+        assert pair_of(hits[0].path) == ("green", "star")
+    for settings in ({"low_memory": True}, {}):
+        if not settings:
+            monkeypatch.setenv("CLIPSEARCH_INT8_SCAN", "off")
+        with Library(tmp_path / "lib", **settings) as lib:
+            assert lib.searcher.int8_scan == "off"
+            assert lib.warm_up()["scan"] == "not asked for"
+            assert [h.path for h in lib.query("a green star", limit=3)] == \
+                [h.path for h in hits]

@@ -143,6 +143,9 @@ def serve(lib: Library, config: ServeConfig,
             workers.start(config.workers - 1)
             warm(app)  # meanwhile the others warm up too
             workers.wait_ready(timeout=300)
+        else:  # one process: it answers at once, and is warm within a second or two
+            threading.Thread(target=warm, args=(app,), daemon=True,
+                             name="clipsearch-warm").start()
         server.run(sockets=[] if workers is not None else [sock])
     finally:
         remove_server_file(lib.path)

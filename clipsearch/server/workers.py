@@ -249,8 +249,10 @@ class Workers:
 
 
 def warm(app: Any) -> None:
-    """One query through a reader before a process is announced: the text model loaded, the
-    vector index mapped, the grading bars measured (a cold first query costs ~0.3-1 s).
-    Nothing to warm in an empty library, or with a model missing: the first query says so."""
+    """Library.warm_up and one query through a reader before a process is announced: the
+    text model loaded, the vector index mapped with its int8 scan, the grading bars measured
+    (a cold first query costs ~0.3-1 s). Nothing to warm in an empty library, or with a
+    model missing: the first query says so."""
     with contextlib.suppress(Exception), app.state.readers.one() as reader:
+        reader.warm_up()
         reader.query("a photo", limit=1)
