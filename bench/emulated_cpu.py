@@ -5,6 +5,7 @@ CPU model, so onnxruntime (MLAS) dispatches that model's kernels by cpuid.
     python -m bench.emulated_cpu variants --weights FILE.safetensors [--cpu ...] [--compile]
     python -m bench.emulated_cpu variants --model local-dir:DIR    # an open_clip ViT bundle
     python -m bench.emulated_cpu text --weights FILE               # the int8 text tower only
+    python -m bench.emulated_cpu scan [--count 20000]              # the warm query's int8 scan
     python -m bench.emulated_cpu variants --weights FILE --native    # the same, not emulated
     python -m bench.emulated_cpu run [--cpu ...] -- python -m clipsearch.cli ...
     (needs qemu-user: apt-get install qemu-user; Debian 12's QEMU 7.2 emulates AVX2, FMA,
@@ -161,6 +162,38 @@ def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> di
     return {**flags_report(), "text_int8": figures}
 
 
+def scan_report(count: int) -> dict:
+    """The warm query's int8 scan (store/int8_scan.py) on this (maybe emulated) CPU: its
+    guard's verdict, and over CLIP-like vectors every row's bounds against exact scores."""
+    import numpy as np
+
+    from bench.clip_like import World
+    from store import int8_scan
+
+    world = World()
+    rows = world.vectors(0, count).astype(np.float16)
+    rows32 = rows.astype(np.float32)
+    report = {**flags_report(), "count": count,
+              "saturation_free": int8_scan.saturation_free(rows.shape[1], 2)}
+    scan, why = int8_scan.build(rows, threads=2)
+    report["build"] = why
+    # The guard aside: how far out of their bounds the kernel's scores land here.
+    codes = scan.codes if scan is not None else int8_scan.Codes.of(rows)
+    kernel = scan or int8_scan.Int8Scan(codes, 2)
+    guard_rows, guard_queries = int8_scan.guard_case(rows.shape[1])
+    guard_codes = int8_scan.Codes.of(guard_rows)
+    report["guard_rows_worst_error_over_bound"] = round(int8_scan.worst_error(
+        int8_scan.Int8Scan(guard_codes, 2).bounds, guard_codes, guard_rows, guard_queries,
+        np.arange(len(guard_rows))), 4)
+    queries = list(world.queries(8).astype(np.float32))
+    report["index_rows_worst_error_over_bound"] = round(int8_scan.worst_error(
+        kernel.bounds, codes, rows32, queries, np.arange(count)), 4)
+    candidates = [len(kernel.candidates(q, 36)) for q in queries]
+    report["candidates_for_36"] = {"median": int(np.median(candidates)),
+                                   "max": max(candidates)}
+    return report
+
+
 def _compile(ref, cache: Path) -> dict:
     """compile_model's choice with the flags cpuid reports (not /proc/cpuinfo's)."""
     from clip_core.compiled.compiler import compile_model
@@ -187,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     text = sub.add_parser("text")
     text.add_argument("--model", default="ViT-B-32")
     text.add_argument("--weights", type=Path, help="a safetensors file (--pretrained)")
+    scan = sub.add_parser("scan")
+    scan.add_argument("--count", type=int, default=20_000)
     run = sub.add_parser("run")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -203,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         weights = weights and weights.resolve()
         report = (flags_report() if args.job == "flags"
                   else text_report(args.model, weights) if args.job == "text"
+                  else scan_report(args.count) if args.job == "scan"
                   else variants_report(args.model, weights, args.compile))
         print(json.dumps(report, indent=2))
         return

@@ -56,3 +56,22 @@ def _variants(tmp_path, bundle, cpu: str | None) -> dict:
         capture_output=True, text=True, timeout=240, cwd=REPO, env=subprocess_env(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
+
+
+@pytest.mark.slow  # ~45 s: imports and a scan of 3000 vectors under TCG
+def test_the_int8_scan_on_emulated_avx2_kernels_stays_within_its_bound(tmp_path):
+    """The warm query's int8 scan (store/int8_scan.py) on onnxruntime's AVX2 kernels: its
+    guard's verdict agrees with what the kernel does. Kept, every score of the index's own
+    rows is within its bound; refused, the guard rows were out of theirs."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.emulated_cpu", "--cpu", DEFAULT_CPU, "scan",
+         "--count", "3000"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=subprocess_env(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["saturating_int8"] and "avx512_vnni" not in report["cpuid_flags"], report
+    kept = report["build"].startswith("int8 scan kept")
+    assert kept == report["saturation_free"] == (
+        report["guard_rows_worst_error_over_bound"] <= 1.0), report
+    if kept:
+        assert report["index_rows_worst_error_over_bound"] <= 1.0, report
