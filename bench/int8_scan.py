@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -86,16 +85,6 @@ def score_bounds(scales: np.ndarray, l1: np.ndarray, query: np.ndarray) -> np.nd
     return code_rounding_bound(scales, query) + query_rounding_bound(l1, query) + 1e-5
 
 
-def median_ms(step: Callable[[], object], rounds: int) -> float:
-    step()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
 def fp16_scan(vectors: np.ndarray) -> Callable[[np.ndarray], object]:
     """clipsearch's own exact index (store.vector_index): one query's scan split by rows."""
     from store.vector_index import VectorIndex
@@ -107,6 +96,7 @@ def fp16_scan(vectors: np.ndarray) -> Callable[[np.ndarray], object]:
 def measure(count: int, queries: int, rounds: int, k: int = 10) -> dict:
     from bench.clip_like import World
     from clip_core.cpu import CpuFeatures, available_cores
+    from store.int8_scan import median_ms
 
     world = World()
     vectors = world.vectors(0, count).astype(np.float32)

@@ -144,7 +144,7 @@ def build(rows: np.ndarray, threads: int, fp16_scan: Callable[[np.ndarray], obje
         return None, f"int8 scores off by {worst:.2f}x their bound on the index's rows"
     if fp16_scan is not None:
         query = _check_queries(rows)[0]
-        int8_ms, fp16_ms = _median_ms(lambda: scan.candidates(query, 64)), _median_ms(
+        int8_ms, fp16_ms = median_ms(lambda: scan.candidates(query, 64)), median_ms(
             lambda: fp16_scan(query))
         if int8_ms >= fp16_ms:
             return None, f"int8 scan not faster here ({int8_ms:.2f} vs {fp16_ms:.2f} ms)"
@@ -202,7 +202,8 @@ def _check_queries(rows: np.ndarray) -> list[np.ndarray]:
     return [q / max(float(np.linalg.norm(q)), 1e-12) for q in picked + randoms]
 
 
-def _median_ms(step: Callable[[], object], rounds: int = 7) -> float:
+def median_ms(step: Callable[[], object], rounds: int = 7) -> float:
+    """Median milliseconds of `step` over `rounds` runs, after one warm-up run."""
     step()
     times = []
     for _ in range(rounds):
