@@ -44,9 +44,13 @@ class Searcher:
         """Make ready what this searcher's queries of `model_id` will use (the index of
         the current generation; its int8 scan, where on), and return that index."""
         index = self.index_for(model_id, dim)
-        if self.int8_scan != "off" and index.exact:
-            index.use_int8_scan(timed=self.int8_scan == "timed", now=True)
+        if index.exact:
+            self._ask_int8(index, now=True)
         return index
+
+    def _ask_int8(self, index: VectorIndex, now: bool = False) -> None:
+        if self.int8_scan != "off":
+            index.use_int8_scan(timed=self.int8_scan == "timed", now=now)
 
     def search(
         self,
@@ -75,14 +79,13 @@ class Searcher:
         if allowed is not None and len(allowed) <= max(DIRECT_MAX, len(index) // 50):
             return self._direct(model_id, index, query[0], limit, allowed, exclude)
         extra = len(exclude) if exclude else 0
-        if self.int8_scan != "off":
-            index.use_int8_scan(timed=self.int8_scan == "timed")
-        # The FAISS cache holds fp16 copies (half the memory and time; int8 codes in a
-        # long-lived process): fetch a margin of candidates, re-score them with the
-        # catalog's exact fp32 vectors, and widen the margin until no file left out could
-        # beat the results (the scan's ceiling: fp16, the last candidate's score plus the
-        # rounding bound; int8, the last candidate's own upper bound). Scores and order are
-        # then exact, not just very likely so.
+        self._ask_int8(index)
+        # The FAISS cache holds fp16 copies (half the memory and time; scanned through int8
+        # codes in a long-lived process, same answer): fetch a margin of candidates, re-score
+        # them with the catalog's exact fp32 vectors, and widen the margin until no file
+        # left out could beat the results (the hits' ceiling: the last candidate's fp16
+        # score plus fp16's rounding bound). Scores and order are then exact, not just very
+        # likely so.
         want = 2 * (limit + extra) + 16
         bound = index.error_bound(query[0])
         while True:
