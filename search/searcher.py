@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store import AnnIndex, Catalog, Hits, VectorIndex, open_vector_index
+from store import AnnIndex, Catalog, VectorIndex, open_vector_index
 from store.ann_index import RERANK  # candidates the approximate index hands over
 
 from .results import SearchResult
@@ -90,11 +90,15 @@ class Searcher:
         bound = index.error_bound(query[0])
         while True:
             hits = index.search(query, want, allowed)[0]
+            ids, scores = hits.ids, hits.scores
+            if exclude:
+                keep = ~np.isin(ids, np.fromiter(exclude, np.int64, count=len(exclude)))
+                ids, scores = ids[keep], scores[keep]
+            # Only those that may be in the exact top `limit` (~12 of 36: a catalog read
+            # is ~20 us).
             exact = self.catalog.vectors_for_files(
-                model_id, _contenders(hits, limit, exclude, bound).tolist())
-            ranked = sorted(((float(vec @ query[0]), file_id) for file_id, vec in exact.items()
-                             if not (exclude and file_id in exclude)),
-                            key=lambda item: (-item[0], item[1]))
+                model_id, _contenders(ids, scores, limit, bound).tolist())
+            ranked = _ranked(exact, query[0], None)
             exhausted = len(hits.ids) < want
             if exhausted or (len(ranked) >= limit and ranked[limit - 1][0] > hits.ceiling):
                 break
@@ -141,13 +145,9 @@ class Searcher:
         if exclude:
             allowed = np.setdiff1d(allowed, np.fromiter(exclude, np.int64))
         ids, approx = index.approx_scores(allowed, query)
-        if len(ids) > limit:
-            kth = np.partition(-approx, limit - 1)[limit - 1]
-            ids = ids[-approx <= kth + 2 * index.error_bound(query)]
+        ids = _contenders(ids, approx, limit, index.error_bound(query))
         exact = self.catalog.vectors_for_files(model_id, ids.tolist())
-        ranked = sorted(((float(vec @ query), file_id) for file_id, vec in exact.items()),
-                        key=lambda item: (-item[0], item[1]))
-        return self.results(ranked[:limit])
+        return self.results(_ranked(exact, query, None)[:limit])
 
     def results(self, scored: list[tuple[float | None, int]],
                 first_rank: int = 1) -> list[SearchResult]:
@@ -168,15 +168,11 @@ class Searcher:
         return results
 
 
-def _contenders(hits: Hits, limit: int, exclude: set[int] | None, bound: float
+def _contenders(ids: np.ndarray, scores: np.ndarray, limit: int, bound: float
                 ) -> np.ndarray:
-    """The candidates that may be in the exact top `limit`: scanned score within two
-    rounding bounds of the limit-th best (the rest score below the limit-th exactly). Their
-    fp32 vectors are read from the catalog, ~20 us each: ~12 instead of 36 a query."""
-    ids, scores = hits.ids, hits.scores
-    if exclude:
-        keep = ~np.isin(ids, np.fromiter(exclude, np.int64, count=len(exclude)))
-        ids, scores = ids[keep], scores[keep]
+    """The ids that may be in the exact top `limit`, by scores each within `bound` of its
+    exact one: those within two bounds of the limit-th best (the rest score below the
+    limit-th exactly)."""
     if len(ids) <= limit:
         return ids
     kth = -np.partition(-scores, limit - 1)[limit - 1]

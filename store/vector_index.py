@@ -246,7 +246,7 @@ class VectorIndex:
         if len(self) == 0 or not len(ids):
             return np.empty(0, np.int64), np.empty(0, np.float32)
         if self._sorted_ids is None:
-            id_map = faiss.vector_to_array(self.index.id_map)
+            id_map = self._ids()
             order = np.argsort(id_map, kind="stable")
             self._sorted_ids = (id_map[order], order)
         sorted_ids, order = self._sorted_ids
