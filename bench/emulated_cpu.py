@@ -144,9 +144,12 @@ def variants_report(model: str, weights: Path | None, compile_too: bool) -> dict
 
 
 def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> dict:
-    """The int8 text tower (MatMulNBits) against the fp32 one on the probe texts, as a
-    long-lived process checks it (NumpyTextTower.use_onnxruntime; untimed here)."""
+    """Each int8 text tower kind (clip_core.text.tower_onnx) against the fp32 one on the probe
+    texts, as a long-lived process checks it (NumpyTextTower.use_onnxruntime; untimed here),
+    and the kinds this CPU's flags would try (clip_core.cpu.text_int8_kinds; x86 only, as the
+    rest of this module)."""
     from clip_core.compiled.weights_file import open_weights_file, write_text_tower
+    from clip_core.cpu import CpuFeatures, text_int8_kinds
     from clip_core.models.ref import parse_model
     from clip_core.text.tower import NumpyTextTower
 
@@ -156,9 +159,14 @@ def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> di
     with tempfile.TemporaryDirectory(dir=tmp) as folder:
         path = Path(folder) / "text.safetensors"
         write_text_tower(source, path)
-        tower = NumpyTextTower.load(path, release_pages=False, check=False)
-        tower.use_onnxruntime(int8=True)
-        figures = {"min_cos": round(float(tower.int8_agreement), 6), "kept": tower.precision}
+        figures = {}
+        for kind in ("dynamic", "blocks"):
+            tower = NumpyTextTower.load(path, release_pages=False, check=False)
+            tower.use_onnxruntime(int8=True, kinds=(kind,))
+            figures[kind] = {"min_cos": round(float(tower.int8_agreement), 6),
+                             "kept": tower.kind}
+        # cpuid's flags: under qemu-user /proc/cpuinfo still shows the host's
+        figures["tried_here"] = list(text_int8_kinds(CpuFeatures("x86_64", cpuid_flags())))
     return {**flags_report(), "text_int8": figures}
 
 

@@ -67,6 +67,13 @@ class CpuFeatures:
         return self.x86 and not self.int8_dot_product
 
 
+def text_int8_kinds(cpu: CpuFeatures) -> tuple[str, ...]:
+    """The int8 text towers to try on `cpu`, fastest first (clip_core.text.tower_onnx): the
+    per-run "dynamic" scale only where int8 products are summed in 32 bits; "blocks"
+    everywhere. Each must still agree with fp32 on the machine at hand."""
+    return ("blocks",) if text_int8_timed(cpu) else ("dynamic", "blocks")
+
+
 def text_int8_timed(cpu: CpuFeatures) -> bool:
     """Whether the int8 text tower (onnxruntime MatMulNBits with int8 activations:
     clip_core.text.tower_onnx) must also be measured faster than fp32 to be kept. Its

@@ -701,7 +701,7 @@ class Library:
             index = self.searcher.prepare(ref.model_id, dim)
         embedder = self._text_embedder(ref)
         return {"model": ref.model_id, "vectors": len(index),
-                "text_tower": embedder.precision,
+                "text_tower": embedder.kind,
                 "scan": "int8" if getattr(index, "int8", None) is not None
                 else getattr(index, "int8_note", "approximate index")}
 

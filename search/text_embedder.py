@@ -64,9 +64,11 @@ class TextEmbedder:
                 log.warning("ignoring text tower cache %s: %s", self.path, exc)
                 return None
             if not self.low_memory:
-                from clip_core.cpu import CpuFeatures, text_int8_timed
+                from clip_core.cpu import CpuFeatures, text_int8_kinds, text_int8_timed
 
-                tower.use_onnxruntime(int8=True, timed=text_int8_timed(CpuFeatures.here()))
+                cpu = CpuFeatures.here()
+                tower.use_onnxruntime(int8=True, timed=text_int8_timed(cpu),
+                                      kinds=text_int8_kinds(cpu))
             self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
         return self._fast
 
@@ -163,6 +165,12 @@ class TextEmbedder:
         """What runs the tower now: "int8" / "fp32" (onnxruntime), "numpy", or "torch"
         (not exported, or not loaded yet)."""
         return self._fast[0].precision if self._fast is not None else "torch"
+
+    @property
+    def kind(self) -> str:
+        """precision, and which int8 kind: "int8-dynamic", "int8-blocks", "fp32", "numpy",
+        "torch" (clip_core.text.tower_onnx)."""
+        return self._fast[0].kind if self._fast is not None else "torch"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         fast = self._numpy_tower()

@@ -27,7 +27,7 @@ from clip_core.compiled.cache import (
 from clip_core.compiled.compiler import GUARD_MIN_COS, compile_model
 from clip_core.compiled.int8_variants import DEFAULT, REDUCE_RANGE, VARIANTS, variant_order
 from clip_core.compiled.load import load_compiled
-from clip_core.cpu import CpuFeatures, text_int8_timed
+from clip_core.cpu import CpuFeatures, text_int8_kinds, text_int8_timed
 from clip_core.models.ref import parse_model
 from clip_core.pixels.preprocess import preprocess_batch
 from clip_core.pixels.probes import probe_images
@@ -171,6 +171,14 @@ def test_int8_text_tower_keeps_the_tiny_models_rankings(tmp_path, monkeypatch):
         swaps, worst = assert_only_near_ties_swap(reference, rankings)
         print(f"{tower.precision} text tower: {swaps} top-10 positions swapped, "
               f"largest gap {worst:.4f}")
+
+
+def test_text_int8_kinds_try_the_per_run_scale_only_with_int8_dot_products():
+    # "dynamic" sums full-range u8 x s8 pairs: 16-bit sums (AVX2-only x86) may saturate
+    for cpu in (AVX512_VNNI, AMX, ARM):
+        assert text_int8_kinds(cpu) == ("dynamic", "blocks"), cpu
+    for cpu in (AVX2_ONLY, CpuFeatures("aarch64", frozenset({"fp", "asimd"}))):
+        assert text_int8_kinds(cpu) == ("blocks",), cpu
 
 
 def test_text_int8_is_timed_only_without_int8_dot_products():

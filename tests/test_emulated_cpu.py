@@ -28,7 +28,7 @@ def test_an_emulated_avx2_only_cpu_passes_with_the_variant_its_flags_put_first(t
     """Inside the emulator cpuid says AVX2 without AVX-512 or VNNI (whatever the host has),
     so the variant order is the AVX2-only one, and that first variant, run on onnxruntime's
     AVX2 int8 kernels, is within the guard of the fp32 graph on every probe image; so is the
-    int8 text tower."""
+    int8 text tower its flags try (MatMulNBits's blocks)."""
     bundle = write_bundle(tmp_path / "vit", seed=5)
     report, native = (_variants(tmp_path, bundle, where) for where in (DEFAULT_CPU, None))
     assert report["emulated_cpu"] == DEFAULT_CPU
@@ -39,8 +39,11 @@ def test_an_emulated_avx2_only_cpu_passes_with_the_variant_its_flags_put_first(t
     assert report["variants"][REDUCE_RANGE.name]["min_cos"] >= GUARD_MIN_COS, report
     assert report["selection"]["kept"] == REDUCE_RANGE.name, report  # the compiler's step
     assert [t["variant"] for t in report["selection"]["tried"]] == [REDUCE_RANGE.name]
-    assert report["text_int8"]["min_cos"] >= GUARD_MIN_COS, report  # MatMulNBits on AVX2
-    assert report["text_int8"]["kept"] == "int8"
+    text = report["text_int8"]  # MatMulNBits on AVX2 passes; the flags skip "dynamic"
+    assert text["blocks"]["min_cos"] >= GUARD_MIN_COS and text["blocks"]["kept"] == "int8-blocks"
+    assert text["tried_here"] == ["blocks"], report
+    assert (text["dynamic"]["kept"] == "int8-dynamic") == (
+        text["dynamic"]["min_cos"] >= GUARD_MIN_COS), report
     # 7-bit weights cannot saturate: the AVX2 kernels agree with this CPU's own on them
     assert native["emulated_cpu"] is None
     for key in ("min_cos", "mean_cos"):

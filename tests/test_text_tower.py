@@ -103,24 +103,58 @@ def test_vit_b32_matches_torch(b32, b32_file, tok77):
     np.testing.assert_allclose(single, ours, atol=1e-6)
 
 
-def test_vit_b32_int8_blocks_stay_within_cosine_0999_of_fp32(b32, b32_file, tok77,
+@pytest.mark.parametrize("kind", ["dynamic", "blocks"])
+def test_vit_b32_int8_blocks_stay_within_cosine_0999_of_fp32(kind, b32_file, tok77,
                                                                monkeypatch):
-    """The long-lived processes' int8 text tower (MatMulNBits), on texts it was not checked
-    on, one text per row exactly as in a batch; and the guard that keeps fp32 instead."""
+    """The long-lived processes' int8 text tower of each kind, on texts it was not checked
+    on, one text's vector the same alone as in a batch; and the guard that keeps fp32."""
     fp32 = NumpyTextTower.load(b32_file).encode_tokens(tok77(TEXTS))
     tower = NumpyTextTower.load(b32_file, release_pages=False)
-    assert tower.use_onnxruntime(int8=True) and tower.precision == "int8"
-    assert tower.int8_agreement >= text_tower.INT8_MIN_COS
+    assert tower.use_onnxruntime(int8=True, kinds=(kind,))
     tokens = tok77(TEXTS)
     ours = tower.encode_tokens(tokens)
+    # Kept exactly where it passed its guard on the probe texts ("dynamic" might not on a
+    # CPU whose int8 sums saturate; clip_core.cpu.text_int8_kinds does not try it there).
+    assert tower.int8_tried == {kind: tower.int8_agreement}
+    kept = tower.int8_agreement >= text_tower.INT8_MIN_COS
+    assert tower.kind == (f"int8-{kind}" if kept else "fp32")
     cos = (ours * fp32).sum(axis=1)
-    assert cos.min() >= 0.999 and cos.max() < 0.999999  # close, and really int8
+    if kept:
+        assert cos.min() >= 0.999 and cos.max() < 0.999999  # close, and really int8
     single = np.concatenate([tower.encode_tokens(tokens[i : i + 1]) for i in range(len(TEXTS))])
     assert np.array_equal(single, ours)
     monkeypatch.setattr(text_tower, "INT8_MIN_COS", 1.01)  # a bar no int8 tower passes
     guarded = NumpyTextTower.load(b32_file, release_pages=False)
-    assert guarded.use_onnxruntime(int8=True) and guarded.precision == "fp32"
+    assert guarded.use_onnxruntime(int8=True, kinds=(kind,)) and guarded.precision == "fp32"
     np.testing.assert_allclose(guarded.encode_tokens(tokens), fp32, atol=1e-5)
+
+
+def test_the_first_int8_kind_that_passes_its_guard_is_kept(b32_file, tok77, monkeypatch):
+    """Kinds are tried in the order given; the first at or over the bar is kept, and none
+    after it is built; under a bar none reaches, each was tried and fp32 runs."""
+    monkeypatch.setattr(text_tower, "INT8_MIN_COS", 1.01)
+    none = NumpyTextTower.load(b32_file, release_pages=False)
+    assert none.use_onnxruntime(int8=True, kinds=("dynamic", "blocks"))
+    assert none.kind == "fp32" and list(none.int8_tried) == ["dynamic", "blocks"]
+    agreement = none.int8_tried
+    for bar in sorted(set(agreement.values())):  # each kind's own agreement as the bar
+        monkeypatch.setattr(text_tower, "INT8_MIN_COS", bar)
+        tower = NumpyTextTower.load(b32_file, release_pages=False)
+        assert tower.use_onnxruntime(int8=True, kinds=("dynamic", "blocks"))
+        first = next(k for k in ("dynamic", "blocks") if agreement[k] >= bar)
+        assert tower.kind == f"int8-{first}", (bar, agreement)
+        assert list(tower.int8_tried) == ["dynamic", "blocks"][: 1 + (first == "blocks")]
+        assert tower.int8_tried == {k: agreement[k] for k in tower.int8_tried}  # same sums
+    # The per-run activation scale of "dynamic" makes each text run alone
+    tokens = tok77(TEXTS)
+    monkeypatch.setattr(text_tower, "INT8_MIN_COS", -1.0)
+    dynamic = NumpyTextTower.load(b32_file, release_pages=False)
+    assert dynamic.use_onnxruntime(int8=True, kinds=("dynamic",))
+    runs: list[int] = []
+    monkeypatch.setattr(dynamic._onnx, "run", lambda x, pool, run=dynamic._onnx.run: (
+        runs.append(len(x)), run(x, pool))[1])
+    dynamic.encode_tokens(tokens)
+    assert runs == [1] * len(TEXTS)
 
 
 def _resident_mb(buf) -> float:

@@ -27,7 +27,7 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -238,6 +238,9 @@ class NumpyTextTower:
         self.single_thread = True
         self._onnx: Any = None  # OnnxTextBlocks, set by use_onnxruntime()
         self.int8_agreement: float | None = None  # min cosine to fp32 on probe_tokens
+        self.int8_tried: dict[str, float] = {}  # each int8 kind tried: its agreement
+        self._probe_vectors: np.ndarray | None = None  # fp32's, for every kind tried
+        self._fp32: Any = None  # fp32 OnnxTextBlocks, made once when needed
         self.int8_timing: tuple[float, float] | None = None  # (int8 s, fp32 s) when timed
         self.blocks = []
         for i in range(header["layers"]):
@@ -287,52 +290,77 @@ class NumpyTextTower:
             tower._mapping = buf
         return tower
 
-    def use_onnxruntime(self, int8: bool = False, timed: bool = False) -> bool:
+    def use_onnxruntime(self, int8: bool = False, timed: bool = False,
+                        kinds: Sequence[str] = ("dynamic", "blocks")) -> bool:
         """Run the blocks on onnxruntime from now on (same fp32 function, ~3x faster per
         query; clip_core.text.tower_onnx). For long-lived processes: it keeps every weight
-        page resident. `int8`: int8 matrix products (~1.7x faster again), kept only if they
-        agree with fp32 within INT8_MIN_COS on probe texts and, when `timed` (CPUs without
-        int8 dot products: clip_core.compiled.int8_variants.text_int8_timed), only if a query ran
-        faster than fp32's here. Returns False, changing nothing, where onnxruntime is
-        unavailable."""
+        page resident. `int8`: int8 matrix products (~1.7-3.5x faster again), of the first of
+        `kinds` that agrees with fp32 within INT8_MIN_COS on probe texts and, when `timed`
+        (CPUs without int8 dot products: clip_core.cpu.text_int8_timed), ran a query faster
+        than fp32's here; fp32 where none does. Returns False, changing nothing, where
+        onnxruntime is unavailable."""
         if self._onnx is None and self._mapping is None:
             try:
-                from clip_core.text.tower_onnx import OnnxTextBlocks
-
-                blocks = OnnxTextBlocks(self, int8=int8)
-                if int8:
-                    keep = self._agrees(blocks)
-                    fp32 = OnnxTextBlocks(self) if timed or not keep else None
-                    if keep and timed:
-                        self.int8_timing = (self._query_seconds(blocks),
-                                            self._query_seconds(fp32))
-                        keep = self.int8_timing[0] < self.int8_timing[1]
-                    blocks = blocks if keep else fp32
-                self._onnx = blocks
-                if blocks.precision == "int8":
+                self._onnx = self._first_int8(kinds, timed) if int8 else None
+                if self._onnx is None:
+                    self._onnx = self._fp32_blocks()
+                else:
+                    self._fp32 = None  # its session, made only to time int8 against
                     self._release_fp32_pages()
             except Exception as exc:  # missing package or an odd graph: numpy still works
                 logging.getLogger(__name__).info("text tower stays on numpy: %s", exc)
+                self._onnx = None
                 return False
         return self._onnx is not None
+
+    def _first_int8(self, kinds: Sequence[str], timed: bool) -> Any:
+        from clip_core.text.tower_onnx import OnnxTextBlocks
+
+        for kind in kinds:
+            blocks = OnnxTextBlocks(self, kind=kind)
+            if not self._agrees(blocks):
+                continue
+            if timed:
+                self.int8_timing = (self._query_seconds(blocks),
+                                    self._query_seconds(self._fp32_blocks()))
+                if self.int8_timing[0] >= self.int8_timing[1]:
+                    continue
+            return blocks
+        return None
+
+    def _fp32_blocks(self) -> Any:
+        from clip_core.text.tower_onnx import OnnxTextBlocks
+
+        if self._fp32 is None:
+            self._fp32 = OnnxTextBlocks(self)
+        return self._fp32
 
     @property
     def precision(self) -> str:
         """What runs the blocks: "int8" or "fp32" on onnxruntime, "numpy" (fp32)."""
         return self._onnx.precision if self._onnx is not None else "numpy"
 
+    @property
+    def kind(self) -> str:
+        """"int8-dynamic", "int8-blocks", "fp32" (onnxruntime; tower_onnx.KINDS), "numpy"."""
+        if self._onnx is None:
+            return "numpy"
+        return self._onnx.kind if self._onnx.kind == "fp32" else f"int8-{self._onnx.kind}"
+
     def _agrees(self, blocks: Any) -> bool:
         tokens = probe_tokens(self.context_length, self.token_embedding.shape[0])
-        reference = self.encode_tokens(tokens)  # fp32 numpy: self._onnx is not set yet
+        if self._probe_vectors is None:
+            self._probe_vectors = self.encode_tokens(tokens)  # fp32 numpy: no _onnx yet
         self._onnx = blocks
         try:
             ours = self.encode_tokens(tokens)
         finally:
             self._onnx = None
-        self.int8_agreement = float((ours * reference).sum(axis=1).min())
+        self.int8_agreement = float((ours * self._probe_vectors).sum(axis=1).min())
+        self.int8_tried[blocks.kind] = self.int8_agreement
         if self.int8_agreement < INT8_MIN_COS:
-            logging.getLogger(__name__).info("int8 text tower at cosine %.5f: fp32 kept",
-                                             self.int8_agreement)
+            logging.getLogger(__name__).info("int8 text tower (%s) at cosine %.5f: not kept",
+                                             blocks.kind, self.int8_agreement)
         return self.int8_agreement >= INT8_MIN_COS
 
     def _query_seconds(self, blocks: Any, rounds: int = 5) -> float:
@@ -386,9 +414,10 @@ class NumpyTextTower:
         # read. Sorting by end position keeps that padding small.
         pool = tokens.argmax(axis=1)
         order = np.argsort(pool, kind="stable")
+        chunk = 1 if getattr(self._onnx, "per_text", False) else _CHUNK
         with _single_thread_blas() if self.single_thread else contextlib.nullcontext():
-            for start in range(0, n, _CHUNK):
-                rows = order[start : start + _CHUNK]
+            for start in range(0, n, chunk):
+                rows = order[start : start + chunk]
                 out[rows] = self._encode_chunk(tokens[rows], pool[rows])
         return out
 

@@ -9,13 +9,20 @@ function in float32; tests hold them within 1e-5.
 Used by long-lived processes (a photo app's Library); one-shot CLI queries keep the numpy path,
 whose block-by-block page release keeps a cold query near 100 MB.
 
-`int8=True` (tried on every CPU; where int8 lacks dot-product instructions it is kept only if
-measured faster: clip_core.cpu.text_int8_timed): the blocks' matrix products become
-onnxruntime's MatMulNBits, weights in int8 with a scale per 32 values and activations
-quantised per row and 32-value block as they come, so each text's vector depends on that
-text alone. A query streams 39 MB instead of 151 (ViT-B-32: 6.8 vs 11.9 ms in one run) at
-cosine ~0.9997 to fp32; NumpyTextTower.use_onnxruntime checks that on probe texts before
-keeping it.
+Two int8 kinds, each kept only where NumpyTextTower.use_onnxruntime finds it within
+cosine 0.999 of fp32 on probe texts (clip_core.cpu.text_int8_kinds says which to try, in
+what order, on a CPU):
+- "dynamic": onnxruntime's DynamicQuantizeMatMul, int8 weights with a scale per output
+  channel and the run's activations quantised to uint8 with one scale. Its scale spans every
+  row of a run, so each text runs alone (`per_text`): its vector depends on it alone. Only
+  where int8 products are summed in 32 bits (VNNI, AMX, ARM dot products): elsewhere MLAS
+  adds pairs in 16 bits, which full-range weights saturate. ViT-B-32 (random weights): ~2x
+  faster than "blocks" on the AMX VM, cosine 0.9995 (docs/benchmarks.md).
+- "blocks": MatMulNBits, weights in int8 with a scale per 32 values and activations
+  quantised per row and 32-value block as they come, so each text's vector is its own in any
+  batch. A query streams 39 MB instead of 151 (ViT-B-32: 6.8 vs 11.9 ms in one run) at
+  cosine ~0.9997 to fp32. Tried on every CPU; where int8 lacks dot-product instructions it
+  is kept only if measured faster (clip_core.cpu.text_int8_timed).
 """
 
 from __future__ import annotations
@@ -35,13 +42,17 @@ if TYPE_CHECKING:
 class OnnxTextBlocks:
     """Runs blocks + final norm + projection of a NumpyTextTower on onnxruntime."""
 
-    def __init__(self, tower: NumpyTextTower, threads: int | None = None, int8: bool = False):
+    def __init__(self, tower: NumpyTextTower, threads: int | None = None, kind: str = "fp32"):
         from clip_core.cpu import available_cores
 
+        if kind not in KINDS:
+            raise ValueError(f"text tower kind {kind!r} is not one of {KINDS}")
         self.tower = tower
-        self.precision = "int8" if int8 else "fp32"
+        self.kind = kind
+        self.precision = "fp32" if kind == "fp32" else "int8"
+        self.per_text = kind == "dynamic"  # one activation scale a run: a text runs alone
         self.threads = threads or available_cores()
-        self._graph, weights = _build(tower, int8)
+        self._graph, weights = _build(tower, kind)
         self._keep = weights  # the sessions' OrtValues borrow these buffers
         self._unrun: set[int] = set()  # sessions not run yet (their ids)
         self.session = self._session(self.threads)
@@ -109,7 +120,10 @@ class OnnxTextBlocks:
         return out
 
 
-def _build(tower: NumpyTextTower, int8: bool = False) -> tuple[bytes, dict[str, np.ndarray]]:
+KINDS = ("fp32", "blocks", "dynamic")  # how the blocks' matrix products run (module doc)
+
+
+def _build(tower: NumpyTextTower, kind: str = "fp32") -> tuple[bytes, dict[str, np.ndarray]]:
     from onnx import TensorProto, helper
 
     g = _Graph(helper)
@@ -122,8 +136,13 @@ def _build(tower: NumpyTextTower, int8: bool = False) -> tuple[bytes, dict[str, 
         return name
 
     def linear(x: str, name: str, w: np.ndarray, b: np.ndarray) -> str:
-        if not int8:
+        if kind == "fp32":
             return g.gemm(x, weight(name + "w", w), weight(name + "b", b))
+        if kind == "dynamic":
+            q, scales = _quantise_channels(w)
+            return g.op("DynamicQuantizeMatMul", x, weight(name + "q", q, np.int8),
+                        weight(name + "s", scales), "", weight(name + "b", b),
+                        domain="com.microsoft")
         packed, scales = _quantise_blocks(w)
         out_features, in_features = w.shape
         y = g.op("MatMulNBits", x, weight(name + "q", packed, np.uint8),
@@ -194,6 +213,15 @@ def _quantise_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scales[scales == 0] = 1.0
     q = np.clip(np.rint(padded / scales[:, :, None]), -127, 127) + 128
     return q.astype(np.uint8), scales.astype(np.float32)
+
+
+def _quantise_channels(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[out, in] float weights -> DynamicQuantizeMatMul's int8 [in, out] (symmetric, zero
+    point 0) and float32 scales [out], one per output channel."""
+    scales = np.abs(w).max(axis=1) / 127
+    scales[scales == 0] = 1.0
+    q = np.clip(np.rint(w / scales[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q.T), scales.astype(np.float32)
 
 
 def _activation(g: _Graph, x: str, kind: str) -> str:
