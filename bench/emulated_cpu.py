@@ -151,7 +151,7 @@ def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> di
     from clip_core.compiled.weights_file import open_weights_file, write_text_tower
     from clip_core.cpu import CpuFeatures, text_int8_kinds
     from clip_core.models.ref import parse_model
-    from clip_core.text.tower import NumpyTextTower
+    from clip_core.text.tower import INT8_MIN_COS, NumpyTextTower
 
     source = open_weights_file(parse_model(model, str(weights) if weights else None))
     if source is None:
@@ -159,14 +159,14 @@ def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> di
     with tempfile.TemporaryDirectory(dir=tmp) as folder:
         path = Path(folder) / "text.safetensors"
         write_text_tower(source, path)
-        figures = {}
-        for kind in ("dynamic", "blocks"):
-            tower = NumpyTextTower.load(path, release_pages=False, check=False)
-            tower.use_onnxruntime(int8=True, kinds=(kind,))
-            figures[kind] = {"min_cos": round(float(tower.int8_agreement), 6),
-                             "kept": tower.kind}
+        tower = NumpyTextTower.load(path, release_pages=False, check=False)
+        agreements = tower.int8_agreements(("dynamic", "blocks"))
         # cpuid's flags: under qemu-user /proc/cpuinfo still shows the host's
-        figures["tried_here"] = list(text_int8_kinds(CpuFeatures("x86_64", cpuid_flags())))
+        tried = text_int8_kinds(CpuFeatures("x86_64", cpuid_flags()))
+        figures: dict = {kind: {"min_cos": round(cos, 6), "passes": cos >= INT8_MIN_COS}
+                         for kind, cos in agreements.items()}
+        figures["tried_here"] = list(tried)
+        figures["kept"] = next((k for k in tried if agreements[k] >= INT8_MIN_COS), "fp32")
     return {**flags_report(), "text_int8": figures}
 
 

@@ -137,6 +137,9 @@ def test_the_first_int8_kind_that_passes_its_guard_is_kept(b32_file, tok77, monk
     assert none.use_onnxruntime(int8=True, kinds=("dynamic", "blocks"))
     assert none.kind == "fp32" and list(none.int8_tried) == ["dynamic", "blocks"]
     agreement = none.int8_tried
+    report = NumpyTextTower.load(b32_file, release_pages=False)
+    assert report.int8_agreements(("dynamic", "blocks")) == agreement  # the same sums
+    assert report.kind == "numpy"  # and keeps none of them
     for bar in sorted(set(agreement.values())):  # each kind's own agreement as the bar
         monkeypatch.setattr(text_tower, "INT8_MIN_COS", bar)
         tower = NumpyTextTower.load(b32_file, release_pages=False)

@@ -328,6 +328,15 @@ class NumpyTextTower:
             return blocks
         return None
 
+    def int8_agreements(self, kinds: Sequence[str]) -> dict[str, float]:
+        """Each int8 kind's min cosine to fp32 on the probe texts, as use_onnxruntime checks
+        it, keeping none (for reports: one fp32 reference serves every kind)."""
+        from clip_core.text.tower_onnx import OnnxTextBlocks
+
+        for kind in kinds:
+            self._agrees(OnnxTextBlocks(self, kind=kind))
+        return {kind: self.int8_tried[kind] for kind in kinds}
+
     def _fp32_blocks(self) -> Any:
         from clip_core.text.tower_onnx import OnnxTextBlocks
 
