@@ -122,7 +122,10 @@ def test_vit_b32_int8_blocks_stay_within_cosine_0999_of_fp32(kind, b32_file, tok
     if kept:
         assert cos.min() >= 0.999 and cos.max() < 0.999999  # close, and really int8
     single = np.concatenate([tower.encode_tokens(tokens[i : i + 1]) for i in range(len(TEXTS))])
-    assert np.array_equal(single, ours)
+    if kept:  # an int8 text's vector is its own, bit for bit, alone or in a batch
+        assert np.array_equal(single, ours)
+    else:  # fp32 sums may run in another order for another batch
+        np.testing.assert_allclose(single, ours, atol=1e-5)
     monkeypatch.setattr(text_tower, "INT8_MIN_COS", 1.01)  # a bar no int8 tower passes
     guarded = NumpyTextTower.load(b32_file, release_pages=False)
     assert guarded.use_onnxruntime(int8=True, kinds=(kind,)) and guarded.precision == "fp32"
