@@ -58,6 +58,17 @@ class ImageEncoder(Protocol):
         ...
 
 
+@runtime_checkable
+class LaneEncoder(ImageEncoder, Protocol):
+    """An ImageEncoder whose calls of one image each are its best use: `lanes` such calls may
+    run at once, on as many threads (clip_core.compiled.onnx_encoder.OnnxImageEncoder: one
+    single-threaded onnxruntime call a core). The indexer then hands each image to a lane as
+    soon as it is decoded (indexer.stages.StreamingWriter) instead of in micro-batches."""
+
+    @property
+    def lanes(self) -> int: ...
+
+
 def l2_normalise(features: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return (features / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -1,5 +1,6 @@
 """Stages 3-4 of an index run in this process: a thread pool loads files ahead of the encoder,
-a BatchWriter encodes and commits them batch by batch (indexer.ray_executor does the same
+a BatchWriter encodes and commits them batch by batch (a StreamingWriter, whose lane threads
+encode image by image, when the encoder is a LaneEncoder; indexer.ray_executor does the same
 on a Ray cluster).
 
 The model loads in a background thread while the pool already decodes with the
@@ -17,14 +18,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
-from clip_core.encoders import ImageEncoder, loading_notices
+from clip_core.encoders import ImageEncoder, LaneEncoder, loading_notices
 from clip_core.pixels.preprocess import same_preprocess
 from store import FileRow
 
 from .crawl import Candidate
 from .interrupt import StopRequest
 from .job import Job, Progress, same_error, tally
-from .stages import BatchWriter, Loaded, load_one
+from .stages import BatchWriter, Loaded, StreamingWriter, load_one
 
 
 def load_encode_write(
@@ -71,6 +72,7 @@ class LocalRun:
             tally(self.job.report, self.writer.flush())  # after a stop: only what is encoded
         finally:
             self._drop_queue()
+            self.writer.close()
             # The writer's encode (a bound method) closes a cycle over this run, and through
             # it the encoder: freed by a full garbage collection only, which the CLI skips
             # at exit. Broken here, the encoder goes when its Library lets go of it (the
@@ -141,6 +143,12 @@ class LocalRun:
         wrong, so the files loaded with the guess must be loaded again."""
         self.encoder = encoder
         self.writer.chunk = encoder.micro_batch
+        if isinstance(encoder, LaneEncoder) and encoder.lanes > 1 and not self.writer.records:
+            settings = self.job.settings
+            self.writer = StreamingWriter(self.job.catalog, self._encode, self.job.model_id,
+                                          settings.batch_size, encoder.lanes,
+                                          should_stop=lambda: self.stop.requested,
+                                          chunk=encoder.micro_batch)
         guess = self.spec
         if guess is not None and same_preprocess(encoder.preprocess, guess):
             return True

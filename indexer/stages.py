@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,15 +194,126 @@ class BatchWriter:
         while len(embedded) < len(self.pixels) and not self.should_stop():
             chunk = np.stack(self.pixels[len(embedded) : len(embedded) + self.chunk])
             embedded.extend(self.encode(chunk))
+        got = [None if index is None else embedded[index] if index < len(embedded) else STOPPED
+               for index in self.pixel_of]
+        done = self._commit(self.records, got)
+        self.records, self.pixels, self.pixel_of = [], [], []
+        return done
+
+    def _commit(self, records: list[FileRecord], got: list) -> list[tuple[FileRecord, bool]]:
+        """One transaction: each record with its vector, or None (it needed none); a record
+        whose vector is STOPPED (not encoded before a stop) is left for the next run."""
         vectors: dict[str, np.ndarray] = {}
         done: list[tuple[FileRecord, bool]] = []
-        for record, index in zip(self.records, self.pixel_of, strict=True):
-            if index is None:
+        for record, vector in zip(records, got, strict=True):
+            if vector is None:
                 done.append((record, False))
-            elif index < len(embedded):
-                vectors[str(record.content_hash)] = embedded[index]
+            elif vector is not STOPPED:
+                vectors[str(record.content_hash)] = vector
                 done.append((record, True))
         self.catalog.write_batch([r for r, _ in done], vectors, self.model_id)
         self.committed_hashes.update(vectors)
-        self.records, self.pixels, self.pixel_of = [], [], []
         return done
+
+    def close(self) -> None:
+        """Nothing runs on after the writer (StreamingWriter's lanes stop here)."""
+
+
+STOPPED = object()  # in place of a vector that a stop left unencoded
+
+
+class StreamingWriter(BatchWriter):
+    """BatchWriter for a LaneEncoder (clip_core.encoders): the encoder's `lanes` threads take
+    the images one by one, so no lane waits for the others at the end of a call or for the
+    catalog write, and the run's last images are encoded as they come instead of a batch
+    after. Batches are committed in file order, one transaction each, as BatchWriter's; each
+    image is encoded alone (the encoder's calls of one image), so its vector is the one
+    BatchWriter would store.
+
+    Images go to the lanes `chunk` at a time (or all at once before a wait): where decoding
+    is the slower stage, the lanes then run in bursts, not one image each time a decoder
+    hands one over (measured: bursts kept the phone set as fast as BatchWriter's, one by one
+    was ~10% slower; docs/benchmarks.md). Up to two batches are in hand: the lanes encode the
+    second while the first is waited for and written. A stop (`should_stop`) lets the images
+    in the lanes finish, starts no other, and commits every file whose vector is there (and
+    those needing none)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        encode: Callable[[np.ndarray], np.ndarray],
+        model_id: str,
+        batch_size: int,
+        lanes: int,
+        should_stop: Callable[[], bool] = lambda: False,
+        chunk: int = MICRO_BATCH,
+    ):
+        super().__init__(catalog, encode, model_id, batch_size, should_stop, chunk)
+        self.lanes = ThreadPoolExecutor(max(1, lanes), thread_name_prefix="clipsearch-lane")
+        # Per record: None (no image to encode), its image's vector to come, or its pixels
+        # still held for the next chunk.
+        self.futures: list[Future[np.ndarray] | np.ndarray | None] = []
+        self.held = 0
+
+    def add(self, loaded: Loaded) -> list[tuple[FileRecord, bool]]:
+        if loaded.record is None:
+            return []
+        self.records.append(loaded.record)
+        self.futures.append(loaded.pixels)
+        self.held += loaded.pixels is not None
+        if self.held >= self.chunk:
+            self._release()
+        if len(self.records) < 2 * self.batch_size:
+            return []
+        self._release()
+        if not _wait_all(self.futures[: self.batch_size], self.should_stop):
+            return []  # stopping: flush() commits what is encoded
+        return self._commit_head(self.batch_size)
+
+    def flush(self) -> list[tuple[FileRecord, bool]]:
+        if not self.records:
+            return []
+        self._release()
+        if not _wait_all(self.futures, self.should_stop):
+            for future in self.futures:
+                if isinstance(future, Future):
+                    future.cancel()  # not started: left for the next run
+            wait([f for f in self.futures if isinstance(f, Future)])  # the lanes' finish
+        return self._commit_head(len(self.records))
+
+    def close(self) -> None:
+        self.lanes.shutdown(wait=True, cancel_futures=True)
+
+    def _release(self) -> None:
+        """Hand every held image to the lanes, in file order."""
+        if self.held:
+            self.futures = [self.lanes.submit(self._one, f) if isinstance(f, np.ndarray) else f
+                            for f in self.futures]
+            self.held = 0
+
+    def _one(self, pixels: np.ndarray) -> np.ndarray:
+        if self.should_stop():
+            return STOPPED  # type: ignore[return-value]  # a stop came before its turn
+        return self.encode(pixels[None])[0]
+
+    def _commit_head(self, count: int) -> list[tuple[FileRecord, bool]]:
+        got = [None if f is None else f.result() if f.done() and not f.cancelled() else STOPPED
+               for f in self.futures[:count]]
+        done = self._commit(self.records[:count], got)
+        del self.records[:count], self.futures[:count]
+        return done
+
+
+def _wait_all(futures: list, should_stop: Callable[[], bool],
+              poll_s: float = 0.1) -> bool:
+    """Wait for every future (None: nothing to wait for; every image released to the lanes);
+    False as soon as a stop is asked for. An encoder error is raised here."""
+    pending = [f for f in futures if f is not None and not f.done()]
+    while pending:
+        if should_stop():
+            return False
+        pending = list(wait(pending, timeout=poll_s, return_when=FIRST_EXCEPTION).not_done)
+    for future in futures:
+        if future is not None:
+            future.result()  # raises the encoder's error, if any
+    return True

@@ -39,7 +39,8 @@ def new_session(path: Path, threads: int = 1):
 
 class OnnxImageEncoder:
     """Image tower only: numpy pixels in, L2-normalised float32 vectors out. Thread-safe.
-    An ImageEncoder (clip_core.encoders)."""
+    A LaneEncoder (clip_core.encoders): a call of one image runs on the caller's thread, and
+    `lanes` (the cores) such calls at once keep the machine busy."""
 
     def __init__(
         self,
@@ -61,6 +62,10 @@ class OnnxImageEncoder:
         self._session = new_session(self.path)
         self._input = self._session.get_inputs()[0].name
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="clipsearch-encode")
+
+    @property
+    def lanes(self) -> int:
+        return self.threads
 
     def _one(self, pixels: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: pixels[None]})[0][0]
