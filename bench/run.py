@@ -180,6 +180,10 @@ def machine_limit(sets: list[str], opts: Options, results: list[dict]) -> dict:
             result["limit_images_per_s"] = figures["limit_images_per_s"]
             result["of_limit"] = round(result["images_per_s"] / figures["limit_images_per_s"],
                                        3)
+            if figures.get("limit_all_cores_images_per_s"):  # for the record, not a target
+                result["limit_all_cores_images_per_s"] = figures["limit_all_cores_images_per_s"]
+                result["of_limit_all_cores"] = round(
+                    result["images_per_s"] / figures["limit_all_cores_images_per_s"], 3)
     return limit
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+
+import numpy as np
 import pytest
 
 from bench.limit import fastest_guarded, limit_images_per_s
 from bench.targets import evaluate
+from bench.tower_runtimes import together_ms
 
 
 def test_limit_is_cores_times_1000_over_the_per_image_core_ms():
@@ -44,3 +50,24 @@ def test_the_warm_process_is_judged_on_what_it_keeps_resident():
     rows = {r["target"]: r for r in evaluate(results, partial=False)}
     assert rows["warm process resident <= 600 MB (100k)"]["pass"] is False
     assert rows["warm query p50 <= 15 ms (100k)"]["pass"] is True
+
+
+def _encoder(per_image_s: float, lock: threading.Lock | None):
+    """An 'encoder' whose images take `per_image_s` of waiting each; with `lock`, only one
+    image at a time in the whole process, like a resource the cores share."""
+    def encode(pixels: np.ndarray) -> None:
+        for _ in pixels:
+            with lock or contextlib.nullcontext():
+                time.sleep(per_image_s)
+    return encode
+
+
+def test_the_sustained_tower_figure_is_core_ms_per_image_with_every_core_busy():
+    pixels = np.zeros((3, 1), np.float32)
+    apart = together_ms(_encoder(0.004, None), pixels, threads=2, seconds=0.15)
+    shared = together_ms(_encoder(0.004, threading.Lock()), pixels, threads=2, seconds=0.15)
+    # Cores that do not compete: each image still costs its 4 ms on its core.
+    assert 3.5 <= apart < 7.0
+    # One image at a time for the whole machine: on 2 cores each image costs twice that.
+    assert shared >= 1.6 * apart
+    assert limit_images_per_s(2, 1.0, shared, 1.0) < limit_images_per_s(2, 1.0, apart, 1.0)
