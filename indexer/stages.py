@@ -249,7 +249,7 @@ class StreamingWriter(BatchWriter):
         chunk: int = MICRO_BATCH,
     ):
         super().__init__(catalog, encode, model_id, batch_size, should_stop, chunk)
-        self.lanes = ThreadPoolExecutor(max(1, lanes), thread_name_prefix="clipsearch-lane")
+        self.lane_pool = ThreadPoolExecutor(max(1, lanes), thread_name_prefix="clipsearch-lane")
         # Per record: None (no image to encode), its image's vector to come, or its pixels
         # still held for the next chunk.
         self.futures: list[Future[np.ndarray] | np.ndarray | None] = []
@@ -278,17 +278,17 @@ class StreamingWriter(BatchWriter):
             for future in self.futures:
                 if isinstance(future, Future):
                     future.cancel()  # not started: left for the next run
-            wait([f for f in self.futures if isinstance(f, Future)])  # the lanes' finish
+            wait([f for f in self.futures if isinstance(f, Future)])  # the lanes' images end
         return self._commit_head(len(self.records))
 
     def close(self) -> None:
-        self.lanes.shutdown(wait=True, cancel_futures=True)
+        self.lane_pool.shutdown(wait=True, cancel_futures=True)
 
     def _release(self) -> None:
         """Hand every held image to the lanes, in file order."""
         if self.held:
-            self.futures = [self.lanes.submit(self._one, f) if isinstance(f, np.ndarray) else f
-                            for f in self.futures]
+            self.futures = [self.lane_pool.submit(self._one, f)
+                            if isinstance(f, np.ndarray) else f for f in self.futures]
             self.held = 0
 
     def _one(self, pixels: np.ndarray) -> np.ndarray:
