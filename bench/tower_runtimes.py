@@ -55,11 +55,12 @@ def measure(model: str, rounds: int, sustain: Sustain | None = None
                     for name, run in candidates.items()}
         speed = _best_ms(candidates, check, rounds)
         sustained: dict[str, float] = {}
-        shared = [n for n in sorted(speed, key=speed.__getitem__) if n.startswith("onnxruntime")
-                  and sustain is not None and accuracy[n] >= sustain.guard]
-        if shared and sustain is not None:
-            sustained[shared[0]] = together_ms(candidates[shared[0]], check, sustain.threads,
-                                               sustain.seconds)
+        if sustain is not None:
+            shared = [n for n in sorted(speed, key=speed.__getitem__)
+                      if n.startswith("onnxruntime") and accuracy[n] >= sustain.guard]
+            if shared:
+                sustained[shared[0]] = together_ms(candidates[shared[0]], check,
+                                                   sustain.threads, sustain.seconds)
     return speed, accuracy, sustained
 
 
