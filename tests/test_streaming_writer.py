@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clip_core.compiled.onnx_encoder import OnnxImageEncoder
 from clip_core.encoders import LaneEncoder
+from clip_core.models.ref import parse_model
+from clip_core.torch_backend.encoder import ClipEncoder
 from clipsearch import Library
 from indexer import IndexSettings
 from indexer.crawl import Candidate
@@ -70,10 +73,14 @@ class _Lanes:
 
 
 def test_the_compiled_encoder_streams_its_images_to_lanes(tmp_path, photos):
-    with Library(tmp_path / "lib", model="shapes-tiny") as lib:
+    # int8 asked for: the compiled tower on any CPU (the automatic choice may be torch's
+    # where int8 is neither passing nor faster; torch's encoder is no LaneEncoder).
+    with Library(tmp_path / "lib", model="shapes-tiny", precision="int8") as lib:
         enc = lib.image_encoder(lib.default_model)
-        assert isinstance(enc, LaneEncoder) and enc.lanes >= 1
-        assert isinstance(_Lanes(enc), LaneEncoder)
+        assert isinstance(enc, OnnxImageEncoder) and isinstance(enc, LaneEncoder)
+        assert enc.lanes == enc.threads >= 1
+    torch_encoder = ClipEncoder.load(parse_model("shapes-tiny"), towers=frozenset({"image"}))
+    assert not isinstance(torch_encoder, LaneEncoder)  # batches: BatchWriter's micro-batches
 
 
 def test_batches_are_committed_in_order_with_the_vectors_batch_writer_stores(tmp_path, photos):
