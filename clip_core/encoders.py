@@ -62,8 +62,9 @@ class ImageEncoder(Protocol):
 class LaneEncoder(ImageEncoder, Protocol):
     """An ImageEncoder whose calls of one image each are its best use: `lanes` such calls may
     run at once, on as many threads (clip_core.compiled.onnx_encoder.OnnxImageEncoder: one
-    single-threaded onnxruntime call a core). The indexer then hands each image to a lane as
-    soon as it is decoded (indexer.stages.StreamingWriter) instead of in micro-batches."""
+    single-threaded onnxruntime call a core). The indexer's lane threads then take images
+    one by one, handed over a micro-batch at a time (indexer.stages.StreamingWriter), instead
+    of whole micro-batches that end together."""
 
     @property
     def lanes(self) -> int: ...
