@@ -152,6 +152,7 @@ def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> di
     from clip_core.cpu import CpuFeatures, text_int8_kinds
     from clip_core.models.ref import parse_model
     from clip_core.text.tower import INT8_MIN_COS, NumpyTextTower
+    from clip_core.text.tower_onnx import INT8_KINDS
 
     source = open_weights_file(parse_model(model, str(weights) if weights else None))
     if source is None:
@@ -160,7 +161,7 @@ def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> di
         path = Path(folder) / "text.safetensors"
         write_text_tower(source, path)
         tower = NumpyTextTower.load(path, release_pages=False, check=False)
-        agreements = tower.int8_agreements(("dynamic", "blocks"))
+        agreements = tower.int8_agreements(INT8_KINDS)
         # cpuid's flags: under qemu-user /proc/cpuinfo still shows the host's
         tried = text_int8_kinds(CpuFeatures("x86_64", cpuid_flags()))
         figures: dict = {kind: {"min_cos": round(cos, 6), "passes": cos >= INT8_MIN_COS}

@@ -26,6 +26,7 @@ import numpy as np
 
 from clip_core.compiled.int8_variants import Int8Variant
 from clip_core.compiled.vit_weights import Norm, VitWeights
+from clip_core.int8 import symmetric_int8
 
 INPUT, OUTPUT = "pixels", "embedding"  # the names onnx_export gave the exported tower
 
@@ -123,12 +124,7 @@ def quantise_matrix(weight: np.ndarray, variant: Int8Variant) -> tuple[np.ndarra
     per output column). Symmetric, as quantize_dynamic quantises QInt8 weights: range
     [-127, 127], or [-64, 64] with reduce_range so that pairs of products cannot saturate
     16-bit sums on x86 without VNNI."""
-    qmax = 64 if variant.reduce_range else 127
-    absmax = np.asarray(np.abs(weight).max(axis=1 if variant.per_channel else None))
-    scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)  # [out] or a scalar
-    q = np.clip(np.rint(weight / scale.reshape(-1, 1) if variant.per_channel
-                        else weight / scale), -qmax, qmax).astype(np.int8)
-    return np.ascontiguousarray(q.T), scale
+    return symmetric_int8(weight, 64 if variant.reduce_range else 127, variant.per_channel)
 
 
 def session(model: Any, arrays: dict[str, np.ndarray], threads: int = 1,

@@ -291,14 +291,14 @@ class NumpyTextTower:
         return tower
 
     def use_onnxruntime(self, int8: bool = False, timed: bool = False,
-                        kinds: Sequence[str] = ("dynamic", "blocks")) -> bool:
+                        kinds: Sequence[str] | None = None) -> bool:
         """Run the blocks on onnxruntime from now on (same fp32 function, ~3x faster per
         query; clip_core.text.tower_onnx). For long-lived processes: it keeps every weight
         page resident. `int8`: int8 matrix products (~1.7-3.5x faster again), of the first of
-        `kinds` that agrees with fp32 within INT8_MIN_COS on probe texts and, when `timed`
-        (CPUs without int8 dot products: clip_core.cpu.text_int8_timed), ran a query faster
-        than fp32's here; fp32 where none does. Returns False, changing nothing, where
-        onnxruntime is unavailable."""
+        `kinds` (default: tower_onnx.INT8_KINDS, all of them) that agrees with fp32 within
+        INT8_MIN_COS on probe texts and, when `timed` (CPUs without int8 dot products:
+        clip_core.cpu.text_int8_timed), ran a query faster than fp32's here; fp32 where none
+        does. Returns False, changing nothing, where onnxruntime is unavailable."""
         if self._onnx is None and self._mapping is None:
             try:
                 self._onnx = self._first_int8(kinds, timed) if int8 else None
@@ -313,10 +313,10 @@ class NumpyTextTower:
                 return False
         return self._onnx is not None
 
-    def _first_int8(self, kinds: Sequence[str], timed: bool) -> Any:
-        from clip_core.text.tower_onnx import OnnxTextBlocks
+    def _first_int8(self, kinds: Sequence[str] | None, timed: bool) -> Any:
+        from clip_core.text.tower_onnx import INT8_KINDS, OnnxTextBlocks
 
-        for kind in kinds:
+        for kind in INT8_KINDS if kinds is None else kinds:
             blocks = OnnxTextBlocks(self, kind=kind)
             if not self._agrees(blocks):
                 continue

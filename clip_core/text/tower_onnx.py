@@ -34,6 +34,7 @@ import numpy as np
 
 from clip_core.crowd import CROWD
 from clip_core.heap import give_back
+from clip_core.int8 import symmetric_int8
 
 if TYPE_CHECKING:
     from clip_core.text.tower import NumpyTextTower
@@ -121,6 +122,7 @@ class OnnxTextBlocks:
 
 
 KINDS = ("fp32", "blocks", "dynamic")  # how the blocks' matrix products run (module doc)
+INT8_KINDS = ("dynamic", "blocks")  # every int8 kind, fastest first
 
 
 def _build(tower: NumpyTextTower, kind: str = "fp32") -> tuple[bytes, dict[str, np.ndarray]]:
@@ -139,7 +141,7 @@ def _build(tower: NumpyTextTower, kind: str = "fp32") -> tuple[bytes, dict[str, 
         if kind == "fp32":
             return g.gemm(x, weight(name + "w", w), weight(name + "b", b))
         if kind == "dynamic":
-            q, scales = _quantise_channels(w)
+            q, scales = symmetric_int8(w)  # a scale per output channel
             return g.op("DynamicQuantizeMatMul", x, weight(name + "q", q, np.int8),
                         weight(name + "s", scales), "", weight(name + "b", b),
                         domain="com.microsoft")
@@ -213,15 +215,6 @@ def _quantise_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scales[scales == 0] = 1.0
     q = np.clip(np.rint(padded / scales[:, :, None]), -127, 127) + 128
     return q.astype(np.uint8), scales.astype(np.float32)
-
-
-def _quantise_channels(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[out, in] float weights -> DynamicQuantizeMatMul's int8 [in, out] (symmetric, zero
-    point 0) and float32 scales [out], one per output channel."""
-    scales = np.abs(w).max(axis=1) / 127
-    scales[scales == 0] = 1.0
-    q = np.clip(np.rint(w / scales[:, None]), -127, 127).astype(np.int8)
-    return np.ascontiguousarray(q.T), scales.astype(np.float32)
 
 
 def _activation(g: _Graph, x: str, kind: str) -> str:
