@@ -53,7 +53,10 @@ def connections_by_pid(base: str, want: int, tries: int = 60) -> dict[int, objec
 def children(pid: int) -> set[int]:
     kids: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        kids.update(int(k) for k in (task / "children").read_text().split())
+        try:  # a thread may end between the listing and the read: it has no children then
+            kids.update(int(k) for k in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue
     return kids
 
 
