@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -36,10 +37,23 @@ def _run(env: dict, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.fixture(scope="module")
+def compiled_cache(tmp_path_factory) -> Path:
+    """A compile cache made once for the module: each test copies it (the copy is its own to
+    damage) instead of compiling shapes-tiny again (~7 s each)."""
+    tmp = tmp_path_factory.mktemp("damage-cache")
+    env = {**subprocess_env(tmp), "CLIPSEARCH_CACHE": str(tmp / "cache")}
+    write_corpus(tmp / "photos", per_pair=1, seed=31, size=64)
+    _run(env, "index", str(tmp / "photos"), "--model", MODEL, "-q", "--library",
+         str(tmp / "lib"))
+    return tmp / "cache"
+
+
 @pytest.fixture
-def indexed(tmp_path, monkeypatch) -> tuple[Path, dict]:
+def indexed(tmp_path, monkeypatch, compiled_cache) -> tuple[Path, dict]:
     """A shapes-tiny library with its text tower linked from a private compile cache (the
     session's shared cache must not be damaged by these tests)."""
+    shutil.copytree(compiled_cache, tmp_path / "cache", symlinks=True)
     monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache"))
     env = {**subprocess_env(tmp_path), "CLIPSEARCH_CACHE": str(tmp_path / "cache")}
     write_corpus(tmp_path / "photos", per_pair=1, seed=31, size=64)
