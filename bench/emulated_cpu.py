@@ -1,5 +1,6 @@
-"""The int8 numerics of another x86 CPU kind, emulated: qemu-user runs this Python with a named
-CPU model, so onnxruntime (MLAS) dispatches that model's kernels by cpuid.
+"""The int8 numerics of another CPU kind, emulated: qemu-user runs this Python with a named
+CPU model, so onnxruntime (MLAS) dispatches that model's kernels by cpuid (x86) or the
+kernel's hardware capabilities (ARM).
 
     python -m bench.emulated_cpu flags [--cpu EPYC-Rome-v1]
     python -m bench.emulated_cpu variants --weights FILE.safetensors [--cpu ...] [--compile]
@@ -8,8 +9,18 @@ CPU model, so onnxruntime (MLAS) dispatches that model's kernels by cpuid.
     python -m bench.emulated_cpu scan [--count 20000]              # the warm query's int8 scan
     python -m bench.emulated_cpu variants --weights FILE --native    # the same, not emulated
     python -m bench.emulated_cpu run [--cpu ...] -- python -m clipsearch.cli ...
+    python -m bench.emulated_cpu --arch aarch64 --cpu cortex-a72 variants --model ...
     (needs qemu-user: apt-get install qemu-user; Debian 12's QEMU 7.2 emulates AVX2, FMA,
-    F16C but no AVX-512, AVX-VNNI or AMX, so every CPU model it runs is an "AVX2-only" one)
+    F16C but no AVX-512, AVX-VNNI or AMX, so every x86 CPU model it runs is an "AVX2-only"
+    one)
+
+--arch aarch64 runs a 64-bit ARM Python (`python -m bench.arm64_root` unpacks one, with arm64
+wheels of numpy, onnxruntime, onnx, Pillow) under qemu-aarch64 with this repository on its
+path: cortex-a72 has no dot-product instructions (a Raspberry Pi 4), neoverse-n1 and
+cortex-a76 have them (Graviton 2), max adds SVE, i8mm and SME. Its /proc/cpuinfo is written
+from the emulated model's hardware capabilities before each run: the host's x86 file crashed
+onnxruntime's CPU detection, and one naming other features made it run dot-product kernels
+on a CPU without them.
 
 `variants` builds the image tower's graph from a weights file as the compile does
 (clip_core.compiled.vit_graph; ViT-B-32's random weights: `python -m bench.weights_file OUT`),
@@ -37,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -44,48 +56,135 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_CPU = "EPYC-Rome-v1"  # AMD Zen 2: AVX2, FMA, no AVX-512 (issue 12's kind of EPYC)
+DEFAULT_ARM_CPU = "neoverse-n1"  # Arm v8.2 with dot products (AWS Graviton 2)
 INSIDE = "CLIPSEARCH_EMULATED_CPU"  # set for the emulated child: its CPU model's name
+ARM64_ROOT = Path(os.environ.get("CLIPSEARCH_ARM64_ROOT",
+                                 Path.home() / ".cache" / "clipsearch" / "arm64-root"))
+REPO = Path(__file__).resolve().parent.parent
 # numpy's cpuid-based feature names -> /proc/cpuinfo's (what clip_core.cpu reads)
 CPUID_TO_PROC = {"AVX": "avx", "AVX2": "avx2", "FMA3": "fma", "F16C": "f16c",
                  "AVX512F": "avx512f", "AVX512BW": "avx512bw", "AVX512VL": "avx512vl",
                  "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16",
                  "AVX512FP16": "avx512_fp16"}
+NUMPY_TO_ARM = {"ASIMD": "asimd", "ASIMDHP": "asimdhp", "ASIMDDP": "asimddp",
+                "ASIMDFHM": "asimdfhm", "SVE": "sve"}
+# Linux's names of the arm64 hardware capability bits (arch/arm64/kernel/cpuinfo.c), in bit
+# order: AT_HWCAP, then AT_HWCAP2 (as far as sme_f32f32).
+HWCAP_NAMES = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics",
+               "fphp", "asimdhp", "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop",
+               "sha3", "sm3", "sm4", "asimddp", "sha512", "sve", "asimdfhm", "dit", "uscat",
+               "ilrcpc", "flagm", "ssbs", "sb", "paca", "pacg")
+HWCAP2_NAMES = ("dcpodp", "sve2", "sveaes", "svepmull", "svebitperm", "svesha3", "svesm4",
+                "flagm2", "frint", "svei8mm", "svef32mm", "svef64mm", "svebf16", "i8mm", "bf16",
+                "dgh", "rng", "bti", "mte", "ecv", "afp", "rpres", "mte3", "sme", "smei16i64",
+                "smef64f64", "smei8i32", "smef16f32", "smeb16f32", "smef32f32")
+ARM_HWCAP2_SHOWN = ("sve2", "i8mm", "sme")
+ARM_PARTS = {"cortex-a35": 0xD04, "cortex-a53": 0xD03, "cortex-a57": 0xD07,
+             "cortex-a72": 0xD08, "cortex-a76": 0xD0B, "neoverse-n1": 0xD0C}  # MIDR part
 
 
-def qemu() -> str | None:
-    return shutil.which("qemu-x86_64")
+def qemu(arch: str = "x86_64") -> str | None:
+    """qemu-user for `arch`: CLIPSEARCH_QEMU_<ARCH> (another QEMU's binary) or the PATH's."""
+    return os.environ.get(f"CLIPSEARCH_QEMU_{arch.upper()}") or shutil.which(f"qemu-{arch}")
 
 
 def emulated(cpu: str, argv: list[str], timeout: float | None = None,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run `argv` (an ELF program first, such as sys.executable) under qemu-user as `cpu`.
-    qemu's warnings about CPUID bits TCG lacks (rdseed, sha-ni, ...) are dropped."""
-    binary = qemu()
+             env: dict[str, str] | None = None, arch: str = "x86_64"
+             ) -> subprocess.CompletedProcess:
+    """Run `argv` (an ELF program first, such as sys.executable) under qemu-user as `cpu`;
+    for aarch64, sys.executable becomes ARM64_ROOT's Python. qemu's warnings about CPUID
+    bits TCG lacks (rdseed, sha-ni, ...) are dropped."""
+    binary = qemu(arch)
     if binary is None:
-        raise SystemExit("qemu-x86_64 not found: apt-get install qemu-user")
-    done = subprocess.run([binary, "-cpu", cpu, *argv], capture_output=True, text=True,
-                          timeout=timeout, env={**(env or os.environ), INSIDE: cpu})
+        raise SystemExit(f"qemu-{arch} not found: apt-get install qemu-user")
+    env = {**(env or os.environ), INSIDE: cpu}
+    prefix = [binary, "-cpu", cpu]
+    if arch == "aarch64":
+        python = arm64_python()
+        argv = [python if a == sys.executable else a for a in argv]
+        prefix += ["-L", str(ARM64_ROOT)]
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(ARM64_ROOT / "site")])
+        env["PYTHONNOUSERSITE"] = "1"
+        for name in ("PYTHONHOME", "VIRTUAL_ENV"):
+            env.pop(name, None)
+        write_arm_cpuinfo(cpu, python)
+    done = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=timeout,
+                          env=env)
     done.stderr = "".join(line for line in done.stderr.splitlines(keepends=True)
                           if "TCG doesn't support requested feature" not in line)
     return done
 
 
+def arm64_python() -> str:
+    python = ARM64_ROOT / "usr" / "bin" / "python3.11"
+    if not python.is_file():
+        raise SystemExit(f"no arm64 Python in {ARM64_ROOT}: python -m bench.arm64_root")
+    return str(python)
+
+
+def write_arm_cpuinfo(cpu: str, python: str) -> None:
+    """ARM64_ROOT/proc/cpuinfo (qemu -L serves it as /proc/cpuinfo) naming the features the
+    emulated `cpu` has, read from its hardware capabilities in a first short run."""
+    probe = ("import ctypes; f = ctypes.CDLL(None).getauxval; f.restype = ctypes.c_ulong; "
+             "print(f(16), f(26))")  # AT_HWCAP, AT_HWCAP2
+    done = subprocess.run([qemu("aarch64"), "-cpu", cpu, "-L", str(ARM64_ROOT), python, "-S",
+                           "-c", probe], capture_output=True, text=True, check=True)
+    hwcap, hwcap2 = (int(v) for v in done.stdout.split())
+    features = [n for i, n in enumerate(HWCAP_NAMES) if hwcap >> i & 1]
+    features += [n for i, n in enumerate(HWCAP2_NAMES) if hwcap2 >> i & 1]
+    implementer, part = (0x46, 0x001) if cpu == "a64fx" else (0x41, ARM_PARTS.get(cpu, 0xD0C))
+    entry = ("processor\t: {i}\nBogoMIPS\t: 50.00\nFeatures\t: " + " ".join(features)
+             + f"\nCPU implementer\t: {implementer:#x}\nCPU architecture: 8\n"
+             f"CPU variant\t: 0x0\nCPU part\t: {part:#05x}\nCPU revision\t: 0\n\n")
+    target = ARM64_ROOT / "proc" / "cpuinfo"
+    target.parent.mkdir(exist_ok=True)
+    target.write_text("".join(entry.format(i=i) for i in range(os.cpu_count() or 1)))
+
+
 def cpuid_flags() -> frozenset[str]:
-    """The x86 flags this process sees by cpuid, in /proc/cpuinfo's names."""
+    """The flags this process's CPU reports by cpuid (x86) or hardware capabilities (ARM,
+    through numpy's dispatch table), in /proc/cpuinfo's names."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
     except ImportError:  # numpy 1.x
         from numpy.core._multiarray_umath import __cpu_features__ as features
-    return frozenset(proc for key, proc in CPUID_TO_PROC.items() if features.get(key))
+    if _x86():
+        return frozenset(proc for key, proc in CPUID_TO_PROC.items() if features.get(key))
+    flags = {proc for key, proc in NUMPY_TO_ARM.items() if features.get(key)}
+    hwcap2 = _getauxval(26)  # AT_HWCAP2: what numpy's table leaves out
+    return frozenset(flags | {n for n in ARM_HWCAP2_SHOWN if hwcap2 >> HWCAP2_NAMES.index(n) & 1})
+
+
+def _getauxval(kind: int) -> int:
+    import ctypes
+
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype = ctypes.c_ulong
+    return int(getauxval(kind))
+
+
+def _x86() -> bool:
+    from clip_core.cpu import CpuFeatures
+
+    return CpuFeatures.here().x86
+
+
+def emulated_features():
+    """clip_core.cpu.CpuFeatures of the CPU this process runs on, emulated or not."""
+    from clip_core.cpu import CpuFeatures
+
+    return CpuFeatures(platform.machine().lower(), cpuid_flags())
 
 
 def flags_report() -> dict:
     from clip_core.compiled.int8_variants import variant_order
     from clip_core.cpu import CpuFeatures
 
-    cpu = CpuFeatures("x86_64", cpuid_flags())
-    proc = CpuFeatures.here().flags & set(CPUID_TO_PROC.values())
-    return {"emulated_cpu": os.environ.get(INSIDE), "cpuid_flags": sorted(cpu.flags),
+    cpu = emulated_features()
+    proc = CpuFeatures.here().flags & {*CPUID_TO_PROC.values(), *NUMPY_TO_ARM.values(),
+                                       *ARM_HWCAP2_SHOWN}
+    return {"emulated_cpu": os.environ.get(INSIDE), "arch": cpu.arch,
+            "cpuid_flags": sorted(cpu.flags),
             "proc_cpuinfo_flags": sorted(proc), "saturating_int8": cpu.saturating_int8,
             "variant_order": [v.name for v in variant_order(cpu)]}
 
@@ -96,7 +195,6 @@ def variants_report(model: str, weights: Path | None, compile_too: bool) -> dict
     from clip_core.compiled.built import Built
     from clip_core.compiled.int8_variants import VARIANTS, Int8Variant, variant_order
     from clip_core.compiled.weights_file import open_weights_file
-    from clip_core.cpu import CpuFeatures
     from clip_core.models.ref import parse_model
     from clip_core.pixels.preprocess import preprocess_batch
     from clip_core.pixels.probes import probe_images
@@ -124,9 +222,9 @@ def variants_report(model: str, weights: Path | None, compile_too: bool) -> dict
         report["variants"] = figures
         report["guard"] = compiler.GUARD_MIN_COS
         report["text_int8"] = text_report(model, weights, Path(tmp))["text_int8"]
-        cpu = CpuFeatures("x86_64", cpuid_flags())
+        cpu = emulated_features()
         work = Path(tmp) / "selection"
-        work.mkdir()
+        (work / compiler.FP32_DIR).mkdir(parents=True)  # as the compile's work folder
         # The compiler's own selection step: its variant order for these flags, each tried
         # until one passes the guard against the same fp32 reference.
         checked = compiler._quantise_and_check(
@@ -149,7 +247,7 @@ def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> di
     and the kinds this CPU's flags would try (clip_core.cpu.text_int8_kinds; x86 only, as the
     rest of this module)."""
     from clip_core.compiled.weights_file import open_weights_file, write_text_tower
-    from clip_core.cpu import CpuFeatures, text_int8_kinds
+    from clip_core.cpu import text_int8_kinds
     from clip_core.models.ref import parse_model
     from clip_core.text.tower import INT8_MIN_COS, NumpyTextTower
     from clip_core.text.tower_onnx import INT8_KINDS
@@ -163,7 +261,7 @@ def text_report(model: str, weights: Path | None, tmp: Path | None = None) -> di
         tower = NumpyTextTower.load(path, release_pages=False, check=False)
         agreements = tower.int8_agreements(INT8_KINDS)
         # cpuid's flags: under qemu-user /proc/cpuinfo still shows the host's
-        tried = text_int8_kinds(CpuFeatures("x86_64", cpuid_flags()))
+        tried = text_int8_kinds(emulated_features())
         figures: dict = {kind: {"min_cos": round(cos, 6), "passes": cos >= INT8_MIN_COS}
                          for kind, cos in agreements.items()}
         figures["tried_here"] = list(tried)
@@ -206,10 +304,9 @@ def scan_report(count: int) -> dict:
 def _compile(ref, cache: Path) -> dict:
     """compile_model's choice with the flags cpuid reports (not /proc/cpuinfo's)."""
     from clip_core.compiled.compiler import compile_model
-    from clip_core.cpu import CpuFeatures
 
     compiled, _ = compile_model(ref, cache_dir=cache, force=True,
-                                cpu=CpuFeatures("x86_64", cpuid_flags()))
+                                cpu=emulated_features())
     image = compiled.meta["image"]
     return {k: image[k] for k in ("backend", "variant", "variants", "reason") if k in image}
 
@@ -217,7 +314,9 @@ def _compile(ref, cache: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu", default=DEFAULT_CPU, help="a qemu-x86_64 -cpu model")
+    parser.add_argument("--arch", choices=("x86_64", "aarch64"), default="x86_64")
+    parser.add_argument("--cpu", help=f"a qemu -cpu model (default {DEFAULT_CPU}; "
+                        f"aarch64: {DEFAULT_ARM_CPU})")
     parser.add_argument("--native", action="store_true", help="this CPU, not emulated")
     parser.add_argument("--timeout", type=float, default=None, help="seconds, emulated run")
     sub = parser.add_subparsers(dest="job", required=True)
@@ -234,11 +333,12 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser("run")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    args.cpu = args.cpu or (DEFAULT_ARM_CPU if args.arch == "aarch64" else DEFAULT_CPU)
     if args.job == "run":
         command = args.command[1:] if args.command[:1] == ["--"] else list(args.command)
         if command and command[0] in ("python", "python3"):
             command[0] = sys.executable  # qemu runs ELF programs, not PATH names or scripts
-        done = emulated(args.cpu, command, args.timeout)
+        done = emulated(args.cpu, command, args.timeout, arch=args.arch)
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
         raise SystemExit(done.returncode)
@@ -253,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     forwarded = list(argv if argv is not None else sys.argv[1:])
     done = emulated(args.cpu, [sys.executable, "-m", "bench.emulated_cpu", *forwarded],
-                    args.timeout)
+                    args.timeout, arch=args.arch)
     sys.stderr.write(done.stderr)
     if done.returncode != 0:
         raise SystemExit(done.returncode)
