@@ -6,7 +6,7 @@ the numerics jobs import, at this environment's versions. qemu-aarch64 -L FOLDER
 
 Needs root, apt and pip's registries (a session's machine has them; tests never build it):
 apt learns the arm64 architecture for the download and forgets it afterwards, so the machine's
-own packages are untouched. ~150 MB; a minute.
+own packages are untouched. ~300 MB; half a minute.
 """
 
 from __future__ import annotations

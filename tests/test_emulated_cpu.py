@@ -66,7 +66,7 @@ def _variants(tmp_path, bundle, cpu: str | None, arch: str = "x86_64") -> dict:
 
 
 @x86
-@pytest.mark.slow  # ~45 s: imports and a scan of 3000 vectors under TCG
+@pytest.mark.slow  # ~15 s: imports and a scan of 3000 vectors (drawn natively) under TCG
 def test_the_int8_scan_on_emulated_avx2_kernels_stays_within_its_bound(tmp_path):
     """The warm query's int8 scan (store/int8_scan.py) on onnxruntime's AVX2 kernels: its
     guard's verdict agrees with what the kernel does. Kept, every score of the index's own
