@@ -124,7 +124,8 @@ def arm64_python() -> str:
 
 def write_arm_cpuinfo(cpu: str, python: str) -> None:
     """ARM64_ROOT/proc/cpuinfo (qemu -L serves it as /proc/cpuinfo) naming the features the
-    emulated `cpu` has, read from its hardware capabilities in a first short run."""
+    emulated `cpu` has, read from its hardware capabilities in a first short run. One file
+    per root: ARM runs of different CPU models must not overlap."""
     probe = ("import ctypes; f = ctypes.CDLL(None).getauxval; f.restype = ctypes.c_ulong; "
              "print(f(16), f(26))")  # AT_HWCAP, AT_HWCAP2
     done = subprocess.run([qemu("aarch64"), "-cpu", cpu, "-L", str(ARM64_ROOT), python, "-S",
