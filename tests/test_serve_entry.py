@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -59,13 +61,22 @@ def run(argv: tuple[str, ...], lib_dir: Path, entry: bool, tmp_path: Path,
     argv = tuple(a.replace("PHOTOS", str(lib_dir.parent / "photos")) for a in argv)
     if "--library" not in argv and not (env or {}).get("CLIPSEARCH_LIBRARY"):
         argv += ("--library", str(lib_dir))
-    out = tmp_path / "modules.txt"
+    out = tmp_path / f"modules-{uuid.uuid4().hex}.txt"  # runs may overlap (in_pairs)
     script = SCRIPT if entry else SCRIPT.replace("clipsearch_entry", "clipsearch.cli")
     command = [sys.executable, "-c", script]  # the same program name in click's messages
     proc = subprocess.run([*command, *argv], capture_output=True, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO), "MODULES_OUT": str(out),
                                **(env or {})}, timeout=120)
     return (proc.returncode, proc.stdout, proc.stderr), set(out.read_text().split())
+
+
+def in_pairs(argvs, lib_dir: Path, tmp_path: Path, env: dict | None = None) -> list:
+    """run() of each argv through the console script and through the full CLI, two
+    processes at a time (the suite's time: ~45 CLI starts): [(entry's, full CLI's), ...]."""
+    jobs = [(argv, entry) for argv in argvs for entry in (True, False)]
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda job: run(job[0], lib_dir, job[1], tmp_path, env=env), jobs))
+    return list(zip(done[::2], done[1::2], strict=True))
 
 
 def odd_library(tmp_path: Path) -> Path:
@@ -90,24 +101,24 @@ def test_plain_queries_skip_the_package_and_print_the_same_bytes(tmp_path):
     lib_dir = odd_library(tmp_path)
     proc, _ = start_server(lib_dir)
     try:
-        for argv in FAST:
-            fast, modules = run(argv, lib_dir, True, tmp_path)
+        for argv, ((fast, modules), (full, _)) in zip(FAST, in_pairs(FAST, lib_dir, tmp_path),
+                                                      strict=True):
             assert "clipsearch" not in modules and "click" not in modules, argv
-            assert fast == run(argv, lib_dir, False, tmp_path)[0], argv
+            assert fast == full, argv
             assert fast[0] == 0 and fast[1], argv
         odd = run(("query", "a green triangle", "--in", "PHOTOS/odd"), lib_dir, True,
                   tmp_path)[0][1]
         assert b"gr\xc3\xbcn-triangle-\\xff\\n.png" in odd  # escaped as the CLI does
-        for argv in FULL:
-            full, modules = run(argv, lib_dir, True, tmp_path)
+        for argv, ((got, modules), (full, _)) in zip(FULL, in_pairs(FULL, lib_dir, tmp_path),
+                                                     strict=True):
             assert "clipsearch.cli" in modules, argv
-            assert full == run(argv, lib_dir, False, tmp_path)[0], argv
+            assert got == full, argv
         # The library named by the environment, as --library's envvar.
         env = {"CLIPSEARCH_LIBRARY": str(lib_dir)}
-        argv = ("query", "a red circle", "--json")
-        fast, modules = run(argv, lib_dir, True, tmp_path, env=env)
+        ((fast, modules), (full, _)), = in_pairs([("query", "a red circle", "--json")],
+                                                 lib_dir, tmp_path, env)
         assert "clipsearch" not in modules
-        assert fast == run(argv, lib_dir, False, tmp_path, env=env)[0]
+        assert fast == full
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
@@ -163,9 +174,9 @@ def test_without_a_live_server_the_full_cli_answers(tmp_path):
             (lib_dir / "server.json").write_text(json.dumps(
                 {"pid": os.getpid(), "host": "127.0.0.1", "port": server.server_address[1],
                  "token": None}))
-            for form in (argv, ("query", "a red circle"), ("query", "a red circle", "--paths")):
-                got, modules = run(form, lib_dir, True, tmp_path)
+            forms = (argv, ("query", "a red circle"), ("query", "a red circle", "--paths"))
+            for (got, modules), (full, _) in in_pairs(forms, lib_dir, tmp_path):
                 assert "clipsearch.cli" in modules, body
-                assert got == run(form, lib_dir, False, tmp_path)[0], body
+                assert got == full, body
         finally:
             server.shutdown()
