@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import subprocess
 import sys
 
@@ -22,7 +21,7 @@ from tests.reliability_support import REPO, subprocess_env
 from tests.vit_bundles import write_bundle
 
 x86 = pytest.mark.skipif(
-    shutil.which("qemu-x86_64") is None or platform.machine().lower() not in ("x86_64", "amd64"),
+    qemu("x86_64") is None or platform.machine().lower() not in ("x86_64", "amd64"),
     reason="needs qemu-user (qemu-x86_64) on an x86-64 machine")
 
 
