@@ -126,10 +126,10 @@ def write_arm_cpuinfo(cpu: str, python: str) -> None:
     """ARM64_ROOT/proc/cpuinfo (qemu -L serves it as /proc/cpuinfo) naming the features the
     emulated `cpu` has, read from its hardware capabilities in a first short run. One file
     per root: ARM runs of different CPU models must not overlap."""
-    probe = ("import ctypes; f = ctypes.CDLL(None).getauxval; f.restype = ctypes.c_ulong; "
-             "print(f(16), f(26))")  # AT_HWCAP, AT_HWCAP2
+    probe = "from bench.emulated_cpu import _getauxval as f; print(f(16), f(26))"  # HWCAP, 2
     done = subprocess.run([qemu("aarch64"), "-cpu", cpu, "-L", str(ARM64_ROOT), python, "-S",
-                           "-c", probe], capture_output=True, text=True, check=True)
+                           "-c", probe], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "")})
     hwcap, hwcap2 = (int(v) for v in done.stdout.split())
     features = [n for i, n in enumerate(HWCAP_NAMES) if hwcap >> i & 1]
     features += [n for i, n in enumerate(HWCAP2_NAMES) if hwcap2 >> i & 1]
@@ -149,7 +149,9 @@ def cpuid_flags() -> frozenset[str]:
         from numpy._core._multiarray_umath import __cpu_features__ as features
     except ImportError:  # numpy 1.x
         from numpy.core._multiarray_umath import __cpu_features__ as features
-    if _x86():
+    from clip_core.cpu import CpuFeatures
+
+    if CpuFeatures(platform.machine().lower()).x86:
         return frozenset(proc for key, proc in CPUID_TO_PROC.items() if features.get(key))
     flags = {proc for key, proc in NUMPY_TO_ARM.items() if features.get(key)}
     hwcap2 = _getauxval(26)  # AT_HWCAP2: what numpy's table leaves out
@@ -162,12 +164,6 @@ def _getauxval(kind: int) -> int:
     getauxval = ctypes.CDLL(None).getauxval
     getauxval.restype = ctypes.c_ulong
     return int(getauxval(kind))
-
-
-def _x86() -> bool:
-    from clip_core.cpu import CpuFeatures
-
-    return CpuFeatures.here().x86
 
 
 def emulated_features():
