@@ -49,6 +49,8 @@ AVX2_ONLY = CpuFeatures("x86_64", frozenset({"sse4_2", "avx", "avx2", "fma"}))
 AVX512_VNNI = CpuFeatures("x86_64", AVX2_ONLY.flags | {"avx512f", "avx512_vnni"})
 AMX = CpuFeatures("x86_64", AVX512_VNNI.flags | {"amx_tile", "amx_int8", "amx_bf16"})
 ARM = CpuFeatures("aarch64", frozenset({"fp", "asimd", "asimddp"}))
+SSE_ONLY = CpuFeatures("x86_64", frozenset({"sse4_1", "sse4_2"}))  # no AVX2: int8 is timed
+ARM_NO_DOT = CpuFeatures("aarch64", frozenset({"fp", "asimd"}))  # Cortex-A72: timed too
 
 
 def assert_int8_only_where_it_passed(image: dict, guard: float = GUARD_MIN_COS) -> None:
@@ -181,6 +183,13 @@ def test_text_int8_kinds_try_the_per_run_scale_only_with_int8_dot_products():
         assert text_int8_kinds(cpu) == ("blocks",), cpu
 
 
+def test_the_image_tower_is_timed_against_torch_only_where_int8_may_not_outrun_it():
+    for cpu in (AVX2_ONLY, AVX512_VNNI, AMX, ARM):
+        assert cpu.int8_outruns_torch, cpu
+    for cpu in (SSE_ONLY, ARM_NO_DOT, CpuFeatures("ppc64le", frozenset({"vsx"}))):
+        assert not cpu.int8_outruns_torch, cpu
+
+
 def test_text_int8_is_timed_only_without_int8_dot_products():
     assert text_int8_timed(AVX2_ONLY)
     assert not text_int8_timed(AVX512_VNNI) and not text_int8_timed(AMX)
@@ -201,6 +210,9 @@ def test_vit_b32_image_tower_stays_within_the_guard_of_fp32_on_any_cpu(tmp_path)
     assert_int8_only_where_it_passed(image)
     first = image["variants"][0]
     assert first["variant"] == REDUCE_RANGE.name and first["min_cos"] >= GUARD_MIN_COS, image
+    # AVX2's int8 outruns torch: kept untimed, torch never loaded to be timed
+    assert image["backend"] == ONNX and image["reason"].endswith("int8 products on AVX2"), image
+    assert "images_per_second" not in image, image
     images = probe_images(8, seed=99)
     fp32 = ClipEncoder.load(ref, precision="fp32", towers=frozenset({"image"}))
     reference = fp32.encode_images(images)
@@ -232,17 +244,17 @@ def test_int8_that_fails_the_agreement_check_is_not_used_unless_asked(tmp_path, 
         assert type(lib.image_encoder(lib.default_model)).__name__ == "OnnxImageEncoder"
 
 
-def test_without_int8_dot_products_torch_is_timed_and_wins_when_twice_as_fast(
+def test_where_int8_may_not_outrun_torch_torch_is_timed_and_wins_when_twice_as_fast(
         tmp_path, monkeypatch):
     ref = parse_model(f"local-dir:{_bundle_copy(tmp_path)}")
-    compiled, torch_encoder = compile_model(ref, cache_dir=tmp_path / "kept", cpu=AVX2_ONLY)
+    compiled, torch_encoder = compile_model(ref, cache_dir=tmp_path / "kept", cpu=SSE_ONLY)
     precision = ClipEncoder.load(ref, towers=frozenset({"image"})).loaded.precision
     image = compiled.meta["image"]
     assert set(image["images_per_second"]) == {image["backend"], f"torch-{precision}"}
     # the tiny tower: onnxruntime is fast
     assert compiled.backend in (ONNX, ONNX_FP32) and torch_encoder is None
     monkeypatch.setattr(compiler, "TORCH_MUST_BE_FASTER", 1e9)  # as if int8 kernels were slow
-    compiled, torch_encoder = compile_model(ref, cache_dir=tmp_path / "lost", cpu=AVX2_ONLY)
+    compiled, torch_encoder = compile_model(ref, cache_dir=tmp_path / "lost", cpu=SSE_ONLY)
     assert compiled.backend == TORCH and "twice as fast" in compiled.meta["image"]["reason"]
     assert type(torch_encoder).__name__ == "ClipEncoder"  # handed over, not loaded again
     assert torch_encoder.loaded.precision == precision
