@@ -50,6 +50,8 @@ def unavailable() -> str | None:
         return "not an x86 machine"
     from clip_core.cpu import cpu_flags
 
+    if "avx2" not in cpu_flags():
+        return "this CPU has no AVX2 to leave unmasked"
     if "cpuid_fault" not in cpu_flags():
         return "this CPU (or its hypervisor) offers no CPUID faulting (no cpuid_fault flag)"
     if shutil.which("gcc") is None:
@@ -67,7 +69,7 @@ def shim(cache: Path | None = None) -> Path:
     target = folder / f"cpuid_mask-{hashlib.sha256(source).hexdigest()[:12]}.so"
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
+        partial = target.with_suffix(f".{os.getpid()}.partial")  # builds may race
         subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(partial), str(SOURCE)],
                        check=True)
         partial.replace(target)

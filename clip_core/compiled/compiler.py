@@ -330,7 +330,8 @@ def _choose(work: Path, probes: np.ndarray, checked: dict, meta: dict, guard: fl
         # AVX2-only compile of ViT-B-32 its import and model (13.6 s, 1.5 GB against 3-5 s,
         # 0.8 GB), and timing int8 alone a first index run ~1 CPU s for a figure nobody read.
         return {"backend": ONNX, "reason": why + "; this CPU runs int8 products on "
-                + ("dot-product instructions" if cpu.int8_dot_product else "AVX2"),
+                + ("AVX2" if cpu.x86 and not cpu.int8_dot_product else
+                   "dot-product instructions"),
                 **choice}, checked["encoder"]
     if checked["encoder"] is not None:  # closed before torch loads: the compile's peak
         checked["encoder"].close()
