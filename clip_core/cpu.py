@@ -64,11 +64,12 @@ class CpuFeatures:
     @property
     def int8_outruns_torch(self) -> bool:
         """onnxruntime's int8 image tower is surely faster here than any torch precision, so
-        the compile need not load torch to time it: int8 dot products (x86 VNNI/AMX, ARM's
-        asimddp), or x86 AVX2, whose 16-bit pair sums (vpmaddubsw) ran ViT-B-32's 7-bit
-        tower at 1.2x torch fp32's speed on 2 cores masked to AVX2 (bench.masked_cpu) and
-        at ~1.8x onnxruntime fp32's on issue 12's EPYC; torch has no fast bf16 on such CPUs.
-        Elsewhere (x86 without AVX2, ARM without dot products) both are timed."""
+        the compile need not load torch to time it: int8 dot products (x86 VNNI/AMX; ARM's
+        asimddp, trusted as for the text tower: text_int8_timed), or x86 AVX2, whose 16-bit
+        pair sums (vpmaddubsw) ran ViT-B-32's 7-bit tower at 1.2x torch fp32's speed on 2
+        cores masked to AVX2 (bench.masked_cpu) and at ~1.8x onnxruntime fp32's on issue
+        12's EPYC; torch has no fast bf16 on such CPUs. Elsewhere (x86 without AVX2, ARM
+        without dot products) both are timed."""
         if self.x86:
             return self.int8_dot_product or "avx2" in self.flags
         return "asimddp" in self.flags
