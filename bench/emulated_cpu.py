@@ -324,6 +324,15 @@ def _compile(ref, cache: Path) -> dict:
     return {k: image[k] for k in ("backend", "variant", "variants", "reason") if k in image}
 
 
+def run_command(words: list[str]) -> list[str]:
+    """`run`'s command: without the "--" before it, and "python" as this venv's Python (qemu
+    runs ELF programs, not PATH names or scripts; the bench's own commands use it)."""
+    command = words[1:] if words[:1] == ["--"] else list(words)
+    if command and command[0] in ("python", "python3"):
+        command[0] = sys.executable
+    return command
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -349,10 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.cpu = args.cpu or (DEFAULT_ARM_CPU if args.arch == "aarch64" else DEFAULT_CPU)
     if args.job == "run":
-        command = args.command[1:] if args.command[:1] == ["--"] else list(args.command)
-        if command and command[0] in ("python", "python3"):
-            command[0] = sys.executable  # qemu runs ELF programs, not PATH names or scripts
-        done = emulated(args.cpu, command, args.timeout, arch=args.arch)
+        done = emulated(args.cpu, run_command(args.command), args.timeout, arch=args.arch)
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
         raise SystemExit(done.returncode)

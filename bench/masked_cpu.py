@@ -37,6 +37,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.emulated_cpu import run_command
+
 SOURCE = Path(__file__).with_name("cpuid_mask.c")
 MASK = "avx2"
 # /proc/cpuinfo flags the mask clears (cpuid_mask.c's bits, in the kernel's names).
@@ -142,10 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(done.stderr)
         sys.stdout.write(done.stdout)
         raise SystemExit(done.returncode)
-    command = args.command[1:] if args.command[:1] == ["--"] else list(args.command)
-    if command and command[0] in ("python", "python3"):
-        command[0] = sys.executable  # this venv's Python, as the bench's own commands use
-    raise SystemExit(masked(command, capture=False).returncode)
+    raise SystemExit(masked(run_command(args.command), capture=False).returncode)
 
 
 if __name__ == "__main__":
