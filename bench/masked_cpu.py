@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -48,13 +47,14 @@ HIDDEN = frozenset({"gfni", "vaes", "vpclmulqdq", "avx_ifma", "avx_ne_convert"})
 
 def unavailable() -> str | None:
     """Why the mask cannot run here, or None."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return "not an x86 machine"
-    from clip_core.cpu import cpu_flags
+    from clip_core.cpu import CpuFeatures
 
-    if "avx2" not in cpu_flags():
+    cpu = CpuFeatures.here()
+    if not cpu.x86:
+        return "not an x86 machine"
+    if "avx2" not in cpu.flags:
         return "this CPU has no AVX2 to leave unmasked"
-    if "cpuid_fault" not in cpu_flags():
+    if "cpuid_fault" not in cpu.flags:
         return "this CPU (or its hypervisor) offers no CPUID faulting (no cpuid_fault flag)"
     if shutil.which("gcc") is None:
         return "no gcc to build bench/cpuid_mask.c"
@@ -63,11 +63,11 @@ def unavailable() -> str | None:
     return None
 
 
-def shim(cache: Path | None = None) -> Path:
+def shim() -> Path:
     """bench/cpuid_mask.c built once per source into the user cache folder."""
     source = SOURCE.read_bytes()
-    folder = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
-        "clipsearch" / "cpuid-mask"
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipsearch" / \
+        "cpuid-mask"
     target = folder / f"cpuid_mask-{hashlib.sha256(source).hexdigest()[:12]}.so"
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)
