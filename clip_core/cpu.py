@@ -82,9 +82,12 @@ class CpuFeatures:
 
 def text_int8_kinds(cpu: CpuFeatures) -> tuple[str, ...]:
     """The int8 text towers to try on `cpu`, fastest first (clip_core.text.tower_onnx): the
-    per-run "dynamic" scale only where int8 products are summed in 32 bits; "blocks"
+    per-run "dynamic" scale where int8 products are summed in 32 bits; on x86 without them
+    its "unsigned" twin, whose U8U8 kernels widen to 16 bits instead of saturating; "blocks"
     everywhere. Each must still agree with fp32 on the machine at hand."""
-    return ("blocks",) if text_int8_timed(cpu) else ("dynamic", "blocks")
+    if not text_int8_timed(cpu):
+        return ("dynamic", "blocks")
+    return ("unsigned", "blocks") if cpu.x86 else ("blocks",)
 
 
 def text_int8_timed(cpu: CpuFeatures) -> bool:

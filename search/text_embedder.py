@@ -168,8 +168,8 @@ class TextEmbedder:
 
     @property
     def kind(self) -> str:
-        """precision, and which int8 kind: "int8-dynamic", "int8-blocks", "fp32", "numpy",
-        "torch" (clip_core.text.tower_onnx)."""
+        """precision, and which int8 kind: "int8-dynamic", "int8-unsigned", "int8-blocks",
+        "fp32", "numpy", "torch" (clip_core.text.tower_onnx)."""
         return self._fast[0].kind if self._fast is not None else "torch"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

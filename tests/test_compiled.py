@@ -176,11 +176,13 @@ def test_int8_text_tower_keeps_the_tiny_models_rankings(tmp_path, monkeypatch):
 
 
 def test_text_int8_kinds_try_the_per_run_scale_only_with_int8_dot_products():
-    # "dynamic" sums full-range u8 x s8 pairs: 16-bit sums (AVX2-only x86) may saturate
+    # "dynamic" sums full-range u8 x s8 pairs: 16-bit sums (AVX2-only x86) may saturate;
+    # there its "unsigned" twin (u8 x u8, widened to 16 bits) goes first
     for cpu in (AVX512_VNNI, AMX, ARM):
         assert text_int8_kinds(cpu) == ("dynamic", "blocks"), cpu
-    for cpu in (AVX2_ONLY, CpuFeatures("aarch64", frozenset({"fp", "asimd"}))):
-        assert text_int8_kinds(cpu) == ("blocks",), cpu
+    for cpu in (AVX2_ONLY, SSE_ONLY):
+        assert text_int8_kinds(cpu) == ("unsigned", "blocks"), cpu
+    assert text_int8_kinds(ARM_NO_DOT) == ("blocks",)
 
 
 def test_the_image_tower_is_timed_against_torch_only_where_int8_may_not_outrun_it():

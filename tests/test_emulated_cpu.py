@@ -42,9 +42,10 @@ def test_an_emulated_avx2_only_cpu_passes_with_the_variant_its_flags_put_first(t
     assert report["variants"][REDUCE_RANGE.name]["min_cos"] >= GUARD_MIN_COS, report
     assert report["selection"]["kept"] == REDUCE_RANGE.name, report  # the compiler's step
     assert [t["variant"] for t in report["selection"]["tried"]] == [REDUCE_RANGE.name]
-    text = report["text_int8"]  # MatMulNBits on AVX2 passes; the flags skip "dynamic"
+    text = report["text_int8"]  # u8 x u8 and MatMulNBits on AVX2 pass; the flags skip "dynamic"
     assert text["blocks"]["min_cos"] >= GUARD_MIN_COS and text["blocks"]["passes"], report
-    assert text["tried_here"] == ["blocks"] and text["kept"] == "blocks", report
+    assert text["unsigned"]["passes"], report
+    assert text["tried_here"] == ["unsigned", "blocks"] and text["kept"] == "unsigned", report
     # why: full-range int8 weights saturate the AVX2 kernels' 16-bit pair sums (0.937 here)
     assert not text["dynamic"]["passes"] and text["dynamic"]["min_cos"] < GUARD_MIN_COS, report
     # 7-bit weights cannot saturate: the AVX2 kernels agree with this CPU's own on them

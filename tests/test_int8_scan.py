@@ -4,6 +4,8 @@ its guard passes; either way results are the exact fp32 top k)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -99,6 +101,44 @@ def test_scan_is_kept_only_where_it_passes_its_guard():
             kth_lower = np.sort(lower)[-k]
             left_out = np.setdiff1d(np.arange(len(rows)), picked)
             assert upper[left_out].max() < kth_lower <= upper[picked].min()
+
+
+def test_the_speed_check_times_both_scans_in_turns():
+    """A scan timed against the fp16 one runs in turns with it, so a slow spell of the
+    machine (this VM's speed swings by a third within minutes) slows both alike; the faster
+    one is kept and the slower refused, saying so."""
+    rows = clip_like(6000, seed=1).astype(np.float16)
+    if not int8_scan.saturation_free(DIM, 2):
+        pytest.skip("this CPU's int8 sums saturate: the scan is refused before any timing")
+    calls: list[str] = []
+    slow = [0.0]
+
+    def fp16_scan(query):
+        calls.append("fp16")
+        deadline = time.perf_counter() + slow[0]
+        while time.perf_counter() < deadline:
+            pass
+
+    real_candidates = Int8Scan.candidates
+
+    def counted(self, query, k):
+        calls.append("int8")
+        return real_candidates(self, query, k)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Int8Scan, "candidates", counted)
+        slow[0] = 0.2  # seconds: far slower than any int8 scan of 6000 rows
+        scan, why = int8_scan.build(rows, threads=2, fp16_scan=fp16_scan)
+        assert scan is not None and "kept" in why, why
+        # the guard's own checks call candidates before the timing's warm-ups
+        timed = calls[calls.index("fp16") - 1:]
+        assert len(timed) == 20 and timed == ["int8", "fp16"] * 10, calls
+        calls.clear()
+        slow[0] = 0.0  # an fp16 scan that does nothing wins
+        scan, why = int8_scan.build(rows, threads=2, fp16_scan=fp16_scan)
+        assert scan is None and "not faster" in why, why
+    first, second = int8_scan.paired_ms(lambda: time.sleep(0.004), lambda: None, rounds=3)
+    assert first >= 4 > second
 
 
 def test_query_weights_match_the_proven_terms():
@@ -226,7 +266,8 @@ def test_library_warm_up_readies_the_scan_of_a_long_lived_app(tmp_path, monkeypa
     with Library(tmp_path / "lib") as lib:
         ready = lib.warm_up()
         assert ready["vectors"] >= 10
-        assert ready["text_tower"] in ("int8-dynamic", "int8-blocks", "fp32", "numpy")
+        assert ready["text_tower"] in ("int8-dynamic", "int8-unsigned", "int8-blocks", "fp32",
+                                       "numpy")
         index = lib.searcher.index_for(ready["model"], lib.embed_text(["x"]).shape[1])
         assert (ready["scan"] == "int8") == (index.int8 is not None)
         if index.int8 is None:  # the shapes model's width may not be a multiple of 32

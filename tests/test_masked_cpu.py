@@ -71,11 +71,14 @@ def test_masked_avx2_kernels_saturate_full_range_int8_and_pass_with_7_bits(tmp_p
     assert report["selection"]["kept"] == REDUCE_RANGE.name, report
     assert [t["variant"] for t in report["selection"]["tried"]] == [REDUCE_RANGE.name]
     text = report["text_int8"]
-    assert text["tried_here"] == ["blocks"] and text["kept"] == "blocks", report
+    assert text["tried_here"] == ["unsigned", "blocks"] and text["kept"] == "unsigned", report
     assert not text["dynamic"]["passes"] and text["dynamic"]["min_cos"] < GUARD_MIN_COS, report
     if not native["saturating_int8"]:  # unmasked, a CPU with int8 dot products
         assert native["selection"]["kept"] == DEFAULT.name, native
         assert native["text_int8"]["dynamic"]["passes"], native
+        # u8 x u8 widened to 16 bits sums what the dot products sum for u8 x s8
+        assert text["unsigned"]["min_cos"] == pytest.approx(
+            native["text_int8"]["dynamic"]["min_cos"], abs=1e-4)
     for key in ("min_cos", "mean_cos"):
         assert report["variants"][REDUCE_RANGE.name][key] == pytest.approx(
             native["variants"][REDUCE_RANGE.name][key], abs=1e-4)

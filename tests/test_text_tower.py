@@ -103,7 +103,7 @@ def test_vit_b32_matches_torch(b32, b32_file, tok77):
     np.testing.assert_allclose(single, ours, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["dynamic", "blocks"])
+@pytest.mark.parametrize("kind", ["dynamic", "unsigned", "blocks"])
 def test_vit_b32_int8_blocks_stay_within_cosine_0999_of_fp32(kind, b32_file, tok77,
                                                                monkeypatch):
     """The long-lived processes' int8 text tower of each kind, on texts it was not checked
