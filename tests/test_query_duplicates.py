@@ -100,6 +100,25 @@ def test_thresholds_sit_in_the_measured_gaps(library):
     assert np.allclose(s, sims[a, b], atol=1e-5)
 
 
+@pytest.mark.parametrize("tile, workers", [((7, 13), 2), ((64, 32), 3), ((1, 1), 1)])
+def test_candidate_tiles_find_every_pair_once_across_their_edges(tile, workers):
+    """Tiles cut bursts of near-copies at every edge (rows, columns, the diagonal): the
+    pairs are still exactly a brute-force comparison's, each once, with its score."""
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(150, 16)).astype(np.float32)
+    for start, size in ((0, 9), (30, 20), (140, 10)):  # bursts across tile edges
+        vectors[start:start + size] = vectors[start] + rng.normal(0, 0.05, (size, 16))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    a, b, s = candidate_pairs(vectors, DEFAULT_THRESHOLD, tile=tile, workers=workers)
+    sims = vectors @ vectors.T
+    brute = {(i, j) for i, j in zip(*np.nonzero(sims > DEFAULT_THRESHOLD), strict=True)
+             if i < j}
+    assert len(brute) > 200
+    pairs = list(zip(a.tolist(), b.tolist(), strict=True))
+    assert len(pairs) == len(set(pairs)) and set(pairs) == brute
+    assert a.dtype == b.dtype == np.int64 and np.allclose(s, sims[a, b], atol=1e-5)
+
+
 def test_cli_lists_the_same_groups(library, tmp_path):
     lib_path, _ = library
     with Library(lib_path) as lib:

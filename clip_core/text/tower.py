@@ -27,10 +27,8 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -180,21 +178,6 @@ def _act(x: np.ndarray, kind: str) -> np.ndarray:
 # which only long-lived apps use: measured again for the CLI's one-shot numpy tower (ViT-B-32,
 # 2 cores at load 10), "a cat" took 0.12-0.26 s on one thread, 1.1-4.1 s on two.
 _CHUNK = 32  # texts per forward pass, grouped by length so little padding is computed
-
-
-@lru_cache(maxsize=1)
-def _blas_threads() -> Any:
-    """threadpoolctl's view of the BLAS libraries loaded (numpy's OpenBLAS, or MKL): found by
-    what is loaded, not by file names (~20 ms once, then ~0.03 ms per query)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController().select(user_api="blas")
-
-
-@contextmanager
-def _single_thread_blas() -> Iterator[None]:
-    with _blas_threads().limit(limits=1):
-        yield
 
 
 INT8_MIN_COS = GUARD_MIN_COS  # one bar for every reduced-precision tower
@@ -426,7 +409,9 @@ class NumpyTextTower:
         pool = tokens.argmax(axis=1)
         order = np.argsort(pool, kind="stable")
         chunk = 1 if getattr(self._onnx, "per_text", False) else _CHUNK
-        with _single_thread_blas() if self.single_thread else contextlib.nullcontext():
+        from clip_core.cpu import single_thread_blas
+
+        with single_thread_blas() if self.single_thread else contextlib.nullcontext():
             for start in range(0, n, chunk):
                 rows = order[start : start + chunk]
                 out[rows] = self._encode_chunk(tokens[rows], pool[rows])
