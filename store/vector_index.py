@@ -198,13 +198,18 @@ class VectorIndex:
 
     def _drop_fp16_pages(self) -> None:
         """The int8 scan answers and rows are read from the file: leave the fp16 copy's
-        pages (100k: 102 MB) out of this process's memory. A read-only file mapping: a
-        page read again comes back from the file."""
+        pages (100k: 102 MB) out of this process's memory, where they are a read-only
+        mapping of the index file, so that a page read again (a filtered or batched search
+        still scans them) comes back from the file. Anywhere else (a FAISS that read the
+        codes into memory) dropping them would turn them into zeros: they stay."""
         inner = faiss.downcast_index(self.index.index)
         start = int(inner.codes.data())
         page = mmap.PAGESIZE
         first = -(-start // page) * page  # whole pages inside the copy only
         end = (start + int(inner.codes.size())) // page * page
+        if self._file is None or not file_mapped(first, end, self._file[0]):
+            self.int8_note += "; the fp16 copy is not a mapping of the file: it stays"
+            return
         if end > first:
             with contextlib.suppress(AttributeError, OSError):  # no madvise: pages stay
                 ctypes.CDLL(None, use_errno=True).madvise(
@@ -298,8 +303,7 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: Path, dim: int) -> VectorIndex:
-        index = cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY),
-                    dim)
+        index = cls(faiss.read_index(str(path), MMAP_FLAGS), dim)
         index._path = path
         return index
 
@@ -375,6 +379,37 @@ def sweep_temp_files(folder: Path) -> int:
 
 SPLIT_MIN = 20_000  # below this a single scan is too short for threads (or int8) to pay off
 MADV_DONTNEED = 4  # Linux
+# The flat codes mapped from the file (FAISS >= 1.10), not read into memory: their pages can
+# leave the process and come back from the file. IO_FLAG_MMAP alone maps only on-disk
+# inverted lists: FAISS 1.15 read an exact index's codes into anonymous memory with it.
+MMAP_FLAGS = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) | faiss.IO_FLAG_READ_ONLY
+
+
+def file_mapped(start: int, end: int, fd: int) -> bool:
+    """Whether every byte of [start, end) lies in read-only mappings of the file open as
+    `fd` (/proc/self/maps; False where it cannot be read): only there do pages dropped with
+    MADV_DONTNEED come back as the file's bytes, and not as zeros."""
+    if end <= start:
+        return True
+    covered = start  # mappings are listed by address: each must go on where the last ended
+    try:
+        stat = os.fstat(fd)
+        device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}"
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if high <= covered:
+                    continue
+                if low > covered or len(fields) < 6 or fields[1][1] != "-" \
+                        or fields[3] != device or int(fields[4]) != stat.st_ino:
+                    return False  # a gap, a writable page, memory of no file or another's
+                covered = high
+                if covered >= end:
+                    return True
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 _int8_builds = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 

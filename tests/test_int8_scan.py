@@ -232,11 +232,69 @@ def test_rows_come_from_the_file_once_the_scan_answers(tmp_path, small_split):
     index = vector_index.VectorIndex.load(path, DIM)
     rows = np.array([0, 17, 2999, 1500])
     mapped = index._rows16()[rows].astype(np.float32)
+    some = index._ids()[::7]
+    queries = vectors[[5, 2500]]
+    filtered, batched = (index.search(queries[:1], 10, allowed=some)[0],
+                         index.search(queries, 10))
     index.use_int8_scan(now=True)
     if index.int8 is None:
         pytest.skip(f"no int8 scan on this CPU: {index.int8_note}")
     assert index._file is not None
     np.testing.assert_array_equal(index._fp16_rows(rows), mapped)
+    if vector_index.MMAP_FLAGS & getattr(vector_index.faiss, "IO_FLAG_MMAP_IFC", 0):
+        assert "not a mapping" not in index.int8_note  # the pages did leave
+    # What FAISS still scans (filtered, batched searches) is intact: dropped pages of a
+    # file mapping come back from the file.
+    np.testing.assert_array_equal(index._rows16()[rows].astype(np.float32), mapped)
+    _assert_same_hits(index.search(queries[:1], 10, allowed=some)[0], filtered)
+    for got, before in zip(index.search(queries, 10), batched, strict=True):
+        _assert_same_hits(got, before)
+
+
+def test_codes_read_into_memory_are_never_dropped(tmp_path, small_split, monkeypatch):
+    """A FAISS that reads the index's codes into memory instead of mapping the file: their
+    pages must stay (dropped, they would read as zeros: filtered and batched searches then
+    ranked every photo at score 0, as FAISS 1.15 did with IO_FLAG_MMAP alone)."""
+    vectors = clip_like(3000, seed=8)
+    cat, _, _ = _catalog(tmp_path, vectors)
+    Searcher(cat, tmp_path / "vectors").search("m", vectors[0], limit=5)
+    monkeypatch.setattr(vector_index, "MMAP_FLAGS", 0)  # read into memory
+    index = vector_index.VectorIndex.load(vector_index.index_path(tmp_path / "vectors", "m"),
+                                          DIM)
+    before = index.search(vectors[[5]], 10, allowed=index._ids()[::7])[0]
+    index.use_int8_scan(now=True)
+    if index.int8 is None:
+        pytest.skip(f"no int8 scan on this CPU: {index.int8_note}")
+    assert "not a mapping of the file: it stays" in index.int8_note
+    _assert_same_hits(index.search(vectors[[5]], 10, allowed=index._ids()[::7])[0], before)
+    assert index.search(vectors[[5, 6]], 1)[0].scores[0] == pytest.approx(1, abs=1e-3)
+
+
+def test_file_mapped_tells_a_read_only_file_mapping_from_other_memory(tmp_path):
+    import mmap
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 64)  # 4 pages
+    with open(path, "rb") as handle, open(path, "r+b") as writable:
+        mapped = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+        written = mmap.mmap(writable.fileno(), 0)
+        anonymous = np.zeros(1 << 16, np.uint8)
+        base = np.frombuffer(mapped, np.uint8).ctypes.data
+        assert vector_index.file_mapped(base, base + len(mapped), handle.fileno())
+        assert vector_index.file_mapped(base + 4096, base + 8192, handle.fileno())
+        assert not vector_index.file_mapped(base, base + len(mapped) + 4096, handle.fileno())
+        start = anonymous.ctypes.data
+        assert not vector_index.file_mapped(start, start + 4096, handle.fileno())
+        start = np.frombuffer(written, np.uint8).ctypes.data
+        assert not vector_index.file_mapped(start, start + 4096, writable.fileno())
+        del base, start
+        mapped.close()
+        written.close()
+
+
+def _assert_same_hits(got, expected) -> None:
+    np.testing.assert_array_equal(got.ids, expected.ids)
+    np.testing.assert_allclose(got.scores, expected.scores, atol=1e-6)
 
 
 def test_the_scan_of_a_real_graph_matches_exact_int8_arithmetic():
