@@ -144,7 +144,8 @@ class Int8Scan:
         assert self._most is not None
         widest = float(self._most[0] @ of_scales + self._most[1] @ of_l1) + SLACK
         kth_score = np.partition(scores, n - k)[n - k]
-        near = np.flatnonzero(scores >= kth_score - 2 * widest)
+        # SLACK again: widest is summed in float64, the rows' own bounds in float32
+        near = np.flatnonzero(scores >= kth_score - 2 * widest - SLACK)
         lower, upper = self.bounds(query, near, scores[near])
         kth = np.partition(lower, len(near) - k)[len(near) - k]
         return near[upper >= kth]
