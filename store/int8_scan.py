@@ -126,10 +126,12 @@ class Int8Scan:
         margin = self.codes.row_bounds(picked, query, MARGIN)
         return scores - margin, scores + margin
 
-    def candidates(self, query: np.ndarray, k: int) -> np.ndarray:
-        """Rows that may be among the k best by their exact score: each one whose upper
-        bound reaches the k-th best lower bound (the k rows of best lower bound score at
-        least that, so no row below it can be among the k best). Row order.
+    def candidates(self, query: np.ndarray, k: int, within: np.ndarray | None = None
+                   ) -> np.ndarray:
+        """Rows (of `within`, sorted rows, when given) that may be among the k best by their
+        exact score: each one whose upper bound reaches the k-th best lower bound (the k rows
+        of best lower bound score at least that, so no row below it can be among the k
+        best). Row order.
 
         Only the scores pass over every row. No row's bound exceeds `widest` (each block's
         largest terms), so the k-th best lower bound is at least the k-th best score minus
@@ -137,18 +139,21 @@ class Int8Scan:
         own bounds are computed for the rest only (100k CLIP-like rows: ~2,000 of them,
         ~400 kept), the same rows as from every row's bounds."""
         scores = self.scores(query)
+        if within is not None:
+            scores = scores[within]
         n = len(scores)
         if k >= n:
-            return np.arange(n, dtype=np.int64)
+            return np.arange(n, dtype=np.int64) if within is None else within
         of_scales, of_l1 = bound_weights(query, MARGIN)
         assert self._most is not None
         widest = float(self._most[0] @ of_scales + self._most[1] @ of_l1) + SLACK
         kth_score = np.partition(scores, n - k)[n - k]
         # SLACK again: widest is summed in float64, the rows' own bounds in float32
         near = np.flatnonzero(scores >= kth_score - 2 * widest - SLACK)
-        lower, upper = self.bounds(query, near, scores[near])
+        rows = near if within is None else within[near]
+        lower, upper = self.bounds(query, rows, scores[near])
         kth = np.partition(lower, len(near) - k)[len(near) - k]
-        return near[upper >= kth]
+        return rows[upper >= kth]
 
 
 def build(rows: np.ndarray, threads: int, fp16_scan: Callable[[np.ndarray], object] | None

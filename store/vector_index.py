@@ -104,13 +104,16 @@ class VectorIndex:
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[Hits]:
         """The k best of each query by its score on the fp16 copies, with their ceiling
-        (Hits); a single unfiltered query through the int8 scan where it is built."""
+        (Hits); a single query, filtered or not, through the int8 scan where it is built
+        (the fp16 copy's pages then stay out of memory: FAISS's filtered scan read them all
+        back, +102 MB at 100k)."""
         queries, k = search_shape(queries, k, len(self) if allowed is None else len(allowed))
         if k <= 0:
             return [Hits.none() for _ in queries]
         scan = self.int8
-        if len(queries) == 1 and allowed is None and scan is not None:
-            return [self._int8_search(scan, queries[0], k)]
+        if len(queries) == 1 and scan is not None:
+            within = None if allowed is None else np.sort(self._rows_of(allowed)[1])
+            return [self._int8_search(scan, queries[0], k, within)]
         params = None
         if allowed is not None:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype(np.int64)))
@@ -129,15 +132,18 @@ class VectorIndex:
                 if len(hits.ids) == k else -np.inf
         return found
 
-    def _int8_search(self, scan: int8_scan.Int8Scan, query: np.ndarray, k: int) -> Hits:
+    def _int8_search(self, scan: int8_scan.Int8Scan, query: np.ndarray, k: int,
+                     within: np.ndarray | None = None) -> Hits:
         """The fp16 scan's answer, from the fp16 rows of the int8 scan's candidates only
         (100k CLIP-like vectors, k = 36: 300-500 rows): the same top k, scores and
-        ceiling."""
-        rows = scan.candidates(query, k)
+        ceiling; among the sorted rows `within` when given (a filter)."""
+        rows = scan.candidates(query, k, within)
+        if not len(rows):
+            return Hits.none()
         scores = np.einsum("ij,j->i", self._fp16_rows(rows), np.asarray(query, np.float32))
         best = np.argsort(-scores, kind="stable")[:k]
-        ceiling = float(scores[best[-1]]) + self.error_bound(query) if k < len(self) \
-            else -np.inf
+        among = len(self) if within is None else len(within)
+        ceiling = float(scores[best[-1]]) + self.error_bound(query) if k < among else -np.inf
         return Hits(self._ids()[rows[best]], scores[best], ceiling)
 
     def use_int8_scan(self, timed: bool = False, now: bool = False) -> None:
@@ -250,6 +256,16 @@ class VectorIndex:
         ids = np.asarray(ids, np.int64)
         if len(self) == 0 or not len(ids):
             return np.empty(0, np.int64), np.empty(0, np.float32)
+        ids, rows = self._rows_of(ids)
+        # einsum, not BLAS: OpenBLAS's threaded matrix-vector product took 20 ms here on a
+        # busy 2-core machine, einsum 0.1 ms.
+        return ids, np.einsum("ij,j->i", self._fp16_rows(rows), np.asarray(query, np.float32))
+
+    def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the ids of `ids` this index holds, their rows), through the ids sorted once."""
+        ids = np.asarray(ids, np.int64)
+        if len(self) == 0 or not len(ids):
+            return np.empty(0, np.int64), np.empty(0, np.int64)
         if self._sorted_ids is None:
             id_map = self._ids()
             order = np.argsort(id_map, kind="stable")
@@ -257,11 +273,7 @@ class VectorIndex:
         sorted_ids, order = self._sorted_ids
         at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
         found = sorted_ids[at] == ids
-        rows = order[at[found]]
-        # einsum, not BLAS: OpenBLAS's threaded matrix-vector product took 20 ms here on a
-        # busy 2-core machine, einsum 0.1 ms.
-        return ids[found], np.einsum("ij,j->i", self._fp16_rows(rows),
-                                     np.asarray(query, np.float32))
+        return ids[found], order[at[found]]
 
     def sample(self, n: int) -> np.ndarray:
         """Up to `n` stored vectors (the fp16 copies, decoded), evenly spread over the rows:

@@ -251,6 +251,59 @@ def test_rows_come_from_the_file_once_the_scan_answers(tmp_path, small_split):
         _assert_same_hits(got, before)
 
 
+def test_filtered_searches_through_the_scan_answer_as_faiss_filtered_does(tmp_path,
+                                                                          small_split,
+                                                                          monkeypatch):
+    """A filter (ids allowed) through the int8 scan: the same ids, scores and ceiling as
+    FAISS's filtered fp16 scan, for a filter of a third of the index, one around the burst
+    of near-copies, one with ids the index lacks, one smaller than k and an empty one."""
+    vectors = clip_like(3000, seed=11)
+    cat, _, _ = _catalog(tmp_path, vectors)
+    Searcher(cat, tmp_path / "vectors").search("m", vectors[0], limit=5)
+    index = vector_index.VectorIndex.load(vector_index.index_path(tmp_path / "vectors", "m"),
+                                          DIM)
+    ids = index._ids()
+    rng = np.random.default_rng(3)
+    filters = [rng.choice(ids, 1000, replace=False), ids[150:400],
+               np.concatenate([ids[::5], [10**9, -7]]), ids[2000:2020], ids[:0]]
+    queries = [vectors[3], vectors[2500], clip_like(2, seed=12)[1]]
+    before = [[index.search(q[None], 36, allowed=f)[0] for f in filters] for q in queries]
+    index.use_int8_scan(now=True)
+    if index.int8 is None:
+        pytest.skip(f"no int8 scan on this CPU: {index.int8_note}")
+    calls = []
+    real = index.int8.candidates
+    index.int8.candidates = lambda *a: calls.append(a) or real(*a)
+    for q, expected in zip(queries, before, strict=True):
+        for allowed, was in zip(filters, expected, strict=True):
+            got = index.search(q[None], 36, allowed=allowed)[0]
+            _assert_same_hits(got, was)
+            if len(got.ids) == 36 and len(np.intersect1d(allowed, ids)) > 36:
+                assert got.ceiling == pytest.approx(was.ceiling, abs=1e-6)
+            elif len(allowed):  # every allowed photo returned: nothing left out can beat them
+                assert got.ceiling == -np.inf
+            else:
+                assert got.ceiling == was.ceiling and not len(got.ids)
+    assert len(calls) == len(queries) * (len(filters) - 1)  # the empty filter asks nothing
+    # What a user sees: the searcher's exact results, filtered, as without the scan (these
+    # filters scanned, not scored one by one)
+    from search import searcher as searcher_module
+
+    monkeypatch.setattr(searcher_module, "DIRECT_MAX", 10)
+    with_scan, without = (Searcher(cat, tmp_path / "vectors", int8_scan=s) for s in ("on", "off"))
+    scanned = with_scan.prepare("m", DIM).int8
+    assert scanned is not None
+    calls.clear()
+    own = scanned.candidates
+    monkeypatch.setattr(scanned, "candidates", lambda *a: calls.append(a) or own(*a))
+    for q in queries:
+        for allowed in filters[:3]:
+            ours, theirs = (s.search("m", q, limit=10, allowed=allowed)
+                            for s in (with_scan, without))
+            assert [(r.file_id, r.score) for r in ours] == [(r.file_id, r.score) for r in theirs]
+    assert len(calls) >= len(queries) * 3
+
+
 def test_codes_read_into_memory_are_never_dropped(tmp_path, small_split, monkeypatch):
     """A FAISS that reads the index's codes into memory instead of mapping the file: their
     pages must stay (dropped, they would read as zeros: filtered and batched searches then
@@ -292,9 +345,17 @@ def test_file_mapped_tells_a_read_only_file_mapping_from_other_memory(tmp_path):
         written.close()
 
 
-def _assert_same_hits(got, expected) -> None:
-    np.testing.assert_array_equal(got.ids, expected.ids)
-    np.testing.assert_allclose(got.scores, expected.scores, atol=1e-6)
+def _assert_same_hits(got, expected, tie: float = 1e-5) -> None:
+    """The same hits up to near-ties: FAISS sums a row's fp16 products in its own order, so
+    scores within float rounding may swap places (the searcher re-ranks them exactly)."""
+    np.testing.assert_allclose(got.scores, expected.scores, atol=tie)
+    clear = expected.scores > expected.scores[-1] + tie if len(expected.ids) else []
+    assert set(got.ids[got.scores > expected.scores[-1] + tie].tolist()) == \
+        set(expected.ids[clear].tolist()) if len(expected.ids) else not len(got.ids)
+    theirs = dict(zip(expected.ids.tolist(), expected.scores.tolist(), strict=True))
+    for i, score in zip(got.ids.tolist(), got.scores.tolist(), strict=True):
+        if i in theirs:
+            assert abs(theirs[i] - score) <= tie
 
 
 def test_the_scan_of_a_real_graph_matches_exact_int8_arithmetic():
