@@ -253,9 +253,6 @@ class VectorIndex:
         """(the ids of `ids` this index holds, their scores on the fp16 copies), reading
         only their rows: a selective filter's few files without scanning the rest (FAISS
         with an id selector still visits every row). Scores are within error_bound."""
-        ids = np.asarray(ids, np.int64)
-        if len(self) == 0 or not len(ids):
-            return np.empty(0, np.int64), np.empty(0, np.float32)
         ids, rows = self._rows_of(ids)
         # einsum, not BLAS: OpenBLAS's threaded matrix-vector product took 20 ms here on a
         # busy 2-core machine, einsum 0.1 ms.
@@ -422,6 +419,8 @@ def file_mapped(start: int, end: int, fd: int) -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return False
+
+
 _int8_builds = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
