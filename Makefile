@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[dev,heif,cluster]'  # cluster: make test runs tests/test_ray.py
+	$(BIN)/python -m bench.bytecode  # as pip does for a wheel, even with PYTHONDONTWRITEBYTECODE
 	touch $@
 
 demo: install

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import images, jobs, proc, synthetic
+from bench import bytecode, images, jobs, proc, synthetic
 from bench.machine import load_average, machine_info
 from bench.report import print_table
 from bench.targets import evaluate, subject_key
@@ -195,6 +195,8 @@ def run(opts: Options) -> dict:
     limit: dict | None = None
     shutil.rmtree(RUNS, ignore_errors=True)
     RUNS.mkdir(parents=True)
+    if not bytecode.compile_project():  # as installed: no module compiled in every process
+        notes.append("some of clipsearch's modules did not compile to bytecode")
     # clipsearch's compiled models live in the bench cache, not the user's.
     opts.env = {"CLIPSEARCH_CACHE": str(images.CACHE / "model-cache"), **opts.env}
     if "index" in opts.jobs:
