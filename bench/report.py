@@ -57,6 +57,12 @@ def print_table(doc: dict) -> None:
             print(f"  {'':>11}machine's limit (measured in this run): "
                   f"{result['limit_images_per_s']:.1f} img/s; clipsearch reaches "
                   f"{result['of_limit']:.2f} of it")
+            if result.get("of_limit_in_turns") is not None:
+                paces = "; ".join(f"{a:.1f} / {b:.1f}" for a, b in result["paces_ms"])
+                print(f"  {'':>11}the same at the machine's pace when each run was made "
+                      f"(one core's ms an image before / after: {paces}): "
+                      f"{result['limit_in_turns_images_per_s']:.1f} img/s; clipsearch reaches "
+                      f"{result['of_limit_in_turns']:.2f} of it (the target's figure)")
             if result.get("of_limit_all_cores") is not None:
                 print(f"  {'':>11}the same with the tower's cost sustained on every core: "
                       f"{result['limit_all_cores_images_per_s']:.1f} img/s; clipsearch "
@@ -93,4 +99,6 @@ def _print_limit(limit: dict) -> None:
         all_cores = figures.get("limit_all_cores_images_per_s")
         print(f"  {name}: {figures['decode_ms']} ({figures['decoder']}) + {figures['tower_ms']}"
               f" + {figures['other_ms']} ms -> {figures['limit_images_per_s']} img/s"
-              + (f"; the tower sustained on every core: {all_cores} img/s" if all_cores else ""))
+              + (f"; the tower sustained on every core: {all_cores} img/s" if all_cores else "")
+              + (f"; pace before / after: {figures['pace_ms'][0]} / {figures['pace_ms'][1]} ms"
+                 if figures.get("pace_ms") and None not in figures["pace_ms"] else ""))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import bytecode, images, jobs, proc, synthetic
+from bench import bytecode, images, jobs, pace, proc, synthetic
 from bench.machine import load_average, machine_info
 from bench.report import print_table
 from bench.targets import evaluate, subject_key
@@ -69,18 +70,22 @@ def bench_set(image_set: images.ImageSet, opts: Options, results: list[dict]) ->
     _say(f"{subject}: {image_set.count} images, {image_set.bytes / 1e6:.0f} MB")
     images.warm_page_cache(image_set.files)
     base_runs, first_runs, again_runs = [], [], []
+    paces: list[list[float]] = []  # one core's ms an image before and after each run
     vectors = RUNS / f"baseline-{image_set.name}.npy"
     library = RUNS / f"lib-{image_set.name}"
     for i in range(opts.repeat):
         if not opts.skip_baseline:
             _say(f"{subject}: baseline index (run {i + 1}/{opts.repeat})")
             base_runs.append(jobs.baseline_index(image_set, vectors))
-        _say(f"{subject}: clipsearch index + unchanged re-index (run {i + 1}/{opts.repeat})")
+        _say(f"{subject}: clipsearch index + unchanged re-index (run {i + 1}/{opts.repeat}), "
+             f"the machine's pace before and after")
+        before = jobs.pace([image_set.name], opts.env)[image_set.name]
         first, again = jobs.clipsearch_index(image_set, library, opts.index_args, opts.env)
+        paces.append([before, jobs.pace([image_set.name], opts.env)[image_set.name]])
         first_runs.append(first)
         again_runs.append(again)
     n = image_set.count
-    ours = jobs.summarise("index", subject, "clipsearch", first_runs, n)
+    ours = jobs.summarise("index", subject, "clipsearch", first_runs, n, paces_ms=paces)
     again = jobs.summarise("reindex", subject, "clipsearch", again_runs, n)
     if base_runs:
         base = jobs.summarise("baseline-index", subject, "baseline", base_runs, n)
@@ -170,16 +175,28 @@ def bench_reindex(opts: Options, results: list[dict]) -> None:
 def machine_limit(sets: list[str], opts: Options, results: list[dict]) -> dict:
     """bench.limit in a subprocess (it loads torch: the harness stays small), then each
     set's clipsearch index throughput as a fraction of the limit measured in this run."""
-    _say("measuring this machine's limit: fastest decoder and guarded tower, one core")
+    _say("measuring this machine's limit: fastest decoder and guarded tower, one core "
+         "(and its pace before and after)")
+    pace_before = jobs.pace(sets, opts.env)
     run = proc.run(proc.python("-m", "bench.limit", "--sets", ",".join(sets), "--json"),
                    opts.env).check()
     limit = json.loads(run.stdout.strip().splitlines()[-1])
+    pace_after = jobs.pace(sets, opts.env)
+    for name, figures in limit["sets"].items():
+        figures["pace_ms"] = [pace_before.get(name), pace_after.get(name)]
     for result in results:
         figures = limit["sets"].get(subject_key(result["subject"]))
         if result["job"] == "index" and result["tool"] == "clipsearch" and figures:
             result["limit_images_per_s"] = figures["limit_images_per_s"]
             result["of_limit"] = round(result["images_per_s"] / figures["limit_images_per_s"],
                                        3)
+            if result.get("paces_ms") and None not in figures["pace_ms"]:
+                at, fraction = pace.in_turns(
+                    result["count"], [r["seconds"] for r in result["runs"]],
+                    result["paces_ms"], figures["limit_images_per_s"],
+                    statistics.fmean(figures["pace_ms"]))
+                result["limit_in_turns_images_per_s"] = round(at, 2)
+                result["of_limit_in_turns"] = round(fraction, 3)
             if figures.get("limit_all_cores_images_per_s"):  # for the record, not a target
                 result["limit_all_cores_images_per_s"] = figures["limit_all_cores_images_per_s"]
                 result["of_limit_all_cores"] = round(

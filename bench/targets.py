@@ -13,6 +13,7 @@ class Target:
     op: str  # ">=" or "<="
     value: float
     label: str
+    fallback: str | None = None  # the metric judged where `metric` is absent
 
 
 TARGETS = [
@@ -21,10 +22,12 @@ TARGETS = [
     Target("index", "caltech", "images_per_s", ">=", 120, "caltech index >= 120 img/s"),
     Target("index", "phone", "peak_rss_mb", "<=", 900, "phone index peak RSS <= 0.9 GB"),
     Target("index", "caltech", "peak_rss_mb", "<=", 900, "caltech index peak RSS <= 0.9 GB"),
-    # Issue 12: the machine's own limit (bench.limit), whatever its CPU kind.
-    Target("index", "phone", "of_limit", ">=", 0.85, "phone index >= 0.85 of the measured limit"),
-    Target("index", "caltech", "of_limit", ">=", 0.85,
-           "caltech index >= 0.85 of the measured limit"),
+    # Issue 12: the machine's own limit (bench.limit), whatever its CPU kind, at the pace the
+    # machine had when each run was made (bench.pace); where no pace was taken, as measured.
+    Target("index", "phone", "of_limit_in_turns", ">=", 0.85,
+           "phone index >= 0.85 of the measured limit", "of_limit"),
+    Target("index", "caltech", "of_limit_in_turns", ">=", 0.85,
+           "caltech index >= 0.85 of the measured limit", "of_limit"),
     # Issue 12 item 3: a cheaper first run (the compile of a user's model: a weights file).
     Target("compile", "ViT-B-32 (file)", "seconds", "<=", 10, "compile ViT-B-32 <= 10 s"),
     Target("compile", "ViT-B-32 (file)", "peak_rss_mb", "<=", 1200,
@@ -79,8 +82,11 @@ def evaluate(results: list[dict], partial: bool) -> list[dict]:
                  and subject_key(r["subject"]) == target.subject]
         row = {"target": target.label, "metric": target.metric, "op": target.op,
                "threshold": target.value, "value": None, "pass": None}
-        if match and match[-1].get(target.metric) is not None:
-            value = float(match[-1][target.metric])
+        metric = target.metric
+        if match and match[-1].get(metric) is None and target.fallback:
+            metric = row["metric"] = target.fallback
+        if match and match[-1].get(metric) is not None:
+            value = float(match[-1][metric])
             row["value"] = value
             row["pass"] = value >= target.value if target.op == ">=" else value <= target.value
             row["subject"] = match[-1]["subject"]

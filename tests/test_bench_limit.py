@@ -71,3 +71,36 @@ def test_the_sustained_tower_figure_is_core_ms_per_image_with_every_core_busy():
     # One image at a time for the whole machine: on 2 cores each image costs twice that.
     assert shared >= 1.6 * apart
     assert limit_images_per_s(2, 1.0, shared, 1.0) < limit_images_per_s(2, 1.0, apart, 1.0)
+
+
+def test_the_limit_at_a_run_follows_the_machines_pace_then():
+    from bench.pace import in_turns, limit_at
+
+    # Measured at 80 ms an image: 25 img/s. A run made while an image took 100 ms (paces
+    # 90 and 110 beside it) could reach 20 img/s at most; one made at 64 ms, 31.25.
+    assert limit_at(25.0, 80.0, [90.0, 110.0]) == pytest.approx(20.0)
+    assert limit_at(25.0, 80.0, [64.0]) == pytest.approx(31.25)
+    with pytest.raises(ValueError):
+        limit_at(25.0, 80.0, [])
+    # Three runs of 200 images, each judged at its own pace: 12.5 s in a slow spell (16 of
+    # the 20 img/s then possible), 8 s at the limit's pace (25 of 25), 10 s between (20 of
+    # 22.2); the medians are reported.
+    at, fraction = in_turns(200, [12.5, 8.0, 10.0], [[100.0, 100.0], [80.0, 80.0],
+                                                      [85.0, 95.0]], 25.0, 80.0)
+    assert at == pytest.approx(25.0 * 80 / 90)
+    assert fraction == pytest.approx(0.9)  # of 0.8, 1.0, 0.9
+    with pytest.raises(ValueError):
+        in_turns(200, [10.0], [], 25.0, 80.0)
+
+
+def test_the_fraction_is_judged_at_the_runs_pace_where_one_was_taken():
+    results = [{"job": "index", "subject": "phone", "tool": "clipsearch", "of_limit": 0.62,
+                "of_limit_in_turns": 0.87},
+               {"job": "index", "subject": "caltech", "tool": "clipsearch", "of_limit": 0.9}]
+    rows = {r["target"]: r for r in evaluate(results, partial=False)}
+    phone, caltech = (rows[f"{s} index >= 0.85 of the measured limit"] for s in ("phone",
+                                                                                 "caltech"))
+    assert (phone["pass"], phone["value"], phone["metric"]) == (True, 0.87, "of_limit_in_turns")
+    assert (caltech["pass"], caltech["metric"]) == (True, "of_limit")  # no pace: as measured
+    results[0]["of_limit_in_turns"] = 0.8
+    assert not {r["target"]: r for r in evaluate(results, False)}[phone["target"]]["pass"]

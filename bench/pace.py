@@ -1,0 +1,111 @@
+"""The machine's pace right now: one core's cost of an image, quickly, beside each index run.
+
+    python -m bench.pace [--sets phone,caltech] [--files 8] [--json]
+
+bench.limit measures the machine's limit once a run (every tower runtime at hand, torch's
+among them: a minute or two), after the index jobs. A virtual machine's speed moves by a
+third within minutes (on the AMX VM the limit once came out of a fast spell at 33.4 ms a
+phone decode and 18.5 ms a tower, where the index runs a few minutes before had met 47 and
+25-30), so a throughput and a limit taken minutes apart compare two machines. The pace is
+the limit's own sum (decode + tower + other work per image, one core, best of `rounds`) on a
+few files in ~2 s, with the tower clipsearch runs (its compiled model). The bench takes one
+before and one after each index run and around bench.limit; the limit at a run's time is the
+measured limit scaled by the ratio of the two paces (`limit_at`), so it keeps bench.limit's
+definition (the fastest decoder and guarded runtime at hand) and the machine's speed of the
+moment the run was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+from bench import images
+from bench.jpeg_decoders import best_ms
+
+MODEL = ("ViT-B-32", "none")  # the bench's model (bench.jobs.MODEL_ARGS)
+
+
+def measure(sets: list[str], files: int = 8, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """{set: {decode_ms, tower_ms, other_ms, ms}}: one core's best per-image costs now."""
+    import io
+
+    from PIL import Image
+
+    from bench.limit import other_work_ms
+    from clip_core.compiled.load import load_compiled
+    from clip_core.models.ref import parse_model
+    from clip_core.pixels.preprocess import preprocess
+
+    loaded = load_compiled(parse_model(*MODEL))
+    if loaded is None:
+        raise SystemExit("no compiled model for the bench's tower (onnxruntime missing?)")
+    encoder = loaded[1]
+
+    def pillow_draft(data: bytes) -> Image.Image:  # as bench.jpeg_decoders and clipsearch
+        image = Image.open(io.BytesIO(data))
+        image.draft("RGB", (224, 224))
+        image.load()
+        return image
+
+    out: dict[str, dict[str, float]] = {}
+    for name in sets:
+        paths = images.sample_files(name, files)
+        if not paths:
+            continue
+        datas = [path.read_bytes() for path in paths]
+        pixels = [preprocess(pillow_draft(data).convert("RGB"), encoder.preprocess)[None]
+                  for data in datas]
+        by_id = {id(data): p for data, p in zip(datas, pixels, strict=True)}
+        decode = best_ms(pillow_draft, datas, rounds)
+        tower = best_ms(lambda data, at=by_id: encoder.encode_pixels(at[id(data)]), datas,
+                        rounds)
+        other = sum(other_work_ms(paths, datas, rounds).values())
+        out[name] = {"decode_ms": round(decode, 3), "tower_ms": round(tower, 3),
+                     "other_ms": round(other, 3), "ms": round(decode + tower + other, 3)}
+    return out
+
+
+def limit_at(limit: float, pace_at_limit: float, paces_at_run: list[float]) -> float:
+    """The limit (images/s, measured when the machine's pace was `pace_at_limit` ms an
+    image) at the pace of a run (the mean of the paces taken beside it): a machine that
+    takes 10% longer an image indexes at most 10% fewer images a second."""
+    if pace_at_limit <= 0 or not paces_at_run or min(paces_at_run) <= 0:
+        raise ValueError(f"paces must be positive: {pace_at_limit}, {paces_at_run}")
+    return limit * pace_at_limit / statistics.fmean(paces_at_run)
+
+
+def in_turns(count: int, seconds: list[float], paces: list[list[float]], limit: float,
+             pace_at_limit: float) -> tuple[float, float]:
+    """(limit, fraction of it reached): each index run of `count` images in `seconds[i]`
+    against the limit at the pace taken beside it (`paces[i]`: before, after), medians over
+    the runs."""
+    if len(seconds) != len(paces) or not seconds:
+        raise ValueError(f"{len(seconds)} runs but {len(paces)} paces")
+    limits = [limit_at(limit, pace_at_limit, beside) for beside in paces]
+    fractions = [count / run / at for run, at in zip(seconds, limits, strict=True)]
+    return statistics.median(limits), statistics.median(fractions)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pace", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="phone,caltech")
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="one JSON line on stdout")
+    args = parser.parse_args(argv)
+    result = measure([s for s in args.sets.split(",") if s], args.files, args.rounds)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for name, figures in result.items():
+        print(f"{name}: decode {figures['decode_ms']} + tower {figures['tower_ms']} + other "
+              f"{figures['other_ms']} = {figures['ms']} ms an image on one core")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
