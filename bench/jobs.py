@@ -65,13 +65,12 @@ def weights_file_model() -> str:
     return str(path)
 
 
-def pace(sets: list[str], env: dict[str, str]) -> dict[str, float]:
-    """{set: one core's ms an image right now} (bench.pace, in a subprocess: the harness
-    stays small)."""
+def pace(sets: list[str], env: dict[str, str]) -> dict[str, dict[str, float]]:
+    """{set: one core's ms an image right now, by part} (bench.pace, in a subprocess: the
+    harness stays small)."""
     run = proc.run(proc.python("-m", "bench.pace", "--sets", ",".join(sets), "--json"),
                    env).check()
-    return {name: figures["ms"]
-            for name, figures in json.loads(run.stdout.strip().splitlines()[-1]).items()}
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def first_index(image_set: ImageSet, runs: Path, env: dict[str, str]) -> dict:

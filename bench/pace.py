@@ -8,11 +8,13 @@ third within minutes (on the AMX VM the limit once came out of a fast spell at 3
 phone decode and 18.5 ms a tower, where the index runs a few minutes before had met 47 and
 25-30), so a throughput and a limit taken minutes apart compare two machines. The pace is
 the limit's own sum (decode + tower + other work per image, one core, best of `rounds`) on a
-few files in ~2 s, with the tower clipsearch runs (its compiled model). The bench takes one
-before and one after each index run and around bench.limit; the limit at a run's time is the
-measured limit scaled by the ratio of the two paces (`limit_at`), so it keeps bench.limit's
-definition (the fastest decoder and guarded runtime at hand) and the machine's speed of the
-moment the run was made.
+few files in ~4 s, with the tower clipsearch runs (its compiled model). The bench takes one
+before and one after each index run. The limit at a run's time (`limit_at`) is the pace's
+own parts, each scaled by what bench.limit timed in turns in one loop: the fastest guarded
+tower against clipsearch's variant, the fastest decoder against Pillow's draft. So it keeps
+bench.limit's definition at the machine's speed of the moment the run was made; scaling the
+whole limit by the ratio of two paces did not, as the VM's spells are also shorter than the
+limit's own measurement (paces of 68 ms beside a limit summed at 87 from the same parts).
 """
 
 from __future__ import annotations
@@ -68,23 +70,34 @@ def measure(sets: list[str], files: int = 8, rounds: int = 3) -> dict[str, dict[
     return out
 
 
-def limit_at(limit: float, pace_at_limit: float, paces_at_run: list[float]) -> float:
-    """The limit (images/s, measured when the machine's pace was `pace_at_limit` ms an
-    image) at the pace of a run (the mean of the paces taken beside it): a machine that
-    takes 10% longer an image indexes at most 10% fewer images a second."""
-    if pace_at_limit <= 0 or not paces_at_run or min(paces_at_run) <= 0:
-        raise ValueError(f"paces must be positive: {pace_at_limit}, {paces_at_run}")
-    return limit * pace_at_limit / statistics.fmean(paces_at_run)
+PILLOW_DRAFT = "Pillow draft (clipsearch)"  # bench.jpeg_decoders' name for clipsearch's
 
 
-def in_turns(count: int, seconds: list[float], paces: list[list[float]], limit: float,
-             pace_at_limit: float) -> tuple[float, float]:
+def limit_at(cores: int, paces: list[dict[str, float]], figures: dict, tower: dict) -> float:
+    """The limit (images/s) at the machine's pace beside a run (`paces`: bench.pace's
+    figures before and after it): the pace's own parts, each scaled to what bench.limit
+    found fastest against clipsearch's in the same loop (`figures`: its set's decoders;
+    `tower`: its fastest guarded runtime's ms and clipsearch's variant's), so the limit
+    keeps its definition at the run's moment and a spell in between changes nothing."""
+    if not paces:
+        raise ValueError("no pace beside the run")
+    decoders = figures["decoders"]
+    decode_ratio = figures["decode_ms"] / decoders.get(PILLOW_DRAFT, figures["decode_ms"])
+    tower_ratio = tower["ms"] / tower.get("clipsearch_ms", tower["ms"])
+    cost = statistics.fmean(p["decode_ms"] * decode_ratio + p["tower_ms"] * tower_ratio
+                            + p["other_ms"] for p in paces)
+    if cost <= 0:
+        raise ValueError(f"paces must be positive: {paces}")
+    return cores * 1000.0 / cost
+
+
+def in_turns(count: int, seconds: list[float], paces: list[list[dict[str, float]]],
+             cores: int, figures: dict, tower: dict) -> tuple[float, float]:
     """(limit, fraction of it reached): each index run of `count` images in `seconds[i]`
-    against the limit at the pace taken beside it (`paces[i]`: before, after), medians over
-    the runs."""
+    against the limit at the paces taken beside it (`paces[i]`), medians over the runs."""
     if len(seconds) != len(paces) or not seconds:
         raise ValueError(f"{len(seconds)} runs but {len(paces)} paces")
-    limits = [limit_at(limit, pace_at_limit, beside) for beside in paces]
+    limits = [limit_at(cores, beside, figures, tower) for beside in paces]
     fractions = [count / run / at for run, at in zip(seconds, limits, strict=True)]
     return statistics.median(limits), statistics.median(fractions)
 

@@ -58,7 +58,7 @@ def print_table(doc: dict) -> None:
                   f"{result['limit_images_per_s']:.1f} img/s; clipsearch reaches "
                   f"{result['of_limit']:.2f} of it")
             if result.get("of_limit_in_turns") is not None:
-                paces = "; ".join(f"{a:.1f} / {b:.1f}" for a, b in result["paces_ms"])
+                paces = "; ".join(f"{a['ms']:.1f} / {b['ms']:.1f}" for a, b in result["paces_ms"])
                 print(f"  {'':>11}the same at the machine's pace when each run was made "
                       f"(one core's ms an image before / after: {paces}): "
                       f"{result['limit_in_turns_images_per_s']:.1f} img/s; clipsearch reaches "
@@ -90,7 +90,8 @@ def _print_limit(limit: dict) -> None:
     tower = limit["tower"]
     print(f"\nLimit = {limit['cores']} cores x 1000 / (decode + tower + other ms per image), "
           f"one core each; tower: {tower['runtime']}, {tower['ms']} ms, min cos "
-          f"{tower['min_cos']} (guard {limit['guard_min_cos']}); load average "
+          f"{tower['min_cos']} (guard {limit['guard_min_cos']}; clipsearch's variant "
+          f"{tower.get('clipsearch_ms')} ms in the same loop); load average "
           f"{limit['load_average_at_start']} -> {limit['load_average_at_end']}")
     if tower.get("all_cores_ms") is not None:
         print(f"  the tower sustained on every core at once: {tower['all_cores_ms']} core-ms "
@@ -99,6 +100,4 @@ def _print_limit(limit: dict) -> None:
         all_cores = figures.get("limit_all_cores_images_per_s")
         print(f"  {name}: {figures['decode_ms']} ({figures['decoder']}) + {figures['tower_ms']}"
               f" + {figures['other_ms']} ms -> {figures['limit_images_per_s']} img/s"
-              + (f"; the tower sustained on every core: {all_cores} img/s" if all_cores else "")
-              + (f"; pace before / after: {figures['pace_ms'][0]} / {figures['pace_ms'][1]} ms"
-                 if figures.get("pace_ms") and None not in figures["pace_ms"] else ""))
+              + (f"; the tower sustained on every core: {all_cores} img/s" if all_cores else ""))

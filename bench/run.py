@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +69,7 @@ def bench_set(image_set: images.ImageSet, opts: Options, results: list[dict]) ->
     _say(f"{subject}: {image_set.count} images, {image_set.bytes / 1e6:.0f} MB")
     images.warm_page_cache(image_set.files)
     base_runs, first_runs, again_runs = [], [], []
-    paces: list[list[float]] = []  # one core's ms an image before and after each run
+    paces: list[list[dict]] = []  # one core's ms an image (by part) before and after a run
     vectors = RUNS / f"baseline-{image_set.name}.npy"
     library = RUNS / f"lib-{image_set.name}"
     for i in range(opts.repeat):
@@ -175,26 +174,20 @@ def bench_reindex(opts: Options, results: list[dict]) -> None:
 def machine_limit(sets: list[str], opts: Options, results: list[dict]) -> dict:
     """bench.limit in a subprocess (it loads torch: the harness stays small), then each
     set's clipsearch index throughput as a fraction of the limit measured in this run."""
-    _say("measuring this machine's limit: fastest decoder and guarded tower, one core "
-         "(and its pace before and after)")
-    pace_before = jobs.pace(sets, opts.env)
+    _say("measuring this machine's limit: fastest decoder and guarded tower, one core")
     run = proc.run(proc.python("-m", "bench.limit", "--sets", ",".join(sets), "--json"),
                    opts.env).check()
     limit = json.loads(run.stdout.strip().splitlines()[-1])
-    pace_after = jobs.pace(sets, opts.env)
-    for name, figures in limit["sets"].items():
-        figures["pace_ms"] = [pace_before.get(name), pace_after.get(name)]
     for result in results:
         figures = limit["sets"].get(subject_key(result["subject"]))
         if result["job"] == "index" and result["tool"] == "clipsearch" and figures:
             result["limit_images_per_s"] = figures["limit_images_per_s"]
             result["of_limit"] = round(result["images_per_s"] / figures["limit_images_per_s"],
                                        3)
-            if result.get("paces_ms") and None not in figures["pace_ms"]:
+            if result.get("paces_ms"):
                 at, fraction = pace.in_turns(
                     result["count"], [r["seconds"] for r in result["runs"]],
-                    result["paces_ms"], figures["limit_images_per_s"],
-                    statistics.fmean(figures["pace_ms"]))
+                    result["paces_ms"], limit["cores"], figures, limit["tower"])
                 result["limit_in_turns_images_per_s"] = round(at, 2)
                 result["of_limit_in_turns"] = round(fraction, 3)
             if figures.get("limit_all_cores_images_per_s"):  # for the record, not a target
