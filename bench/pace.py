@@ -25,52 +25,37 @@ import statistics
 import sys
 
 from bench import images
-from bench.jpeg_decoders import best_ms
-
-MODEL = ("ViT-B-32", "none")  # the bench's model (bench.jobs.MODEL_ARGS)
+from bench.jobs import MODEL_ARGS
+from bench.jpeg_decoders import PILLOW_DRAFT, best_ms, pillow
 
 
 def measure(sets: list[str], files: int = 8, rounds: int = 3) -> dict[str, dict[str, float]]:
     """{set: {decode_ms, tower_ms, other_ms, ms}}: one core's best per-image costs now."""
-    import io
-
-    from PIL import Image
-
     from bench.limit import other_work_ms
     from clip_core.compiled.load import load_compiled
     from clip_core.models.ref import parse_model
     from clip_core.pixels.preprocess import preprocess
 
-    loaded = load_compiled(parse_model(*MODEL))
+    loaded = load_compiled(parse_model(MODEL_ARGS[1], MODEL_ARGS[3]))  # the bench's model
     if loaded is None:
         raise SystemExit("no compiled model for the bench's tower (onnxruntime missing?)")
     encoder = loaded[1]
-
-    def pillow_draft(data: bytes) -> Image.Image:  # as bench.jpeg_decoders and clipsearch
-        image = Image.open(io.BytesIO(data))
-        image.draft("RGB", (224, 224))
-        image.load()
-        return image
-
     out: dict[str, dict[str, float]] = {}
     for name in sets:
         paths = images.sample_files(name, files)
         if not paths:
             continue
         datas = [path.read_bytes() for path in paths]
-        pixels = [preprocess(pillow_draft(data).convert("RGB"), encoder.preprocess)[None]
+        pixels = [preprocess(pillow(data).convert("RGB"), encoder.preprocess)[None]
                   for data in datas]
         by_id = {id(data): p for data, p in zip(datas, pixels, strict=True)}
-        decode = best_ms(pillow_draft, datas, rounds)
+        decode = best_ms(pillow, datas, rounds)
         tower = best_ms(lambda data, at=by_id: encoder.encode_pixels(at[id(data)]), datas,
                         rounds)
         other = sum(other_work_ms(paths, datas, rounds).values())
         out[name] = {"decode_ms": round(decode, 3), "tower_ms": round(tower, 3),
                      "other_ms": round(other, 3), "ms": round(decode + tower + other, 3)}
     return out
-
-
-PILLOW_DRAFT = "Pillow draft (clipsearch)"  # bench.jpeg_decoders' name for clipsearch's
 
 
 def limit_at(cores: int, paces: list[dict[str, float]], figures: dict, tower: dict) -> float:
