@@ -99,7 +99,8 @@ def measure(sets: list[str], files: int, rounds: int, model: str = "ViT-B-32",
     tower_name, tower_ms = found
     all_cores_ms = sustained.get(tower_name)
     # clipsearch's own variant, timed in turns with the rest (bench.pace scales by it)
-    ours = [n for n in speed if "clipsearch tries first" in n and accuracy[n] >= GUARD_MIN_COS]
+    ours = [n for n in speed if n.endswith(tower_runtimes.CLIPSEARCH_FIRST)
+            and accuracy[n] >= GUARD_MIN_COS]
     out: dict = {
         "cores": n_cores, "guard_min_cos": GUARD_MIN_COS,
         "tower": {"runtime": tower_name, "ms": round(tower_ms, 2),

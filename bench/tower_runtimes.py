@@ -91,6 +91,9 @@ def _quantise_attention_too(source: Path, target: Path) -> None:
                      extra_options={"MatMulConstBOnly": False})
 
 
+CLIPSEARCH_FIRST = " (clipsearch tries first here)"  # marks clipsearch's variant's name
+
+
 def _onnxruntime(work: Path):
     from clip_core.compiled.int8_variants import VARIANTS, variant_order
     from clip_core.compiled.onnx_encoder import new_session
@@ -98,7 +101,7 @@ def _onnxruntime(work: Path):
 
     first = variant_order(CpuFeatures.here())[0]
     variants = [(f"int8-{v.name}", f"int8 dynamic {v.name}"
-                 + (" (clipsearch tries first here)" if v == first else "")) for v in VARIANTS]
+                 + (CLIPSEARCH_FIRST if v == first else "")) for v in VARIANTS]
     for name, label in (("fp32", "fp32"), *variants,
                         ("int8-attention", "int8 dynamic, attention products too")):
         session = new_session(work / f"{name}.onnx", threads=1)
