@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from clip_core.compiled.cache import (
     ONNX,
     ONNX_FP32,
     TORCH,
+    CompiledModel,
     find_compiled,
     folder_for,
 )
@@ -96,6 +98,44 @@ def test_compiled_tiny_model_passes_its_checks_and_is_reused(tmp_path):
     assert [p.name for p in cache.iterdir() if p.is_dir()] == [compiled.folder.name]
     again = find_compiled(ref, cache_dir=cache)
     assert again is not None and again.meta == compiled.meta
+
+
+def test_a_new_library_links_the_compiled_text_tower_while_its_session_is_built(
+        tmp_path, monkeypatch):
+    """With the model compiled already, a new library checks and links the text tower (a
+    hash of the whole file) beside onnxruntime's session build, not before it; it has it by
+    the time image_encoder returns, and a failure there is the caller's."""
+    from search.text_embedder import TextEmbedder
+
+    model = f"local-dir:{_bundle_copy(tmp_path)}"
+    compiled, _ = compile_model(parse_model(model), cache_dir=tmp_path / "cache" / "compiled")
+    adopting, threads = threading.Event(), []
+    adopt, build = TextEmbedder.adopt, CompiledModel.image_encoder
+
+    def adopt_in_turn(self, exported):
+        threads.append(threading.current_thread().name)
+        adopting.set()
+        adopt(self, exported)
+
+    def build_after_adoption_began(self, *args, **kwargs):
+        assert adopting.wait(60), "the session was built before the text tower's check began"
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(TextEmbedder, "adopt", adopt_in_turn)
+    monkeypatch.setattr(CompiledModel, "image_encoder", build_after_adoption_began)
+    with Library(tmp_path / "lib", model=model, cache_dir=tmp_path / "cache") as lib:
+        lib.image_encoder(lib.default_model)
+        linked = lib._text_embedder(lib.default_model)
+        assert os.path.samefile(linked.path, compiled.text_tower) and linked.cached
+    assert threads[0].startswith("clipsearch-text-tower"), threads
+
+    def refuse(self, exported):
+        raise PermissionError(13, "Permission denied", str(exported))
+
+    monkeypatch.setattr(TextEmbedder, "adopt", refuse)
+    with Library(tmp_path / "lib2", model=model, cache_dir=tmp_path / "cache") as lib, \
+            pytest.raises(PermissionError):
+        lib.image_encoder(lib.default_model)
 
 
 def test_changed_weights_or_a_damaged_cache_compile_again(tmp_path):

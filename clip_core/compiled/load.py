@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from clip_core.compiled.cache import (
     TORCH,
+    CompiledModel,
     _gpu_present,
     compile_supported,
     find_compiled,
@@ -64,9 +66,13 @@ def runs_on_torch(ref: ModelRef, *, device: str = "auto", precision: str = "auto
 
 
 def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto",
-                  models_dir: Path | None = None, cache_dir: Path | None = None):
+                  models_dir: Path | None = None, cache_dir: Path | None = None,
+                  on_found: Callable[[CompiledModel], None] | None = None):
     """(CompiledModel, image encoder) for CPU use, compiling on first use; None when the
     request is for torch (a GPU, an explicit torch precision, or no onnxruntime).
+    `on_found(compiled)`: told of an already compiled model before its session is built
+    (~0.15 s for ViT-B-32), so a caller can start its own work with the model's files
+    meanwhile (a library's check of the text tower it links).
 
     The encoder is the onnxruntime int8 tower when it passed its checks (or int8 was asked
     for), else the onnxruntime fp32 tower, else (export failed, or torch measured over
@@ -85,6 +91,9 @@ def load_compiled(ref: ModelRef, *, device: str = "auto", precision: str = "auto
     for force in (False, True):  # a damaged cache is compiled again, once
         try:
             compiled = None if force else find_compiled(ref, models_dir, cache_dir)
+            if compiled is not None and on_found is not None:
+                on_found(compiled)
+                on_found = None  # once, even when the session fails and it is compiled again
             torch_encoder = None
             if compiled is None:
                 compiled, made = compile_model(ref, models_dir=models_dir, cache_dir=cache_dir,
