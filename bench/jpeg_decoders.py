@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from bench import images
 
@@ -70,16 +71,19 @@ def _decoders():
         yield "imagecodecs libjpeg-turbo, full size", imagecodecs.jpeg8_decode
 
 
-def best_ms(step: Callable[[bytes], object], datas: list[bytes], passes: int = 3) -> float:
-    """Milliseconds per item of the fastest of `passes` passes over `datas` (after one
-    warm-up call); bench.limit times its other per-image steps with it too."""
-    step(datas[0])
+Item = TypeVar("Item")
+
+
+def best_ms(step: Callable[[Item], object], items: Sequence[Item], passes: int = 3) -> float:
+    """Milliseconds per item of the fastest of `passes` passes over `items` (after one
+    warm-up call); bench.limit and bench.pace time their other per-image steps with it too."""
+    step(items[0])
     best = float("inf")
     for _ in range(passes):
         start = time.perf_counter()
-        for data in datas:
-            step(data)
-        best = min(best, (time.perf_counter() - start) / len(datas) * 1000)
+        for item in items:
+            step(item)
+        best = min(best, (time.perf_counter() - start) / len(items) * 1000)
     return best
 
 

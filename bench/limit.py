@@ -74,12 +74,11 @@ def other_work_ms(paths: list[Path], datas: list[bytes], rounds: int) -> dict[st
     from indexer.stages import content_hash, read_file
 
     spec = PreprocessSpec(224, OPENAI_MEAN, OPENAI_STD)  # ViT-B-32's, as the bench's model
-    decoded = {id(d): decode_image(d, min_side=spec.min_side).image for d in datas}
-    by_data = {id(d): str(p) for p, d in zip(paths, datas, strict=True)}
+    decoded = [decode_image(d, min_side=spec.min_side).image for d in datas]
     return {
-        "read_ms": best_ms(lambda d: read_file(by_data[id(d)]), datas, rounds),
+        "read_ms": best_ms(read_file, [str(p) for p in paths], rounds),
         "sha256_ms": best_ms(content_hash, datas, rounds),
-        "preprocess_ms": best_ms(lambda d: preprocess(decoded[id(d)], spec), datas, rounds),
+        "preprocess_ms": best_ms(lambda image: preprocess(image, spec), decoded, rounds),
         "catalog_write_ms": _write_cost(100, 512)["per_image_ms"],
     }
 
