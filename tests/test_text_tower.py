@@ -157,10 +157,46 @@ def test_the_first_int8_kind_that_passes_its_guard_is_kept(b32_file, tok77, monk
     dynamic = NumpyTextTower.load(b32_file, release_pages=False)
     assert dynamic.use_onnxruntime(int8=True, kinds=("dynamic",))
     runs: list[int] = []
-    monkeypatch.setattr(dynamic._onnx, "run", lambda x, pool, run=dynamic._onnx.run: (
-        runs.append(len(x)), run(x, pool))[1])
+    real_run = dynamic._onnx.run
+    monkeypatch.setattr(dynamic._onnx, "run", lambda x, pool, prefixed: (
+        runs.append(len(x)), real_run(x, pool, prefixed))[1])
     dynamic.encode_tokens(tokens)
     assert runs == [1] * len(TEXTS)
+
+
+def test_onnxruntime_runs_the_rows_after_the_start_tokens_state(b32_file, tok77,
+                                                                 monkeypatch):
+    """Every text begins with the start token, whose row never depends on the rest: its
+    keys and values are computed once and a query runs only the rows after it. The same
+    function as numpy's fp32 blocks; texts that cannot (a lone row after the start, token
+    rows that begin otherwise) run whole, each decided alone, so none depends on its batch."""
+    tokens = tok77(TEXTS)
+    other = tokens[:2].copy()
+    other[:, 0] = 320  # rows that do not begin with the start token
+    tokens = np.vstack([tokens, other])
+    reference = NumpyTextTower.load(b32_file).encode_tokens(tokens)
+    tower = NumpyTextTower.load(b32_file, release_pages=False)
+    assert tower.use_onnxruntime()
+    token, keys, values = tower.start_state()
+    layers, heads = tower.header["layers"], tower.heads
+    width = tower.token_embedding.shape[1]
+    assert token == tok77.sot_token_id
+    assert keys.shape == values.shape == (layers, heads, 1, width // heads)
+    runs: list[tuple[int, int, bool]] = []
+    real_run = tower._onnx.run
+    monkeypatch.setattr(tower._onnx, "run", lambda x, pool, prefixed: (
+        runs.append((len(x), x.shape[1], prefixed)), real_run(x, pool, prefixed))[1])
+    ours = tower.encode_tokens(tokens)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    ends = tokens.argmax(axis=1)
+    after = (tokens[:, 0] == token) & (ends >= 2)
+    assert sorted(n for n, _, prefixed in runs if prefixed) == [int(after.sum())]
+    assert sum(n for n, _, prefixed in runs if not prefixed) == int((~after).sum()) == 3
+    assert {length for _, length, prefixed in runs if prefixed} == {int(ends[after].max())}
+    runs.clear()
+    single = np.concatenate([tower.encode_tokens(tokens[i : i + 1]) for i in range(len(tokens))])
+    np.testing.assert_allclose(single, ours, atol=1e-6)
+    assert [prefixed for _, _, prefixed in runs] == after.tolist()
 
 
 def _resident_mb(buf) -> float:

@@ -220,6 +220,7 @@ class NumpyTextTower:
         self._whole_mapping: mmap.mmap | None = None  # set by load()
         self.single_thread = True
         self._onnx: Any = None  # OnnxTextBlocks, set by use_onnxruntime()
+        self._start: tuple[int, np.ndarray, np.ndarray] | None = None  # start_state()
         self.int8_agreement: float | None = None  # min cosine to fp32 on probe_tokens
         self.int8_tried: dict[str, float] = {}  # each int8 kind tried: its agreement
         self._probe_vectors: np.ndarray | None = None  # fp32's, for every kind tried
@@ -419,12 +420,50 @@ class NumpyTextTower:
 
     def _encode_chunk(self, tokens: np.ndarray, pool: np.ndarray) -> np.ndarray:
         length = int(pool.max()) + 1
-        x = _f32(self.token_embedding[tokens[:, :length]]) + _f32(
-            self.positional_embedding[:length]
+        # onnxruntime's blocks take the start token's keys and values as computed once
+        # (start_state) and run only the rows after it, for each text that begins with it:
+        # decided text by text, so a text's vector never depends on its batch.
+        first = 0
+        if self._onnx is not None:
+            after = self._onnx.after_start(tokens, pool)
+            if after.any() and not after.all():
+                out = np.empty((len(tokens), self.embed_dim), np.float32)
+                for part in (after, ~after):
+                    out[part] = self._encode_chunk(tokens[part], pool[part])
+                return out
+            first = int(after.all())
+        x = _f32(self.token_embedding[tokens[:, first:length]]) + _f32(
+            self.positional_embedding[first:length]
         )
-        x = self._onnx.run(x, pool) if self._onnx is not None else self._blocks(x, pool)
+        if self._onnx is not None:
+            x = self._onnx.run(x, pool - first, prefixed=bool(first))
+        else:
+            x = self._blocks(x, pool)
         norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
         return x / np.maximum(norm, np.float32(1e-12))
+
+    def start_state(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(token id, keys, values) of the start token at position 0 in every block,
+        [layers, heads, 1, head_dim] float32. Every text begins with it (the CLIP vocabulary's
+        second-last id, as probe_tokens writes it) and under the causal mask its row depends
+        on nothing else, so it is the same in every query: computed once here, exactly as
+        the fp32 blocks compute it, a long-lived tower runs only the rows after it (one of a
+        short query's ~7 rows a matrix product)."""
+        if self._start is None:
+            token = self.token_embedding.shape[0] - 2
+            x = (_f32(self.token_embedding[token]) + _f32(self.positional_embedding[0]))
+            x = x[None, None]  # [1, 1, W]
+            width = x.shape[-1]
+            zero = np.zeros((1, 1), np.float32)
+            keys, values = [], []
+            for blk in self.blocks:
+                qkv = _linear(_layer_norm(x, *blk.ln_1, self.eps), blk.in_w, blk.in_b)
+                qkv = qkv.reshape(3, self.heads, 1, width // self.heads)
+                keys.append(qkv[1])
+                values.append(qkv[2])
+                x = self._block(x, blk, zero, None)
+            self._start = (token, np.stack(keys), np.stack(values))
+        return self._start
 
     def _blocks(self, x: np.ndarray, pool: np.ndarray) -> np.ndarray:
         """Blocks, final norm and projection in numpy: [N, L, W] -> pooled rows [N, E]."""

@@ -9,6 +9,12 @@ function in float32; tests hold them within 1e-5.
 Used by long-lived processes (a photo app's Library); one-shot CLI queries keep the numpy path,
 whose block-by-block page release keeps a cold query near 100 MB.
 
+Rows a query does not need are not run. The start token's row is the same in every text (the
+causal mask), so its keys and values come from NumpyTextTower.start_state and only the rows
+after it run; the last block's products run on the pooled rows only. ViT-B-32's "unsigned"
+kind on AVX2 kernels (masked), the warm query's texts in turns in one process: 0.94-0.95 of
+the time before (docs/benchmarks.md).
+
 Two int8 kinds, each kept only where NumpyTextTower.use_onnxruntime finds it within
 cosine 0.999 of fp32 on probe texts (clip_core.cpu.text_int8_kinds says which to try, in
 what order, on a CPU):
@@ -59,6 +65,8 @@ class OnnxTextBlocks:
         # one activation scale a run: a text runs alone
         self.per_text = kind in ("dynamic", "unsigned")
         self.threads = threads or available_cores()
+        self._start = tower.start_state()  # fp32, shared by every kind
+        self._feeds: dict[tuple[int, bool], dict[str, np.ndarray]] = {}  # _start_feeds
         self._graph, weights = _build(tower, kind)
         self._keep = weights  # the sessions' OrtValues borrow these buffers
         self._unrun: set[int] = set()  # sessions not run yet (their ids)
@@ -100,16 +108,47 @@ class OnnxTextBlocks:
                 self._narrow = self._session(1)
             return self._narrow
 
-    def run(self, x: np.ndarray, pool: np.ndarray) -> np.ndarray:
-        """x: [N, L, W] embedded tokens; pool: [N] positions to read -> [N, E]."""
+    def _start_feeds(self, n: int, prefixed: bool) -> dict[str, np.ndarray]:
+        """Each block's start keys and values for `n` texts ([n, heads, 1, head_dim]; none,
+        [n, heads, 0, head_dim], where not `prefixed`): inputs of their own, so the graph
+        adds one Concat a matrix and nothing else (a Gather and Expand each cost as much as
+        the row they save on a short query)."""
+        key = (n, prefixed)
+        feeds = self._feeds.get(key)
+        if feeds is None:
+            _, keys, values = self._start
+            feeds = {}
+            for i in range(len(keys)):
+                for name, kv in (("k", keys[i]), ("v", values[i])):
+                    kv = kv[:, :1] if prefixed else kv[:, :0]
+                    feeds[f"start_{name}{i}"] = np.ascontiguousarray(
+                        np.broadcast_to(kv[None], (n, *kv.shape)))
+            if len(self._feeds) < 8:  # a few batch sizes recur: 1, a chunk, the rest
+                self._feeds[key] = feeds
+        return feeds
+
+    def after_start(self, tokens: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        """Which token rows may run after the start token's state (start_state): those
+        that begin with its token and read at least the second row after it (a lone row
+        takes other kernels, whose float sums a batch would not repeat bit for bit)."""
+        return (tokens[:, 0] == self._start[0]) & (pool >= 2)
+
+    def run(self, x: np.ndarray, pool: np.ndarray, prefixed: bool = False) -> np.ndarray:
+        """x: [N, L, W] embedded tokens; pool: [N] positions to read -> [N, E].
+        `prefixed`: x holds the rows after the start token (positions 1..L), whose keys and
+        values come from start_state."""
         n, length, width = x.shape
         t = self.tower
-        mask = np.triu(np.full((length, length), -np.inf, np.float32), 1)
+        head = width // t.heads
+        before = int(prefixed)
+        # row i (position before + i) sees positions 0..before + i
+        mask = np.triu(np.full((length, before + length), -np.inf, np.float32), before + 1)
         feeds = {
             "x": np.ascontiguousarray(x, np.float32),
             "mask": mask,
+            **self._start_feeds(n, prefixed),
             "rows": (np.arange(n) * length + pool).astype(np.int64),
-            "shape_qkv": np.array([n, length, 3, t.heads, width // t.heads], np.int64),
+            "shape_qkv": np.array([n, length, 3, t.heads, head], np.int64),
             "shape_flat": np.array([n * length, width], np.int64),
         }
         session = self._pick()
@@ -174,11 +213,18 @@ def _build(tower: NumpyTextTower, kind: str = "fp32") -> tuple[bytes, dict[str, 
         qkv = g.op("Transpose", g.reshape(qkv, "shape_qkv"), perm=[2, 0, 3, 1, 4])
         q, k, v = (g.op("Gather", qkv, g.const(f"i{j}", np.int64(j)), axis=0)
                    for j in range(3))
+        # the start token's keys and values first (none where the run has no prefix)
+        k, v = (g.op("Concat", f"start_{name}{i}", kv, axis=2) for name, kv in (("k", k),
+                                                                               ("v", v)))
         scores = g.op("Add", g.op("Mul", g.op("MatMul", q, g.op("Transpose", k,
                                                                  perm=[0, 1, 3, 2])), scale),
                       "mask")
         o = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
         o = g.reshape(g.op("Transpose", o, perm=[0, 2, 1, 3]), "shape_flat")
+        if i == len(tower.blocks) - 1:
+            # Only the pooled rows' outputs are read: the last block's products run on
+            # them alone ([N, W]).
+            o, x = g.op("Gather", o, "rows", axis=0), g.op("Gather", x, "rows", axis=0)
         o = linear(o, p + "out", blk.out_w, blk.out_b)
         if blk.ls_1 is not None:
             o = g.op("Mul", o, weight(p + "ls1", blk.ls_1))
@@ -190,14 +236,16 @@ def _build(tower: NumpyTextTower, kind: str = "fp32") -> tuple[bytes, dict[str, 
         if blk.ls_2 is not None:
             h = g.op("Mul", h, weight(p + "ls2", blk.ls_2))
         x = g.op("Add", x, h)
-    x = g.op("Gather", x, "rows", axis=0)  # only the pooled rows: [N, W]
     x = g.layer_norm(x, weight("lnfw", tower.ln_final[0]), weight("lnfb", tower.ln_final[1]),
                      tower.eps)
     if tower.text_projection is not None:
         x = g.op("MatMul", x, weight("projection", tower.text_projection))
     inputs = [
         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "l", width]),
-        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["l", "l"]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["l", "pl"]),
+        *(helper.make_tensor_value_info(f"start_{name}{i}", TensorProto.FLOAT,
+                                        ["n", tower.heads, "p", width // tower.heads])
+          for i in range(len(tower.blocks)) for name in "kv"),
         helper.make_tensor_value_info("rows", TensorProto.INT64, ["n"]),
         *(helper.make_tensor_value_info(s, TensorProto.INT64, [k])
           for s, k in (("shape_qkv", 5), ("shape_flat", 2))),
