@@ -27,6 +27,7 @@ must also be measured faster than the fp16 scan. Otherwise the fp16 scan answers
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -105,14 +106,23 @@ class Int8Scan:
         self.session = _session(codes, threads)
         # Each block's largest scale and |x^_b|_1 over the rows: a bound for every row
         self._most = (codes.scales.max(axis=0), codes.l1.max(axis=0)) if len(codes) else None
+        self._last: tuple[bytes, np.ndarray] | None = None  # (query, its scores)
 
     def __len__(self) -> int:
         return len(self.codes)
 
     def scores(self, query: np.ndarray) -> np.ndarray:
-        """Each row's int8 score (onnxruntime's MatMulNBits: the only pass over the codes)."""
+        """Each row's int8 score (onnxruntime's MatMulNBits: the only pass over the codes).
+        The last query's are kept: a searcher that widens its candidates asks again."""
         feed = np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1))
-        return self.session.run(None, {"q": feed})[0][0]
+        key = feed.tobytes()
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        scores = self.session.run(None, {"q": feed})[0][0]
+        scores.flags.writeable = False  # shared by the asks of one query
+        self._last = (key, scores)
+        return scores
 
     def bounds(self, query: np.ndarray, rows: np.ndarray | None = None,
                scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -172,9 +182,10 @@ def build(rows: np.ndarray, threads: int, fp16_scan: Callable[[np.ndarray], obje
     if worst > 1.0:
         return None, f"int8 scores off by {worst:.2f}x their bound on the index's rows"
     if fp16_scan is not None:
-        query = _check_queries(rows)[0]
-        int8_ms, fp16_ms = paired_ms(lambda: scan.candidates(query, 64),
-                                     lambda: fp16_scan(query))
+        # a query after another, each step: a repeated one would find its scores kept
+        queries = itertools.cycle(_check_queries(rows))
+        int8_ms, fp16_ms = paired_ms(lambda: scan.candidates(next(queries), 64),
+                                     lambda: fp16_scan(next(queries)))
         if int8_ms >= fp16_ms:
             return None, f"int8 scan not faster here ({int8_ms:.2f} vs {fp16_ms:.2f} ms)"
     return scan, f"int8 scan kept (worst error {worst:.2f} of its bound)"

@@ -190,6 +190,47 @@ def test_searcher_with_the_int8_scan_stays_exact(tmp_path, small_split):
         assert [r.file_id for r in got] == ids[order[7:17]].tolist(), q
 
 
+class _CountedRuns:
+    """An onnxruntime session that counts its runs."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+
+def test_a_widened_search_scores_every_row_once(tmp_path, small_split, monkeypatch):
+    """Sixty copies of one photo tie at the top: the searcher's first candidates cannot
+    show the exact top 10 and it asks again for more, which re-reads the same query's
+    scores instead of scanning again. Results stay the exact top (ties by id)."""
+    vectors = clip_like(4000, seed=8)
+    vectors[1000:1060] = vectors[5]
+    cat, ids, stored = _catalog(tmp_path, vectors)
+    Searcher(cat, tmp_path / "vectors").search("m", vectors[0], limit=5)  # the file, saved
+    searcher = Searcher(Catalog(cat.path, readonly=True), tmp_path / "vectors", int8_scan="on")
+    index = searcher.prepare("m", DIM)
+    if index.int8 is None:
+        pytest.skip("this CPU's int8 sums saturate: the fp16 scan answers")
+    counted = _CountedRuns(index.int8.session)
+    index.int8.session = counted
+    asked: list[int] = []
+    real_search = vector_index.VectorIndex.search
+    monkeypatch.setattr(vector_index.VectorIndex, "search", lambda self, q, k, allowed=None: (
+        asked.append(k), real_search(self, q, k, allowed))[1])
+    query = vectors[5]
+    exact = stored @ query
+    order = np.lexsort((ids, -exact))
+    got = searcher.search("m", query, limit=10)
+    assert [r.file_id for r in got] == ids[order[:10]].tolist()
+    assert len(asked) >= 2 and asked[0] < 60 < asked[-1]  # widened past the copies
+    assert counted.runs == 1
+    other = vectors[7]
+    searcher.search("m", other, limit=10)
+    assert counted.runs == 2  # another query: scanned
+
+
 def test_scan_is_built_in_the_background_from_the_second_query(tmp_path, small_split):
     vectors = clip_like(3000, seed=6)
     cat, _, _ = _catalog(tmp_path, vectors)
