@@ -123,7 +123,7 @@ class OnnxTextBlocks:
                     kv = kv[:, :1] if prefixed else kv[:, :0]
                     feeds[f"start_{name}{i}"] = np.ascontiguousarray(
                         np.broadcast_to(kv[None], (n, *kv.shape)))
-            if len(self._feeds) < 8:  # a few batch sizes recur: 1, a chunk, the rest
+            if n == 1:  # a query's size, kept (a batch's copies: 48 KB a text)
                 self._feeds[key] = feeds
         return feeds
 
