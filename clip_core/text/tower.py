@@ -453,16 +453,12 @@ class NumpyTextTower:
             token = self.token_embedding.shape[0] - 2
             x = (_f32(self.token_embedding[token]) + _f32(self.positional_embedding[0]))
             x = x[None, None]  # [1, 1, W]
-            width = x.shape[-1]
             zero = np.zeros((1, 1), np.float32)
-            keys, values = [], []
+            pairs: list[tuple[np.ndarray, np.ndarray]] = []
             for blk in self.blocks:
-                qkv = _linear(_layer_norm(x, *blk.ln_1, self.eps), blk.in_w, blk.in_b)
-                qkv = qkv.reshape(3, self.heads, 1, width // self.heads)
-                keys.append(qkv[1])
-                values.append(qkv[2])
-                x = self._block(x, blk, zero, None)
-            self._start = (token, np.stack(keys), np.stack(values))
+                x = self._block(x, blk, zero, None, pairs)
+            self._start = (token, np.stack([k[0] for k, _ in pairs]),
+                           np.stack([v[0] for _, v in pairs]))
         return self._start
 
     def _blocks(self, x: np.ndarray, pool: np.ndarray) -> np.ndarray:
@@ -480,13 +476,18 @@ class NumpyTextTower:
         return x
 
     def _block(
-        self, x: np.ndarray, b: _Block, mask: np.ndarray, pool: np.ndarray | None
+        self, x: np.ndarray, b: _Block, mask: np.ndarray, pool: np.ndarray | None,
+        keys_values: list[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> np.ndarray:
+        """One residual block; `keys_values` (if given) gets its keys and values
+        [N, H, L, hd]."""
         n, length, width = x.shape
         h, hd = self.heads, width // self.heads
         qkv = _linear(_layer_norm(x, *b.ln_1, self.eps), b.in_w, b.in_b)
         qkv = qkv.reshape(n, length, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, N, H, L, hd]
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if keys_values is not None:
+            keys_values.append((k, v))
         rows = np.arange(n)
         if pool is not None:
             # Last block: only the pooled position's output is ever read.
