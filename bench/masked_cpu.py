@@ -21,7 +21,9 @@ functions before the mask (their AVX-512 variants stay). So its figures say what
 AVX2 paths cost on this core, beside the unmasked run of the same session; a real AVX2-only
 machine's row stays the proof. Needs root (the mount namespace), gcc and `cpuid_fault`.
 Child processes inherit the mask (LD_PRELOAD and the namespace); Python's faulthandler must
-stay off inside (it would take SIGSEGV, the mask's signal), so PYTHONFAULTHANDLER is dropped.
+stay off inside (it would take SIGSEGV, the mask's signal), so PYTHONFAULTHANDLER is dropped;
+pytest turns it on by itself: `run -- python -m pytest -p no:faulthandler ...` (without it,
+numpy's import dies at its first cpuid).
 """
 
 from __future__ import annotations
