@@ -106,14 +106,18 @@ def text_int8_kinds(cpu: CpuFeatures) -> tuple[str, ...]:
     per-run "dynamic" scale where int8 products are summed in 32 bits; on x86 without them
     its "unsigned" twin, whose U8U8 kernels widen to 16 bits instead of saturating; "blocks"
     everywhere. Each must still agree with fp32 on the machine at hand."""
-    if not text_int8_timed(cpu):
+    if cpu.saturating_int8:
+        return ("unsigned", "blocks")
+    if cpu.x86 or "asimddp" in cpu.flags:
         return ("dynamic", "blocks")
-    return ("unsigned", "blocks") if cpu.x86 else ("blocks",)
+    return ("blocks",)
 
 
 def text_int8_timed(cpu: CpuFeatures) -> bool:
-    """Whether the int8 text tower (onnxruntime MatMulNBits with int8 activations:
-    clip_core.text.tower_onnx) must also be measured faster than fp32 to be kept. Its
-    agreement with fp32 is checked on every CPU; its speed is only sure where int8 products
-    run on dot-product instructions (x86 VNNI/AMX, ARM's dot-product extension)."""
-    return not (cpu.int8_dot_product or (not cpu.x86 and "asimddp" in cpu.flags))
+    """Whether the int8 text tower (clip_core.text.tower_onnx) must also be measured faster
+    than fp32 to be kept: where int8 is not surely faster (`int8_outruns_torch`: x86 without
+    AVX2, ARM without dot products). Its agreement with fp32 is checked on every CPU. On
+    AVX2 it is not timed: "unsigned" ran ViT-B-32's tower in half fp32's time on the masked
+    cores, and a timed choice is each process's own (a near tie, as the tiny model's, went
+    either way from one Library to the next: one query, two scores)."""
+    return not cpu.int8_outruns_torch

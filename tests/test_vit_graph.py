@@ -10,8 +10,9 @@ import pytest
 from clip_core.compiled import vit_graph
 from clip_core.compiled.cache import IMAGE_FP32, IMAGE_INT8, ONNX, ONNX_FP32
 from clip_core.compiled.compiler import GUARD_MIN_COS, compile_model
-from clip_core.compiled.int8_variants import DEFAULT, REDUCE_RANGE, VARIANTS
+from clip_core.compiled.int8_variants import DEFAULT, REDUCE_RANGE, VARIANTS, variant_order
 from clip_core.compiled.vit_weights import UnsupportedTower, vit_weights
+from clip_core.cpu import CpuFeatures
 from clip_core.encoders import l2_normalise
 from clip_core.models.ref import parse_model
 from clip_core.pixels.preprocess import preprocess_batch
@@ -47,8 +48,9 @@ def test_fp32_graph_equals_open_clips_forward(kind):
 @pytest.mark.slow
 def test_vit_b32_fp32_graph_equals_open_clip_and_int8_is_quantize_dynamic(tmp_path):
     """Random ViT-B-32 (the benchmark's stand-in): the fp32 graph within 1e-5 of torch on
-    probe images; each int8 variant within the guard, and the default variant's vectors
-    those of onnxruntime's quantize_dynamic applied to the fp32 graph."""
+    probe images; each int8 variant within the guard (u8s8 not where its sums saturate:
+    there the variant tried first), and the default variant's vectors those of
+    onnxruntime's quantize_dynamic applied to the fp32 graph."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from clip_core.compiled.onnx_encoder import new_session
@@ -66,10 +68,14 @@ def test_vit_b32_fp32_graph_equals_open_clip_and_int8_is_quantize_dynamic(tmp_pa
     session = new_session(tmp_path / "qd.onnx")
     theirs = l2_normalise(np.concatenate([session.run(None, {"pixels": p[None]})[0]
                                           for p in pixels]))
+    cpu = CpuFeatures.here()
     for variant in VARIANTS:
         ours = graph_vectors(*vit_graph.build(weights, variant), pixels)
-        assert (ours * fp32).sum(axis=1).min() >= GUARD_MIN_COS, variant
-        if variant == DEFAULT:
+        # u8s8's pair sums saturate on x86 without int8 dot products (AVX2-only: ~0.95),
+        # where the compile tries reduce_range first and its guard refuses u8s8
+        if variant == variant_order(cpu)[0] or not cpu.saturating_int8:
+            assert (ours * fp32).sum(axis=1).min() >= GUARD_MIN_COS, variant
+        if variant == DEFAULT:  # the same kernels, saturating or not
             assert (ours * theirs).sum(axis=1).min() > 0.99999
 
 

@@ -32,8 +32,9 @@ what order, on a CPU):
 - "blocks": MatMulNBits, weights in int8 with a scale per 32 values and activations
   quantised per row and 32-value block as they come, so each text's vector is its own in any
   batch. A query streams 39 MB instead of 151 (ViT-B-32: 6.8 vs 11.9 ms in one run) at
-  cosine ~0.9997 to fp32. Tried on every CPU; where int8 lacks dot-product instructions it
-  is kept only if measured faster (clip_core.cpu.text_int8_timed).
+  cosine ~0.9997 to fp32. Tried on every CPU; where int8 is not surely faster (x86 without
+  AVX2, ARM without dot products) it is kept only if measured faster
+  (clip_core.cpu.text_int8_timed).
 """
 
 from __future__ import annotations
