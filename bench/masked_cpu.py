@@ -23,7 +23,10 @@ machine's row stays the proof. Needs root (the mount namespace), gcc and `cpuid_
 Child processes inherit the mask (LD_PRELOAD and the namespace); Python's faulthandler must
 stay off inside (it would take SIGSEGV, the mask's signal), so PYTHONFAULTHANDLER is dropped;
 pytest turns it on by itself: `run -- python -m pytest -p no:faulthandler ...` (without it,
-numpy's import dies at its first cpuid).
+numpy's import dies at its first cpuid). The whole suite so (2026-12-02): everything passes but
+what the mask itself breaks: Ray's GCS server and Chromium do not start inside it, qemu
+(test_emulated_cpu) and gcc (test_powerloss's shim) fail under it, and tests that give a
+subprocess a fresh environment drop CLIPSEARCH_CPUID_MASK while LD_PRELOAD stays.
 """
 
 from __future__ import annotations

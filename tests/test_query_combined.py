@@ -84,8 +84,17 @@ def test_a_negative_term_pushes_its_concept_down(library):
     def mean_red_rank(results):
         return np.mean([r.rank for r in results if pair_of(r.path)[0] == "red"])
 
+    def lead(results) -> float:
+        """How far the first result, a red circle, leads the best other picture."""
+        other = next(r for r in results if pair_of(r.path) != ("red", "circle"))
+        return results[0].score - other.score if pair_of(results[0].path) == (
+            "red", "circle") else 0.0
+
     assert mean_red_rank(pushed) > mean_red_rank(plain) + 10
-    assert pair_of(pushed[0].path) != ("red", "circle")
+    # Red circles lead the plain query clearly and no longer lead the pushed one: the best
+    # other picture comes first, or within the int8 towers' near ties of the first (6e-3,
+    # tests/helpers.py: on AVX2 kernels a red and a green circle end 0.0006 apart).
+    assert lead(plain) > 0.05 and lead(pushed) < 6e-3
 
 
 def test_image_and_id_terms(library):
