@@ -121,7 +121,7 @@ class OnnxTextBlocks:
             feeds = {}
             for i in range(len(keys)):
                 for name, kv in (("k", keys[i]), ("v", values[i])):
-                    kv = kv[:, :1] if prefixed else kv[:, :0]
+                    kv = kv if prefixed else kv[:, :0]  # [heads, 1 or 0, head_dim]
                     feeds[f"start_{name}{i}"] = np.ascontiguousarray(
                         np.broadcast_to(kv[None], (n, *kv.shape)))
             if n == 1:  # a query's size, kept (a batch's copies: 48 KB a text)
