@@ -152,10 +152,14 @@ class TextEmbedder:
             temp.unlink(missing_ok=True)
             try:
                 os.link(exported, temp)
+                linked = True
             except OSError:
                 shutil.copyfile(exported, temp)
+                linked = False
             os.replace(temp, self.path)
             file_check.copy_record(exported, self.path)
+            if linked:
+                file_check.linked(exported)
         except OSError as exc:  # read-only or full disk: queries fall back to torch
             temp.unlink(missing_ok=True)
             log.info("could not cache text tower: %s", exc)

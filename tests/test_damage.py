@@ -126,6 +126,35 @@ def test_damaged_shared_tower_does_not_spread(indexed, tmp_path):
         verify(lib._text_embedder(lib.default_model).path, full=True)
 
 
+def _vouched(path: Path) -> bool:
+    """Whether `path`'s record vouches for it as it is now (a check then only stats it)."""
+    st = os.stat(path)
+    verified = json.loads(sidecar(path).read_text())["verified"]
+    return verified == [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def test_linking_the_shared_tower_keeps_it_vouched_for(indexed, tmp_path):
+    """Each new library hard-links the cache's text tower, which moves the shared inode's
+    ctime: the cache's record takes the new stamp, so the next library's first index run
+    stats the file instead of hashing it again, and a write through any link still shows."""
+    library, env = indexed
+    shared = next((Path(env["CLIPSEARCH_CACHE"]) / "compiled").rglob("text.safetensors"))
+    assert _vouched(shared)
+    other = tmp_path / "other"
+    _run(env, "index", str(tmp_path / "photos"), "--model", MODEL, "-q", "--library",
+         str(other))
+    tower = _tower(other)
+    assert os.path.samefile(tower, shared) and _vouched(shared) and _vouched(tower)
+    _flip(tower, 10, seed=5, start=4096)  # through the new library's link
+    assert not _vouched(shared)
+    third = tmp_path / "third"
+    _run(env, "index", str(tmp_path / "photos"), "--model", MODEL, "-q", "--library",
+         str(third))
+    assert not shared.exists()  # found by its changed stamp, hashed, and dropped
+    assert not any(os.path.samefile(p, tower) for p in third.rglob("*.safetensors"))
+    _same(top_k(third, k=5), top_k(library, k=5))
+
+
 def _damage(catalog: Path, kind: str) -> None:
     data = bytearray(catalog.read_bytes())
     page = 4096
