@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from clip_core.compiled import vit_graph
+from clip_core.compiled.built import Built
 from clip_core.compiled.cache import IMAGE_FP32, IMAGE_INT8, ONNX, ONNX_FP32
 from clip_core.compiled.compiler import GUARD_MIN_COS, compile_model
 from clip_core.compiled.int8_variants import DEFAULT, REDUCE_RANGE, VARIANTS, variant_order
@@ -43,6 +44,15 @@ def test_fp32_graph_equals_open_clips_forward(kind):
     graph, arrays = vit_graph.build(vit_weights(model.visual, hw))
     ours, theirs = graph_vectors(graph, arrays, pixels), torch_vectors(model.visual, pixels)
     assert np.abs(ours - theirs).max() < 1e-5
+    # the compile's reference: images in batches, padded to whole batches a core
+    batched = vit_graph.session(*vit_graph.build(vit_weights(model.visual, hw), batch=3))
+    out = l2_normalise(batched.run(None, {vit_graph.INPUT: pixels})[0])
+    assert out.shape == theirs.shape and np.abs(out - theirs).max() < 1e-5
+    for count in (1, 2, 3):
+        built = Built(model, vit_weights(model.visual, hw)).fp32_vectors(pixels[:count])
+        assert np.abs(built - theirs[:count]).max() < 1e-5
+    with pytest.raises(ValueError, match="fp32 only"):
+        vit_graph.build(vit_weights(model.visual, hw), DEFAULT, batch=2)
 
 
 @pytest.mark.slow

@@ -23,25 +23,31 @@ class Built:
         self.weights = weights
 
     def fp32_vectors(self, probes: np.ndarray) -> np.ndarray:
-        """The fp32 graph's vectors of `probes`, run as the encoder runs a tower: one image
-        a call, a call per core. onnxruntime copies the weights into its session (prepacking
-        off: no second copy), so a mapped file's pages are released meanwhile."""
+        """The fp32 graph's vectors of `probes`: a batch a core, each call on one thread.
+        Batches, not one image a call as the towers run: without prepacking every call
+        packs the weights anew (vit_graph.build). onnxruntime copies the weights into its
+        session (prepacking off: no second copy), so a mapped file's pages are released
+        meanwhile."""
         from concurrent.futures import ThreadPoolExecutor
 
         from clip_core.compiled import vit_graph
         from clip_core.encoders import l2_normalise
 
-        model, arrays = vit_graph.build(self.weights)
+        lanes = max(1, min(available_cores(), len(probes)))
+        batch = -(-len(probes) // lanes)
+        padded = np.concatenate([probes, np.repeat(probes[-1:], lanes * batch - len(probes), 0)])
+        model, arrays = vit_graph.build(self.weights, batch=batch)
         session = vit_graph.session(model, arrays, fusions=False)  # run once: no fusing
         self._release_pages()  # onnxruntime made its own copy of every weight
         try:
-            with ThreadPoolExecutor(available_cores()) as pool:
+            with ThreadPoolExecutor(lanes) as pool:
                 out = list(pool.map(
-                    lambda p: session.run(None, {vit_graph.INPUT: p[None]})[0][0], probes))
+                    lambda i: session.run(None, {vit_graph.INPUT: padded[i:i + batch]})[0],
+                    range(0, len(padded), batch)))
         finally:
             session = None  # its copy of the weights
             release_freed_memory()
-        return l2_normalise(np.stack(out))
+        return l2_normalise(np.concatenate(out)[:len(probes)])
 
     def save(self, path: Path, variant: Int8Variant | None) -> None:
         from clip_core.compiled import vit_graph
