@@ -10,6 +10,7 @@ before that was stored (until the next index run fills it) falls back to its ext
 
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -32,8 +33,11 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "gif": ("GIF",), "tiff": ("TIFF",), "bmp": ("BMP",), "avif": ("AVIF",),
 }
 FORMATS.update(jpg=FORMATS["jpeg"], tif=FORMATS["tiff"], heif=FORMATS["heic"])
-DATE_SQL = ("COALESCE(taken_at, strftime('%Y-%m-%dT%H:%M:%S', mtime_ns / 1000000000,"
-            " 'unixepoch', 'localtime'))")
+MTIME_SQL = "strftime('%Y-%m-%dT%H:%M:%S', mtime_ns / 1000000000, 'unixepoch', 'localtime')"
+DATE_SQL = f"COALESCE(taken_at, {MTIME_SQL})"
+# No time zone is this far from UTC (the widest ever, local mean times, within 16 hours):
+# an mtime further than this from a day's start in UTC is before or after it everywhere.
+_ZONE_REACH_NS = 2 * 86400 * 10**9
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,12 @@ class Filters:
         """SQL conditions on `files` (ANDed) and their parameters."""
         clauses: list[str] = []
         params: list = []
-        if self.after:
-            clauses.append(f"{DATE_SQL} >= ?")
-            params.append(_start_of(self.after, "after").isoformat())
-        if self.before:
-            clauses.append(f"{DATE_SQL} < ?")
-            params.append(_start_of(self.before, "before").isoformat())
+        for day, on_or_after in ((_start_of(self.after, "after"), True),
+                                 (_start_of(self.before, "before"), False)):
+            if day is not None:
+                clause, args = _date_clause(day, on_or_after)
+                clauses.append(clause)
+                params += args
         if self.orientation == "landscape":
             clauses.append("width > height")
         elif self.orientation == "portrait":
@@ -113,6 +117,20 @@ class Filters:
                            " OR camera_make || ' ' || camera_model LIKE ? ESCAPE '\\')")
             params += [like] * 3
         return clauses, params
+
+
+def _date_clause(day: date, on_or_after: bool) -> tuple[str, list]:
+    """A photo's date (DATE_SQL) on or after `day`, or before it, as SQL that converts a
+    file's mtime to local time only within two days of `day`: DATE_SQL alone did so for
+    every row (a 100k-photo date filter spent ~90 ms of ~110 there). The same rows as
+    `DATE_SQL >= day` (or `<`) in any time zone, DST changes at midnight included."""
+    start = calendar.timegm(day.timetuple()) * 10**9  # the day's start, read as UTC
+    low, high = start - _ZONE_REACH_NS, start + _ZONE_REACH_NS
+    iso, op = day.isoformat(), ">=" if on_or_after else "<"
+    early, late = ("0", "1") if on_or_after else ("1", "0")
+    return (f"(CASE WHEN taken_at IS NOT NULL THEN taken_at {op} ?"
+            f" WHEN mtime_ns < ? THEN {early} WHEN mtime_ns >= ? THEN {late}"
+            f" ELSE {MTIME_SQL} {op} ? END)", [iso, low, high, iso])
 
 
 def _start_of(text: str | None, what: str) -> date | None:

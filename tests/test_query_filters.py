@@ -182,3 +182,51 @@ def test_cli_filters_and_listing(library):
     assert [h["path"] for h in listed] == newest
     page = cli_json("query", "a green square", "-n", "3", "--offset", "3", library=lib_path)
     assert [h["rank"] for h in page] == [4, 5, 6]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Sao_Paulo", "Pacific/Kiritimati",
+                                  "Etc/GMT+12", "Asia/Manila", "Europe/London"])
+def test_date_clauses_keep_what_the_local_date_keeps(zone, monkeypatch):
+    """The date filter's SQL converts an mtime to local time only near the day it is
+    compared with; it keeps exactly the rows the plain local date keeps, in zones 14 hours
+    ahead and 12 behind, one whose DST began at midnight (Sao Paulo, 2018-11-04), Manila
+    before 1845 (local mean time 15:56 behind UTC), EXIF dates and files with no mtime."""
+    import calendar
+    import sqlite3
+    import time
+    from datetime import date
+
+    from search.filters import DATE_SQL
+
+    if zone != "UTC" and not os.path.exists(f"/usr/share/zoneinfo/{zone}"):
+        pytest.skip(f"no tz database entry for {zone}")
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        days = [date(2018, 11, 4), date(2018, 11, 5), date(2024, 2, 29), date(1970, 1, 1),
+                date(1844, 12, 30), date(2000, 1, 1)]
+        rng = np.random.default_rng(3)
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE files (id INTEGER PRIMARY KEY, taken_at TEXT, mtime_ns)")
+        rows = []
+        for day in days:
+            start = calendar.timegm(day.timetuple())
+            seconds = start + np.concatenate([np.arange(-3 * 86400, 3 * 86400, 1800),
+                                              rng.integers(-9 * 86400, 9 * 86400, 300)])
+            rows += [(None, int(s) * 10**9 + int(rng.integers(0, 10**9))) for s in seconds]
+            rows += [(f"{day.isoformat()}T00:00:00", 0), (f"{day.isoformat()}T23:59:59", None)]
+        rows += [(None, None), ("2018-11-03T23:59:59", 10**18)]
+        conn.executemany("INSERT INTO files (taken_at, mtime_ns) VALUES (?, ?)", rows)
+        for day in days:
+            for key, op in (("after", ">="), ("before", "<")):
+                clauses, params = Filters(**{key: day.isoformat()}).where()
+                got = [r[0] for r in conn.execute(
+                    f"SELECT id FROM files WHERE {clauses[0]} ORDER BY id", params)]
+                want = [r[0] for r in conn.execute(
+                    f"SELECT id FROM files WHERE {DATE_SQL} {op} ? ORDER BY id",
+                    [day.isoformat()])]
+                assert got == want, (zone, day, key)
+                assert 0 < len(got) < len(rows)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
