@@ -230,3 +230,21 @@ def test_date_clauses_keep_what_the_local_date_keeps(zone, monkeypatch):
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_filters_id_selector_is_every_match_in_id_order(library):
+    """filtered_ids hands a search its selector as one string from SQLite (not a row per
+    id): the same ids as the rows, sorted, and none when nothing matches."""
+    lib_path, _ = library
+    with Library(lib_path) as lib:
+        for filters in [*CASES, Filters(after="2099")]:
+            clauses, params = filters.where()
+            where = " AND ".join(["status = 'ok'", *clauses])
+            want = sorted(r[0] for r in lib.catalog.conn.execute(
+                f"SELECT id FROM files WHERE {where}", params))
+            got = lib.catalog.filtered_ids(clauses, params)
+            assert got.dtype == np.int64 and got.tolist() == want, filters
+        folder = lib.roots[0]
+        inside = lib.catalog.filtered_ids([], [], folder)
+        assert inside.tolist() == sorted(r[0] for r in lib.catalog.conn.execute(
+            "SELECT id FROM files WHERE status = 'ok'"))
