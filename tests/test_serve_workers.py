@@ -130,7 +130,9 @@ def events_until_done(conn: http.client.HTTPConnection, seen: list[dict]) -> Non
 
 def test_one_index_run_through_any_process_reaches_every_process(tmp_path):
     lib_dir = indexed_library(tmp_path)
-    draw_photos(lib_dir.parent / "photos" / "new", per_pair=NEW // 24, seed=5, size=256)
+    # 1024 px: the run lasts several of the event streams' 0.25 s polls on a fast machine
+    # too (the model-167 Xeon indexed 240 photos of 256 px in 0.25 s: a stream saw no step)
+    draw_photos(lib_dir.parent / "photos" / "new", per_pair=NEW // 24, seed=5, size=1024)
     proc, base = start_server(lib_dir, "--workers", "2")
     try:
         conns = connections_by_pid(base, 2)
