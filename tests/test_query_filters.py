@@ -228,7 +228,7 @@ def test_date_clauses_keep_what_the_local_date_keeps(zone, monkeypatch):
                 assert got == want, (zone, day, key)
                 assert 0 < len(got) < len(rows)
     finally:
-        monkeypatch.delenv("TZ")
+        monkeypatch.undo()  # TZ as it was (set or not), then the process's zone from it
         time.tzset()
 
 
