@@ -84,8 +84,7 @@ def linked(path: Path) -> None:
     every new library's first index run re-hashed the model cache's text tower (~0.15 CPU s
     for ViT-B-32) because the previous library's link had moved its ctime."""
     with contextlib.suppress(OSError, ValueError):  # a read-only cache: hashed next time
-        info = json.loads(sidecar(path).read_text(encoding="utf-8"))
-        _write_sidecar(path, {**info, "verified": _stamp(os.stat(path))})
+        copy_record(path, path)  # its own record, stamped as the file is now
 
 
 def remove(path: Path) -> None:
