@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import subprocess
+import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -307,6 +309,44 @@ def test_heic_without_the_extra_names_the_install_command(monkeypatch):
         decode_image(data)
     assert info.value.reason == "heif-extra-missing"
     assert "pip install 'clipsearch[heif]'" in str(info.value)
+
+
+def test_a_jpeg_is_decoded_without_loading_every_plugin_or_pillow_heif(tmp_path):
+    """A JPEG head needs only the JPEG plugin: an index run's first photos must not wait for
+    Image.init() and pillow-heif (~50-80 ms of one core, under a lock). Any other head still
+    gets every photo format, HEIF included."""
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (32, 24), RED).save(photo, "JPEG")
+    code = (
+        "import sys\n"
+        "from clip_core.pixels.decode import decode_image, read_header\n"
+        f"read_header(open({str(photo)!r}, 'rb').read())\n"
+        f"assert decode_image({str(photo)!r}).image.size == (32, 24)\n"
+        "loaded = sorted(m for m in sys.modules if m.endswith('ImagePlugin'))\n"
+        "assert 'pillow_heif' not in sys.modules, 'pillow_heif'\n"
+        "assert 'PIL.JpegImagePlugin' in loaded and 'PIL.WebPImagePlugin' not in loaded, loaded\n"
+        "import io\n"
+        "from PIL import Image\n"
+        "png = io.BytesIO()\n"
+        "Image.new('RGB', (8, 8)).save(png, 'PNG')\n"
+        "assert decode_image(png.getvalue()).image.size == (8, 8)\n"
+        "assert 'PIL.WebPImagePlugin' in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_multi_picture_jpeg_decodes_its_first_picture():
+    first, second = Image.new("RGB", (40, 30), RED), Image.new("RGB", (40, 30), BLUE)
+    out = io.BytesIO()
+    first.save(out, "MPO", save_all=True, append_images=[second])
+    data = out.getvalue()
+    assert data.startswith(b"\xff\xd8\xff")
+    assert close_to(decode_image(data).image.getpixel((20, 15)), RED, tol=20)
+    assert close_to(decode_image(data, min_side=8).image.getpixel((5, 4)), RED, tol=20)
+    assert read_header(data).width == 40
 
 
 # --- modes and frames ---------------------------------------------------------------------
