@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from . import Progress
 
 
@@ -24,6 +24,10 @@ class ProgressBar:
         note = progress.note if progress.stage != "indexing" and progress.note else None
         desc = note[:1].upper() + note[1:] if note else "Indexing"
         if self.bar is None:
+            # Imported here: a --quiet or --json run never draws, and tqdm's import (~16 ms,
+            # importlib.metadata for its version) would precede the run's first file.
+            from tqdm import tqdm
+
             self.bar = tqdm(total=progress.total, unit="img", desc=desc, dynamic_ncols=True)
             if note:  # the compile's own lines (stderr) then start on a line of their own
                 sys.stderr.write("\n")

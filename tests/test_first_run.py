@@ -4,7 +4,11 @@ int8 tower the compile checked is handed to the run, encoding as the cached one 
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,8 @@ from clipsearch.progress import ProgressBar
 from tests.conftest import SHAPES_TINY
 from tests.helpers import PAIRS, draw_photos
 from tests.reliability_support import make_random_bundle
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow  # a compile (~5 s on the busy 2-core test machine)
@@ -55,6 +61,20 @@ def test_the_bar_says_compiling_then_indexing(capsys):
     assert "\n" in shown[at:shown.index("Indexing")]  # the compile's lines come below it
     assert "Indexing: 100%" in shown[at:]
     assert "Compiling" not in shown[shown.index("Indexing"):]
+
+
+def test_a_quiet_run_never_loads_the_bar():
+    """--quiet and --json runs draw nothing, so tqdm's import (~16 ms before the first file)
+    is left out of them; a drawn bar still works (above)."""
+    code = ("import sys\n"
+            "from clipsearch import Progress\n"
+            "from clipsearch.progress import ProgressBar\n"
+            "with ProgressBar(disable=True) as bar:\n"
+            "    bar.update(Progress(1, 2, 'a.jpg'))\n"
+            "assert 'tqdm' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
 
 
 VNNI = CpuFeatures("x86_64", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
