@@ -64,3 +64,15 @@ def assert_only_near_ties_swap(reference: dict[str, list], other: dict[str, list
     for query, ranked in other.items():
         assert pair_of(ranked[0].path) == tuple(query.split())
     return swaps, worst
+
+
+def mapped_kb(path: Path) -> int:
+    """Resident KB of this process's mappings of `path` (/proc/self/smaps; Linux only)."""
+    total, current = 0, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            current = fields[5] if len(fields) > 5 else None
+        elif fields[0] == "Rss:" and current == str(path):
+            total += int(fields[1])
+    return total

@@ -13,6 +13,7 @@ import pytest
 from search import Searcher
 from store import Catalog, FileRecord, int8_scan, vector_index
 from store.int8_scan import BLOCK, MARGIN, Codes, Int8Scan, bound_weights
+from tests.helpers import mapped_kb
 
 DIM = 512
 
@@ -464,19 +465,8 @@ def test_the_grading_sample_leaves_the_fp16_pages_out(tmp_path, small_split):
     index.use_int8_scan(now=True)
     if index.int8 is None or "not a mapping" in index.int8_note:
         pytest.skip(f"the fp16 pages stay in this build: {index.int8_note}")
-    before = _mapped_kb(path)
+    before = mapped_kb(path)
     assert before < 512, before  # 3 MB of rows, dropped
     np.testing.assert_array_equal(index.sample(1024), expected)
-    assert _mapped_kb(path) < before + 256, (before, _mapped_kb(path))
+    assert mapped_kb(path) < before + 256, (before, mapped_kb(path))
 
-
-def _mapped_kb(path: Path) -> int:
-    """Resident KB of this process's mappings of `path` (/proc/self/smaps)."""
-    total, current = 0, None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and not fields[0].endswith(":"):
-            current = fields[5] if len(fields) > 5 else None
-        elif fields[0] == "Rss:" and current == str(path):
-            total += int(fields[1])
-    return total

@@ -5,27 +5,15 @@ resident, and reads through the map stay correct after it."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from store import Catalog, FileRecord, index_cache
+from tests.helpers import mapped_kb
 
 DIM = 512
 COUNT = 4000  # 8 MB of vectors: far above what a few re-scoring reads map
-
-
-def _mapped_kb(path: Path) -> int:
-    """Resident KB of this process's mappings of `path` (/proc/self/smaps)."""
-    total, current = 0, None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and not fields[0].endswith(":"):
-            current = fields[5] if len(fields) > 5 else None
-        elif fields[0] == "Rss:" and current == str(path):
-            total += int(fields[1])
-    return total
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
@@ -42,7 +30,7 @@ def test_a_pass_over_every_vector_leaves_no_mapped_page_resident(tmp_path):
     index = index_cache.open_index(cat, "m", tmp_path / "vectors", DIM, use_cache=False)
     assert len(index) == COUNT
     # The whole 8 MB went through the map; none of it may stay (the build's copy is freed).
-    assert _mapped_kb(path) < 1024, _mapped_kb(path)
+    assert mapped_kb(path) < 1024, mapped_kb(path)
     assert cat.conn.execute("PRAGMA mmap_size").fetchone()[0] == mapped
     # Reads after it (a query's re-scoring) still see the right vectors.
     ids = [int(i) for (i,) in cat.conn.execute("SELECT id FROM files ORDER BY id LIMIT 3")]
