@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import functools
 import json
+import logging
 import os
 import stat
 import threading
@@ -30,7 +31,7 @@ from clip_core.encoders import ImageEncoder
 from clip_core.models.files import ensure_local
 from clip_core.models.ref import ModelRef, one_look, parse_model
 from clip_core.text.file_check import sidecar
-from clipsearch_errors import BadInputError, UsageError
+from clipsearch_errors import BadInputError, ModelError, UsageError
 from indexer import IndexReport, IndexSettings, Progress, run_index
 from indexer.ray_executor import require_ray
 from indexer.shards import ShardImport
@@ -54,6 +55,8 @@ from store.private import make_private_dir, tighten
 from store.vector_index import index_path
 
 from .layout import CATALOG_NAME, LOCK_NAME, TEXT_TOWERS_DIR, VECTORS_DIR
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from clip_core.compiled.cache import CompiledModel
@@ -739,9 +742,26 @@ class Library:
                 embedder = TextEmbedder(
                     ref.model_id, self.path / TEXT_TOWERS_DIR,
                     lambda: self.encoder(ref, frozenset({"text"})),
-                    writable=not self.readonly, low_memory=self.low_memory)
+                    writable=not self.readonly, low_memory=self.low_memory,
+                    without_torch=lambda e: self._text_tower_without_torch(ref, e))
                 self._text_embedders[ref.model_id] = embedder
             return embedder
+
+    def _text_tower_without_torch(self, ref: ModelRef, embedder: TextEmbedder) -> None:
+        """A library without its text tower (one an index run could not give it, or whose
+        tower was removed as damaged) takes the compiled model's, or reads it from the
+        model's weights file, before a query exports it through torch (ViT-B-32: ~5 s, and a
+        server stayed at 1.3 GB). Neither at hand: torch, as before."""
+        from clip_core.compiled.cache import find_compiled
+
+        try:
+            compiled = find_compiled(ref, self.models_dir, self.cache_dir)
+            if compiled is not None and compiled.text_tower is not None:
+                embedder.adopt(compiled.text_tower)
+            if not embedder.cached:
+                embedder.export_from_weights_file(ref, self.models_dir)
+        except (ModelError, OSError, ValueError) as exc:  # the torch path says what is wrong
+            log.info("text tower of %s not made without torch: %s", ref.model_id, exc)
 
     @_looks_once
     @_serialized

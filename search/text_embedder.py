@@ -39,17 +39,25 @@ class TextEmbedder:
         torch_encoder: Callable[[], ClipEncoder],
         writable: bool = True,
         low_memory: bool = False,
+        without_torch: Callable[[TextEmbedder], None] | None = None,
     ):
         self.model_id = model_id
         self.path = tower_path(cache_folder, model_id)
         self.torch_encoder = torch_encoder
         self.writable = writable
+        # Asked once, when the tower is not here at the first use: put it in place without
+        # torch where the caller can (a Library: its compiled model's, or its weights file's).
+        self._without_torch = without_torch
         # low_memory: a one-shot query process releases weight pages block by block (RSS
         # ~100 MB); a long-lived app keeps them mapped and uses BLAS threads (~2x faster).
         self.low_memory = low_memory
         self._fast: tuple[Any, Any] | None = None
 
     def _numpy_tower(self) -> tuple[Any, Any] | None:
+        if self._without_torch is not None:
+            make, self._without_torch = self._without_torch, None
+            if self.writable and not self.path.is_file():
+                make(self)
         if self._fast is None and self.path.is_file():
             from clip_core.text.file_check import DamagedFile
             from clip_core.text.tokenizer import ClipTokenizer

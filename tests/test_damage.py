@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tests.reliability_support import (
     QUERIES,
     assert_library_exact,
     default_model_id,
+    make_random_bundle,
     subprocess_env,
     top_k,
 )
@@ -225,3 +227,54 @@ def test_tower_without_checksum_is_quietly_remade(indexed):
     assert "damaged" not in proc.stderr, proc.stderr
     _same([[(r["path"], r["score"]) for r in json.loads(proc.stdout)]], before[:1])
     assert sidecar(_tower(library)).is_file()
+
+
+_QUERY_WITHOUT_TORCH = """
+import json, sys
+from clipsearch import Library
+with Library(sys.argv[1]) as lib:
+    hits = [[h.path, h.score] for h in lib.query(sys.argv[2], limit=5)]
+print(json.dumps({"hits": hits, "torch": "torch" in sys.modules}))
+"""
+
+
+def _query_in_a_new_process(env: dict, library: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _QUERY_WITHOUT_TORCH, str(library), QUERIES[0]],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_missing_tower_comes_back_without_torch(indexed):
+    """A library without its text tower (one an index run could not give it, or one `doctor`
+    removed as damaged) takes the compiled model's again: its next query never loads torch
+    (for ViT-B-32 that was ~5 s, and a server kept 1.3 GB)."""
+    library, env = indexed
+    before = top_k(library, k=5)
+    shared = next((Path(env["CLIPSEARCH_CACHE"]) / "compiled").rglob("text.safetensors"))
+    for path in (_tower(library), sidecar(_tower(library))):
+        path.unlink()
+    got = _query_in_a_new_process(env, library)
+    assert not got["torch"]
+    assert os.path.samefile(_tower(library), shared) and _vouched(_tower(library))
+    _same([[tuple(h) for h in got["hits"]]], before[:1])
+
+
+def test_a_missing_tower_is_read_from_the_weights_file_when_nothing_is_compiled(tmp_path):
+    """The same with no compiled model at hand (another cache): the tower is read from the
+    model's safetensors file, as the compile reads it, still without torch."""
+    model = make_random_bundle(tmp_path / "bundle")  # a plain ViT: readable without torch
+    write_corpus(tmp_path / "photos", per_pair=1, seed=31, size=64)
+    env = {**subprocess_env(tmp_path), "CLIPSEARCH_CACHE": str(tmp_path / "cache")}
+    library = tmp_path / "lib"
+    _run(env, "index", str(tmp_path / "photos"), "--model", model, "-q", "--library",
+         str(library))
+    before = top_k(library, k=5)
+    for path in (_tower(library), sidecar(_tower(library))):
+        path.unlink()
+    got = _query_in_a_new_process({**env, "CLIPSEARCH_CACHE": str(tmp_path / "empty")},
+                                  library)
+    assert not got["torch"]
+    assert os.stat(_tower(library)).st_nlink == 1 and _vouched(_tower(library))
+    _same([[tuple(h) for h in got["hits"]]], before[:1])
+    _same(top_k(library, k=5), before)
