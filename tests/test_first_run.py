@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +20,9 @@ from clip_core.pixels.preprocess import preprocess_batch
 from clip_core.pixels.probes import probe_images
 from clipsearch import Library, Progress
 from clipsearch.progress import ProgressBar
-from tests.conftest import SHAPES_TINY
+from tests.conftest import REPO, SHAPES_TINY
 from tests.helpers import PAIRS, draw_photos
 from tests.reliability_support import make_random_bundle
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow  # a compile (~5 s on the busy 2-core test machine)

@@ -28,6 +28,7 @@ from clip_core.pixels.decode import (
     read_photo_meta,
 )
 from clip_core.pixels.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessSpec, preprocess
+from tests.conftest import REPO
 from tests.hostile_corpus import (
     BLUE,
     EXIF_DATE_ISO,
@@ -332,7 +333,7 @@ def test_a_jpeg_is_decoded_without_loading_every_plugin_or_pillow_heif(tmp_path)
         "assert decode_image(png.getvalue()).image.size == (8, 8)\n"
         "assert 'PIL.WebPImagePlugin' in sys.modules\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
