@@ -26,6 +26,20 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@lru_cache(maxsize=1)
+def cpu_model_name() -> str:
+    """The CPU's name as /proc/cpuinfo gives it (x86 "model name", ARM "CPU part"), else
+    platform.processor(): which chip, where flags alone do not say how fast it is."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith(("model name", "CPU part")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def cpu_has_fast_bf16() -> bool:
     if os.environ.get("CLIPSEARCH_NO_BF16"):
         return False
@@ -102,10 +116,11 @@ class CpuFeatures:
 
 
 def text_int8_kinds(cpu: CpuFeatures) -> tuple[str, ...]:
-    """The int8 text towers to try on `cpu`, fastest first (clip_core.text.tower_onnx): the
-    per-run "dynamic" scale where int8 products are summed in 32 bits; on x86 without them
-    its "unsigned" twin, whose U8U8 kernels widen to 16 bits instead of saturating; "blocks"
-    everywhere. Each must still agree with fp32 on the machine at hand."""
+    """The int8 text towers to try on `cpu` (clip_core.text.tower_onnx), likeliest fastest
+    first: the per-run "dynamic" scale where int8 products are summed in 32 bits; on x86
+    without them its "unsigned" twin, whose U8U8 kernels widen to 16 bits instead of
+    saturating; "blocks" everywhere. Each must still agree with fp32 on the machine at hand;
+    those that do are then timed once per machine (clip_core.text.runner_record)."""
     if cpu.saturating_int8:
         return ("unsigned", "blocks")
     if cpu.x86 or "asimddp" in cpu.flags:
@@ -114,10 +129,10 @@ def text_int8_kinds(cpu: CpuFeatures) -> tuple[str, ...]:
 
 
 def text_int8_timed(cpu: CpuFeatures) -> bool:
-    """Whether the int8 text tower (clip_core.text.tower_onnx) must also be measured faster
-    than fp32 to be kept: where int8 is not surely faster (`int8_outruns_torch`: x86 without
-    AVX2, ARM without dot products). Its agreement with fp32 is checked on every CPU. On
-    AVX2 it is not timed: "unsigned" ran ViT-B-32's tower in half fp32's time on the masked
-    cores, and a timed choice is each process's own (a near tie, as the tiny model's, went
-    either way from one Library to the next: one query, two scores)."""
+    """Whether int8 must also be measured faster than fp32 to be kept where no timed choice
+    is recorded (a text tower with no writable cache, each process for itself; the int8 vector
+    scan): where int8 is not surely faster (`int8_outruns_torch`: x86 without AVX2, ARM
+    without dot products). Elsewhere the flags' first kind that agrees is kept untimed, so
+    that every process answers a query with the same scores (a near tie, as the tiny
+    model's, went either way from one Library to the next)."""
     return not cpu.int8_outruns_torch

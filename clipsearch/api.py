@@ -743,9 +743,20 @@ class Library:
                     ref.model_id, self.path / TEXT_TOWERS_DIR,
                     lambda: self.encoder(ref, frozenset({"text"})),
                     writable=not self.readonly, low_memory=self.low_memory,
-                    without_torch=lambda e: self._text_tower_without_torch(ref, e))
+                    without_torch=lambda e: self._text_tower_without_torch(ref, e),
+                    runner_records=self._runner_records())
                 self._text_embedders[ref.model_id] = embedder
             return embedder
+
+    def _runner_records(self) -> Path | None:
+        """Where long-lived processes record the text tower's runner timed on this machine
+        (clip_core.text.runner_record): beside compiled models, shared by every library."""
+        if self.low_memory:
+            return None
+        from clip_core.compiled.cache import default_cache_dir
+        from clip_core.text.runner_record import FOLDER
+
+        return (self.cache_dir or default_cache_dir()).parent / FOLDER
 
     def _text_tower_without_torch(self, ref: ModelRef, embedder: TextEmbedder) -> None:
         """A library without its text tower (one an index run could not give it, or whose

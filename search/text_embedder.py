@@ -40,6 +40,7 @@ class TextEmbedder:
         writable: bool = True,
         low_memory: bool = False,
         without_torch: Callable[[TextEmbedder], None] | None = None,
+        runner_records: Path | None = None,
     ):
         self.model_id = model_id
         self.path = tower_path(cache_folder, model_id)
@@ -51,6 +52,8 @@ class TextEmbedder:
         # low_memory: a one-shot query process releases weight pages block by block (RSS
         # ~100 MB); a long-lived app keeps them mapped and uses BLAS threads (~2x faster).
         self.low_memory = low_memory
+        # where the runner timed for a tower on this machine is recorded (the user's cache)
+        self.runner_records = runner_records
         self._fast: tuple[Any, Any] | None = None
 
     def _numpy_tower(self) -> tuple[Any, Any] | None:
@@ -72,13 +75,39 @@ class TextEmbedder:
                 log.warning("ignoring text tower cache %s: %s", self.path, exc)
                 return None
             if not self.low_memory:
-                from clip_core.cpu import CpuFeatures, text_int8_kinds, text_int8_timed
-
-                cpu = CpuFeatures.here()
-                tower.use_onnxruntime(int8=True, timed=text_int8_timed(cpu),
-                                      kinds=text_int8_kinds(cpu))
+                self._choose_runner(tower)
             self._fast = (tower, ClipTokenizer(context_length=tower.context_length))
         return self._fast
+
+    def _choose_runner(self, tower: Any) -> None:
+        """A long-lived process runs the tower on onnxruntime: the runner recorded for this
+        tower on this machine, else the fastest that agrees with fp32, timed here and
+        recorded for every later process (clip_core.text.runner_record). With nowhere to
+        record (no cache folder, no checksum), the first kind in the CPU's order that agrees
+        (timed against fp32 only where int8 is not surely faster), as each process takes."""
+        from clip_core.cpu import CpuFeatures, text_int8_kinds, text_int8_timed
+        from clip_core.text import file_check, runner_record
+
+        cpu = CpuFeatures.here()
+        kinds = text_int8_kinds(cpu)
+        here = runner_record.machine(cpu)
+        folder, digest = self.runner_records, file_check.digest(self.path)
+        if folder is None or digest is None:
+            tower.use_onnxruntime(int8=True, timed=text_int8_timed(cpu), kinds=kinds)
+            return
+        known = runner_record.recorded(folder, digest, here)
+        with contextlib.ExitStack() as stack:
+            if known is None:  # another process may be timing it now: its choice, then
+                if not stack.enter_context(runner_record.choosing(folder)):
+                    tower.use_onnxruntime(int8=True, timed=text_int8_timed(cpu), kinds=kinds)
+                    return
+                known = runner_record.recorded(folder, digest, here)
+            seconds = tower.use_fastest(kinds, known=known)  # timed unless known still agrees
+            if seconds:
+                runner_record.remember(folder, digest, here, tower.runner, seconds,
+                                       self.model_id)
+                log.info("text tower of %s runs %s here (ms a query: %s)", self.model_id,
+                         tower.runner, {k: round(v * 1e3, 2) for k, v in seconds.items()})
 
     def logit_scale(self) -> float | None:
         """The model's zero-shot temperature from the cached tower (None: not cached, or

@@ -187,8 +187,8 @@ def test_int8_rankings_equal_fp32_with_the_tiny_model(tmp_path):
 
 
 def test_int8_text_tower_keeps_the_tiny_models_rankings(tmp_path, monkeypatch):
-    """A long-lived Library queries through the int8 text tower where it agrees with fp32
-    (and, on CPUs without int8 dot products, was measured faster): its rankings against the
+    """A long-lived Library queries through the fastest of the int8 kinds that agree with
+    fp32 and fp32 itself, timed here (tests/test_runner_record.py): its rankings against the
     fp32 numpy tower's (same library, same vectors). CPU flags given as data."""
     photos = tmp_path / "p"
     draw_photos(photos, per_pair=2, seed=36)
@@ -199,19 +199,20 @@ def test_int8_text_tower_keeps_the_tiny_models_rankings(tmp_path, monkeypatch):
         assert lib._text_embedder(lib.default_model)._numpy_tower()[0].precision == "numpy"
     for cpu in (AVX512_VNNI, AVX2_ONLY, SSE_ONLY):
         monkeypatch.setattr(CpuFeatures, "here", staticmethod(lambda c=cpu: c))
-        with Library(tmp_path / "lib") as lib:
+        # a cache of its own: no runner recorded yet for these CPUs (none is compiled there:
+        # queries need none)
+        with Library(tmp_path / "lib", cache_dir=tmp_path / "cache") as lib:
             rankings = shape_rankings(lib)
             tower = lib._text_embedder(lib.default_model)._numpy_tower()[0]
         # Whatever this CPU's int8 kernels make of it: int8 only where it agreed with fp32,
-        # timed only where the flags make int8 not surely faster, then kept only if faster.
-        agreed = tower.int8_agreement >= INT8_MIN_COS
-        timing = tower.int8_timing
-        assert (timing is not None) == (agreed and text_int8_timed(cpu)), (cpu, timing)
-        faster = timing is None or timing[0] < timing[1]
-        assert tower.precision == ("int8" if agreed and faster else "fp32"), (
-            tower.int8_agreement, timing)
+        # and only where it ran a query faster than fp32 and the other kinds
+        assert list(tower.int8_tried) == list(text_int8_kinds(cpu))
+        agreed = {k for k, cos in tower.int8_tried.items() if cos >= INT8_MIN_COS}
+        seconds = tower.runner_seconds
+        assert set(seconds) == ({*agreed, "fp32"} if agreed else set())
+        assert tower.runner == (min(seconds, key=seconds.get) if seconds else "fp32")
         swaps, worst = assert_only_near_ties_swap(reference, rankings)
-        print(f"{tower.precision} text tower: {swaps} top-10 positions swapped, "
+        print(f"{tower.kind} text tower: {swaps} top-10 positions swapped, "
               f"largest gap {worst:.4f}")
 
 

@@ -164,6 +164,29 @@ def test_the_first_int8_kind_that_passes_its_guard_is_kept(b32_file, tok77, monk
     assert runs == [1] * len(TEXTS)
 
 
+def test_the_fastest_runner_that_agrees_is_kept(b32_file, tok77, monkeypatch):
+    """use_fastest: every kind that passes its guard and fp32, timed in turns, the fastest
+    kept; a runner chosen before is built alone while it still passes; none passing: fp32,
+    with nothing to time."""
+    kinds = ("dynamic", "blocks")
+    tower = NumpyTextTower.load(b32_file, release_pages=False)
+    seconds = tower.use_fastest(kinds)
+    agreed = [k for k in kinds if tower.int8_tried[k] >= text_tower.INT8_MIN_COS]
+    assert list(tower.int8_tried) == list(kinds) and set(seconds) == {*agreed, "fp32"}
+    assert tower.runner == min(seconds, key=seconds.get) and tower.runner_seconds == seconds
+    fp32 = NumpyTextTower.load(b32_file).encode_tokens(tok77(TEXTS))
+    assert (tower.encode_tokens(tok77(TEXTS)) * fp32).sum(axis=1).min() >= 0.999
+    for known in (*agreed, "fp32"):
+        again = NumpyTextTower.load(b32_file, release_pages=False)
+        assert again.use_fastest(kinds, known=known) == {} and again.runner == known
+        assert list(again.int8_tried) == ([known] if known != "fp32" else [])
+    monkeypatch.setattr(text_tower, "INT8_MIN_COS", 1.01)  # a bar no int8 tower passes
+    fallen = NumpyTextTower.load(b32_file, release_pages=False)
+    assert fallen.use_fastest(kinds, known="blocks") == {} and fallen.runner == "fp32"
+    assert list(fallen.int8_tried) == ["blocks", "dynamic"]  # the known one first
+    np.testing.assert_allclose(fallen.encode_tokens(tok77(TEXTS)), fp32, atol=1e-5)
+
+
 def test_onnxruntime_runs_the_rows_after_the_start_tokens_state(b32_file, tok77,
                                                                  monkeypatch):
     """Every text begins with the start token, whose row never depends on the rest: its

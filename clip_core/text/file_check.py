@@ -43,6 +43,14 @@ def record(path: Path, digest: str, size: int) -> None:
     _write_sidecar(path, {"sha256": digest, "size": size, "verified": _stamp(st)})
 
 
+def digest(path: Path) -> str | None:
+    """The SHA-256 recorded for `path` when it was written (None: no readable record)."""
+    try:
+        return str(json.loads(sidecar(path).read_text(encoding="utf-8"))["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

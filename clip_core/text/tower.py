@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from clip_core.encoders import GUARD_MIN_COS
+from clip_core.heap import give_back
 from clip_core.text import file_check
 from clipsearch_errors import ModelError
 
@@ -184,14 +185,16 @@ INT8_MIN_COS = GUARD_MIN_COS  # one bar for every reduced-precision tower
 
 
 def probe_tokens(context_length: int, vocab: int, count: int = 8,
-                 seed: int = 7) -> np.ndarray:
-    """Token rows of several lengths: start token, random words, end token (the largest id,
-    which argmax pooling reads), padding. For checking a faster tower against fp32. Up to 40
-    words: queries are short, and the numpy reference costs ~0.1 s a row at full length."""
+                 seed: int = 7, shortest: int = 2) -> np.ndarray:
+    """Token rows of several lengths, `shortest` words and up: start token, random words,
+    end token (the largest id, which argmax pooling reads), padding. For checking a faster
+    tower against fp32. Up to 40 words: queries are short, and the numpy reference costs
+    ~0.1 s a row at full length."""
     rng = np.random.default_rng(seed)
     rows = np.zeros((count, context_length), np.int64)
     longest = min(context_length - 2, 40)
-    for i, length in enumerate(np.linspace(2, longest, count).astype(int)):
+    shortest = min(shortest, longest)
+    for i, length in enumerate(np.linspace(shortest, longest, count).astype(int)):
         rows[i, 0], rows[i, length + 1] = vocab - 2, vocab - 1
         rows[i, 1 : length + 1] = rng.integers(1, vocab - 2, length)
     return rows
@@ -226,6 +229,7 @@ class NumpyTextTower:
         self._probe_vectors: np.ndarray | None = None  # fp32's, for every kind tried
         self._fp32: Any = None  # fp32 OnnxTextBlocks, made once when needed
         self.int8_timing: tuple[float, float] | None = None  # (int8 s, fp32 s) when timed
+        self.runner_seconds: dict[str, float] = {}  # use_fastest's timings
         self.blocks = []
         for i in range(header["layers"]):
             p = f"resblocks.{i}."
@@ -305,11 +309,62 @@ class NumpyTextTower:
             if not self._agrees(blocks):
                 continue
             if timed:
-                self.int8_timing = self._query_seconds(blocks, self._fp32_blocks())
-                if self.int8_timing[0] >= self.int8_timing[1]:
+                int8_s, fp32_s = self._query_seconds([blocks, self._fp32_blocks()])
+                self.int8_timing = (int8_s, fp32_s)
+                if int8_s >= fp32_s:
                     continue
             return blocks
         return None
+
+    def use_fastest(self, kinds: Sequence[str], known: str | None = None) -> dict[str, float]:
+        """Run the blocks on onnxruntime (long-lived processes, as use_onnxruntime) with the
+        fastest runner here: each int8 kind of `kinds` that agrees with fp32 within
+        INT8_MIN_COS on probe texts, and fp32 itself, timed in turns. `known`: a runner
+        chosen so before (clip_core.text.runner_record), built alone and kept, untimed, while
+        it still agrees. Returns each timed runner's seconds a query ({}: nothing was timed,
+        one runner being left); `runner` then names the one kept. Changes nothing where
+        onnxruntime is unavailable (numpy runs, "numpy")."""
+        from clip_core.text.tower_onnx import OnnxTextBlocks
+
+        if self._onnx is not None or self._mapping is not None:
+            return {}
+        try:
+            if known == "fp32":
+                self._keep(self._fp32_blocks())
+                return {}
+            if known in kinds:
+                blocks = OnnxTextBlocks(self, kind=known)
+                if self._agrees(blocks):
+                    self._keep(blocks)
+                    return {}
+            runners = [OnnxTextBlocks(self, kind=k) for k in kinds if k != known]
+            runners = [b for b in runners if self._agrees(b)] + [self._fp32_blocks()]
+            if len(runners) == 1:
+                self._keep(runners[0])
+                return {}
+            seconds = self._query_seconds(runners)
+            self._keep(runners[int(np.argmin(seconds))])
+            self.runner_seconds = {b.kind: s for b, s in zip(runners, seconds, strict=True)}
+            runners.clear()  # the others' weights and sessions (ViT-B-32: ~110 MB) go back
+            give_back()
+            return self.runner_seconds
+        except Exception as exc:  # missing package or an odd graph: numpy still works
+            logging.getLogger(__name__).info("text tower stays on numpy: %s", exc)
+            self._onnx = self._fp32 = None
+            return {}
+
+    def _keep(self, blocks: Any) -> None:
+        """Run on `blocks` from now on; the others are dropped (an int8 kind's: the fp32
+        session made to time or check it, and the fp32 pages the checks read)."""
+        self._onnx = blocks
+        if blocks.kind != "fp32":
+            self._fp32 = None
+            self._release_fp32_pages()
+
+    @property
+    def runner(self) -> str:
+        """The runner's name as runner_record keeps it: an int8 kind, "fp32", "numpy"."""
+        return self._onnx.kind if self._onnx is not None else "numpy"
 
     def int8_agreements(self, kinds: Sequence[str]) -> dict[str, float]:
         """Each int8 kind's min cosine to fp32 on the probe texts, as use_onnxruntime checks
@@ -356,24 +411,29 @@ class NumpyTextTower:
                                              blocks.kind, self.int8_agreement)
         return self.int8_agreement >= INT8_MIN_COS
 
-    def _query_seconds(self, first: Any, second: Any, rounds: int = 5) -> tuple[float, float]:
-        """Best time of one short query through each of two block runners (after a warm-up
-        run each), run in turns so that a slow spell of the machine slows both alike."""
+    def _query_seconds(self, runners: Sequence[Any], rounds: int = 7) -> list[float]:
+        """Median time of one short query through each block runner (after a warm-up run
+        each), run in turns: a slow spell of the machine slows all alike, and each runner's
+        weights are read from memory as in a warm query, after the vector scan evicted them
+        (alone, a tower's weights stay in cache and the ranking may differ)."""
         import time
 
-        tokens = probe_tokens(self.context_length, self.token_embedding.shape[0], count=1)
-        best = [float("inf")] * 2
+        # a query of six words ("a cat asleep on a sofa"): with two, "unsigned" and
+        # "blocks" ran alike on AVX2 kernels, with six 9.3 against 7.5 ms, as warm queries
+        tokens = probe_tokens(self.context_length, self.token_embedding.shape[0], count=1,
+                              shortest=6)
+        times: list[list[float]] = [[] for _ in runners]
         try:
             for round_ in range(rounds + 1):
-                for i, blocks in enumerate((first, second)):
+                for i, blocks in enumerate(runners):
                     self._onnx = blocks
                     start = time.perf_counter()
                     self.encode_tokens(tokens)
                     if round_:  # round 0 warms up
-                        best[i] = min(best[i], time.perf_counter() - start)
+                        times[i].append(time.perf_counter() - start)
         finally:
             self._onnx = None
-        return best[0], best[1]
+        return [float(np.median(t)) for t in times]
 
     def _release_fp32_pages(self) -> None:
         """With int8 blocks (their own copies of the matrices) the fp32 matrices are never

@@ -15,9 +15,10 @@ after it run; the last block's products run on the pooled rows only. ViT-B-32's 
 kind on AVX2 kernels (masked), the warm query's texts in turns in one process: 0.94-0.95 of
 the time before (docs/benchmarks.md).
 
-Two int8 kinds, each kept only where NumpyTextTower.use_onnxruntime finds it within
-cosine 0.999 of fp32 on probe texts (clip_core.cpu.text_int8_kinds says which to try, in
-what order, on a CPU):
+Three int8 kinds, each kept only where NumpyTextTower finds it within cosine 0.999 of fp32
+on probe texts (clip_core.cpu.text_int8_kinds says which to try on a CPU); of those that
+agree, a library runs the fastest here, timed once against the others and fp32 and recorded
+(clip_core.text.runner_record):
 - "dynamic": onnxruntime's DynamicQuantizeMatMul, int8 weights with a scale per output
   channel and the run's activations quantised to uint8 with one scale. Its scale spans every
   row of a run, so each text runs alone (`per_text`): its vector depends on it alone. Only
@@ -28,13 +29,13 @@ what order, on a CPU):
   that MLAS runs its U8U8 kernels: on AVX2 they widen both sides to 16 bits and sum pairs in
   32 (vpmaddwd), which nothing saturates. For x86 without VNNI: ViT-B-32 on the AMX VM's
   cores masked to AVX2 (bench.masked_cpu) agreed as "dynamic" does natively (0.99941) in 6.5
-  ms a query against "blocks" 8.3 and fp32 ~12 (docs/benchmarks.md).
+  ms a query against "blocks" 8.3 and fp32 ~12, its weights hot in cache; in turns with
+  the others, as after a warm query's vector scan, 9.3 against "blocks" 7.5 on another
+  host of the same kind (docs/benchmarks.md): the reason the choice is timed.
 - "blocks": MatMulNBits, weights in int8 with a scale per 32 values and activations
   quantised per row and 32-value block as they come, so each text's vector is its own in any
   batch. A query streams 39 MB instead of 151 (ViT-B-32: 6.8 vs 11.9 ms in one run) at
-  cosine ~0.9997 to fp32. Tried on every CPU; where int8 is not surely faster (x86 without
-  AVX2, ARM without dot products) it is kept only if measured faster
-  (clip_core.cpu.text_int8_timed).
+  cosine ~0.9997 to fp32. Tried on every CPU.
 """
 
 from __future__ import annotations
