@@ -81,8 +81,9 @@ class TextEmbedder:
 
     def _choose_runner(self, tower: Any) -> None:
         """A long-lived process runs the tower on onnxruntime: the runner recorded for this
-        tower on this machine, else the fastest that agrees with fp32, timed here and
-        recorded for every later process (clip_core.text.runner_record). With nowhere to
+        tower on this machine, else the fastest int8 kind that agrees with fp32 (and fp32
+        too where int8 is not surely faster), timed here and recorded for every later
+        process (clip_core.text.runner_record). With nowhere to
         record (no cache folder, no checksum), the first kind in the CPU's order that agrees
         (timed against fp32 only where int8 is not surely faster), as each process takes."""
         from clip_core.cpu import CpuFeatures, text_int8_kinds, text_int8_timed
@@ -102,7 +103,8 @@ class TextEmbedder:
                     tower.use_onnxruntime(int8=True, timed=text_int8_timed(cpu), kinds=kinds)
                     return
                 known = runner_record.recorded(folder, digest, here)
-            seconds = tower.use_fastest(kinds, known=known)  # timed unless known still agrees
+            # timed unless `known` still agrees; fp32 only where int8 is not surely faster
+            seconds = tower.use_fastest(kinds, known=known, with_fp32=text_int8_timed(cpu))
             if seconds:
                 runner_record.remember(folder, digest, here, tower.runner, seconds,
                                        self.model_id)

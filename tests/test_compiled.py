@@ -205,12 +205,16 @@ def test_int8_text_tower_keeps_the_tiny_models_rankings(tmp_path, monkeypatch):
             rankings = shape_rankings(lib)
             tower = lib._text_embedder(lib.default_model)._numpy_tower()[0]
         # Whatever this CPU's int8 kernels make of it: int8 only where it agreed with fp32,
-        # and only where it ran a query faster than fp32 and the other kinds
+        # the fastest of the kinds that did, and fp32 timed against them where int8 is not
+        # surely faster
         assert list(tower.int8_tried) == list(text_int8_kinds(cpu))
-        agreed = {k for k, cos in tower.int8_tried.items() if cos >= INT8_MIN_COS}
+        timed = {k for k, cos in tower.int8_tried.items() if cos >= INT8_MIN_COS}
+        if text_int8_timed(cpu) and timed:
+            timed.add("fp32")
         seconds = tower.runner_seconds
-        assert set(seconds) == ({*agreed, "fp32"} if agreed else set())
-        assert tower.runner == (min(seconds, key=seconds.get) if seconds else "fp32")
+        assert set(seconds) == (timed if len(timed) > 1 else set())
+        assert tower.runner == (min(seconds, key=seconds.get) if seconds
+                                else next(iter(timed), "fp32"))
         swaps, worst = assert_only_near_ties_swap(reference, rankings)
         print(f"{tower.kind} text tower: {swaps} top-10 positions swapped, "
               f"largest gap {worst:.4f}")

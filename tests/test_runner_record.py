@@ -70,9 +70,16 @@ def test_the_first_process_times_every_agreeing_runner_and_records_the_fastest(
     agreed = [k for k in text_int8_kinds(VNNI) if tower.int8_tried[k] >= INT8_MIN_COS]
     assert list(tower.int8_tried) == list(text_int8_kinds(VNNI))  # every kind checked
     seconds = tower.runner_seconds
-    assert set(seconds) == {*agreed, "fp32"} and all(s > 0 for s in seconds.values())
+    assert len(agreed) == 2, "the tiny model agrees in both kinds here: a choice to make"
+    # fp32 is timed too only where int8 is not surely faster
+    assert set(seconds) == set(agreed) and all(s > 0 for s in seconds.values())
     assert tower.runner == min(seconds, key=seconds.get)
-    [path] = _records(cache)
+    sse, _ = _warm(library, cache, SSE_ONLY, monkeypatch)
+    assert set(sse.runner_seconds) == {k for k, cos in sse.int8_tried.items()
+                                       if cos >= INT8_MIN_COS} | {"fp32"}
+    path = runner_record.record_path(cache / runner_record.FOLDER, _digest(library),
+                                     runner_record.machine(VNNI))
+    assert len(_records(cache)) == 2  # one for each machine
     entry = json.loads(path.read_text())
     assert entry["runner"] == tower.runner and entry["seconds"].keys() == seconds.keys()
     assert entry["machine"] == runner_record.machine(VNNI)

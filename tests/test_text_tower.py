@@ -165,12 +165,12 @@ def test_the_first_int8_kind_that_passes_its_guard_is_kept(b32_file, tok77, monk
 
 
 def test_the_fastest_runner_that_agrees_is_kept(b32_file, tok77, monkeypatch):
-    """use_fastest: every kind that passes its guard and fp32, timed in turns, the fastest
-    kept; a runner chosen before is built alone while it still passes; none passing: fp32,
-    with nothing to time."""
+    """use_fastest: every kind that passes its guard (and fp32, when asked), timed in turns,
+    the fastest kept; a runner chosen before is built alone while it still passes; none
+    passing: fp32, with nothing to time."""
     kinds = ("dynamic", "blocks")
     tower = NumpyTextTower.load(b32_file, release_pages=False)
-    seconds = tower.use_fastest(kinds)
+    seconds = tower.use_fastest(kinds, with_fp32=True)
     agreed = [k for k in kinds if tower.int8_tried[k] >= text_tower.INT8_MIN_COS]
     assert list(tower.int8_tried) == list(kinds) and set(seconds) == {*agreed, "fp32"}
     assert tower.runner == min(seconds, key=seconds.get) and tower.runner_seconds == seconds
@@ -180,6 +180,10 @@ def test_the_fastest_runner_that_agrees_is_kept(b32_file, tok77, monkeypatch):
         again = NumpyTextTower.load(b32_file, release_pages=False)
         assert again.use_fastest(kinds, known=known) == {} and again.runner == known
         assert list(again.int8_tried) == ([known] if known != "fp32" else [])
+    int8_only = NumpyTextTower.load(b32_file, release_pages=False)
+    if len(agreed) == 2:
+        assert set(int8_only.use_fastest(kinds, with_fp32=False)) == set(agreed)
+        assert int8_only.runner in agreed
     monkeypatch.setattr(text_tower, "INT8_MIN_COS", 1.01)  # a bar no int8 tower passes
     fallen = NumpyTextTower.load(b32_file, release_pages=False)
     assert fallen.use_fastest(kinds, known="blocks") == {} and fallen.runner == "fp32"

@@ -316,14 +316,17 @@ class NumpyTextTower:
             return blocks
         return None
 
-    def use_fastest(self, kinds: Sequence[str], known: str | None = None) -> dict[str, float]:
+    def use_fastest(self, kinds: Sequence[str], known: str | None = None,
+                    with_fp32: bool = True) -> dict[str, float]:
         """Run the blocks on onnxruntime (long-lived processes, as use_onnxruntime) with the
         fastest runner here: each int8 kind of `kinds` that agrees with fp32 within
-        INT8_MIN_COS on probe texts, and fp32 itself, timed in turns. `known`: a runner
-        chosen so before (clip_core.text.runner_record), built alone and kept, untimed, while
-        it still agrees. Returns each timed runner's seconds a query ({}: nothing was timed,
-        one runner being left); `runner` then names the one kept. Changes nothing where
-        onnxruntime is unavailable (numpy runs, "numpy")."""
+        INT8_MIN_COS on probe texts, and fp32 itself when `with_fp32` (where int8 is not
+        surely faster: clip_core.cpu.text_int8_timed; its session prepacks a copy of the
+        weights, ViT-B-32: ~150 MB more at the peak), timed in turns; fp32 where none agrees.
+        `known`: a runner chosen so before (clip_core.text.runner_record), built alone and
+        kept, untimed, while it still agrees. Returns each timed runner's seconds a query
+        ({}: nothing was timed, one runner being left); `runner` then names the one kept.
+        Changes nothing where onnxruntime is unavailable (numpy runs, "numpy")."""
         from clip_core.text.tower_onnx import OnnxTextBlocks
 
         if self._onnx is not None or self._mapping is not None:
@@ -338,7 +341,9 @@ class NumpyTextTower:
                     self._keep(blocks)
                     return {}
             runners = [OnnxTextBlocks(self, kind=k) for k in kinds if k != known]
-            runners = [b for b in runners if self._agrees(b)] + [self._fp32_blocks()]
+            runners = [b for b in runners if self._agrees(b)]
+            if with_fp32 or not runners:
+                runners.append(self._fp32_blocks())
             if len(runners) == 1:
                 self._keep(runners[0])
                 return {}
