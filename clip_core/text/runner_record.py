@@ -103,7 +103,10 @@ def choosing(folder: Path) -> Iterator[bool]:
         return
     try:
         if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError as exc:  # a file system without locks (some network mounts)
+                log.info("choosing the text tower's runner unlocked: %s", exc)
         yield True
     finally:
         os.close(handle)
