@@ -157,6 +157,44 @@ def test_linking_the_shared_tower_keeps_it_vouched_for(indexed, tmp_path):
     _same(top_k(third, k=5), top_k(library, k=5))
 
 
+def test_a_link_made_or_removed_elsewhere_is_not_hashed_again(tmp_path, monkeypatch):
+    """Deleting a library unlinks the shared tower, which moves its ctime: with the inode,
+    size and mtime as at the last match and the link count changed, the next check only
+    re-stamps it (the bench's phone runs paid ~0.17 CPU s a run for that hash). A write,
+    even one that sets the mtime back, still shows where the link count did not change."""
+    import hashlib
+
+    from clip_core.text import file_check
+
+    shared = tmp_path / "text.safetensors"
+    data = random.Random(6).randbytes(1 << 20)
+    shared.write_bytes(data)
+    file_check.record(shared, hashlib.sha256(data).hexdigest(), len(data))
+    hashed: list[Path] = []
+    real_hash = file_check.hash_file
+    monkeypatch.setattr(file_check, "hash_file", lambda p: (hashed.append(p), real_hash(p))[1])
+    library = tmp_path / "lib.text.safetensors"
+    os.link(shared, library)  # a library made: its link, its own record
+    file_check.linked(shared)
+    file_check.copy_record(shared, library)
+    other = tmp_path / "other.text.safetensors"
+    os.link(shared, other)  # another library made without telling the first
+    file_check.verify(library)
+    other.unlink()  # and deleted
+    library.unlink()  # the first one deleted too
+    file_check.verify(shared)
+    assert hashed == [] and _vouched(shared)
+    # A write that sets the mtime back, no link count changed: hashed, and refused
+    st = os.stat(shared)
+    with open(shared, "r+b") as f:
+        f.seek(4096)
+        f.write(b"x" * 16)
+    os.utime(shared, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(file_check.DamagedFile):
+        file_check.verify(shared)
+    assert hashed == [shared]
+
+
 def _damage(catalog: Path, kind: str) -> None:
     data = bytearray(catalog.read_bytes())
     page = 4096

@@ -1,11 +1,16 @@
 """Checksums of derived model files (text towers), so a damaged one is found and rebuilt.
 
 Beside `X` lies `X.sha256`, a small JSON file: the SHA-256 and size of `X` as written, and the
-(inode, size, mtime_ns, ctime_ns) of `X` when its hash last matched. Hashing a ViT-B-32 text
-tower (~250 MB) takes ~0.16 s at SHA-NI speed (more on a busy machine): paid when the file is
-written or changed, while later opens (every cold query) only stat it. Any write to the file,
-through any hard link, changes its ctime, so such damage is caught; silent bit rot on the
-medium (same ctime) is not: `clipsearch doctor` re-hashes everything.
+(inode, size, mtime_ns, ctime_ns) of `X` when its hash last matched, with its link count then.
+Hashing a ViT-B-32 text tower (~250 MB) takes ~0.16 s at SHA-NI speed (more on a busy
+machine): paid when the file is written or changed, while later opens (every cold query) only
+stat it. Any write to the file, through any hard link, changes its ctime, so such damage is
+caught; silent bit rot on the medium (same ctime) is not: `clipsearch doctor` re-hashes
+everything. Adding or removing a hard link moves the ctime too (each library links the
+compiled model's tower; deleting a library unlinks it): a moved ctime with the same inode,
+size and mtime and another link count is taken for that, not hashed again. What it lets
+through: a write that also sets the mtime back, between two checks that see different link
+counts.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ def record(path: Path, digest: str, size: int) -> None:
     st = os.stat(path)
     if st.st_size != size:
         raise DamagedFile(f"{path} changed while it was being recorded")
-    _write_sidecar(path, {"sha256": digest, "size": size, "verified": _stamp(st)})
+    _write_sidecar(path, {"sha256": digest, "size": size, "verified": _stamp(st),
+                          "links": st.st_nlink})
 
 
 def digest(path: Path) -> str | None:
@@ -70,20 +76,24 @@ def verify(path: Path, *, full: bool = False, remember: bool = True) -> None:
     st = os.stat(path)
     if st.st_size != size:
         raise DamagedFile(f"{path} is {st.st_size} bytes, {size} were written")
-    if not full and info.get("verified") == _stamp(st):
+    if not full and (info.get("verified") == _stamp(st) or _relinked(info, st)):
+        if remember and info.get("verified") != _stamp(st):
+            with contextlib.suppress(OSError):
+                _write_sidecar(path, {**info, "verified": _stamp(st), "links": st.st_nlink})
         return
     if hash_file(path) != digest:
         raise DamagedFile(f"{path} does not match the checksum recorded when it was written")
     if remember:
         # A read-only library cannot record it: verified again next time, still correct.
         with contextlib.suppress(OSError):
-            _write_sidecar(path, {**info, "verified": _stamp(st)})
+            _write_sidecar(path, {**info, "verified": _stamp(st), "links": st.st_nlink})
 
 
 def copy_record(source: Path, target: Path) -> None:
     """Give `target` (a verified copy or hard link of `source`) its own sidecar."""
     info = json.loads(sidecar(source).read_text(encoding="utf-8"))
-    _write_sidecar(target, {**info, "verified": _stamp(os.stat(target))})
+    st = os.stat(target)
+    _write_sidecar(target, {**info, "verified": _stamp(st), "links": st.st_nlink})
 
 
 def linked(path: Path) -> None:
@@ -102,6 +112,14 @@ def remove(path: Path) -> None:
 
 def _stamp(st: os.stat_result) -> list[int]:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _relinked(info: dict, st: os.stat_result) -> bool:
+    """Only the ctime moved since the last match, and the link count with it: a hard link
+    added or removed (a library made or deleted), not a write through one."""
+    verified, links = info.get("verified"), info.get("links")
+    return (isinstance(verified, list) and len(verified) == 4 and links is not None
+            and verified[:3] == _stamp(st)[:3] and links != st.st_nlink)
 
 
 def _write_sidecar(path: Path, info: dict) -> None:
