@@ -30,6 +30,16 @@ def draw_photos(folder: Path, per_pair: int = 2, seed: int = 777, size: int = 96
     return write_corpus(folder, per_pair=per_pair, seed=seed, size=size)
 
 
+def indexed_shapes(root: Path, per_pair: int = 2, seed: int = 777) -> Path:
+    """root/photos drawn and indexed into root/lib with the bundled shapes-tiny model."""
+    from clipsearch import Library
+
+    draw_photos(root / "photos", per_pair=per_pair, seed=seed)
+    with Library(root / "lib", model="shapes-tiny") as lib:
+        lib.index([root / "photos"])
+    return root / "lib"
+
+
 def pair_of(path: str) -> tuple[str, str]:
     colour, shape = Path(path).name.split("-")[:2]
     return colour, shape

@@ -9,16 +9,12 @@ import numpy as np
 import pytest
 
 from clipsearch import Library, Query, QuerySyntaxError
-from tests.helpers import PAIRS, cli, cli_json, draw_photos, pair_of
+from tests.helpers import PAIRS, cli, cli_json, indexed_shapes, pair_of
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("combined")
-    draw_photos(root / "photos", per_pair=3, seed=31337)
-    with Library(root / "lib", model="shapes-tiny") as lib:
-        lib.index([root / "photos"])
-    return root / "lib"
+    return indexed_shapes(tmp_path_factory.mktemp("combined"), per_pair=3, seed=31337)
 
 
 def test_words_and_strings_parse_to_the_same_terms():

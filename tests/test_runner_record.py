@@ -18,7 +18,7 @@ from clip_core.text import file_check, runner_record
 from clip_core.text.tower import INT8_MIN_COS
 from clipsearch import Library
 from clipsearch.layout import TEXT_TOWERS_DIR
-from tests.helpers import draw_photos, shape_rankings
+from tests.helpers import indexed_shapes, shape_rankings
 
 AVX2_ONLY = CpuFeatures("x86_64", frozenset({"sse4_2", "avx", "avx2", "fma"}))
 VNNI = CpuFeatures("x86_64", AVX2_ONLY.flags | {"avx512f", "avx512_vnni"})
@@ -27,11 +27,7 @@ SSE_ONLY = CpuFeatures("x86_64", frozenset({"sse4_1", "sse4_2"}))
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("runner")
-    draw_photos(tmp / "p", per_pair=1, seed=41)
-    with Library(tmp / "lib", model="shapes-tiny") as lib:
-        lib.index([tmp / "p"])
-    return tmp / "lib"
+    return indexed_shapes(tmp_path_factory.mktemp("runner"), per_pair=1, seed=41)
 
 
 @pytest.fixture
