@@ -83,9 +83,9 @@ class TextEmbedder:
         """A long-lived process runs the tower on onnxruntime: the runner recorded for this
         tower on this machine, else the fastest int8 kind that agrees with fp32 (and fp32
         too where int8 is not surely faster), timed here and recorded for every later
-        process (clip_core.text.runner_record). With nowhere to
-        record (no cache folder, no checksum), the first kind in the CPU's order that agrees
-        (timed against fp32 only where int8 is not surely faster), as each process takes."""
+        process (clip_core.text.runner_record). With nowhere to record (no cache folder,
+        no checksum), the first kind in the CPU's order that agrees (timed against fp32 only
+        where int8 is not surely faster), as each process takes."""
         from clip_core.cpu import CpuFeatures, text_int8_kinds, text_int8_timed
         from clip_core.text import file_check, runner_record
 

@@ -424,7 +424,8 @@ class NumpyTextTower:
         import time
 
         # a query of six words ("a cat asleep on a sofa"): with two, "unsigned" and
-        # "blocks" ran alike on AVX2 kernels, with six 9.3 against 7.5 ms, as warm queries
+        # "blocks" tied on AVX2 kernels (5.55 / 5.35 ms); with six "blocks" won by 5-9%,
+        # as it did in whole warm queries
         tokens = probe_tokens(self.context_length, self.token_embedding.shape[0], count=1,
                               shortest=6)
         times: list[list[float]] = [[] for _ in runners]
