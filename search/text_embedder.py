@@ -26,6 +26,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _forced_runner() -> str | None:
+    """CLIPSEARCH_TEXT_RUNNER: a runner for long-lived processes' text tower, untimed and
+    unrecorded (a comparison, or a doubt): "dynamic", "unsigned", "blocks" (each still
+    checked against fp32, which runs where it fails) or "fp32"; "flags": the first kind in
+    the CPU's order that agrees, as before runners were timed (the test suite's setting, so
+    that its rankings do not move with a timing). Unset: timed once and recorded."""
+    from clip_core.text.tower_onnx import KINDS
+
+    value = os.environ.get("CLIPSEARCH_TEXT_RUNNER", "").strip().lower()
+    if not value:
+        return None
+    if value != "flags" and value not in KINDS:
+        log.warning("CLIPSEARCH_TEXT_RUNNER=%s is none of %s or flags: ignored", value, KINDS)
+        return None
+    return value
+
+
 def tower_path(folder: Path, model_id: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")
     return folder / f"{slug}.text.safetensors"
@@ -91,9 +108,13 @@ class TextEmbedder:
 
         cpu = CpuFeatures.here()
         kinds = text_int8_kinds(cpu)
+        forced = _forced_runner()
+        if forced is not None and forced != "flags":
+            tower.use_onnxruntime(int8=forced != "fp32", kinds=(forced,))
+            return
         here = runner_record.machine(cpu)
         folder, digest = self.runner_records, file_check.digest(self.path)
-        if folder is None or digest is None:
+        if forced == "flags" or folder is None or digest is None:
             tower.use_onnxruntime(int8=True, timed=text_int8_timed(cpu), kinds=kinds)
             return
         known = runner_record.recorded(folder, digest, here)

@@ -197,6 +197,7 @@ def test_int8_text_tower_keeps_the_tiny_models_rankings(tmp_path, monkeypatch):
     with Library(tmp_path / "lib", low_memory=True) as lib:  # the one-shot numpy path
         reference = shape_rankings(lib)
         assert lib._text_embedder(lib.default_model)._numpy_tower()[0].precision == "numpy"
+    monkeypatch.delenv("CLIPSEARCH_TEXT_RUNNER", raising=False)  # the timed choice
     for cpu in (AVX512_VNNI, AVX2_ONLY, SSE_ONLY):
         monkeypatch.setattr(CpuFeatures, "here", staticmethod(lambda c=cpu: c))
         # a cache of its own: no runner recorded yet for these CPUs (none is compiled there:

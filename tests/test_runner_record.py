@@ -25,6 +25,12 @@ VNNI = CpuFeatures("x86_64", AVX2_ONLY.flags | {"avx512f", "avx512_vnni"})
 SSE_ONLY = CpuFeatures("x86_64", frozenset({"sse4_1", "sse4_2"}))
 
 
+@pytest.fixture(autouse=True)
+def _timed(monkeypatch):
+    """The choice these tests are about (the suite's conftest pins the flags' order)."""
+    monkeypatch.delenv("CLIPSEARCH_TEXT_RUNNER", raising=False)
+
+
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory) -> Path:
     return indexed_shapes(tmp_path_factory.mktemp("runner"), per_pair=1, seed=41)
@@ -151,3 +157,19 @@ def test_a_process_starting_while_another_chooses_waits_for_its_record(
                                {"fp32": 0.001, "blocks": 0.002})
     thread.join(timeout=120)
     assert got["tower"].runner == "fp32" and got["tower"].runner_seconds == {}
+
+
+def test_the_environment_can_name_a_runner_or_the_flags_order(library, cache, monkeypatch):
+    """CLIPSEARCH_TEXT_RUNNER: a kind (still guarded), fp32, or the CPU's order: untimed and
+    unrecorded; anything else is ignored."""
+    for value, order in (("blocks", ["blocks"]), ("fp32", []),
+                         ("flags", list(text_int8_kinds(VNNI)))):
+        monkeypatch.setenv("CLIPSEARCH_TEXT_RUNNER", value)
+        tower, _ = _warm(library, cache, VNNI, monkeypatch)
+        # the first kind in that order that agrees, else fp32
+        ran = next((k for k in order if tower.int8_tried.get(k, 0.0) >= INT8_MIN_COS), "fp32")
+        assert list(tower.int8_tried) == order[: len(tower.int8_tried)]
+        assert tower.runner == ran and tower.runner_seconds == {} and not _records(cache)
+    monkeypatch.setenv("CLIPSEARCH_TEXT_RUNNER", "fastest-please")
+    tower, _ = _warm(library, cache, VNNI, monkeypatch)
+    assert tower.runner_seconds and len(_records(cache)) == 1
