@@ -112,16 +112,20 @@ class TextEmbedder:
         if forced is not None and forced != "flags":
             tower.use_onnxruntime(int8=forced != "fp32", kinds=(forced,))
             return
+
+        def by_flags() -> None:
+            tower.use_onnxruntime(int8=True, timed=text_int8_timed(cpu), kinds=kinds)
+
         here = runner_record.machine(cpu)
         folder, digest = self.runner_records, file_check.digest(self.path)
         if forced == "flags" or folder is None or digest is None:
-            tower.use_onnxruntime(int8=True, timed=text_int8_timed(cpu), kinds=kinds)
+            by_flags()
             return
         known = runner_record.recorded(folder, digest, here)
         with contextlib.ExitStack() as stack:
             if known is None:  # another process may be timing it now: its choice, then
                 if not stack.enter_context(runner_record.choosing(folder)):
-                    tower.use_onnxruntime(int8=True, timed=text_int8_timed(cpu), kinds=kinds)
+                    by_flags()
                     return
                 known = runner_record.recorded(folder, digest, here)
             # timed unless `known` still agrees; fp32 only where int8 is not surely faster
