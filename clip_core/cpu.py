@@ -14,30 +14,29 @@ from functools import lru_cache
 from typing import Any
 
 
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first /proc/cpuinfo line starting with one of `keys`."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith(("flags", "Features")):  # x86, ARM
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(keys):
+                    return line.split(":", 1)[1]
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    return frozenset((_cpuinfo("flags", "Features") or "").split())  # x86, ARM
 
 
 @lru_cache(maxsize=1)
 def cpu_model_name() -> str:
     """The CPU's name as /proc/cpuinfo gives it (x86 "model name", ARM "CPU part"), else
     platform.processor(): which chip, where flags alone do not say how fast it is."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("model name", "CPU part")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    name = _cpuinfo("model name", "CPU part")
+    return name.strip() if name is not None else platform.processor()
 
 
 def cpu_has_fast_bf16() -> bool:

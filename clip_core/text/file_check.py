@@ -45,8 +45,7 @@ def record(path: Path, digest: str, size: int) -> None:
     st = os.stat(path)
     if st.st_size != size:
         raise DamagedFile(f"{path} changed while it was being recorded")
-    _write_sidecar(path, {"sha256": digest, "size": size, "verified": _stamp(st),
-                          "links": st.st_nlink})
+    _write_sidecar(path, _stamped({"sha256": digest, "size": size}, st))
 
 
 def digest(path: Path) -> str | None:
@@ -79,21 +78,20 @@ def verify(path: Path, *, full: bool = False, remember: bool = True) -> None:
     if not full and (info.get("verified") == _stamp(st) or _relinked(info, st)):
         if remember and info.get("verified") != _stamp(st):
             with contextlib.suppress(OSError):
-                _write_sidecar(path, {**info, "verified": _stamp(st), "links": st.st_nlink})
+                _write_sidecar(path, _stamped(info, st))
         return
     if hash_file(path) != digest:
         raise DamagedFile(f"{path} does not match the checksum recorded when it was written")
     if remember:
         # A read-only library cannot record it: verified again next time, still correct.
         with contextlib.suppress(OSError):
-            _write_sidecar(path, {**info, "verified": _stamp(st), "links": st.st_nlink})
+            _write_sidecar(path, _stamped(info, st))
 
 
 def copy_record(source: Path, target: Path) -> None:
     """Give `target` (a verified copy or hard link of `source`) its own sidecar."""
     info = json.loads(sidecar(source).read_text(encoding="utf-8"))
-    st = os.stat(target)
-    _write_sidecar(target, {**info, "verified": _stamp(st), "links": st.st_nlink})
+    _write_sidecar(target, _stamped(info, os.stat(target)))
 
 
 def linked(path: Path) -> None:
@@ -112,6 +110,11 @@ def remove(path: Path) -> None:
 
 def _stamp(st: os.stat_result) -> list[int]:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _stamped(info: dict, st: os.stat_result) -> dict:
+    """`info` vouching for the file as `st` shows it now: its stamp and link count."""
+    return {**info, "verified": _stamp(st), "links": st.st_nlink}
 
 
 def _relinked(info: dict, st: os.stat_result) -> bool:
