@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clip_core.atomic_json import write_json
+
 # -- open_clip's tables without `import open_clip` -----------------------------------------
 # Importing open_clip takes 3-12 s (torch, torchvision, transformers), far too long to tell a
 # user that a file is missing. Its architecture configs are JSON files, read straight from the
@@ -88,19 +90,12 @@ def _read_cache(path: Path, key: str) -> dict | None:
 
 
 def _write_cache(path: Path, key: str, table: dict) -> None:
-    """Atomic (unique temp file + rename): processes that race write the same content."""
-    import tempfile
-
-    tmp = None
+    """Atomic: processes that race write the same content."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump({"key": key, "table": table}, out)
-        os.replace(tmp, path)
+        write_json(path, {"key": key, "table": table})
     except OSError:  # a read-only cache: every process reads the table again, still correct
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        pass
 
 
 def _read_in_subprocess() -> dict:

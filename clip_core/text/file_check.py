@@ -21,6 +21,7 @@ import json
 import os
 from pathlib import Path
 
+from clip_core.atomic_json import write_json
 from clipsearch_errors import BadInputError
 
 SUFFIX = ".sha256"
@@ -126,10 +127,4 @@ def _relinked(info: dict, st: os.stat_result) -> bool:
 
 
 def _write_sidecar(path: Path, info: dict) -> None:
-    side = sidecar(path)
-    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(info), encoding="utf-8")
-        os.replace(tmp, side)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json(sidecar(path), info)

@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from clip_core.atomic_json import write_json
 from clip_core.cpu import CpuFeatures, available_cores, cpu_model_name
 
 log = logging.getLogger(__name__)
@@ -72,18 +73,13 @@ def remember(folder: Path, tower: str, here: dict[str, object], runner: str,
     path = record_path(folder, tower, here)
     entry = {"runner": runner, "tower": tower, "model": model,
              "seconds": {k: round(v, 6) for k, v in seconds.items()}, "machine": here}
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        temp.write_text(json.dumps(entry, indent=1), encoding="utf-8")
-        os.replace(temp, path)
+        write_json(path, entry, indent=1)
         return True
     except OSError as exc:
         log.info("could not record the text tower's runner: %s", exc)
         return False
-    finally:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

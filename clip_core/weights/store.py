@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from clip_core.atomic_json import write_json
 from clip_core.models import hf_layout
 from clip_core.models.files import (
     CONFIG_NAME,
@@ -119,9 +120,7 @@ def read_manifest(folder: Path) -> dict | None:
 def write_manifest(folder: Path, manifest: dict) -> None:
     meta = folder / META_DIR
     meta.mkdir(parents=True, exist_ok=True)
-    tmp = meta / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, meta / MANIFEST)
+    write_json(meta / MANIFEST, manifest, indent=2, sort_keys=True)
 
 
 def _new_manifest(ref: ModelRef, source: dict) -> dict:
