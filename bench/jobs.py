@@ -25,8 +25,8 @@ def summarise(job: str, subject: str, tool: str, runs: list[proc.ProcResult],
         "seconds": round(seconds, 4),
         "peak_rss_mb": round(statistics.median(r.peak_rss_mb for r in runs), 1),
         "peak_rss_max_mb": round(max(r.peak_rss_mb for r in runs), 1),
-        "runs": [{"seconds": round(r.seconds, 4), "peak_rss_mb": round(r.peak_rss_mb, 1)}
-                 for r in runs],
+        "runs": [{"seconds": round(r.seconds, 4), "peak_rss_mb": round(r.peak_rss_mb, 1),
+                  "steal_s": r.steal_s} for r in runs],
         **extra,
     }
     if count and job in ("index", "baseline-index"):

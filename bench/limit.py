@@ -11,7 +11,9 @@ and nothing else to do, a machine cannot index faster than
     limit = cores x 1000 / (decode ms + tower ms + other ms)   images per second,
 
 so `make bench` reports clipsearch's throughput as a fraction of it. Figures are best of
-`rounds` passes, so a noisy machine inflates them less; the load average is kept beside them.
+`rounds` passes in the calling thread's CPU time (core-ms: time a VM's host takes the core
+away is not the step's, bench.steal), so a noisy machine inflates them less; the load average
+is kept beside them.
 
 Beside it, for the record and not for the targets: the same limit with the tower's core-ms
 measured as an index run spends them, every core running it at once for `--sustain` seconds

@@ -7,14 +7,16 @@ among them: a minute or two), after the index jobs. A virtual machine's speed mo
 third within minutes (on the AMX VM the limit once came out of a fast spell at 33.4 ms a
 phone decode and 18.5 ms a tower, where the index runs a few minutes before had met 47 and
 25-30), so a throughput and a limit taken minutes apart compare two machines. The pace is
-the limit's own sum (decode + tower + other work per image, one core, best of `rounds`) on a
-few files in ~4 s, with the tower clipsearch runs (its compiled model). The bench takes one
+the limit's own sum (decode + tower + other work per image, one core's CPU time, best of
+`rounds`) on a few files in ~4 s, with the tower clipsearch runs (its compiled model). The bench takes one
 before and one after each index run. The limit at a run's time (`limit_at`) is the pace's
 own parts, each scaled by what bench.limit timed in turns in one loop: the fastest guarded
 tower against clipsearch's variant, the fastest decoder against Pillow's draft. So it keeps
 bench.limit's definition at the machine's speed of the moment the run was made; scaling the
 whole limit by the ratio of two paces did not, as the VM's spells are also shorter than the
 limit's own measurement (paces of 68 ms beside a limit summed at 87 from the same parts).
+A run's fraction is also given on the core time the VM's host left it (`in_turns`,
+bench.steal), since the limit's parts are core-ms and a run's wall time counts steal.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import statistics
 import sys
 
-from bench import images
+from bench import images, steal
 from bench.jobs import MODEL_ARGS
 from bench.jpeg_decoders import PILLOW_DRAFT, best_ms, pillow
 
@@ -75,14 +77,22 @@ def limit_at(cores: int, paces: list[dict[str, float]], figures: dict, tower: di
 
 
 def in_turns(count: int, seconds: list[float], paces: list[list[dict[str, float]]],
-             cores: int, figures: dict, tower: dict) -> tuple[float, float]:
-    """(limit, fraction of it reached): each index run of `count` images in `seconds[i]`
-    against the limit at the paces taken beside it (`paces[i]`), medians over the runs."""
+             cores: int, figures: dict, tower: dict,
+             steals: list[float | None] | None = None) -> tuple[float, float, float]:
+    """(limit, fraction of it reached, the same on the core time the VM was given): each
+    index run of `count` images in `seconds[i]` against the limit at the paces taken beside
+    it (`paces[i]`); `steals[i]`: the core time the host took during it (bench.steal), which
+    the limit's core-ms never include. Medians over the runs."""
     if len(seconds) != len(paces) or not seconds:
         raise ValueError(f"{len(seconds)} runs but {len(paces)} paces")
+    steals = steals if steals is not None else [None] * len(seconds)
+    if len(steals) != len(seconds):
+        raise ValueError(f"{len(seconds)} runs but {len(steals)} steal figures")
     limits = [limit_at(cores, beside, figures, tower) for beside in paces]
     fractions = [count / run / at for run, at in zip(seconds, limits, strict=True)]
-    return statistics.median(limits), statistics.median(fractions)
+    given = [fraction / steal.given_share(run, cores, stolen)
+             for fraction, run, stolen in zip(fractions, seconds, steals, strict=True)]
+    return statistics.median(limits), statistics.median(fractions), statistics.median(given)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import steal
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 GNU_TIME = Path("/usr/bin/time")
@@ -31,6 +33,7 @@ class ProcResult:
     returncode: int
     stdout: str
     stderr: str
+    steal_s: float | None = None  # core time the VM's host took meanwhile (bench.steal)
 
     def check(self) -> ProcResult:
         if self.returncode != 0:
@@ -58,6 +61,7 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 360
         wrapped = argv
         if GNU_TIME.exists():
             wrapped = [str(GNU_TIME), "-f", "%M", "-o", rss.name, *argv]
+        stolen = steal.stolen_seconds()
         start = time.perf_counter()
         proc = subprocess.Popen(wrapped, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                 env=full_env, cwd=REPO)
@@ -68,6 +72,7 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 360
         finally:
             killer.cancel()
         seconds = time.perf_counter() - start
+        stolen_after = steal.stolen_seconds()
         proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it is reaped
         peak_kib = usage.ru_maxrss
         if wrapped is not argv:
@@ -77,4 +82,6 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 360
         out.seek(0)
         err.seek(0)
         return ProcResult(argv, seconds, peak_kib * 1024 / 1e6, proc.returncode,
-                          out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+                          out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                          None if stolen is None or stolen_after is None
+                          else round(stolen_after - stolen, 2))

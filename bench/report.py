@@ -62,7 +62,12 @@ def print_table(doc: dict) -> None:
                 print(f"  {'':>11}the same at the machine's pace when each run was made "
                       f"(one core's ms an image before / after: {paces}): "
                       f"{result['limit_in_turns_images_per_s']:.1f} img/s; clipsearch reaches "
-                      f"{result['of_limit_in_turns']:.2f} of it (the target's figure)")
+                      f"{result['of_limit_in_turns']:.2f} of it")
+            if result.get("of_limit_given") is not None:
+                stolen = ", ".join("-" if r.get("steal_s") is None else f"{r['steal_s']:.2f}"
+                                   for r in result["runs"])
+                print(f"  {'':>11}and {result['of_limit_given']:.2f} of it on the core time "
+                      f"the VM's host left the runs (steal s: {stolen}; the target's figure)")
             if result.get("of_limit_all_cores") is not None:
                 print(f"  {'':>11}the same with the tower's cost sustained on every core: "
                       f"{result['limit_all_cores_images_per_s']:.1f} img/s; clipsearch "

@@ -185,11 +185,13 @@ def machine_limit(sets: list[str], opts: Options, results: list[dict]) -> dict:
             result["of_limit"] = round(result["images_per_s"] / figures["limit_images_per_s"],
                                        3)
             if result.get("paces_ms"):
-                at, fraction = pace.in_turns(
+                at, fraction, given = pace.in_turns(
                     result["count"], [r["seconds"] for r in result["runs"]],
-                    result["paces_ms"], limit["cores"], figures, limit["tower"])
+                    result["paces_ms"], limit["cores"], figures, limit["tower"],
+                    [r.get("steal_s") for r in result["runs"]])
                 result["limit_in_turns_images_per_s"] = round(at, 2)
                 result["of_limit_in_turns"] = round(fraction, 3)
+                result["of_limit_given"] = round(given, 3)
             if figures.get("limit_all_cores_images_per_s"):  # for the record, not a target
                 result["limit_all_cores_images_per_s"] = figures["limit_all_cores_images_per_s"]
                 result["of_limit_all_cores"] = round(

@@ -23,10 +23,12 @@ TARGETS = [
     Target("index", "phone", "peak_rss_mb", "<=", 900, "phone index peak RSS <= 0.9 GB"),
     Target("index", "caltech", "peak_rss_mb", "<=", 900, "caltech index peak RSS <= 0.9 GB"),
     # Issue 12: the machine's own limit (bench.limit), whatever its CPU kind, at the pace the
-    # machine had when each run was made (bench.pace); where no pace was taken, as measured.
-    Target("index", "phone", "of_limit_in_turns", ">=", 0.85,
+    # machine had when each run was made (bench.pace), on the core time a VM's host left it
+    # during the run (bench.steal: the limit's parts are core-ms); where no pace was taken,
+    # as measured.
+    Target("index", "phone", "of_limit_given", ">=", 0.85,
            "phone index >= 0.85 of the measured limit", "of_limit"),
-    Target("index", "caltech", "of_limit_in_turns", ">=", 0.85,
+    Target("index", "caltech", "of_limit_given", ">=", 0.85,
            "caltech index >= 0.85 of the measured limit", "of_limit"),
     # Issue 12 item 3: a cheaper first run (the compile of a user's model: a weights file).
     Target("compile", "ViT-B-32 (file)", "seconds", "<=", 10, "compile ViT-B-32 <= 10 s"),

@@ -5,8 +5,9 @@
 
 Exports the tower as clipsearch's compiler does (fp32 ONNX with batch 1, then dynamic int8
 in every variant clip_core.compiled.int8_variants knows, marking the one this CPU tries first) and
-times one image per single-threaded call, which is how the indexer runs it (a call per core).
-Rounds are interleaved and the best kept, so a noisy machine hurts every candidate alike.
+times one image per single-threaded call, which is how the indexer runs it (a call per core),
+in the calling thread's CPU time. Rounds are interleaved and the best kept, so a noisy
+machine hurts every candidate alike.
 Accuracy is the minimum cosine to fp32 torch on probe images; static int8 is calibrated on
 the other half of them, so it is not graded on its own calibration images. Random weights
 cost the same compute as real ones but say little about static int8's accuracy on real CLIP
@@ -24,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bench import steal
+from bench.jpeg_decoders import core_clock
 
 Encode = Callable[[np.ndarray], np.ndarray]
 
@@ -153,9 +157,9 @@ def _best_ms(candidates: dict[str, Encode], pixels: np.ndarray, rounds: int) -> 
     best = dict.fromkeys(candidates, float("inf"))
     for _ in range(rounds):
         for name, encode in candidates.items():
-            start = time.perf_counter()
+            start = core_clock()
             encode(pixels)
-            best[name] = min(best[name], (time.perf_counter() - start) / len(pixels) * 1000)
+            best[name] = min(best[name], (core_clock() - start) / len(pixels) * 1000)
     return best
 
 
@@ -169,9 +173,10 @@ class Sustain:
 def together_ms(encode: Encode, pixels: np.ndarray, threads: int, seconds: float) -> float:
     """Core-ms per image with `threads` threads each encoding `pixels` over and over for at
     least `seconds`, all at once (as the index run keeps one encoder call per core busy for
-    as long as it runs): the cores' wall time over the images done. Sustained, not best of
-    short passes, since a machine may not hold its speed over a whole run with every core
-    busy (a power or thermal budget, a shared cache, a hypervisor's neighbours)."""
+    as long as it runs): the cores' wall time, less what the VM's host took (bench.steal),
+    over the images done. Sustained, not best of short passes, since a machine may not hold
+    its speed over a whole run with every core busy (a power or thermal budget, a shared
+    cache)."""
     done = [0] * threads
 
     def work(slot: int) -> None:
@@ -181,12 +186,17 @@ def together_ms(encode: Encode, pixels: np.ndarray, threads: int, seconds: float
             done[slot] += len(pixels)
 
     pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    stolen = steal.stolen_seconds()
     start = time.perf_counter()
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    return (time.perf_counter() - start) * threads * 1000 / sum(done)
+    wall = time.perf_counter() - start
+    stolen_after = steal.stolen_seconds()
+    given = steal.given_share(wall, threads, None if stolen is None or stolen_after is None
+                              else stolen_after - stolen)
+    return wall * threads * given * 1000 / sum(done)
 
 
 if __name__ == "__main__":
