@@ -8,13 +8,14 @@ third within minutes (on the AMX VM the limit once came out of a fast spell at 3
 phone decode and 18.5 ms a tower, where the index runs a few minutes before had met 47 and
 25-30), so a throughput and a limit taken minutes apart compare two machines. The pace is
 the limit's own sum (decode + tower + other work per image, one core's CPU time, best of
-`rounds`) on a few files in ~4 s, with the tower clipsearch runs (its compiled model). The bench takes one
-before and one after each index run. The limit at a run's time (`limit_at`) is the pace's
-own parts, each scaled by what bench.limit timed in turns in one loop: the fastest guarded
-tower against clipsearch's variant, the fastest decoder against Pillow's draft. So it keeps
-bench.limit's definition at the machine's speed of the moment the run was made; scaling the
-whole limit by the ratio of two paces did not, as the VM's spells are also shorter than the
-limit's own measurement (paces of 68 ms beside a limit summed at 87 from the same parts).
+`rounds`) on a few files in ~4 s, with the tower clipsearch runs (its compiled model). The
+bench takes one before and one after each index run. The limit at a run's time
+(`limit_at`) is the pace's own parts, each scaled by what bench.limit timed in turns in one
+loop: the fastest guarded tower against clipsearch's variant, the fastest decoder against
+Pillow's draft. So it keeps bench.limit's definition at the machine's speed of the moment
+the run was made; scaling the whole limit by the ratio of two paces did not, as the VM's
+spells are also shorter than the limit's own measurement (paces of 68 ms beside a limit
+summed at 87 from the same parts).
 A run's fraction is also given on the core time the VM's host left it (`in_turns`,
 bench.steal), since the limit's parts are core-ms and a run's wall time counts steal.
 """

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 COLUMNS = [("job", 11), ("subject", 15), ("tool", 10), ("n", 7), ("seconds", 8),
-           ("img/s", 7), ("p50 ms", 7), ("peak RSS MB", 11), ("vs baseline", 11)]
+           ("img/s", 7), ("p50 ms", 7), ("peak RSS MB", 11), ("vs baseline", 11),
+           ("steal", 5)]
 
 
 def _fmt(value: object, digits: int = 2) -> str:
@@ -14,13 +15,23 @@ def _fmt(value: object, digits: int = 2) -> str:
     return str(value)
 
 
-def _row(result: dict) -> list[str]:
+def steal_share(result: dict, cores: int) -> float | None:
+    """The share of the job's core time (its runs' wall x cores) that the VM's host took
+    (bench.steal); None where it was not counted."""
+    runs = [r for r in result.get("runs", []) if r.get("steal_s") is not None]
+    wall = sum(r["seconds"] for r in runs) * cores
+    return sum(r["steal_s"] for r in runs) / wall if runs and wall > 0 else None
+
+
+def _row(result: dict, cores: int) -> list[str]:
     ratio = result.get("vs_baseline")
+    stolen = steal_share(result, cores)
     return [
         result["job"], result["subject"], result["tool"], _fmt(result.get("count")),
         _fmt(result.get("seconds"), 3), _fmt(result.get("images_per_s"), 1),
         _fmt(result.get("p50_ms"), 2), _fmt(result.get("peak_rss_mb"), 0),
         f"{ratio:.2f}x" if ratio is not None else "",
+        "-" if stolen is None else f"{stolen:.0%}",
     ]
 
 
@@ -34,7 +45,7 @@ def print_table(doc: dict) -> None:
     print()
     print("  ".join(name.ljust(width) for name, width in COLUMNS))
     for result in doc["results"]:
-        cells = _row(result)
+        cells = _row(result, machine["cores"])
         print("  ".join(c.ljust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True)))
         if result.get("agreement"):
             agree = result["agreement"]
@@ -78,7 +89,8 @@ def print_table(doc: dict) -> None:
     if doc.get("limit"):
         _print_limit(doc["limit"])
     print("\nseconds and peak RSS: medians over runs. 'vs baseline': speed-up (throughput "
-          "ratio, or baseline time / clipsearch time). MB = 1e6 bytes.")
+          "ratio, or baseline time / clipsearch time). MB = 1e6 bytes. 'steal': the share of "
+          "the job's core time a VM's host took (bench.steal).")
     print("\nTargets")
     for row in doc["targets"]:
         if row["pass"] is None:

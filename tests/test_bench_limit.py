@@ -174,3 +174,13 @@ def test_the_fraction_is_judged_at_the_runs_pace_where_one_was_taken():
     assert (caltech["pass"], caltech["metric"]) == (True, "of_limit")  # no pace: as measured
     results[0]["of_limit_given"] = 0.84
     assert not {r["target"]: r for r in evaluate(results, False)}[phone["target"]]["pass"]
+
+
+def test_the_report_gives_each_jobs_stolen_share_of_its_core_time():
+    from bench.report import steal_share
+
+    runs = [{"seconds": 10.0, "steal_s": 2.0}, {"seconds": 5.0, "steal_s": 1.0},
+            {"seconds": 7.0, "steal_s": None}]  # a run without the figure is left out
+    assert steal_share({"runs": runs}, 2) == pytest.approx(3.0 / 30.0)
+    assert steal_share({"runs": runs[2:]}, 2) is None
+    assert steal_share({}, 2) is None  # a job without runs (serve)
