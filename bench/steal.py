@@ -4,9 +4,9 @@ A VM's core can be ready to run and still not run: the host gave its physical co
 another guest. Linux counts that time as steal, per core, and leaves it out of every
 process's CPU time (a spin loop on both cores of the AMX VM: CPU time = wall - steal to the
 millisecond). It came and went by the minute there: 0.04 s over one phone run, 4.6 s of
-its 27 core-seconds over another on a later day. A run's throughput
-against the machine's limit is then judged on the core time the VM was given
-(bench.pace.in_turns), as the limit's own parts are core-ms.
+its 27 core-seconds over another on a later day. A run's throughput against the machine's
+limit is then judged on the core time the VM was given (bench.pace.in_turns), as the
+limit's own parts are core-ms.
 """
 
 from __future__ import annotations
