@@ -61,7 +61,7 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 360
         wrapped = argv
         if GNU_TIME.exists():
             wrapped = [str(GNU_TIME), "-f", "%M", "-o", rss.name, *argv]
-        stolen = steal.stolen_seconds()
+        steal_before = steal.stolen_seconds()
         start = time.perf_counter()
         proc = subprocess.Popen(wrapped, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                 env=full_env, cwd=REPO)
@@ -72,7 +72,7 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 360
         finally:
             killer.cancel()
         seconds = time.perf_counter() - start
-        stolen_after = steal.stolen_seconds()
+        stolen = steal.stolen_since(steal_before)
         proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it is reaped
         peak_kib = usage.ru_maxrss
         if wrapped is not argv:
@@ -83,5 +83,4 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 360
         err.seek(0)
         return ProcResult(argv, seconds, peak_kib * 1024 / 1e6, proc.returncode,
                           out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                          None if stolen is None or stolen_after is None
-                          else round(stolen_after - stolen, 2))
+                          None if stolen is None else round(stolen, 2))

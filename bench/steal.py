@@ -38,6 +38,12 @@ def stolen_seconds(cpus: Iterable[int] | None = None, text: str | None = None) -
     return ticks / os.sysconf("SC_CLK_TCK") if seen else None
 
 
+def stolen_since(before: float | None) -> float | None:
+    """The steal counted since `before` (a stolen_seconds() reading), or None."""
+    now = stolen_seconds()
+    return None if before is None or now is None else now - before
+
+
 def given_share(seconds: float, cores: int, steal_s: float | None) -> float:
     """The share of `cores` x `seconds` of core time the host left to this machine."""
     if seconds <= 0 or cores <= 0:

@@ -186,16 +186,14 @@ def together_ms(encode: Encode, pixels: np.ndarray, threads: int, seconds: float
             done[slot] += len(pixels)
 
     pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    stolen = steal.stolen_seconds()
+    steal_before = steal.stolen_seconds()
     start = time.perf_counter()
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
     wall = time.perf_counter() - start
-    stolen_after = steal.stolen_seconds()
-    given = steal.given_share(wall, threads, None if stolen is None or stolen_after is None
-                              else stolen_after - stolen)
+    given = steal.given_share(wall, threads, steal.stolen_since(steal_before))
     return wall * threads * given * 1000 / sum(done)
 
 

@@ -130,7 +130,7 @@ def test_a_run_is_judged_on_the_core_time_the_vms_host_left_it():
 def test_steal_is_read_per_core_from_proc_stat():
     import os
 
-    from bench.steal import given_share, stolen_seconds
+    from bench.steal import given_share, stolen_seconds, stolen_since
 
     hz = os.sysconf("SC_CLK_TCK")
     text = (f"cpu  10 0 5 900 0 0 0 {3 * hz} 0 0\n"
@@ -143,6 +143,9 @@ def test_steal_is_read_per_core_from_proc_stat():
     assert stolen_seconds([0], "cpu0 5 0 2 450\n") is None  # a kernel without the column
     here = stolen_seconds()
     assert here is None or here >= 0
+    assert stolen_since(None) is None  # no reading before: no figure, not a guess
+    since = stolen_since(here)
+    assert (since is None) == (here is None) and (since is None or since >= 0)
     assert given_share(10.0, 2, 5.0) == pytest.approx(0.75)
     assert given_share(10.0, 2, None) == 1.0
     with pytest.raises(ValueError):
