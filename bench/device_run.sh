@@ -4,6 +4,8 @@
 #                                       lacks: open_clip_torch, faiss-cpu, onnxruntime, onnx,
 #                                       sqlite-utils and their small dependencies)
 #   bash bench/device_run.sh bench     (carry .devdata: a copy of caltech101-1200)
+#   bash bench/device_run.sh gpu       (carry .devdata: the index job with the tower on CUDA
+#                                       fp16, judged on the limit of its cores and its card)
 # The install persists while the machine stays warm (30 s between calls).
 set -x
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -28,5 +30,15 @@ bench)
     /tmp/baseline-phone.npy 2>&1 | tail -2 | tee "$OUT/baseline-phone.log"
   echo "baseline phone-200 wall ms: $(( ($(date +%s%N) - start) / 1000000 ))" \
     | tee -a "$OUT/baseline-phone.log"
+  ;;
+gpu)
+  mkdir -p ../shared/datasets && ln -sfn "$PWD/.devdata/caltech101-1200" ../shared/datasets/caltech101-1200
+  python3 -m bench.images phone || exit 1   # generated outside the timing
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu-card.txt"
+  # bench.limit sees --device cuda in the index arguments: the limit is the slower of the
+  # cores (decode and prepare) and the card (the tower in fp16, batches of 64).
+  python3 -m bench --sets caltech,phone --jobs index --skip-baseline --cold-runs 3 \
+    --index-args "--device cuda --precision fp16 --batch-size 64 --workers 14" \
+    --out "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"
   ;;
 esac

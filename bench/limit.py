@@ -10,10 +10,11 @@ and nothing else to do, a machine cannot index faster than
 
     limit = cores x 1000 / (decode ms + tower ms + other ms)   images per second,
 
-so `make bench` reports clipsearch's throughput as a fraction of it. Figures are best of
-`rounds` passes in the calling thread's CPU time (core-ms: time a VM's host takes the core
-away is not the step's, bench.steal), so a noisy machine inflates them less; the load average
-is kept beside them.
+so `make bench` reports clipsearch's throughput as a fraction of it (a run whose tower is on
+an accelerator, `--device cuda`: the slower of its host's cores and its device, as
+bench.device_tower says). Figures are best of `rounds` passes in the calling thread's CPU
+time (core-ms: time a VM's host takes the core away is not the step's, bench.steal), so a
+noisy machine inflates them less; the load average is kept beside them.
 
 Beside it, for the record and not for the targets: the same limit with the tower's core-ms
 measured as an index run spends them, every core running it at once for `--sustain` seconds
@@ -32,6 +33,7 @@ import sys
 from pathlib import Path
 
 from bench import images
+from bench.device_tower import index_device
 from bench.jpeg_decoders import best_ms
 from bench.machine import load_average
 
@@ -86,55 +88,99 @@ def other_work_ms(paths: list[Path], datas: list[bytes], rounds: int) -> dict[st
 
 
 def measure(sets: list[str], files: int, rounds: int, model: str = "ViT-B-32",
-            sustain_s: float = 10.0) -> dict:
-    from bench import jpeg_decoders, tower_runtimes
-    from clip_core.encoders import GUARD_MIN_COS
-
+            sustain_s: float = 10.0, device: dict | None = None) -> dict:
+    """The limit of each set on this machine; `device` ({"device", "precision",
+    "batch_size"}: bench.device_tower.index_device) for a run whose tower is on an
+    accelerator: the host's cores then only decode and prepare (bench.device_tower)."""
     load_start = load_average()
     n_cores = cores()
-    sustain = tower_runtimes.Sustain(n_cores, sustain_s, GUARD_MIN_COS) if sustain_s > 0 else None
-    speed, accuracy, sustained = tower_runtimes.measure(model, rounds, sustain)
-    found = fastest_guarded(speed, accuracy, GUARD_MIN_COS)
-    if found is None:  # no runtime passed: not a limit this machine can reach guarded
-        raise SystemExit(f"no tower runtime passed the guard {GUARD_MIN_COS}: {accuracy}")
-    tower_name, tower_ms = found
-    all_cores_ms = sustained.get(tower_name)
-    # clipsearch's own variant, timed in turns with the rest (bench.pace scales by it)
-    ours = [n for n in speed if n.endswith(tower_runtimes.CLIPSEARCH_FIRST)
-            and accuracy[n] >= GUARD_MIN_COS]
-    out: dict = {
-        "cores": n_cores, "guard_min_cos": GUARD_MIN_COS,
-        "tower": {"runtime": tower_name, "ms": round(tower_ms, 2),
-                  "all_cores_ms": None if all_cores_ms is None else round(all_cores_ms, 2),
-                  "min_cos": round(accuracy[tower_name], 6),
-                  "clipsearch_ms": round(speed[ours[0]] if ours else tower_ms, 2),
-                  "all": {name: {"ms": round(speed[name], 2), "min_cos": round(accuracy[name], 6)}
-                          for name in sorted(speed, key=speed.__getitem__)}},
-        "sets": {},
-    }
+    if device is None:
+        tower, all_cores_ms = _cpu_tower(model, rounds, n_cores, sustain_s)
+    else:
+        from bench import device_tower
+
+        found = device_tower.measure(model, device["device"], device["precision"],
+                                     device["batch_size"], rounds)
+        if found["min_cos"] < _guard():
+            raise SystemExit(f"{found['runtime']} fails the guard {_guard()}: "
+                             f"min cos {found['min_cos']:.6f}")
+        tower = {"runtime": found["runtime"], "ms": round(found["ms"], 3), "all_cores_ms": None,
+                 "min_cos": round(found["min_cos"], 6), "device": device["device"],
+                 "batch": found["batch"]}
+        all_cores_ms = None
+    out: dict = {"cores": n_cores, "guard_min_cos": _guard(), "tower": tower, "sets": {}}
     for name in sets:
         paths = images.sample_files(name, files)
         if not paths:
             continue
-        datas = [path.read_bytes() for path in paths]
-        decoders = jpeg_decoders.measure(datas)
-        decoder, decode_ms = fastest(decoders)
-        other = other_work_ms(paths, datas, rounds)
-        other_ms = sum(other.values())
-        out["sets"][name] = {
-            "files": len(datas), "decoder": decoder, "decode_ms": round(decode_ms, 2),
-            "decoders": {k: round(v, 2) for k, v in decoders.items()},
-            "tower_ms": round(tower_ms, 2), "other_ms": round(other_ms, 2),
-            "other": {k: round(v, 3) for k, v in other.items()},
-            "limit_images_per_s": round(
-                limit_images_per_s(n_cores, decode_ms, tower_ms, other_ms), 2),
-        }
-        if all_cores_ms is not None:
-            out["sets"][name]["limit_all_cores_images_per_s"] = round(
-                limit_images_per_s(n_cores, decode_ms, all_cores_ms, other_ms), 2)
+        out["sets"][name] = _set_limit(paths, rounds, n_cores, tower, all_cores_ms, device)
     out["load_average_at_start"] = load_start
     out["load_average_at_end"] = load_average()
     return out
+
+
+def _guard() -> float:
+    from clip_core.encoders import GUARD_MIN_COS
+
+    return GUARD_MIN_COS
+
+
+def _cpu_tower(model: str, rounds: int, n_cores: int, sustain_s: float
+               ) -> tuple[dict, float | None]:
+    """The fastest guarded CPU runtime of the image tower, one core ms an image (and the
+    same sustained on every core, for the record)."""
+    from bench import tower_runtimes
+
+    guard = _guard()
+    sustain = tower_runtimes.Sustain(n_cores, sustain_s, guard) if sustain_s > 0 else None
+    speed, accuracy, sustained = tower_runtimes.measure(model, rounds, sustain)
+    found = fastest_guarded(speed, accuracy, guard)
+    if found is None:  # no runtime passed: not a limit this machine can reach guarded
+        raise SystemExit(f"no tower runtime passed the guard {guard}: {accuracy}")
+    tower_name, tower_ms = found
+    all_cores_ms = sustained.get(tower_name)
+    # clipsearch's own variant, timed in turns with the rest (bench.pace scales by it)
+    ours = [n for n in speed if n.endswith(tower_runtimes.CLIPSEARCH_FIRST)
+            and accuracy[n] >= guard]
+    tower = {"runtime": tower_name, "ms": round(tower_ms, 2),
+             "all_cores_ms": None if all_cores_ms is None else round(all_cores_ms, 2),
+             "min_cos": round(accuracy[tower_name], 6),
+             "clipsearch_ms": round(speed[ours[0]] if ours else tower_ms, 2),
+             "all": {name: {"ms": round(speed[name], 2), "min_cos": round(accuracy[name], 6)}
+                     for name in sorted(speed, key=speed.__getitem__)}}
+    return tower, all_cores_ms
+
+
+def _set_limit(paths: list[Path], rounds: int, n_cores: int, tower: dict,
+               all_cores_ms: float | None, device: dict | None) -> dict:
+    from bench import jpeg_decoders
+
+    datas = [path.read_bytes() for path in paths]
+    decoders = jpeg_decoders.measure(datas)
+    decoder, decode_ms = fastest(decoders)
+    other = other_work_ms(paths, datas, rounds)
+    other_ms = sum(other.values())
+    tower_ms = tower["ms"]
+    figures = {
+        "files": len(datas), "decoder": decoder, "decode_ms": round(decode_ms, 2),
+        "decoders": {k: round(v, 2) for k, v in decoders.items()},
+        "tower_ms": tower_ms, "other_ms": round(other_ms, 2),
+        "other": {k: round(v, 3) for k, v in other.items()},
+    }
+    if device is not None:
+        from bench.device_tower import device_limit_images_per_s
+
+        figures["limit_images_per_s"] = round(
+            device_limit_images_per_s(n_cores, decode_ms, other_ms, tower_ms), 2)
+        figures["host_images_per_s"] = round(n_cores * 1000.0 / (decode_ms + other_ms), 2)
+        figures["device_images_per_s"] = round(1000.0 / tower_ms, 2)
+        return figures
+    figures["limit_images_per_s"] = round(
+        limit_images_per_s(n_cores, decode_ms, tower_ms, other_ms), 2)
+    if all_cores_ms is not None:
+        figures["limit_all_cores_images_per_s"] = round(
+            limit_images_per_s(n_cores, decode_ms, all_cores_ms, other_ms), 2)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,13 +193,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sustain", type=float, default=10.0,
                         help="seconds of the tower on every core at once (0: skip)")
     parser.add_argument("--json", action="store_true", help="one JSON line on stdout")
+    parser.add_argument("--device", default="cpu",
+                        help="where an index run puts the tower (cuda: bench.device_tower)")
+    parser.add_argument("--precision", default="auto", help="the tower's, on --device")
+    parser.add_argument("--batch-size", type=int, default=32, help="the run's, on --device")
     args = parser.parse_args(argv)
+    device = index_device(["--device", args.device, "--precision", args.precision,
+                           "--batch-size", str(args.batch_size)])
     result = measure([s for s in args.sets.split(",") if s], args.files, args.rounds,
-                     args.model, args.sustain)
+                     args.model, args.sustain, device)
     if args.json:
         print(json.dumps(result))
         return 0
     tower = result["tower"]
+    if device is not None:
+        print(f"{result['cores']} cores decode and prepare; tower: {tower['runtime']} "
+              f"{tower['ms']} ms an image (min cos {tower['min_cos']})")
+        for name, figures in result["sets"].items():
+            print(f"{name}: the cores {figures['host_images_per_s']} img/s (decode "
+                  f"{figures['decode_ms']} ms, {figures['decoder']}, + other "
+                  f"{figures['other_ms']} ms), the device {figures['device_images_per_s']} "
+                  f"img/s -> limit {figures['limit_images_per_s']} img/s")
+        return 0
     print(f"{result['cores']} cores; tower: {tower['runtime']} {tower['ms']} ms "
           f"(min cos {tower['min_cos']}); {tower['all_cores_ms']} core-ms an image with every "
           f"core running it for {args.sustain:g} s")

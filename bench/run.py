@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import bytecode, images, jobs, pace, proc, synthetic
+from bench.device_tower import index_device
 from bench.machine import load_average, machine_info
 from bench.report import print_table
 from bench.targets import evaluate, subject_key
@@ -72,15 +73,18 @@ def bench_set(image_set: images.ImageSet, opts: Options, results: list[dict]) ->
     paces: list[list[dict]] = []  # one core's ms an image (by part) before and after a run
     vectors = RUNS / f"baseline-{image_set.name}.npy"
     library = RUNS / f"lib-{image_set.name}"
+    # One core's pace is the CPU tower's: a run on a device is judged on its own limit.
+    timed = index_device(opts.index_args) is None
     for i in range(opts.repeat):
         if not opts.skip_baseline:
             _say(f"{subject}: baseline index (run {i + 1}/{opts.repeat})")
             base_runs.append(jobs.baseline_index(image_set, vectors))
-        _say(f"{subject}: clipsearch index + unchanged re-index (run {i + 1}/{opts.repeat}), "
-             f"the machine's pace before and after")
-        before = jobs.pace([image_set.name], opts.env)[image_set.name]
+        _say(f"{subject}: clipsearch index + unchanged re-index (run {i + 1}/{opts.repeat})"
+             + (", the machine's pace before and after" if timed else ""))
+        before = jobs.pace([image_set.name], opts.env)[image_set.name] if timed else None
         first, again = jobs.clipsearch_index(image_set, library, opts.index_args, opts.env)
-        paces.append([before, jobs.pace([image_set.name], opts.env)[image_set.name]])
+        if timed:
+            paces.append([before, jobs.pace([image_set.name], opts.env)[image_set.name]])
         first_runs.append(first)
         again_runs.append(again)
     n = image_set.count
@@ -174,9 +178,14 @@ def bench_reindex(opts: Options, results: list[dict]) -> None:
 def machine_limit(sets: list[str], opts: Options, results: list[dict]) -> dict:
     """bench.limit in a subprocess (it loads torch: the harness stays small), then each
     set's clipsearch index throughput as a fraction of the limit measured in this run."""
-    _say("measuring this machine's limit: fastest decoder and guarded tower, one core")
-    run = proc.run(proc.python("-m", "bench.limit", "--sets", ",".join(sets), "--json"),
-                   opts.env).check()
+    device = index_device(opts.index_args)
+    on_device = [] if device is None else [
+        "--device", device["device"], "--precision", device["precision"],
+        "--batch-size", str(device["batch_size"])]
+    _say("measuring this machine's limit: fastest decoder and guarded tower, "
+         + ("one core" if device is None else f"the tower on {device['device']}"))
+    run = proc.run(proc.python("-m", "bench.limit", "--sets", ",".join(sets), "--json",
+                               *on_device), opts.env).check()
     limit = json.loads(run.stdout.strip().splitlines()[-1])
     for result in results:
         figures = limit["sets"].get(subject_key(result["subject"]))

@@ -187,3 +187,36 @@ def test_the_report_gives_each_jobs_stolen_share_of_its_core_time():
     assert steal_share({"runs": runs}, 2) == pytest.approx(3.0 / 30.0)
     assert steal_share({"runs": runs[2:]}, 2) is None
     assert steal_share({}, 2) is None  # a job without runs (serve)
+
+
+def test_a_run_names_the_device_that_sets_its_own_limit():
+    from bench.device_tower import index_device
+
+    args = ["--device", "cuda", "--precision", "fp16", "--batch-size", "64", "--workers", "14"]
+    assert index_device(args) == {"device": "cuda", "precision": "fp16", "batch_size": 64}
+    assert index_device(["--device=cuda:1"]) == {"device": "cuda:1", "precision": "auto",
+                                                 "batch_size": 32}
+    # The CPU (named, "auto" or by default) keeps the cores' own limit and pace.
+    for cpu in (["--device", "cpu", "--batch-size", "64"], ["--device", "auto"], []):
+        assert index_device(cpu) is None
+
+
+def test_a_device_run_is_bounded_by_the_slower_of_its_cores_and_its_device():
+    from bench.device_tower import device_limit_images_per_s
+
+    # 16 cores at 40 + 10 core-ms an image: 320 img/s; a device at 5 ms an image: 200.
+    assert device_limit_images_per_s(16, 40.0, 10.0, 5.0) == pytest.approx(200.0)
+    # 2 cores decoding 12 MP photos (50 + 50 core-ms): the cores, 20 img/s, set it.
+    assert device_limit_images_per_s(2, 50.0, 50.0, 5.0) == pytest.approx(20.0)
+    with pytest.raises(ValueError):
+        device_limit_images_per_s(2, 50.0, 50.0, 0.0)
+
+
+def test_the_device_tower_is_timed_and_graded_against_fp32_on_the_cpu():
+    from bench.device_tower import measure
+
+    # The CPU stands in for the accelerator: the same code path a lent GPU runs.
+    found = measure("shapes-tiny", "cpu", "fp32", batch=4, rounds=1)
+    assert found["batch"] == 4 and found["ms"] > 0
+    assert found["runtime"] == "torch cpu fp32, batches of 4"
+    assert found["min_cos"] > 0.99999  # the same precision on the same device as the reference
