@@ -105,6 +105,17 @@ def print_table(doc: dict) -> None:
 
 def _print_limit(limit: dict) -> None:
     tower = limit["tower"]
+    if tower.get("device"):  # the tower on an accelerator: bench.device_tower
+        print(f"\nLimit = the slower of {limit['cores']} cores x 1000 / (decode + other ms "
+              f"per image) and the device; tower: {tower['runtime']}, {tower['ms']} ms an "
+              f"image, min cos {tower['min_cos']} (guard {limit['guard_min_cos']}); load "
+              f"average {limit['load_average_at_start']} -> {limit['load_average_at_end']}")
+        for name, figures in limit["sets"].items():
+            print(f"  {name}: the cores {figures['host_images_per_s']} img/s ("
+                  f"{figures['decode_ms']} ({figures['decoder']}) + {figures['other_ms']} ms), "
+                  f"the device {figures['device_images_per_s']} img/s -> "
+                  f"{figures['limit_images_per_s']} img/s")
+        return
     print(f"\nLimit = {limit['cores']} cores x 1000 / (decode + tower + other ms per image), "
           f"one core each; tower: {tower['runtime']}, {tower['ms']} ms, min cos "
           f"{tower['min_cos']} (guard {limit['guard_min_cos']}; clipsearch's variant "

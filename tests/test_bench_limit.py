@@ -220,3 +220,19 @@ def test_the_device_tower_is_timed_and_graded_against_fp32_on_the_cpu():
     assert found["batch"] == 4 and found["ms"] > 0
     assert found["runtime"] == "torch cpu fp32, batches of 4"
     assert found["min_cos"] > 0.99999  # the same precision on the same device as the reference
+
+
+def test_the_report_says_which_side_sets_a_device_runs_limit(capsys):
+    from bench.report import _print_limit
+
+    limit = {"cores": 16, "guard_min_cos": 0.999, "load_average_at_start": [0.1],
+             "load_average_at_end": [9.0],
+             "tower": {"runtime": "torch cuda fp16, batches of 64", "ms": 1.6, "min_cos": 0.9999,
+                       "all_cores_ms": None, "device": "cuda", "batch": 64},
+             "sets": {"phone": {"decoder": "Pillow draft", "decode_ms": 40.0, "tower_ms": 1.6,
+                                "other_ms": 10.0, "host_images_per_s": 320.0,
+                                "device_images_per_s": 625.0, "limit_images_per_s": 320.0}}}
+    _print_limit(limit)
+    out = capsys.readouterr().out
+    assert "the slower of 16 cores" in out and "torch cuda fp16" in out
+    assert "phone: the cores 320.0 img/s" in out and "the device 625.0 img/s -> 320.0" in out
