@@ -32,8 +32,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench import images
-from bench.device_tower import index_device
+from bench import device_tower, images
 from bench.jpeg_decoders import best_ms
 from bench.machine import load_average
 
@@ -97,8 +96,6 @@ def measure(sets: list[str], files: int, rounds: int, model: str = "ViT-B-32",
     if device is None:
         tower, all_cores_ms = _cpu_tower(model, rounds, n_cores, sustain_s)
     else:
-        from bench import device_tower
-
         found = device_tower.measure(model, device["device"], device["precision"],
                                      device["batch_size"], rounds)
         if found["min_cos"] < _guard():
@@ -168,10 +165,8 @@ def _set_limit(paths: list[Path], rounds: int, n_cores: int, tower: dict,
         "other": {k: round(v, 3) for k, v in other.items()},
     }
     if device is not None:
-        from bench.device_tower import device_limit_images_per_s
-
         figures["limit_images_per_s"] = round(
-            device_limit_images_per_s(n_cores, decode_ms, other_ms, tower_ms), 2)
+            device_tower.device_limit_images_per_s(n_cores, decode_ms, other_ms, tower_ms), 2)
         figures["host_images_per_s"] = round(n_cores * 1000.0 / (decode_ms + other_ms), 2)
         figures["device_images_per_s"] = round(1000.0 / tower_ms, 2)
         return figures
@@ -198,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", help="the tower's, on --device")
     parser.add_argument("--batch-size", type=int, default=32, help="the run's, on --device")
     args = parser.parse_args(argv)
-    device = index_device(["--device", args.device, "--precision", args.precision,
+    device = device_tower.index_device(["--device", args.device, "--precision", args.precision,
                            "--batch-size", str(args.batch_size)])
     result = measure([s for s in args.sets.split(",") if s], args.files, args.rounds,
                      args.model, args.sustain, device)
