@@ -40,14 +40,20 @@ def index_device(index_args: list[str]) -> dict | None:
             "batch_size": int(batch) if batch else 32}  # indexer.job's default batch
 
 
-def device_limit_images_per_s(cores: int, decode_ms: float, other_ms: float,
-                              device_ms: float) -> float:
-    """The most images per second when the host's `cores` decode and prepare each image
-    (`decode_ms + other_ms` core-ms) while the device encodes them (`device_ms` each)."""
+def device_sides(cores: int, decode_ms: float, other_ms: float, device_ms: float
+                 ) -> tuple[float, float]:
+    """(host, device) images per second: the host's `cores` decoding and preparing each
+    image (`decode_ms + other_ms` core-ms), the device encoding them (`device_ms` each)."""
     host = decode_ms + other_ms
     if cores < 1 or host <= 0 or device_ms <= 0:
         raise ValueError(f"need cores >= 1 and positive costs, got {cores}, {host}, {device_ms}")
-    return min(cores * 1000.0 / host, 1000.0 / device_ms)
+    return cores * 1000.0 / host, 1000.0 / device_ms
+
+
+def device_limit_images_per_s(cores: int, decode_ms: float, other_ms: float,
+                              device_ms: float) -> float:
+    """The most images per second with the two sides (device_sides) overlapped."""
+    return min(device_sides(cores, decode_ms, other_ms, device_ms))
 
 
 def measure(model: str, device: str, precision: str, batch: int, rounds: int) -> dict:

@@ -93,19 +93,20 @@ def measure(sets: list[str], files: int, rounds: int, model: str = "ViT-B-32",
     accelerator: the host's cores then only decode and prepare (bench.device_tower)."""
     load_start = load_average()
     n_cores = cores()
+    guard = _guard()
     if device is None:
         tower, all_cores_ms = _cpu_tower(model, rounds, n_cores, sustain_s)
     else:
         found = device_tower.measure(model, device["device"], device["precision"],
                                      device["batch_size"], rounds)
-        if found["min_cos"] < _guard():
-            raise SystemExit(f"{found['runtime']} fails the guard {_guard()}: "
+        if found["min_cos"] < guard:
+            raise SystemExit(f"{found['runtime']} fails the guard {guard}: "
                              f"min cos {found['min_cos']:.6f}")
         tower = {"runtime": found["runtime"], "ms": round(found["ms"], 3), "all_cores_ms": None,
                  "min_cos": round(found["min_cos"], 6), "device": device["device"],
                  "batch": found["batch"]}
         all_cores_ms = None
-    out: dict = {"cores": n_cores, "guard_min_cos": _guard(), "tower": tower, "sets": {}}
+    out: dict = {"cores": n_cores, "guard_min_cos": guard, "tower": tower, "sets": {}}
     for name in sets:
         paths = images.sample_files(name, files)
         if not paths:
@@ -165,10 +166,10 @@ def _set_limit(paths: list[Path], rounds: int, n_cores: int, tower: dict,
         "other": {k: round(v, 3) for k, v in other.items()},
     }
     if device is not None:
-        figures["limit_images_per_s"] = round(
-            device_tower.device_limit_images_per_s(n_cores, decode_ms, other_ms, tower_ms), 2)
-        figures["host_images_per_s"] = round(n_cores * 1000.0 / (decode_ms + other_ms), 2)
-        figures["device_images_per_s"] = round(1000.0 / tower_ms, 2)
+        host, on_device = device_tower.device_sides(n_cores, decode_ms, other_ms, tower_ms)
+        figures["limit_images_per_s"] = round(min(host, on_device), 2)
+        figures["host_images_per_s"] = round(host, 2)
+        figures["device_images_per_s"] = round(on_device, 2)
         return figures
     figures["limit_images_per_s"] = round(
         limit_images_per_s(n_cores, decode_ms, tower_ms, other_ms), 2)
@@ -193,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", help="the tower's, on --device")
     parser.add_argument("--batch-size", type=int, default=32, help="the run's, on --device")
     args = parser.parse_args(argv)
-    device = device_tower.index_device(["--device", args.device, "--precision", args.precision,
-                           "--batch-size", str(args.batch_size)])
+    device = device_tower.index_device(["--device", args.device, "--precision",
+                                        args.precision, "--batch-size", str(args.batch_size)])
     result = measure([s for s in args.sets.split(",") if s], args.files, args.rounds,
                      args.model, args.sustain, device)
     if args.json:
@@ -202,13 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tower = result["tower"]
     if device is not None:
-        print(f"{result['cores']} cores decode and prepare; tower: {tower['runtime']} "
-              f"{tower['ms']} ms an image (min cos {tower['min_cos']})")
-        for name, figures in result["sets"].items():
-            print(f"{name}: the cores {figures['host_images_per_s']} img/s (decode "
-                  f"{figures['decode_ms']} ms, {figures['decoder']}, + other "
-                  f"{figures['other_ms']} ms), the device {figures['device_images_per_s']} "
-                  f"img/s -> limit {figures['limit_images_per_s']} img/s")
+        from bench.report import _print_limit
+
+        _print_limit(result)  # the bench's own lines for a device run's limit
         return 0
     print(f"{result['cores']} cores; tower: {tower['runtime']} {tower['ms']} ms "
           f"(min cos {tower['min_cos']}); {tower['all_cores_ms']} core-ms an image with every "
