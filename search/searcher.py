@@ -95,15 +95,15 @@ class Searcher:
                 keep = ~np.isin(ids, np.fromiter(exclude, np.int64, count=len(exclude)))
                 ids, scores = ids[keep], scores[keep]
             # Only those that may be in the exact top `limit` (~12 of 18: a catalog read
-            # is ~20 us).
-            exact = self.catalog.vectors_for_files(
+            # is ~20 us), with their rows for the results
+            rows = self.catalog.rows_with_vectors(
                 model_id, _contenders(ids, scores, limit, bound).tolist())
-            ranked = _ranked(exact, query[0], None)
+            ranked = _ranked({i: row["vector"] for i, row in rows.items()}, query[0], None)
             exhausted = len(hits.ids) < want
             if exhausted or (len(ranked) >= limit and ranked[limit - 1][0] > hits.ceiling):
                 break
             want *= 4
-        return self.results(ranked[:limit])
+        return self.results(ranked[:limit], rows=rows)
 
     def _approximate(self, model_id: str, index: AnnIndex, query: np.ndarray, limit: int,
                      allowed: np.ndarray | None, exclude: set[int] | None
@@ -146,14 +146,16 @@ class Searcher:
             allowed = np.setdiff1d(allowed, np.fromiter(exclude, np.int64))
         ids, approx = index.approx_scores(allowed, query)
         ids = _contenders(ids, approx, limit, index.error_bound(query))
-        exact = self.catalog.vectors_for_files(model_id, ids.tolist())
-        return self.results(_ranked(exact, query, None)[:limit])
+        rows = self.catalog.rows_with_vectors(model_id, ids.tolist())
+        return self.results(
+            _ranked({i: row["vector"] for i, row in rows.items()}, query, None)[:limit], rows=rows)
 
-    def results(self, scored: list[tuple[float | None, int]],
-                first_rank: int = 1) -> list[SearchResult]:
+    def results(self, scored: list[tuple[float | None, int]], first_rank: int = 1,
+                rows: dict[int, dict] | None = None) -> list[SearchResult]:
         """(score, file id) pairs, best first, as results with their catalog rows (a score
-        of None: a listing without a query)."""
-        rows = self.catalog.file_rows([file_id for _, file_id in scored])
+        of None: a listing without a query); `rows`: those rows, where already read."""
+        if rows is None:
+            rows = self.catalog.file_rows([file_id for _, file_id in scored])
         results: list[SearchResult] = []
         for score, file_id in scored:
             row = rows.get(file_id)

@@ -527,6 +527,30 @@ class Catalog:
                 out[int(row[0])] = dict(zip(names, row, strict=True))
         return out
 
+    def rows_with_vectors(self, model_id: str, file_ids: list[int]) -> dict[int, dict]:
+        """file_rows of the given indexed files, each with its exact fp32 vector of
+        `model_id` under "vector": a search's few contenders in one statement, where
+        vectors_for_files and then file_rows took two (a warm query at 100k: ~0.3 ms)."""
+        out: dict[int, dict] = {}
+        for start in range(0, len(file_ids), 500):
+            chunk = [int(i) for i in file_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            cur = self.conn.execute(
+                "SELECT f.id, f.path, r.path AS root, f.size, f.mtime_ns, f.content_hash,"
+                f" f.width, f.height, f.taken_at, {self._meta_select()}, e.vector"
+                " FROM files f JOIN embeddings e"
+                " ON e.content_hash = f.content_hash AND e.model_id = ?"
+                f" LEFT JOIN roots r ON r.id = f.root_id"
+                f" WHERE f.status = 'ok' AND f.id IN ({marks})",
+                (model_id, *chunk),
+            )
+            names = [d[0] for d in cur.description]
+            for row in cur:
+                found = dict(zip(names, row, strict=True))
+                found["vector"] = np.frombuffer(found["vector"], dtype=np.float32)
+                out[int(row[0])] = found
+        return out
+
     def file_id(self, path: str) -> int | None:
         row = self.conn.execute(
             "SELECT id FROM files WHERE path = CAST(? AS TEXT)", (to_db(path),)

@@ -99,10 +99,38 @@ def test_scan_is_kept_only_where_it_passes_its_guard():
             picked = scan.candidates(query, k)
             assert set(np.argsort(-exact)[:k]) <= set(picked.tolist())
             assert len(picked) < len(rows) / 4  # it does narrow the scan down
-            # Exactly the rows that may beat the k-th best lower bound: none left out can.
+            # Exactly the rows that may beat the k-th best lower bound, less those whose
+            # decoded scores cannot reach the k-th best of theirs: none left out can.
             kth_lower = np.sort(lower)[-k]
-            left_out = np.setdiff1d(np.arange(len(rows)), picked)
-            assert upper[left_out].max() < kth_lower <= upper[picked].min()
+            reach = np.flatnonzero(upper >= kth_lower)
+            if len(reach) > k:
+                decoded, bound = scan.codes.decoded_scores(reach, query)
+                kth_decoded = np.sort(decoded - bound)[-k]
+                assert set(picked.tolist()) == set(reach[decoded + bound >= kth_decoded])
+            else:
+                assert set(picked.tolist()) == set(reach.tolist())
+
+
+def test_decoded_scores_hold_the_exact_score_within_half_the_int8_bound():
+    """The candidates' second filter: x^.q from the codes, the query unquantised, within its
+    bound of the fp16 copy's exact score on every row, worst cases included (near-copies,
+    the guard's +-127 rows), and tighter than the int8 score's bound."""
+    rows = clip_like(3000, seed=4).astype(np.float16)
+    codes = Codes.of(rows)
+    every = np.arange(len(rows))
+    guard_rows, guard_queries = int8_scan.guard_case(DIM)
+    guard_codes = Codes.of(guard_rows)
+    cases = [(codes, rows, q) for q in (rows[7].astype(np.float32), clip_like(2, seed=8)[1])]
+    cases += [(guard_codes, guard_rows, q) for q in guard_queries]
+    for c, r, query in cases:
+        picked = np.arange(len(r))
+        decoded, bound = c.decoded_scores(picked, query)
+        exact = r.astype(np.float64) @ query.astype(np.float64)
+        assert (np.abs(decoded - exact) <= bound).all()
+    decoded, bound = codes.decoded_scores(every, rows[7].astype(np.float32))
+    error = np.abs(decoded - rows.astype(np.float64) @ rows[7].astype(np.float64))
+    assert error.max() > 0.02 * bound.max()  # a real rounding, not a zero one
+    assert bound.max() < 0.75 * codes.row_bounds(every, rows[7].astype(np.float32)).min()
 
 
 def test_the_speed_check_times_both_scans_in_turns():
