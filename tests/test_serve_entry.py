@@ -167,16 +167,18 @@ def test_without_a_live_server_the_full_cli_answers(tmp_path):
         assert "clipsearch.cli" in modules, info
         assert got == expected, info
     # A live server of this library whose answer this version cannot read (an older or
-    # newer server still running across an upgrade): the full CLI answers.
-    for body in (b'{"results": [{"path": 1}]}', b'{"results": 3}', b"[]", b"\xff"):
+    # newer server still running across an upgrade): the full CLI answers. Each output
+    # form meets a bad answer (one form a body: 8 CLI starts, not 24).
+    forms = (argv, ("query", "a red circle"), ("query", "a red circle", "--paths"), argv)
+    bodies = (b'{"results": [{"path": 1}]}', b'{"results": 3}', b"[]", b"\xff")
+    for body, form in zip(bodies, forms, strict=True):
         server = answering(lib_dir, body)
         try:
             (lib_dir / "server.json").write_text(json.dumps(
                 {"pid": os.getpid(), "host": "127.0.0.1", "port": server.server_address[1],
                  "token": None}))
-            forms = (argv, ("query", "a red circle"), ("query", "a red circle", "--paths"))
-            for (got, modules), (full, _) in in_pairs(forms, lib_dir, tmp_path):
-                assert "clipsearch.cli" in modules, body
-                assert got == full, body
+            ((got, modules), (full, _)), = in_pairs([form], lib_dir, tmp_path)
+            assert "clipsearch.cli" in modules, body
+            assert got == full, body
         finally:
             server.shutdown()
