@@ -158,8 +158,8 @@ def write_corpus(
     extra = {"quality": 92} if fmt.lower() in ("jpg", "jpeg") else {}
     # Drawn in order (the seed's pixels), encoded on every core: Pillow's encoders let go of
     # the GIL, and a 1024 px noise PNG takes ~0.2 s to encode against ~0.03 s to draw.
-    # A few encodes in flight at most: the drawn images wait in memory.
-    workers = os.cpu_count() or 1
+    # A few encodes in flight at most: the drawn images wait in memory (1024 px: 3 MB each).
+    workers = min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers, thread_name_prefix="shapes-save") as pool:
         pending: list[Future] = []
         for colour in COLOURS:

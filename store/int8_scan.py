@@ -192,10 +192,11 @@ class Int8Scan:
         return self._narrowed(query, rows[upper >= kth], k)
 
     def _narrowed(self, query: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-        """`rows` (each that may be among the k best) less those that cannot be by their
-        decoded scores' tighter bounds (Codes.decoded_scores): the k best hold k rows of
-        these, each scoring at least its lower bound. 100k CLIP-like rows: ~200 -> ~60, each
-        one fewer row of the fp16 copy to read (a pread each: ~5 us)."""
+        """`rows` (which hold the k best) less those that cannot be among them by their
+        decoded scores' tighter bounds (Codes.decoded_scores): k of these rows score at
+        least the k-th best lower bound, so a row whose upper bound is below it is out.
+        100k CLIP-like rows: ~200 -> ~60, each one fewer row of the fp16 copy to read (a
+        pread each: ~5 us)."""
         if len(rows) <= k:
             return rows
         scores, bound = self.codes.decoded_scores(rows, query)
