@@ -96,8 +96,8 @@ class Searcher:
                 ids, scores = ids[keep], scores[keep]
             # Only those that may be in the exact top `limit` (~12 of 18: a catalog read
             # is ~20 us), with their rows for the results
-            rows = self.catalog.rows_with_vectors(
-                model_id, _contenders(ids, scores, limit, bound).tolist())
+            rows = self.catalog.file_rows(_contenders(ids, scores, limit, bound).tolist(),
+                                          vector_of=model_id)
             ranked = _ranked({i: row["vector"] for i, row in rows.items()}, query[0], None)
             exhausted = len(hits.ids) < want
             if exhausted or (len(ranked) >= limit and ranked[limit - 1][0] > hits.ceiling):
@@ -146,7 +146,7 @@ class Searcher:
             allowed = np.setdiff1d(allowed, np.fromiter(exclude, np.int64))
         ids, approx = index.approx_scores(allowed, query)
         ids = _contenders(ids, approx, limit, index.error_bound(query))
-        rows = self.catalog.rows_with_vectors(model_id, ids.tolist())
+        rows = self.catalog.file_rows(ids.tolist(), vector_of=model_id)
         return self.results(
             _ranked({i: row["vector"] for i, row in rows.items()}, query, None)[:limit], rows=rows)
 

@@ -52,11 +52,6 @@ class Codes:
     # two arrays (1,400 rows a query after the scan evicted them: 0.96 -> 0.43 ms)
     terms: np.ndarray
 
-    @property
-    def l1(self) -> np.ndarray:
-        """|x^_b|_1 of each row's blocks, float32 [n, blocks] (a view)."""
-        return self.terms[:, self.terms.shape[1] // 2:]
-
     @classmethod
     def of(cls, rows: np.ndarray, chunk: int = 4096) -> Codes:
         """Quantise [n, dim] rows (fp16 or fp32), `chunk` rows at a time: no fp32 copy of
