@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# The benchmark on a lent accelerator machine, in two calls that fit its 64 MiB transfer:
-#   bash bench/device_run.sh install   (carry .whl: wheels for the machine's Python that it
-#                                       lacks: open_clip_torch, faiss-cpu, onnxruntime, onnx,
-#                                       sqlite-utils and their small dependencies)
-#   bash bench/device_run.sh bench     (carry .devdata: a copy of caltech101-1200)
-#   bash bench/device_run.sh gpu       (carry .devdata: the index job with the tower on CUDA
-#                                       fp16, judged on the limit of its cores and its card)
-# The install persists while the machine stays warm (30 s between calls).
+# The benchmark on a lent accelerator machine. First, here (no device time):
+#   bash bench/device_prepare.sh       (.whl: wheels of what its Python lacks; .devdata: a
+#                                       copy of caltech101-1200; together under 64 MiB)
+# then one call there, carry [".whl", ".devdata"]:
+#   bash bench/device_run.sh gpu       (the index job with the tower on CUDA fp16, judged on
+#                                       the limit of its cores and its card)
+#   bash bench/device_run.sh bench     (two of its cores, the CPU's jobs)
+#   bash bench/device_run.sh install   (the wheels alone, and what the machine has)
+# Each call installs the carried wheels first, into /tmp/site (its Python's own folders are
+# not ours to change), so no call depends on an earlier one: a machine goes back after 30 s
+# idle, and its /tmp with it.
 set -x
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+python3 -c "import torch, onnxruntime, onnx, faiss, open_clip, sqlite_utils; print(torch.__version__, onnxruntime.__version__, onnx.__version__, faiss.__version__)" || exit 1
 case "$1" in
 install)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl || exit 1
-  python3 -c "import torch, onnxruntime, onnx, faiss, open_clip; print(torch.__version__, onnxruntime.__version__, onnx.__version__, faiss.__version__)"
   lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400
   ;;
 bench)
