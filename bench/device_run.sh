@@ -18,13 +18,17 @@ if [ -d .whl ]; then
   export PYTHONPATH=/tmp/site:$PWD
 fi
 python3 -c "import torch, onnxruntime, onnx, faiss, open_clip, sqlite_utils; print(torch.__version__, onnxruntime.__version__, onnx.__version__, faiss.__version__)" || exit 1
+# the caltech copy where the bench looks for it, and the phone set generated outside the timing
+image_sets() {
+  mkdir -p ../shared/datasets && ln -sfn "$PWD/.devdata/caltech101-1200" ../shared/datasets/caltech101-1200
+  python3 -m bench.images phone || exit 1
+}
 case "$1" in
 install)
   lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400
   ;;
 bench)
-  mkdir -p ../shared/datasets && ln -sfn "$PWD/.devdata/caltech101-1200" ../shared/datasets/caltech101-1200
-  python3 -m bench.images phone || exit 1   # generated outside the timing
+  image_sets
   # Two cores of this machine, clipsearch's jobs, then the baseline on the phone set (its
   # cold queries would take minutes here; see docs/benchmarks.md for the same-machine run).
   # --device cpu: the GPU beside these cores must not be used ("auto" would pick it).
@@ -39,8 +43,7 @@ bench)
     | tee -a "$OUT/baseline-phone.log"
   ;;
 gpu)
-  mkdir -p ../shared/datasets && ln -sfn "$PWD/.devdata/caltech101-1200" ../shared/datasets/caltech101-1200
-  python3 -m bench.images phone || exit 1   # generated outside the timing
+  image_sets
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu-card.txt"
   # bench.limit sees --device cuda in the index arguments: the limit is the slower of the
   # cores (decode and prepare) and the card (the tower in fp16, batches of 64).
